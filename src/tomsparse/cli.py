@@ -1,0 +1,242 @@
+"""The one entry point: ``tomsparse <command> ...``.
+
+Commands follow the pipeline: ``info`` (model and data facts), ``tasks`` / ``eval`` (ToM
+evaluation), ``perplexity``, ``scores`` (sensitivity scores), ``run`` (the main job).
+Every command prints the library versions and its resolved options first, and turns bad
+input into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import UserError
+
+
+def _print_header(args) -> None:
+    from .manifest import library_versions, options_dict
+
+    versions = library_versions()
+    print(f"tomsparse {__version__} | " + " ".join(f"{k} {v}" for k, v in versions.items()
+                                                    if k not in ("tomsparse", "platform")))
+    opts = {k: v for k, v in options_dict(args).items() if k not in ("command", "handler")}
+    print("options: " + json.dumps(opts, sort_keys=True, default=str))
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registered offline model, local folder or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: float32)")
+    p.add_argument("--device-map", dest="device_map", default=None,
+                   help="passed to from_pretrained, e.g. 'auto' to spread a big model over GPUs")
+
+
+# ---------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    from .corpora import REGISTERED, load_corpus
+    from .models import OFFLINE_MODELS, load_model
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    desc, model = lm.description, lm.model
+    total = sum(p.numel() for p in model.parameters())
+    target = sum(m.numel for m in desc.matrices)
+    g = desc.geometry
+    print(f"\nmodel: {lm.name}  ({type(model).__name__}, from {lm.source})")
+    print(f"  fingerprint: {lm.fingerprint}")
+    print(f"  parameters: {total:,} ({total / 1e6:.1f}M); in target matrices: {target:,} "
+          f"({100 * target / total:.1f}%)")
+    print(f"  layers: {desc.num_layers} (blocks at {desc.blocks_path}); hidden {g.hidden_size}; "
+          f"heads {g.num_heads}, KV heads {g.num_kv_heads}, head size {g.head_dim}; "
+          f"tied embeddings: {desc.tied_embeddings}")
+    print("  matrices per role (out x in, count):")
+    for role in desc.roles():
+        ms = [m for m in desc.matrices if m.role == role]
+        print(f"    {role:5s} {ms[0].shape[0]:>6} x {ms[0].shape[1]:<6} x{len(ms):<3} "
+              f"{ms[0].param_name}{'' if ms[0].rows == slice(0, ms[0].shape[0]) else f' rows {ms[0].rows.start}:{ms[0].rows.stop}'}")
+    if desc.rope:
+        r = desc.rope
+        print(f"  RoPE: theta {r.theta:g}, rotary dim {r.rotary_dim} ({r.num_pairs} pairs), layout "
+              f"'{r.layout}' (pair j = dims {r.pair_dims(0)[0]}+j and {r.pair_dims(0)[1]}+j)"
+              if r.layout == "half" else f"  RoPE: theta {r.theta:g}, interleaved pairs")
+        if len(r.thetas_by_layer_type) > 1:
+            print(f"    bases by layer type: {r.thetas_by_layer_type}")
+    else:
+        print("  RoPE: none (absolute or learned positions)")
+    print("\noffline models: " + ", ".join(f"{k} ({v.licence})" for k, v in OFFLINE_MODELS.items()))
+    print("corpora:")
+    for name, what in REGISTERED.items():
+        if name.startswith("wiki-offline"):
+            try:
+                c = load_corpus(name)
+                print(f"  {name:26s} {len(c.texts):>6,} docs {c.num_chars / 1e6:6.2f}M chars  {what}")
+            except UserError as exc:
+                print(f"  {name:26s} unavailable: {exc}")
+        else:
+            print(f"  {name:26s} {what}")
+    return 0
+
+
+# ---------------------------------------------------------------- perplexity
+def cmd_perplexity(args) -> int:
+    from .corpora import load_corpus
+    from .manifest import build_manifest, options_dict, write_json
+    from .models import load_model
+    from .perplexity import perplexity
+
+    corpus = load_corpus(args.corpus)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    res = perplexity(lm.model, lm.tokenizer, corpus, seqlen=args.seqlen,
+                     max_tokens=args.max_tokens, batch_size=args.batch_size, progress=True)
+    print(f"perplexity of {lm.name} on {corpus.name}: {res.perplexity:.3f} "
+          f"({res.windows} windows x {res.seqlen} tokens, {res.seconds:.1f} s)")
+    print(f"protocol: {res.protocol}")
+    if args.out:
+        write_json(args.out, build_manifest("perplexity", model=lm.name,
+                                            model_fingerprint=lm.fingerprint,
+                                            options=options_dict(args), result=res.as_dict()))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _perplexity_parser(sub) -> None:
+    from .corpora import DEFAULT_EVAL
+
+    p = sub.add_parser("perplexity", help="perplexity on a corpus (reference protocol)")
+    _add_model_args(p)
+    p.add_argument("--corpus", default=DEFAULT_EVAL, help=f"corpus name or file (default: {DEFAULT_EVAL})")
+    p.add_argument("--seqlen", type=int, default=2048, help="window length, capped at the model's context")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None,
+                   help="use only the first N tokens (quick runs)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=4)
+    p.add_argument("--out", default=None, help="write the result and its manifest to this JSON file")
+    p.set_defaults(handler=cmd_perplexity)
+
+
+# ---------------------------------------------------------------- tasks / eval
+def _tasks_parser(sub) -> None:
+    p = sub.add_parser("tasks", help="the built-in ToM task bank: export or show")
+    p.add_argument("action", choices=["export", "show"])
+    p.add_argument("--tasks", default="builtin", help="builtin, builtin:train, tomi or a file")
+    p.add_argument("--out", default=None, help="export folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", dest="n", type=int, default=3, help="prompts to show per family")
+    p.set_defaults(handler=_lazy("tomsparse.tasks", "cmd_tasks"))
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="ToM evaluation of a model")
+    _add_model_args(p)
+    p.add_argument("--tasks", default="builtin", help="builtin, tomi, or a .py/.json task file")
+    p.add_argument("--scoring", default="likelihood", choices=["likelihood", "generate", "greedy"])
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N tasks per family")
+    p.add_argument("--out", default=None, help="output folder")
+    p.set_defaults(handler=_lazy("tomsparse.evaluate", "cmd_eval"))
+
+
+# ---------------------------------------------------------------- scores
+def _scores_parser(sub) -> None:
+    from .corpora import DEFAULT_GENERIC
+
+    p = sub.add_parser("scores", help="sensitivity scores (per-sample squared gradients)")
+    p.add_argument("action", nargs="?", default="compute", choices=["compute", "import", "export"])
+    _add_model_args(p)
+    p.add_argument("--dataset", choices=["tom", "generic"], default="tom")
+    p.add_argument("--data_path", "--data-path", dest="data_path", default=None,
+                   help="ToM prompt file (JSON list / JSONL of {txt, answer}); default: built-in train split")
+    p.add_argument("--corpus", default=DEFAULT_GENERIC, help="generic corpus")
+    p.add_argument("--nsamples", type=int, default=100)
+    p.add_argument("--seqlen", type=int, default=128, help="window length for generic text (0 = full prompts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
+    p.add_argument("--reference-fp16", dest="reference_fp16", action="store_true",
+                   help="square and sum in fp16 like the reference code")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--method", choices=["batched", "loop"], default="batched")
+    p.add_argument("--store-dtype", dest="store_dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--from", dest="src", default=None, help="import/export source folder")
+    p.add_argument("--out", default=None, help="output folder")
+    p.set_defaults(handler=_lazy("tomsparse.scores", "cmd_scores"))
+
+
+# ---------------------------------------------------------------- run (the main job)
+def cmd_run(args) -> int:
+    """The main job. Until the sweep lands: model facts plus a capped perplexity smoke test."""
+    ns = argparse.Namespace(**vars(args))
+    cmd_info(ns)
+    ns.corpus = args.corpus
+    ns.seqlen = args.seqlen
+    ns.max_tokens = args.max_tokens
+    ns.batch_size = 4
+    ns.out = None
+    print()
+    cmd_perplexity(ns)
+    return 0
+
+
+def _run_parser(sub) -> None:
+    from .corpora import DEFAULT_EVAL
+
+    p = sub.add_parser("run", help="the main job on the built-in offline default")
+    _add_model_args(p)
+    p.add_argument("--corpus", default=DEFAULT_EVAL)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=8192,
+                   help="cap on perplexity tokens (default: 8192 tokens, about a minute on 2 CPU cores)")
+    p.add_argument("--out", default=None)
+    p.set_defaults(handler=cmd_run)
+
+
+def _info_parser(sub) -> None:
+    p = sub.add_parser("info", help="model facts (parameters, matrices per role, RoPE) and corpora")
+    _add_model_args(p)
+    p.set_defaults(handler=cmd_info)
+
+
+def _lazy(module: str, func: str):
+    def handler(args):
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(args)
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tomsparse",
+        description="Find, perturb and analyse the sparse weights a causal LM's Theory-of-Mind "
+                    "ability depends on (Wu et al., npj AI 2025).")
+    parser.add_argument("--version", action="version", version=f"tomsparse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_info_parser, _tasks_parser, _eval_parser, _perplexity_parser, _scores_parser,
+                _run_parser):
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _print_header(args)
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"tomsparse: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tomsparse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""Sensitivity scores: S = sum over samples of (per-sample gradient)^2, element-wise.
+
+For every target matrix W (from the architecture adapter) and every sample i with loss L_i
+(mean cross-entropy over that sample's supervised tokens), g_i = dL_i/dW and S = sum_i g_i**2,
+accumulated in fp32 whatever the model's dtype. The square is taken per sample, never of a
+gradient summed over a batch.
+
+Two implementations:
+
+* ``method="loop"``: one sample per forward/backward, the weight gradient from autograd. This is
+  the definition the other one is tested against.
+* ``method="batched"``: B samples per forward/backward. No weight gradient is formed at all;
+  instead a forward hook keeps each target module's input x and a hook on its output receives
+  the output gradient gy, and each sample's weight gradient is rebuilt as
+  g_i = gy_i[:, rows]^T @ x_i over that sample's real tokens only (so padding cannot leak),
+  which is the canonical (out, in) gradient for ``nn.Linear`` and GPT-2's ``Conv1D`` alike.
+
+``reference_fp16=True`` reproduces the reference code: per-sample gradients rounded to fp16,
+squared and summed in fp16 (|g| below ~2.4e-4 squares to 0), in the samples' given order.
+
+Data-parallel: when ``torch.distributed`` is initialised (e.g. under ``torchrun``) each rank
+takes a contiguous, disjoint shard of the samples and the sums are all-reduced once at the end.
+Models spread with ``device_map="auto"`` need nothing special: hooks run, and accumulators live,
+on each module's own device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .score_data import IGNORE, ScoreDataset, ScoreSample
+
+log = logging.getLogger(__name__)
+
+METHODS = ("batched", "loop")
+# Per-sample gradients of one module are formed one sample at a time (not as a (B, out, in)
+# stack), so the extra memory is one matrix however large B is.
+
+
+@dataclass
+class ScoreResult:
+    """Scores (fp32 CPU tensors keyed by Matrix.name, canonical (out, in) shape) and the
+    statistics the manifest records."""
+
+    scores: dict[str, torch.Tensor]
+    nsamples: int
+    supervised_tokens: int
+    total_tokens: int
+    padded_tokens: int
+    mean_loss: float
+    wall_time_s: float
+    method: str
+    batch_size: int
+    accumulation_dtype: str
+    world_size: int = 1
+    zero_counts: dict[str, int] = field(default_factory=dict)
+
+    def manifest_fields(self) -> dict:
+        return {
+            "nsamples": self.nsamples,
+            "supervised_tokens": self.supervised_tokens,
+            "total_tokens": self.total_tokens,
+            "padded_tokens": self.padded_tokens,
+            "mean_loss": self.mean_loss,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "method": self.method,
+            "batch_size": self.batch_size,
+            "accumulation_dtype": self.accumulation_dtype,
+            "world_size": self.world_size,
+            "zero_counts": self.zero_counts,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by both methods
+
+
+def _resolve_matrices(model, matrices):
+    from .adapter import describe
+
+    if matrices is None:
+        return list(describe(model).matrices)
+    matrices = list(matrices)
+    if matrices and isinstance(matrices[0], str):
+        by_name = describe(model).by_name()
+        unknown = [n for n in matrices if n not in by_name]
+        if unknown:
+            raise UserError(f"unknown matrix name(s) {unknown[:3]}; names look like "
+                            f"{next(iter(by_name))}")
+        matrices = [by_name[n] for n in matrices]
+    if not matrices:
+        raise UserError("no target matrices to compute scores for")
+    return matrices
+
+
+def _sample_list(samples) -> list[ScoreSample]:
+    items = list(samples.samples if isinstance(samples, ScoreDataset) else samples)
+    if not items:
+        raise UserError("no samples to compute scores on (empty dataset)")
+    for s in items:
+        if s.supervised_tokens == 0:
+            raise UserError(f"{s.source}: the sample has no supervised token")
+    return items
+
+
+def _input_device(model) -> torch.device:
+    emb = model.get_input_embeddings()
+    return emb.weight.device if emb is not None else next(model.parameters()).device
+
+
+def _pad_id(tokenizer) -> int:
+    # Padded positions are cut off from every per-sample gradient, so the id only has to be a
+    # valid token.
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, attr, None) if tokenizer is not None else None
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _collate(batch: list[ScoreSample], pad_id: int, device):
+    """Right-padded ids, attention mask and labels. Right padding keeps every real token at
+    the position it has alone, and causal attention never lets it see a pad."""
+    width = max(len(s) for s in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, s in enumerate(batch):
+        n = len(s)
+        ids[b, :n] = torch.tensor(s.input_ids)
+        labels[b, :n] = torch.tensor(s.labels)
+        mask[b, :n] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over each sample's supervised tokens, computed in fp32: (B,).
+
+    Only the supervised positions' logits are upcast, so a large vocabulary costs no extra
+    fp32 copy of the whole logits tensor.
+    """
+    targets = labels[:, 1:].to(logits.device)
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+    picked = logits[:, :-1][rows, cols].float()
+    token_losses = F.cross_entropy(picked, targets[rows, cols], reduction="none")
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device)
+    sums = sums.index_add(0, rows, token_losses)
+    counts = torch.bincount(rows, minlength=labels.shape[0]).clamp_min(1).to(sums.dtype)
+    return sums / counts
+
+
+def _check_finite(losses: torch.Tensor, batch: list[ScoreSample], indices: list[int]) -> None:
+    """Stop at the first sample whose loss is NaN or infinite, naming it."""
+    bad = (~torch.isfinite(losses.detach())).nonzero().flatten().tolist()
+    if bad:
+        b = bad[0]
+        raise UserError(f"non-finite loss ({losses[b].item()}) on sample {indices[b]} "
+                        f"({batch[b].source}); stopping. Check the model's dtype (try "
+                        "--dtype float32) and the sample")
+
+
+def _forward(model, ids, mask):
+    out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+@contextmanager
+def _scoring_state(model, grad_params: set):
+    """Eval mode and requires_grad only on ``grad_params`` while scoring (so autograd keeps
+    no state for anything else); the previous flags and mode are restored afterwards."""
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        model.eval()
+        for p, _, _ in saved:
+            p.requires_grad_(id(p) in grad_params)
+            p.grad = None
+        yield
+    finally:
+        for p, flag, grad in saved:
+            p.requires_grad_(flag)
+            p.grad = grad
+        model.train(was_training)
+
+
+class _Accumulators:
+    """One accumulator per matrix, on that matrix's device: fp32 sums, or the reference's fp16
+    running sum."""
+
+    def __init__(self, matrices, reference_fp16: bool):
+        self.reference_fp16 = reference_fp16
+        dtype = torch.float16 if reference_fp16 else torch.float32
+        self.sums = {m.name: torch.zeros(m.shape, dtype=dtype, device=m.module.weight.device)
+                     for m in matrices}
+
+    def add(self, name: str, grad: torch.Tensor) -> None:
+        acc = self.sums[name]
+        if self.reference_fp16:
+            # The reference's update: fp16 gradient, squared in fp16, added in fp16.
+            g = grad.to(torch.float16)
+            self.sums[name] = acc + torch.pow(g, 2)
+        else:
+            g = grad.float()
+            acc.addcmul_(g, g)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        enabled = False
+    if not enabled:
+        class _Null:
+            def update(self, n=1):
+                pass
+
+            def close(self):
+                pass
+        return _Null()
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False)
+
+
+# --------------------------------------------------------------------------------------------
+# the two methods
+
+
+def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: int = 0):
+    """One sample per forward/backward; g from autograd's weight gradient."""
+    device = _input_device(model)
+    params = {id(m.module.weight): m.module.weight for m in matrices}
+    by_param: dict[int, list] = {}
+    for m in matrices:
+        by_param.setdefault(id(m.module.weight), []).append(m)
+    loss_sum = 0.0
+    with _scoring_state(model, set(params)), torch.enable_grad():
+        for i, sample in enumerate(samples):
+            ids, mask, labels = _collate([sample], pad_id, device)
+            loss = per_sample_losses(_forward(model, ids, mask), labels)
+            _check_finite(loss, [sample], [first + i])
+            loss.sum().backward()
+            for key, weight in params.items():
+                grad = weight.grad
+                if grad is not None:
+                    for m in by_param[key]:
+                        # Canonical (out, in) view of this role's rows.
+                        canonical = grad.t() if m.transposed else grad
+                        acc.add(m.name, canonical[m.rows])
+                weight.grad = None
+            loss_sum += float(loss.detach().sum())
+            bar.update(1)
+    return loss_sum
+
+
+class _GradientCapture:
+    """Hooks that rebuild per-sample weight gradients from each target module's input and
+    output gradient. ``lengths`` holds the real (unpadded) length of each sample of the
+    current batch."""
+
+    def __init__(self, model, matrices, acc: _Accumulators):
+        self.acc = acc
+        self.lengths: list[int] = []
+        self.width = 0  # padded length of the current batch
+        self.roles: dict[int, list] = {}
+        self.modules = {}
+        for m in matrices:
+            self.roles.setdefault(id(m.module), []).append(m)
+            self.modules[id(m.module)] = m.module
+        self.handles = []
+        self.pending = 0
+        emb = model.get_input_embeddings()
+        if emb is None:
+            raise UserError(f"{type(model).__name__} has no input embeddings; the batched "
+                            "method needs them (use --method loop)")
+        # No parameter requires grad in this method, so the graph starts here: the embedding
+        # output is made to require grad, and backward flows through every block without
+        # forming any weight gradient.
+        self.handles.append(emb.register_forward_hook(self._start_graph))
+        for key, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(self._capture, with_kwargs=True))
+
+    @staticmethod
+    def _start_graph(module, args, output):
+        if isinstance(output, torch.Tensor) and not output.requires_grad:
+            output.requires_grad_(True)
+        return output
+
+    def _capture(self, module, args, kwargs, output):
+        x = args[0] if args else next(iter(kwargs.values()))
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            raise UserError(f"the output of {type(module).__name__} does not depend on the "
+                            "embeddings in the autograd graph; use --method loop")
+        x = x.detach()
+        roles = self.roles[id(module)]
+        lengths = list(self.lengths)
+        self.pending += 1
+
+        def on_output_grad(gy: torch.Tensor):
+            self._accumulate(roles, x, gy, lengths)
+            self.pending -= 1
+
+        output.register_hook(on_output_grad)
+
+    def _accumulate(self, roles, x, gy, lengths):
+        # Some blocks flatten (batch, time) before their MLP (OPT); view both back.
+        width = self.width
+        x = x.reshape(len(lengths), width, x.shape[-1])
+        gy = gy.reshape(len(lengths), width, gy.shape[-1])
+        for b, n in enumerate(lengths):
+            # This sample's real tokens only: its weight gradient, (out_full, in), in fp32.
+            xs = x[b, :n].float()
+            gs = gy[b, :n].float()
+            full = gs.t() @ xs
+            for m in roles:
+                self.acc.add(m.name, full[m.rows])
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _batches(samples: list[ScoreSample], batch_size: int) -> list[list[int]]:
+    # Longest first, neighbours by length: little padding, and an out-of-memory error, if any,
+    # comes with the first batch.
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i]))
+    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: int = 0):
+    device = _input_device(model)
+    capture = _GradientCapture(model, matrices, acc)
+    loss_sum = 0.0
+    padded = 0
+    try:
+        with _scoring_state(model, set()), torch.enable_grad():
+            for index in _batches(samples, batch_size):
+                batch = [samples[i] for i in index]
+                ids, mask, labels = _collate(batch, pad_id, device)
+                padded += int(mask.numel() - mask.sum())
+                capture.lengths = [len(s) for s in batch]
+                capture.pending = 0
+                capture.width = ids.shape[1]
+                losses = per_sample_losses(_forward(model, ids, mask), labels)
+                _check_finite(losses, batch, [first + i for i in index])
+                # The sum's gradient w.r.t. sample b's activations is that sample's own
+                # gradient: samples do not interact in a causal LM with padding masked.
+                losses.sum().backward()
+                if capture.pending:
+                    raise RuntimeError(f"{capture.pending} target module call(s) received no "
+                                       "output gradient")
+                loss_sum += float(losses.detach().sum())
+                bar.update(len(batch))
+    finally:
+        capture.close()
+    return loss_sum, padded
+
+
+# --------------------------------------------------------------------------------------------
+# data parallel
+
+
+def _dist_world():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def _shard(n: int, rank: int, world: int) -> slice:
+    return slice(n * rank // world, n * (rank + 1) // world)
+
+
+def _all_reduce(dist, tensors: list[torch.Tensor]) -> None:
+    """Sum every tensor over the ranks. Gloo reduces CPU tensors only, so device tensors make
+    a round trip through the host under gloo."""
+    on_host = dist.get_backend() == "gloo"
+    for t in tensors:
+        if on_host and t.device.type != "cpu":
+            host = t.cpu()
+            dist.all_reduce(host)
+            t.copy_(host)
+        else:
+            dist.all_reduce(t)
+
+
+def _agree_on_failure(dist, error: BaseException | None) -> None:
+    """Every rank learns whether any rank failed before the big reduction, so a failure on
+    one rank stops all of them instead of leaving the others waiting."""
+    flag = torch.tensor([1.0 if error is not None else 0.0])
+    dist.all_reduce(flag)
+    if error is not None:
+        raise error
+    if flag.item() > 0:
+        raise UserError("another rank failed while computing scores; see its message")
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+
+
+def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8,
+                   method: str = "batched", reference_fp16: bool = False,
+                   progress: bool = True) -> ScoreResult:
+    """Sensitivity scores of ``matrices`` (default: every target matrix of the model) over
+    ``samples`` (a ScoreDataset or a list of ScoreSample).
+
+    ``reference_fp16`` reproduces the reference's fp16 squaring and summation; it always uses
+    the plain loop in the samples' order, as the reference does. Returns a ``ScoreResult``
+    with fp32 CPU tensors keyed by ``Matrix.name`` in canonical (out, in) shape.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if batch_size is None or batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if reference_fp16 and method != "loop":
+        log.info("reference fp16 mode runs the plain loop (one sample per backward)")
+        method = "loop"
+    matrices = _resolve_matrices(model, matrices)
+    items = _sample_list(samples)
+    dist, rank, world = _dist_world()
+    shard = _shard(len(items), rank, world)
+    local = items[shard]
+    pad_id = _pad_id(tokenizer)
+    acc = _Accumulators(matrices, reference_fp16)
+    bar = _progress(len(local), progress and rank == 0, f"scores ({method})")
+    start = time.perf_counter()
+    error = None
+    loss_sum, padded = 0.0, 0
+    try:
+        if method == "loop":
+            loss_sum = _run_loop(model, local, matrices, acc, pad_id, bar, shard.start)
+        else:
+            loss_sum, padded = _run_batched(model, local, matrices, acc, pad_id, bar, batch_size,
+                                            shard.start)
+    except UserError as exc:
+        if dist is None:
+            raise
+        error = exc
+    finally:
+        bar.close()
+    stats = torch.tensor([float(sum(s.supervised_tokens for s in local)),
+                          float(sum(len(s) for s in local)), float(padded), loss_sum,
+                          float(len(local))], dtype=torch.float64)
+    if dist is not None:
+        _agree_on_failure(dist, error)
+        if reference_fp16:
+            # fp16 sums are reduced in fp32 so the reduction adds no rounding of its own.
+            acc.sums = {k: v.float() for k, v in acc.sums.items()}
+        _all_reduce(dist, list(acc.sums.values()) + [stats])
+    wall = time.perf_counter() - start
+    scores = {name: t.float().cpu() for name, t in acc.sums.items()}
+    bad = [name for name, t in scores.items() if not torch.isfinite(t).all()]
+    if bad:
+        message = (f"scores of {bad[0]} (and {len(bad) - 1} other matrices) are not finite: the "
+                   "gradients overflowed the accumulation dtype")
+        if not reference_fp16:
+            raise UserError(message + "; check the model and its dtype")
+        log.warning("%s (the reference's fp16 sums overflow the same way)", message)
+    supervised, total, padded_all, loss_total, n = stats.tolist()
+    return ScoreResult(
+        scores=scores, nsamples=int(n), supervised_tokens=int(supervised),
+        total_tokens=int(total), padded_tokens=int(padded_all),
+        mean_loss=loss_total / max(n, 1), wall_time_s=wall, method=method,
+        batch_size=1 if method == "loop" else batch_size,
+        accumulation_dtype="float16 (reference)" if reference_fp16 else "float32",
+        world_size=world, zero_counts={k: int((v == 0).sum()) for k, v in scores.items()})
