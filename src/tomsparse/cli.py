@@ -135,10 +135,15 @@ def _eval_parser(sub) -> None:
     _add_model_args(p)
     p.add_argument("--tasks", default="builtin", help="builtin, tomi, or a .py/.json task file")
     p.add_argument("--scoring", default="likelihood", choices=["likelihood", "generate", "greedy"])
-    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--reps", type=int, default=None,
+                   help="repetitions of generate scoring (default: 5 for generate, as the "
+                        "reference; likelihood and greedy run once)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"],
+                   help="generation backend (vllm: optional extra; auto: vllm on a GPU if installed)")
+    p.add_argument("--answer-span", dest="answer_span", default="word", choices=["word", "full"],
+                   help="likelihood: score the answer's first word (default) or all of it")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N tasks per family")
     p.add_argument("--out", default=None, help="output folder")
     p.set_defaults(handler=_lazy("tomsparse.evaluate", "cmd_eval"))
@@ -156,14 +161,24 @@ def _scores_parser(sub) -> None:
                    help="ToM prompt file (JSON list / JSONL of {txt, answer}); default: built-in train split")
     p.add_argument("--corpus", default=DEFAULT_GENERIC, help="generic corpus")
     p.add_argument("--nsamples", type=int, default=100)
-    p.add_argument("--seqlen", type=int, default=128, help="window length for generic text (0 = full prompts)")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="generic: window length (default 128); tom: keep at most the last L tokens "
+                        "of each prompt (default 0 = whole prompts, up to the model's context)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
+    p.add_argument("--supervision", choices=["answer", "last-token"], default=None,
+                   help="tom: supervise the appended answer (default) or only the prompt's last "
+                        "token (the reference's; default with --reference-fp16)")
     p.add_argument("--reference-fp16", dest="reference_fp16", action="store_true",
-                   help="square and sum in fp16 like the reference code")
+                   help="reproduce the reference code: fp16 model (unless --dtype), plain loop, "
+                        "per-sample gradients squared and summed in fp16")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--method", choices=["batched", "loop"], default="batched")
     p.add_argument("--store-dtype", dest="store_dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--store-layout", dest="store_layout", choices=["per-layer", "sharded"],
+                   default="per-layer", help="one safetensors file per layer, or size-limited shards")
+    p.add_argument("--shard-size-mb", dest="shard_size_mb", type=int, default=2048)
+    # Scores default to fp32 weights, but --reference-fp16 defaults to the reference's fp16.
+    p.set_defaults(dtype=None)
     p.add_argument("--from", dest="src", default=None, help="import/export source folder")
     p.add_argument("--out", default=None, help="output folder")
     p.set_defaults(handler=_lazy("tomsparse.scores", "cmd_scores"))
@@ -171,29 +186,53 @@ def _scores_parser(sub) -> None:
 
 # ---------------------------------------------------------------- run (the main job)
 def cmd_run(args) -> int:
-    """The main job. Until the sweep lands: model facts plus a capped perplexity smoke test."""
-    ns = argparse.Namespace(**vars(args))
-    cmd_info(ns)
-    ns.corpus = args.corpus
-    ns.seqlen = args.seqlen
-    ns.max_tokens = args.max_tokens
-    ns.batch_size = 4
-    ns.out = None
-    print()
-    cmd_perplexity(ns)
-    return 0
+    from .pipeline import run_main_job
+
+    return run_main_job(args)
+
+
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    from .corpora import DEFAULT_EVAL
+    from .pipeline import parse_m_list
+
+    p.add_argument("--m_list", "--m-list", dest="m_list", type=parse_m_list, default=None,
+                   help="comma-separated m values (fraction of each matrix), e.g. 0,1e-5,3e-5")
+    p.add_argument("--modes", default="difference,random,tom-only",
+                   help="mask modes: difference, random, tom-only, generic-only")
+    p.add_argument("--random-seeds", dest="random_seeds",
+                   type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="seeds of the random control, e.g. 0,1")
+    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default="mean")
+    p.add_argument("--scale", type=float, default=0.0, help="s in mean + s * (w - mean)")
+    p.add_argument("--reference-ties", dest="reference_ties", action="store_true",
+                   help="the reference's strict-threshold top-k (ties dropped)")
+    p.add_argument("--scoring", default="likelihood", choices=["likelihood", "generate", "greedy"])
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--tasks", default="builtin")
+    p.add_argument("--task-limit", dest="task_limit", type=int, default=None,
+                   help="evaluate the first N tasks per family")
+    p.add_argument("--corpus", default=DEFAULT_EVAL, help="perplexity corpus")
+    p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=int, default=None)
+    p.add_argument("--export-model", dest="export_model", type=float, default=None,
+                   help="write the perturbed model (difference mask) for this m")
 
 
 def _run_parser(sub) -> None:
-    from .corpora import DEFAULT_EVAL
+    from .corpora import DEFAULT_GENERIC
 
-    p = sub.add_parser("run", help="the main job on the built-in offline default")
+    p = sub.add_parser("run", help="the main job: scores, sweep, summary, plots and report")
     _add_model_args(p)
-    p.add_argument("--corpus", default=DEFAULT_EVAL)
-    p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=8192,
-                   help="cap on perplexity tokens (default: 8192 tokens, about a minute on 2 CPU cores)")
-    p.add_argument("--out", default=None)
+    _add_sweep_args(p)
+    p.add_argument("--quick", action="store_true", help="a ~3-minute version for a first look")
+    p.add_argument("--out", default="runs/default", help="output folder (default: runs/default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nsamples-tom", dest="nsamples_tom", type=int, default=None)
+    p.add_argument("--nsamples-generic", dest="nsamples_generic", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=None, help="generic window length")
+    p.add_argument("--data_path", "--data-path", dest="data_path", default=None)
+    p.add_argument("--generic-corpus", dest="generic_corpus", default=DEFAULT_GENERIC)
+    p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.set_defaults(handler=cmd_run)
 
 

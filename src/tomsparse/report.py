@@ -1,0 +1,165 @@
+"""Plots and the self-contained HTML report of a sweep."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .manifest import atomic_write_text, atomic_path
+
+MODE_STYLE = {"difference": ("#c0392b", "difference mask (ToM and not generic)"),
+              "tom-only": ("#8e44ad", "ToM-only mask"),
+              "generic-only": ("#16a085", "generic-only mask"),
+              "random": ("#7f8c8d", "random mask, same count (min-max over seeds)")}
+
+
+def _series(summary: pd.DataFrame, column: str):
+    """{mode: DataFrame(m, lo, mid, hi)}, the m=0 baseline shared by every mode."""
+    base = summary[summary["mode"] == "none"]
+    out = {}
+    for mode in [m for m in MODE_STYLE if m in set(summary["mode"])]:
+        rows = pd.concat([base, summary[summary["mode"] == mode]])
+        if column not in rows:
+            continue
+        g = rows.groupby("m")[column].agg(["min", "mean", "max"]).reset_index()
+        out[mode] = g
+    return out
+
+
+def _plot(summary, column, ylabel, title, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for mode, g in _series(summary, column).items():
+        color, label = MODE_STYLE[mode]
+        x = g["m"] * 1e6
+        if mode == "random":
+            ax.fill_between(x, g["min"], g["max"], color=color, alpha=0.25, label=label)
+            ax.plot(x, g["mean"], color=color, lw=1, ls="--")
+        else:
+            ax.plot(x, g["mean"], marker="o", color=color, label=label)
+    ax.set_xlabel("m, fraction of each matrix perturbed (x 1e-6)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _plot_masks(masks: pd.DataFrame, m: float, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pivot = masks.pivot_table(index="layer", columns="role", values="masked", aggfunc="sum").fillna(0)
+    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=110)
+    bottom = None
+    for role in pivot.columns:
+        ax.bar(pivot.index, pivot[role], bottom=bottom, label=role)
+        bottom = pivot[role] if bottom is None else bottom + pivot[role]
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("masked weights (count)")
+    ax.set_title(f"Where the difference mask lands, m = {m:g}")
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def tom_column(summary: pd.DataFrame) -> tuple[str, str]:
+    """The headline ToM metric: the likelihood margin averaged over families if present."""
+    fams = [f for f in ("unexpected", "transfer", "irony") if f"{f}_margin" in summary]
+    if fams and summary[[f"{f}_margin" for f in fams]].notna().all().all():
+        summary["tom_margin"] = summary[[f"{f}_margin" for f in fams]].mean(axis=1)
+        summary["tom_accuracy"] = summary[[f"{f}_accuracy" for f in fams]].mean(axis=1)
+        return "tom_margin", "mean log-prob margin, expected - alternative (nats)"
+    summary["tom_accuracy"] = summary[[f"{f}_percent_mean" for f in fams]].mean(axis=1) / 100
+    return "tom_accuracy", "ToM accuracy"
+
+
+def reading(summary: pd.DataFrame, metric: str) -> str:
+    """One paragraph written from the numbers."""
+    base = summary[summary["mode"] == "none"]
+    if base.empty:
+        return "No m = 0 baseline point was run, so changes cannot be read against the unperturbed model."
+    b = base.iloc[0]
+    top_m = summary[summary["mode"] == "difference"]["m"].max()
+    at = summary[summary["m"] == top_m]
+
+    def val(mode, col):
+        x = at[at["mode"] == mode][col]
+        return float(x.mean()) if len(x) else float("nan")
+
+    d_tom, r_tom = val("difference", metric) - b[metric], val("random", metric) - b[metric]
+    t_tom = val("tom-only", metric) - b[metric]
+    d_ppl = val("difference", "perplexity") / b["perplexity"] - 1
+    r_ppl = val("random", "perplexity") / b["perplexity"] - 1
+    t_ppl = val("tom-only", "perplexity") / b["perplexity"] - 1
+    masked = val("difference", "masked")
+    ratio = abs(d_tom) / abs(r_tom) if r_tom == r_tom and abs(r_tom) > 1e-12 else float("inf")
+    verdict = ("hurt ToM more than random masks of the same size"
+               if d_tom < 0 and d_tom < r_tom else "did not hurt ToM more than random masks")
+    txt = (f"At the largest m ({top_m:g}, {masked:,.0f} weights in all), the difference mask "
+           f"{verdict}: the ToM metric moved by {d_tom:+.3f} against {r_tom:+.3f} for random "
+           f"masks (about {ratio:.1f}x as much) from a baseline of {b[metric]:.3f}. "
+           f"Perplexity moved by {100 * d_ppl:+.1f}% with the difference mask and "
+           f"{100 * r_ppl:+.1f}% with random masks.")
+    if t_tom == t_tom:
+        txt += (f" The ToM-only mask (no generic subtraction) moved the ToM metric by "
+                f"{t_tom:+.3f} and perplexity by {100 * t_ppl:+.1f}%.")
+    return txt
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict, extra_sections=()) -> Path:
+    out = Path(out)
+    summary = summary.copy()
+    metric, label = tom_column(summary)
+    plots = [
+        _plot(summary, metric, label, "ToM vs m", out / "plot_tom_metric.png"),
+        _plot(summary, "tom_accuracy", "ToM prompt accuracy", "ToM accuracy vs m",
+              out / "plot_tom_accuracy.png"),
+        _plot(summary, "perplexity", "perplexity", "Perplexity vs m", out / "plot_perplexity.png"),
+    ]
+    diff = summary[summary["mode"] == "difference"]
+    if not diff.empty:
+        top = diff["m"].max()
+        mfile = out / "points" / f"difference_s0_m{top:.4e}_masks.csv"
+        if mfile.exists():
+            plots.append(_plot_masks(pd.read_csv(mfile), top, out / "plot_masks_per_layer.png"))
+    text = reading(summary, metric)
+    cols = [c for c in ["mode", "seed", "m", "masked", "perplexity", "tom_margin", "tom_accuracy",
+                        "unexpected_percent_mean", "transfer_percent_mean", "irony_percent_mean",
+                        "avg_percent_unexpected_transfer", "unexpected_strict", "transfer_strict"]
+            if c in summary]
+    table = summary[cols].to_html(index=False, float_format=lambda x: f"{x:.4g}")
+    opts = html.escape(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    body = "\n".join(f"<h3>{html.escape(t)}</h3>\n{h}" for t, h in extra_sections)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tomsparse report</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
+img{{max-width:100%;margin:0.5em 0}}pre{{background:#f6f6f6;padding:1em;font-size:11px;overflow:auto}}</style>
+</head><body><h1>tomsparse report: {html.escape(str(manifest.get('model', '')))}</h1>
+<h2>Reading</h2><p>{html.escape(text)}</p>
+<h2>Plots</h2>{''.join(_img(p) for p in plots)}
+<h2>Summary table</h2>{table}
+{body}
+<h2>Run options and manifest</h2><pre>{opts}</pre></body></html>"""
+    return atomic_write_text(out / "report.html", page)

@@ -1,0 +1,83 @@
+"""The sweep on a tiny model: resume gives the same tables, changed options are refused,
+the model is restored, the reference layout and the report are written."""
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from tomsparse import adapter
+from tomsparse.errors import UserError
+from tomsparse.models import LoadedModel
+from tomsparse.report import write_report
+from tomsparse.sweep import SweepConfig, collect, m_grid, run_sweep
+from tomsparse.testing import CharTokenizer, tiny_model
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = tiny_model("llama")
+    desc = adapter.describe(model)
+    lm = LoadedModel(model=model, tokenizer=CharTokenizer(), name="tiny-llama", source="memory",
+                     fingerprint=adapter.fingerprint(model, desc), description=desc)
+    gen = torch.Generator().manual_seed(0)
+    tom = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
+    generic = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("some generic text number %d here" % i for i in range(40)))
+    cfg = SweepConfig(m_values=[0.0, 0.05], modes=["difference", "random", "tom-only"],
+                      random_seeds=[0, 1], tasks="builtin", task_limit=1, corpus=str(corpus),
+                      ppl_seqlen=32, ppl_max_tokens=256, batch_size=8)
+    return lm, tom, generic, cfg
+
+
+def test_sweep_resume_restore_and_outputs(setup, tmp_path):
+    lm, tom, generic, cfg = setup
+    before = [p.detach().clone() for p in lm.model.parameters()]
+    out = tmp_path / "sweep"
+    full = run_sweep(lm, tom, generic, cfg, out, progress=False)
+    assert all(torch.equal(p, b) for p, b in zip(lm.model.parameters(), before))
+    assert len(full) == 1 + 4  # baseline + difference, tom-only, 2 random seeds
+    diff = full[full["mode"] == "difference"].set_index("m")
+    rnd = full[full["mode"] == "random"].groupby("m")["masked"].first()
+    assert (diff["masked"] == rnd).all()  # random control has the same count
+    assert (out / "perplexity_results.csv").exists() and (out / "sweep_points.csv").exists()
+    assert list((out / "tom" / "1").glob("*/unexpected/results.csv"))
+    # "Kill" the run after some points: delete the later ones, resume, same tables.
+    for path in sorted((out / "points").glob("random_s1_*")) + sorted((out / "points").glob("tom-only*")):
+        path.unlink()
+    resumed = run_sweep(lm, tom, generic, cfg, out, progress=False)
+    pd.testing.assert_frame_equal(full.reset_index(drop=True), resumed.reset_index(drop=True))
+    page = write_report(out, resumed, {"model": "tiny-llama"})
+    text = page.read_text()
+    assert "data:image/png;base64" in text and "difference mask" in text
+
+
+def test_changed_options_are_refused(setup, tmp_path):
+    lm, tom, generic, cfg = setup
+    out = tmp_path / "sweep"
+    cfg.m_values = [0.05]
+    cfg.modes = ["difference"]
+    run_sweep(lm, tom, generic, cfg, out, progress=False)
+    n_files = len(list(out.rglob("*")))
+    cfg.perturbation = "zero"
+    with pytest.raises(UserError, match="different config.*perturbation"):
+        run_sweep(lm, tom, generic, cfg, out, progress=False)
+    assert len(list(out.rglob("*"))) == n_files  # nothing written or lost
+
+
+def test_fingerprint_mismatch_and_bad_m(setup, tmp_path):
+    lm, tom, generic, cfg = setup
+    cfg.m_values = [0.0, 2.0]
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        run_sweep(lm, tom, generic, cfg, tmp_path / "a", progress=False)
+    cfg.m_values = [0.01]
+    del tom["layers.1.down"]
+    with pytest.raises(UserError, match="layers.1.down is missing"):
+        run_sweep(lm, tom, generic, cfg, tmp_path / "b", progress=False)
+
+
+def test_m_grid_matches_reference_arange():
+    grid = m_grid(0.0, 5e-5, 2e-6)
+    assert len(grid) == 26 and grid[0] == 0.0 and grid[-1] == pytest.approx(5e-5)
