@@ -66,7 +66,7 @@ REFERENCE_COLUMNS = {
 }
 
 TABLE_COLUMNS = ["model", "scoring", "m", "rep", "seed", "family", "task_id", "task_index",
-                 "condition", "reversed", "scenario", "probe", "expected", "alternative",
+                 "condition", "reversed", "scenario", "probe", "cell", "expected", "alternative",
                  "expected_word", "generated", "answer_word", "logprob_expected",
                  "logprob_alternative", "margin", "tokens_expected", "tokens_alternative",
                  "correct", "prompt"]
@@ -552,8 +552,8 @@ def _protocol(scoring: str, answer_span: str) -> str:
 def _row(p: Prompt, rep: int, seed, correct: bool, **values) -> dict:
     return dict(rep=rep, seed=seed, family=p.family, task_id=p.task_id, task_index=p.task_index,
                 condition=p.condition, reversed=p.reversed, scenario=p.scenario, probe=p.probe,
-                expected=p.expected, alternative=p.alternative, expected_word=p.expected_word,
-                correct=bool(correct), prompt=p.text, **values)
+                cell=p.cell_id, expected=p.expected, alternative=p.alternative,
+                expected_word=p.expected_word, correct=bool(correct), prompt=p.text, **values)
 
 
 # ---------------------------------------------------------------- metrics
@@ -596,8 +596,10 @@ def _group_metrics(rows: pd.DataFrame, rng: np.random.Generator, n_boot: int) ->
     out["prompt_accuracy"] = float(correct.mean())
     out["prompt_ci_low"], out["prompt_ci_high"] = _bootstrap(sums, counts, rng, n_boot)
 
-    # Cells: a (task, scenario) is right only if all its probes are.
-    cells = rows.groupby(["task_index", "rep", "scenario"], sort=False)["correct"].agg(
+    # Cells: a (task, scenario) is right only if all its probes are (ToMi: every question is
+    # a cell of its own).
+    cell_key = "cell" if "cell" in rows else "scenario"
+    cells = rows.groupby(["task_index", "rep", cell_key], sort=False)["correct"].agg(
         ["all", "size"]).reset_index()
     sums, counts = _grid(cells, cells["all"], tasks, reps)
     out["n_cells"] = int(len(cells) / len(reps))
@@ -673,7 +675,8 @@ def compute_metrics(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> p
                             "reps": len(avg), "reference_percent": float(avg.mean()),
                             "reference_percent_var": float(avg.var(ddof=1)) if len(avg) > 1
                             else 0.0})
-    return pd.DataFrame.from_records(records).reindex(columns=METRIC_COLUMNS)
+    counts = {c: "Int64" for c in ("n_tasks", "reps", "n_prompts", "n_cells")}
+    return pd.DataFrame.from_records(records).reindex(columns=METRIC_COLUMNS).astype(counts)
 
 
 def format_metrics(metrics: pd.DataFrame, levels=("family", "condition")) -> str:
@@ -705,8 +708,11 @@ def cmd_eval(args) -> int:
         reps = DEFAULT_REPS if scoring == "generate" else 1
     taskset = load_tasks(getattr(args, "tasks", None) or "builtin")
     taskset = taskset.head(getattr(args, "limit", None))
-    lm = load_model(args.model, device=getattr(args, "device", None),
-                    dtype=getattr(args, "dtype", None))
+    options = dict(device=getattr(args, "device", None) or "auto",
+                   dtype=getattr(args, "dtype", None) or "float32")
+    if getattr(args, "device_map", None):
+        options["device_map"] = args.device_map
+    lm = load_model(args.model, **options)
     print(f"evaluating {lm.name} on {taskset.summary()} ({len(taskset.prompts())} prompts), "
           f"scoring={scoring}, reps={reps if scoring == 'generate' else 1}", file=sys.stderr)
     result = evaluate(lm.model, lm.tokenizer, taskset, scoring=scoring, reps=reps,

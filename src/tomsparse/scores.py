@@ -476,3 +476,215 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
         batch_size=1 if method == "loop" else batch_size,
         accumulation_dtype="float16 (reference)" if reference_fp16 else "float32",
         world_size=world, zero_counts={k: int((v == 0).sum()) for k, v in scores.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# computing and storing one score set (library entry point and CLI)
+
+
+def manifest_fields(model_name: str, fingerprint: str | None, model, dataset: ScoreDataset,
+                    result: ScoreResult, reference_fp16: bool = False, **extra) -> dict:
+    """What a score store's manifest records about a computed score set."""
+    info = dict(dataset.info) if isinstance(dataset, ScoreDataset) else {}
+    config = getattr(model, "config", None)
+    weight = next(model.parameters(), None) if model is not None else None
+    fields = {
+        "model": model_name,
+        "fingerprint": fingerprint,
+        "model_type": getattr(config, "model_type", None),
+        "model_dtype": str(weight.dtype).replace("torch.", "") if weight is not None else None,
+        "dataset": info.get("dataset"),
+        "dataset_source": info.get("source"),
+        "dataset_sha256": info.get("source_sha256"),
+        "samples_sha256": info.get("samples_sha256"),
+        "nsamples_requested": info.get("nsamples_requested"),
+        "seqlen": info.get("seqlen", info.get("max_length")),
+        "seed": info.get("seed"),
+        "supervision": info.get("supervision"),
+        "truncated": info.get("truncated", 0),
+        "reference_fp16": bool(reference_fp16),
+        "data": info,
+    }
+    fields.update(result.manifest_fields())
+    fields.update(extra)
+    return fields
+
+
+def compute_score_set(lm, dataset: ScoreDataset, out=None, method: str = "batched",
+                      batch_size: int = 8, reference_fp16: bool = False,
+                      store_dtype: str = "float32", layout: str = "per-layer",
+                      shard_size_mb: int = 2048, progress: bool = True,
+                      **manifest_extra) -> ScoreResult:
+    """Scores of a loaded model (``tomsparse.models.LoadedModel``) on a dataset, written to
+    ``out`` as a score store when given (by rank 0 only under torch.distributed)."""
+    from .score_store import save_scores
+
+    result = compute_scores(lm.model, lm.tokenizer, dataset, matrices=lm.description.matrices,
+                            batch_size=batch_size, method=method,
+                            reference_fp16=reference_fp16, progress=progress)
+    _, rank, _ = _dist_world()
+    if out is not None and rank == 0:
+        fields = manifest_fields(lm.name, lm.fingerprint, lm.model, dataset, result,
+                                 reference_fp16=reference_fp16, **manifest_extra)
+        save_scores(out, result.scores, fields, store_dtype=store_dtype, layout=layout,
+                    shard_size_mb=shard_size_mb)
+    return result
+
+
+def _context_length(model) -> int | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _init_distributed() -> bool:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on
+    GPUs). Returns True when this call created it."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return True
+
+
+def _summary(result: ScoreResult, dataset: ScoreDataset, out) -> str:
+    zeros = sum(result.zero_counts.values())
+    total = sum(t.numel() for t in result.scores.values())
+    return (f"scores: {len(result.scores)} matrices, {result.nsamples} samples "
+            f"({dataset.info.get('dataset')}, supervision {dataset.info.get('supervision')}), "
+            f"{result.supervised_tokens} supervised tokens, mean loss {result.mean_loss:.4f}, "
+            f"{result.method} method, {result.accumulation_dtype} sums, "
+            f"{zeros:,} of {total:,} entries exactly zero ({100 * zeros / max(total, 1):.3f}%), "
+            f"{result.wall_time_s:.1f} s on {result.world_size} process(es)"
+            + (f"; wrote {out}" if out else ""))
+
+
+def _cmd_compute(args) -> int:
+    from .models import load_model
+
+    out = getattr(args, "out", None)
+    if not out:
+        raise UserError("scores needs --out DIR (the score store to write)")
+    reference = bool(getattr(args, "reference_fp16", False))
+    created = _init_distributed()
+    try:
+        import torch.distributed as dist
+
+        _, rank, world = _dist_world()
+        device = getattr(args, "device", None) or "auto"
+        if world > 1 and torch.cuda.is_available() and device in ("auto", "cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        # The reference runs its model in fp16; that is part of reproducing its numbers.
+        dtype = getattr(args, "dtype", None) or ("float16" if reference else "float32")
+        lm = load_model(args.model, device=device, dtype=dtype,
+                        device_map=getattr(args, "device_map", None))
+        dataset = build_dataset(args, lm.tokenizer, lm.model)
+        method = getattr(args, "method", None) or "batched"
+        if reference and method != "loop":
+            print("--reference-fp16: using the plain loop (one sample per backward), as the "
+                  "reference does", file=sys.stderr)
+            method = "loop"
+        result = compute_score_set(
+            lm, dataset, out=out, method=method, batch_size=getattr(args, "batch_size", None) or 8,
+            reference_fp16=reference, store_dtype=getattr(args, "store_dtype", None) or "float32",
+            layout=getattr(args, "store_layout", None) or "per-layer",
+            shard_size_mb=getattr(args, "shard_size_mb", None) or 2048, progress=rank == 0,
+            device=str(lm.device) if hasattr(lm, "device") else device,
+            device_map=getattr(args, "device_map", None))
+        if rank == 0:
+            print(_summary(result, dataset, out))
+        if world > 1:
+            dist.barrier()
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def build_dataset(args, tokenizer, model) -> ScoreDataset:
+    """The dataset the CLI options describe (``--dataset tom|generic`` and friends)."""
+    from .score_data import build_generic_samples, build_tom_samples
+
+    dataset = getattr(args, "dataset", None) or "tom"
+    nsamples = getattr(args, "nsamples", None) or 100
+    seed = getattr(args, "seed", None) or 0
+    seqlen = getattr(args, "seqlen", None)
+    context = _context_length(model)
+    if dataset == "tom":
+        from .tasks import gradient_prompts
+
+        spec = getattr(args, "data_path", None) or "builtin"
+        supervision = getattr(args, "supervision", None) or (
+            "last-token" if getattr(args, "reference_fp16", False) else "answer")
+        # --seqlen 0 (the reference's value for ToM) keeps prompts whole, up to the context.
+        limit = seqlen if seqlen and seqlen > 0 else context
+        return build_tom_samples(tokenizer, gradient_prompts(spec), nsamples=nsamples, seed=seed,
+                                 supervision=supervision, max_length=limit, source=spec)
+    if dataset == "generic":
+        from .corpora import DEFAULT_GENERIC, load_corpus
+
+        corpus = load_corpus(getattr(args, "corpus", None) or DEFAULT_GENERIC)
+        return build_generic_samples(tokenizer, corpus, nsamples=nsamples,
+                                     seqlen=seqlen if seqlen else 128, seed=seed,
+                                     max_length=context)
+    raise UserError(f"unknown --dataset {dataset!r}; use tom or generic")
+
+
+def _model_for_import(name: str, dtype: str | None):
+    """A model's description and fingerprint for import, loaded with its real weights (the
+    fingerprint is defined on the loaded model)."""
+    from .models import load_model
+
+    return load_model(name, device="cpu", dtype=dtype or "float32")
+
+
+def _cmd_import(args) -> int:
+    from .score_store import import_reference_chunks
+
+    src, out = getattr(args, "src", None), getattr(args, "out", None)
+    if not src or not out:
+        raise UserError("scores import needs --from REFERENCE_CHUNKS and --out DIR")
+    lm = _model_for_import(args.model, getattr(args, "dtype", None))
+    path = import_reference_chunks(src, out, lm, model_name=lm.name,
+                                   store_dtype=getattr(args, "store_dtype", None) or "float32",
+                                   layout=getattr(args, "store_layout", None) or "per-layer")
+    print(f"imported {src} for {lm.name} into {out} ({path.name})")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .score_store import export_reference_chunks
+
+    src, out = getattr(args, "src", None), getattr(args, "out", None)
+    if not src or not out:
+        raise UserError("scores export needs --from SCORE_STORE and --out DIR")
+    export_reference_chunks(src, out)
+    print(f"exported {src} as reference chunks (layer_<i>.pt, fp16) into {out}")
+    return 0
+
+
+def cmd_scores(args) -> int:
+    """Handler of ``tomsparse scores [compute|import|export]``:
+
+    compute: ``--model M --dataset tom|generic [--data_path FILE] [--corpus C] --nsamples N
+    --seqlen L --seed S --supervision answer|last-token [--reference-fp16] --batch-size B
+    --method batched|loop --dtype D --device D [--device-map auto] --store-dtype float32|bfloat16
+    [--store-layout per-layer|sharded] --out DIR``; runs data-parallel under ``torchrun``.
+    import: ``--from REFERENCE_CHUNKS --model M --out DIR``. export: ``--from DIR --out DIR``.
+    """
+    action = getattr(args, "action", None) or "compute"
+    if action == "import":
+        return _cmd_import(args)
+    if action == "export":
+        return _cmd_export(args)
+    if action == "compute":
+        return _cmd_compute(args)
+    raise UserError(f"unknown scores action {action!r}; use compute, import or export")

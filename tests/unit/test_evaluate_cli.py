@@ -27,7 +27,7 @@ def test_tasks_export_and_show(tmp_path, capsys):
     assert json.loads((tmp_path / "tom_tasks_eval.json").read_text()).keys() == {"s1", "s2", "s3"}
 
     cmd_tasks(argparse.Namespace(action="show", tasks=str(FIXTURES / "reference_tasks.json"),
-                                 examples=2))
+                                 n=2))
     out = capsys.readouterr().out
     assert "unexpected contents: 1 tasks, 16 prompts (false belief 4, correct label 4" in out
     assert "expected 'popcorn', alternative 'chocolate'" in out
@@ -43,7 +43,7 @@ def fake_models(monkeypatch):
     """A stand-in for tomsparse.models whose load_model returns a tiny Llama."""
     calls = []
 
-    def load_model(name, device=None, dtype=None):
+    def load_model(name, device="auto", dtype="float32", **options):
         calls.append((name, device, dtype))
         return types.SimpleNamespace(model=tiny_model("llama", max_position_embeddings=1024),
                                      tokenizer=CharTokenizer(), name=f"tiny:{name}",
@@ -74,7 +74,7 @@ def test_cmd_eval_writes_outputs(tmp_path, capsys, fake_models):
 def test_cmd_eval_generate_defaults_to_five_reps(tmp_path, fake_models):
     args = argparse.Namespace(model="tiny", tasks=str(FIXTURES / "reference_tasks.py"),
                               scoring="generate", reps=None, seed=5, batch_size=16,
-                              out=str(tmp_path), device=None, dtype=None, limit=None)
+                              out=str(tmp_path), device="cpu", dtype=None, limit=None)
     cmd_eval(args)
     prompts = pd.read_csv(tmp_path / "tom_prompts.csv")
     assert sorted(prompts["rep"].unique()) == [1, 2, 3, 4, 5]

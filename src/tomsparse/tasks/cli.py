@@ -46,7 +46,7 @@ def _export(out: str, seed: int) -> None:
 def cmd_tasks(args) -> int:
     """Handler of ``tomsparse tasks``. Reads ``args.action`` (export or show), and:
     export: ``--out DIR`` (required), ``--seed`` (bank seed, default 0);
-    show: ``--tasks SPEC`` (default builtin), ``--examples N`` (prompts per family, default 2).
+    show: ``--tasks SPEC`` (default builtin), ``-n N`` (prompts shown per family, default 2).
     """
     action = getattr(args, "action", None)
     if action == "export":
@@ -55,7 +55,7 @@ def cmd_tasks(args) -> int:
             raise UserError("tasks export needs --out DIR")
         _export(out, getattr(args, "seed", None) or 0)
     elif action == "show":
-        examples = getattr(args, "examples", None)
+        examples = getattr(args, "n", None)
         _show(getattr(args, "tasks", None) or "builtin", 2 if examples is None else examples)
     else:
         raise UserError(f"unknown tasks action {action!r}; use export or show")

@@ -117,6 +117,12 @@ class Prompt:
     text: str            # the full prompt; the answer follows after one space
     expected: str        # the expected answer (a word or short phrase)
     alternative: str     # the competing answer (o1 vs o2, Yes vs No, ToMi's other location)
+    cell: str = ""       # prompts of a task with the same cell must all be right for the cell
+                         # to count; empty = the scenario (the two probes of families 1-2)
+
+    @property
+    def cell_id(self) -> str:
+        return self.cell or self.scenario
 
     @property
     def expected_word(self) -> str:

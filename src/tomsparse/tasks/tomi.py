@@ -75,7 +75,8 @@ class TomiItem:
             family="tomi", task_id=f"story{self.story_index}", task_index=self.story_index,
             condition=self.qtype, reversed=False, scenario=scenario, probe="",
             text=f"{READ} {self.story} Question: {self.question} Answer: {self.lead_in()}",
-            expected=self.target, alternative=self.alternative)
+            expected=self.target, alternative=self.alternative,
+            cell=f"line {self.line}")  # every question is its own cell
 
 
 def wheel_path() -> Path:
