@@ -30,12 +30,13 @@ class Saved:
     entries: list  # (Matrix, rows, cols, original values)
 
 
-def _replacement_center(w: torch.Tensor, rows, cols, mode: str) -> torch.Tensor:
+def _replacement_center(w: torch.Tensor, rows, cols, mode: str, total=None) -> torch.Tensor:
     d = w.numel()
     k = rows.numel()
     if mode == "zero":
         return torch.zeros((), dtype=torch.float32, device=w.device)
-    total = w.float().sum()
+    if total is None:
+        total = w.float().sum()
     masked_sum = w[rows, cols].float().sum()
     if mode == "mean":
         if d == k:
@@ -48,8 +49,14 @@ def _replacement_center(w: torch.Tensor, rows, cols, mode: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_perturbation(matrices, masks: dict, mode: str = "mean", scale: float = 0.0) -> Saved:
-    """Perturb each matrix's masked entries in place; returns what ``restore`` needs."""
+def apply_perturbation(matrices, masks: dict, mode: str = "mean", scale: float = 0.0,
+                       totals: dict | None = None) -> Saved:
+    """Perturb each matrix's masked entries in place; returns what ``restore`` needs.
+
+    ``totals`` (name -> sum of the unperturbed matrix) is filled on first use and reused:
+    a sweep restores the weights after every point, so the sums never change, and summing
+    100M weights per point would dominate the cost of masking.
+    """
     if mode not in PERTURBATIONS:
         raise UserError(f"unknown perturbation {mode!r}; choose from {', '.join(PERTURBATIONS)}")
     saved = []
@@ -62,7 +69,12 @@ def apply_perturbation(matrices, masks: dict, mode: str = "mean", scale: float =
         idx = idx.to(w.device)
         rows, cols = idx // mat.shape[1], idx % mat.shape[1]
         original = w[rows, cols].clone()
-        center = _replacement_center(w, rows, cols, mode)
+        total = None
+        if totals is not None and mode != "zero":
+            if name not in totals:
+                totals[name] = w.float().sum()
+            total = totals[name]
+        center = _replacement_center(w, rows, cols, mode, total)
         new = center + scale * (original.float() - center)
         w[rows, cols] = new.to(w.dtype)  # index_put_ on a view writes through to the parameter
         saved.append((mat, rows, cols, original))

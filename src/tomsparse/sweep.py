@@ -117,6 +117,7 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     ppl_ids = tokenize_corpus(lm.tokenizer, corpus, cfg.ppl_max_tokens)
 
     points = _points(cfg)
+    matrix_sums: dict = {}  # reused by every point: weights are restored after each
     iterator = points
     if progress:
         from tqdm import tqdm
@@ -131,7 +132,8 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
                  {n: rankings[n].mask(m, mode, seed=seed, reference_ties=cfg.reference_ties)
                   for n in names})
         t_mask = time.time()
-        saved = apply_perturbation(desc.matrices, masks, mode=cfg.perturbation, scale=cfg.scale)
+        saved = apply_perturbation(desc.matrices, masks, mode=cfg.perturbation, scale=cfg.scale,
+                                   totals=matrix_sums)
         t_apply = time.time() - t_mask
         try:
             if export_m is not None and mode == "difference" and abs(m - export_m) < 1e-15:

@@ -125,3 +125,18 @@ def test_restore_is_bit_exact_in_bfloat16():
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
     restore(saved)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_cached_matrix_sums_give_the_same_perturbation():
+    model = tiny_model("qwen2")
+    desc = adapter.describe(model)
+    masks = {m.name: torch.arange(3, m.numel, 11) for m in desc.matrices}
+    saved = apply_perturbation(desc.matrices, masks, mode="mean")
+    plain = [m.weight().clone() for m in desc.matrices]
+    restore(saved)
+    sums = {}
+    for _ in range(2):  # first call fills the cache, second uses it
+        saved = apply_perturbation(desc.matrices, masks, mode="mean", totals=sums)
+        assert all(torch.equal(m.weight(), p) for m, p in zip(desc.matrices, plain))
+        restore(saved)
+    assert len(sums) == len(desc.matrices)
