@@ -16,11 +16,11 @@ from .errors import UserError
 from .manifest import build_manifest, options_dict, write_json
 
 # Defaults sized so `make run` finishes within ~20 minutes on 2 CPU cores.
-DEFAULTS = dict(nsamples_tom=32, nsamples_generic=32, seqlen=128,
-                m_list=[0.0, 2e-5, 1e-4], random_seeds=[0, 1], task_limit=12,
+DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
+                m_list=[0.0, 3e-5, 1e-4], random_seeds=[0, 1], task_limit=6,
                 ppl_max_tokens=4096)
 QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
-             random_seeds=[0], task_limit=6, ppl_max_tokens=2048)
+             random_seeds=[0], task_limit=4, ppl_max_tokens=2048)
 
 
 def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:

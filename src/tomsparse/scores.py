@@ -65,6 +65,8 @@ class ScoreResult:
     accumulation_dtype: str
     world_size: int = 1
     zero_counts: dict[str, int] = field(default_factory=dict)
+    # (samples, seconds) of every forward/backward step on this rank, for benchmarks.
+    step_times: list[tuple[int, float]] = field(default_factory=list)
 
     def manifest_fields(self) -> dict:
         return {
@@ -147,17 +149,28 @@ def _collate(batch: list[ScoreSample], pad_id: int, device):
 def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over each sample's supervised tokens, computed in fp32: (B,).
 
-    Only the supervised positions' logits are upcast, so a large vocabulary costs no extra
-    fp32 copy of the whole logits tensor.
+    ``labels[b, t]`` is predicted from position t - 1 (-100 = not supervised).
     """
+    batch, width, vocab = logits.shape
     targets = labels[:, 1:].to(logits.device)
-    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+    supervised = targets != IGNORE
+    counts = supervised.sum(1).clamp_min(1).float()
+    if logits.dtype == torch.float32 and 2 * int(supervised.sum()) >= supervised.numel():
+        # Mostly supervised (generic windows): the loss over all positions of the logits as
+        # they are, with no copy of a (batch, width, vocab) tensor; the last position and
+        # unsupervised ones are ignored.
+        padded = torch.full((batch, width), IGNORE, dtype=targets.dtype, device=logits.device)
+        padded[:, :-1] = targets
+        token_losses = F.cross_entropy(logits.reshape(batch * width, vocab), padded.reshape(-1),
+                                       ignore_index=IGNORE, reduction="none")
+        return token_losses.view(batch, width).sum(1) / counts
+    # Few supervised positions (ToM prompts), or half-precision logits: upcast only the
+    # supervised positions' logits.
+    rows, cols = supervised.nonzero(as_tuple=True)
     picked = logits[:, :-1][rows, cols].float()
     token_losses = F.cross_entropy(picked, targets[rows, cols], reduction="none")
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device)
-    sums = sums.index_add(0, rows, token_losses)
-    counts = torch.bincount(rows, minlength=labels.shape[0]).clamp_min(1).to(sums.dtype)
-    return sums / counts
+    sums = torch.zeros(batch, dtype=torch.float32, device=logits.device)
+    return sums.index_add(0, rows, token_losses) / counts
 
 
 def _check_finite(losses: torch.Tensor, batch: list[ScoreSample], indices: list[int]) -> None:
@@ -235,7 +248,8 @@ def _progress(total: int, enabled: bool, desc: str):
 # the two methods
 
 
-def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: int = 0):
+def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: int = 0,
+              step_times=None):
     """One sample per forward/backward; g from autograd's weight gradient."""
     device = _input_device(model)
     params = {id(m.module.weight): m.module.weight for m in matrices}
@@ -245,6 +259,7 @@ def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: 
     loss_sum = 0.0
     with _scoring_state(model, set(params)), torch.enable_grad():
         for i, sample in enumerate(samples):
+            started = time.perf_counter()
             ids, mask, labels = _collate([sample], pad_id, device)
             loss = per_sample_losses(_forward(model, ids, mask), labels)
             _check_finite(loss, [sample], [first + i])
@@ -258,6 +273,8 @@ def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: 
                         acc.add(m.name, canonical[m.rows])
                 weight.grad = None
             loss_sum += float(loss.detach().sum())
+            if step_times is not None:
+                step_times.append((1, time.perf_counter() - started))
             bar.update(1)
     return loss_sum
 
@@ -278,42 +295,33 @@ class _GradientCapture:
             self.modules[id(m.module)] = m.module
         self.handles = []
         self.pending = 0
-        emb = model.get_input_embeddings()
-        if emb is None:
-            raise UserError(f"{type(model).__name__} has no input embeddings; the batched "
-                            "method needs them (use --method loop)")
-        # No parameter requires grad in this method, so the graph starts here: the embedding
-        # output is made to require grad, and backward flows through every block without
-        # forming any weight gradient.
-        self.handles.append(emb.register_forward_hook(self._start_graph))
         for key, module in self.modules.items():
             self.handles.append(module.register_forward_hook(self._capture, with_kwargs=True))
 
-    @staticmethod
-    def _start_graph(module, args, output):
-        if isinstance(output, torch.Tensor) and not output.requires_grad:
-            output.requires_grad_(True)
-        return output
-
     def _capture(self, module, args, kwargs, output):
         x = args[0] if args else next(iter(kwargs.values()))
-        if not isinstance(output, torch.Tensor) or not output.requires_grad:
-            raise UserError(f"the output of {type(module).__name__} does not depend on the "
-                            "embeddings in the autograd graph; use --method loop")
-        x = x.detach()
+        if not isinstance(output, torch.Tensor):
+            raise UserError(f"{type(module).__name__} returned {type(output).__name__}, not a "
+                            "tensor; use --method loop")
+        if not output.requires_grad:
+            # No parameter requires grad in this method, so the graph starts at the first
+            # target outputs (layer 0's projections): backward then reaches every target
+            # module and stops there, without forming any weight gradient or the gradient
+            # of the embeddings.
+            output.requires_grad_(True)
+        held = [x.detach()]  # released as soon as this call's gradients are accumulated
         roles = self.roles[id(module)]
-        lengths = list(self.lengths)
+        lengths, width = list(self.lengths), self.width
         self.pending += 1
 
         def on_output_grad(gy: torch.Tensor):
-            self._accumulate(roles, x, gy, lengths)
+            self._accumulate(roles, held.pop(), gy, lengths, width)
             self.pending -= 1
 
         output.register_hook(on_output_grad)
 
-    def _accumulate(self, roles, x, gy, lengths):
+    def _accumulate(self, roles, x, gy, lengths, width):
         # Some blocks flatten (batch, time) before their MLP (OPT); view both back.
-        width = self.width
         x = x.reshape(len(lengths), width, x.shape[-1])
         gy = gy.reshape(len(lengths), width, gy.shape[-1])
         for b, n in enumerate(lengths):
@@ -337,7 +345,8 @@ def _batches(samples: list[ScoreSample], batch_size: int) -> list[list[int]]:
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: int = 0):
+def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: int = 0,
+                 step_times=None):
     device = _input_device(model)
     capture = _GradientCapture(model, matrices, acc)
     loss_sum = 0.0
@@ -345,6 +354,7 @@ def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: 
     try:
         with _scoring_state(model, set()), torch.enable_grad():
             for index in _batches(samples, batch_size):
+                started = time.perf_counter()
                 batch = [samples[i] for i in index]
                 ids, mask, labels = _collate(batch, pad_id, device)
                 padded += int(mask.numel() - mask.sum())
@@ -360,6 +370,8 @@ def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: 
                     raise RuntimeError(f"{capture.pending} target module call(s) received no "
                                        "output gradient")
                 loss_sum += float(losses.detach().sum())
+                if step_times is not None:
+                    step_times.append((len(batch), time.perf_counter() - started))
                 bar.update(len(batch))
     finally:
         capture.close()
@@ -438,12 +450,14 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
     start = time.perf_counter()
     error = None
     loss_sum, padded = 0.0, 0
+    step_times: list[tuple[int, float]] = []
     try:
         if method == "loop":
-            loss_sum = _run_loop(model, local, matrices, acc, pad_id, bar, shard.start)
+            loss_sum = _run_loop(model, local, matrices, acc, pad_id, bar, shard.start,
+                                 step_times)
         else:
             loss_sum, padded = _run_batched(model, local, matrices, acc, pad_id, bar, batch_size,
-                                            shard.start)
+                                            shard.start, step_times)
     except UserError as exc:
         if dist is None:
             raise
@@ -475,7 +489,8 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
         mean_loss=loss_total / max(n, 1), wall_time_s=wall, method=method,
         batch_size=1 if method == "loop" else batch_size,
         accumulation_dtype="float16 (reference)" if reference_fp16 else "float32",
-        world_size=world, zero_counts={k: int((v == 0).sum()) for k, v in scores.items()})
+        world_size=world, zero_counts={k: int((v == 0).sum()) for k, v in scores.items()},
+        step_times=step_times)
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,7 +169,9 @@ def load_tasks(spec: str) -> TaskSet:
         return _merge([load_tasks(p) for p in parts], spec)
     if spec in ("builtin", "builtin:eval", "builtin:train"):
         from .bank import builtin_taskset
-        return builtin_taskset("train" if spec.endswith(":train") else "eval")
+        cached = builtin_taskset("train" if spec.endswith(":train") else "eval")
+        # A copy of the lists, so that a caller editing its TaskSet leaves the cache alone.
+        return TaskSet(name=cached.name, tasks={f: list(t) for f, t in cached.tasks.items()})
     if spec == "tomi":
         return TaskSet(name="tomi", tomi=load_tomi())
     if spec.startswith("builtin:"):
