@@ -27,14 +27,11 @@ on each module's own device.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -44,8 +41,6 @@ from .score_data import IGNORE, ScoreDataset, ScoreSample
 log = logging.getLogger(__name__)
 
 METHODS = ("batched", "loop")
-# Per-sample gradients of one module are formed one sample at a time (not as a (B, out, in)
-# stack), so the extra memory is one matrix however large B is.
 
 
 @dataclass
@@ -326,6 +321,8 @@ class _GradientCapture:
         gy = gy.reshape(len(lengths), width, gy.shape[-1])
         for b, n in enumerate(lengths):
             # This sample's real tokens only: its weight gradient, (out_full, in), in fp32.
+            # One sample at a time (not a (B, out, in) stack): the extra memory is one
+            # matrix however large B is.
             xs = x[b, :n].float()
             gs = gy[b, :n].float()
             full = gs.t() @ xs
@@ -440,6 +437,11 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
         log.info("reference fp16 mode runs the plain loop (one sample per backward)")
         method = "loop"
     matrices = _resolve_matrices(model, matrices)
+    offloaded = [m.name for m in matrices if m.module.weight.device.type == "meta"]
+    if offloaded:
+        raise UserError(f"{offloaded[0]} and {len(offloaded) - 1} other target weights are "
+                        "offloaded (on the meta device); scores need every target weight in "
+                        "memory: use a device_map that fits the model on the devices")
     items = _sample_list(samples)
     dist, rank, world = _dist_world()
     shard = _shard(len(items), rank, world)
@@ -513,7 +515,8 @@ def manifest_fields(model_name: str, fingerprint: str | None, model, dataset: Sc
         "dataset_sha256": info.get("source_sha256"),
         "samples_sha256": info.get("samples_sha256"),
         "nsamples_requested": info.get("nsamples_requested"),
-        "seqlen": info.get("seqlen", info.get("max_length")),
+        "seqlen": info.get("seqlen"),
+        "max_length": info.get("max_length"),
         "seed": info.get("seed"),
         "supervision": info.get("supervision"),
         "truncated": info.get("truncated", 0),
@@ -641,8 +644,11 @@ def build_dataset(args, tokenizer, model) -> ScoreDataset:
             "last-token" if getattr(args, "reference_fp16", False) else "answer")
         # --seqlen 0 (the reference's value for ToM) keeps prompts whole, up to the context.
         limit = seqlen if seqlen and seqlen > 0 else context
-        return build_tom_samples(tokenizer, gradient_prompts(spec), nsamples=nsamples, seed=seed,
-                                 supervision=supervision, max_length=limit, source=spec)
+        dataset = build_tom_samples(tokenizer, gradient_prompts(spec), nsamples=nsamples,
+                                    seed=seed, supervision=supervision, max_length=limit,
+                                    source=spec)
+        dataset.info["seqlen"] = seqlen or 0
+        return dataset
     if dataset == "generic":
         from .corpora import DEFAULT_GENERIC, load_corpus
 

@@ -1,0 +1,314 @@
+"""Sensitivity scores on tiny models: the batched implementation against the plain loop (the
+definition), the loop against an independent torch.func computation, padding, the reference's
+fp16 mode, and bad input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tomsparse.adapter import describe
+from tomsparse.errors import UserError
+from tomsparse.score_data import IGNORE, ScoreSample
+from tomsparse.scores import compute_scores
+from tomsparse.testing import ARCHITECTURES, CharTokenizer, tiny_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny matrices on a shared 2-core machine: thread hand-offs cost more than the maths.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_samples(n=7, seed=0, lo=4, hi=21, vocab=120, density=0.4):
+    """Samples of unequal lengths (so batches are padded) with a mix of supervised tokens
+    (``density`` of them; 1.0 = every token, as in generic windows)."""
+    rng = random.Random(seed)
+    samples = []
+    for k in range(n):
+        length = rng.randint(lo, hi)
+        ids = [rng.randint(2, vocab - 1) for _ in range(length)]
+        labels = [IGNORE] + [t if rng.random() < density else IGNORE for t in ids[1:]]
+        labels[-1] = ids[-1]  # at least one supervised token
+        samples.append(ScoreSample(tuple(ids), tuple(labels), f"sample {k}"))
+    return samples
+
+
+def assert_scores_close(a: dict, b: dict, rtol=1e-5):
+    assert a.keys() == b.keys()
+    for name in a:
+        scale = a[name].abs().max().clamp_min(1e-30)
+        err = ((a[name] - b[name]).abs().max() / scale).item()
+        assert err < rtol, f"{name}: relative max error {err:.2e}"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batched_matches_loop(arch):
+    model = tiny_model(arch)
+    samples = make_samples()
+    loop = compute_scores(model, CharTokenizer(), samples, method="loop", progress=False)
+    batched = compute_scores(model, CharTokenizer(), samples, method="batched", batch_size=3,
+                             progress=False)
+    assert batched.padded_tokens > 0  # the batches really were padded
+    desc = describe(model)
+    assert set(loop.scores) == {m.name for m in desc.matrices}
+    for m in desc.matrices:
+        assert loop.scores[m.name].shape == m.shape
+        assert loop.scores[m.name].dtype == torch.float32
+        assert loop.scores[m.name].device.type == "cpu"
+        assert loop.scores[m.name].abs().sum() > 0
+    assert_scores_close(loop.scores, batched.scores)
+    assert loop.supervised_tokens == batched.supervised_tokens == sum(
+        s.supervised_tokens for s in samples)
+    assert loop.nsamples == batched.nsamples == len(samples)
+    assert abs(loop.mean_loss - batched.mean_loss) < 1e-4
+
+
+def test_architecture_coverage():
+    """The tiny models exercise what the exactness test claims: GQA, fused QKV in a transposed
+    Conv1D, tied embeddings and biases."""
+    llama, mistral, gpt2, qwen2 = (tiny_model(a) for a in ("llama", "mistral", "gpt2", "qwen2"))
+    assert describe(llama).tied_embeddings
+    g = describe(mistral).geometry
+    assert (g.num_heads, g.num_kv_heads) == (4, 1)
+    fused = [m for m in describe(gpt2).matrices if m.role in ("q", "k", "v")]
+    assert fused[0].module is fused[1].module and fused[0].transposed
+    assert describe(qwen2).matrices[0].module.bias is not None
+
+
+def _torch_func_grads(model, samples, matrices):
+    """Per-sample gradients (canonical orientation) with torch.func and the model's own loss:
+    code independent of compute_scores (no hooks, no requires_grad juggling, HF's loss)."""
+    from torch.func import functional_call, grad
+
+    params = {m.param_name: m.module.weight.detach() for m in matrices}
+
+    def loss(p, ids, labels):
+        return functional_call(model, p, (ids,), {"labels": labels, "use_cache": False}).loss
+
+    out = []
+    for s in samples:
+        g = grad(loss)(params, torch.tensor([s.input_ids]), torch.tensor([s.labels]))
+        per = {}
+        for m in matrices:
+            full = g[m.param_name]
+            per[m.name] = (full.t() if m.transposed else full)[m.rows]
+        out.append(per)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_loop_matches_torch_func(arch):
+    model = tiny_model(arch)
+    samples = make_samples(n=4)
+    matrices = describe(model).matrices
+    grads = _torch_func_grads(model, samples, matrices)
+    expected = {m.name: sum(g[m.name] ** 2 for g in grads) for m in matrices}
+    got = compute_scores(model, None, samples, method="loop", progress=False).scores
+    assert_scores_close(expected, got)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "opt"])
+def test_fully_supervised_samples(arch):
+    """Generic windows supervise every token (the loss takes its dense path): both methods
+    against torch.func."""
+    model = tiny_model(arch)
+    samples = make_samples(n=4, density=1.0)
+    matrices = describe(model).matrices
+    grads = _torch_func_grads(model, samples, matrices)
+    expected = {m.name: sum(g[m.name] ** 2 for g in grads) for m in matrices}
+    for method in ("loop", "batched"):
+        got = compute_scores(model, None, samples, method=method, batch_size=4, progress=False)
+        assert got.supervised_tokens == sum(len(s) - 1 for s in samples)
+        assert_scores_close(expected, got.scores)
+
+
+def test_square_is_per_sample_not_of_the_batch_sum():
+    model = tiny_model("llama")
+    samples = make_samples(n=4)
+    matrices = describe(model).matrices
+    grads = _torch_func_grads(model, samples, matrices)
+    batched = compute_scores(model, None, samples, method="batched", batch_size=4,
+                             progress=False).scores
+    name = "layers.0.q"
+    assert torch.allclose(batched[name], sum(g[name] ** 2 for g in grads), rtol=1e-4,
+                          atol=1e-12)
+    # The square of the batch-summed gradient is something else.
+    assert not torch.allclose(batched[name], sum(g[name] for g in grads) ** 2, rtol=1e-2)
+
+
+def test_padding_does_not_leak():
+    """A sample's contribution is the same alone and padded beside a longer sample, whatever
+    the pad id."""
+    model = tiny_model("qwen2")
+    short = make_samples(n=1, seed=3, lo=5, hi=5)[0]
+    long = make_samples(n=1, seed=4, lo=20, hi=20)[0]
+    alone = [compute_scores(model, None, [s], method="loop", progress=False).scores
+             for s in (short, long)]
+    expected = {k: alone[0][k] + alone[1][k] for k in alone[0]}
+
+    class PadWith:
+        def __init__(self, pad):
+            self.pad_token_id = pad
+
+    for pad in (1, 77):
+        together = compute_scores(model, PadWith(pad), [short, long], method="batched",
+                                  batch_size=2, progress=False)
+        assert together.padded_tokens == 15
+        assert_scores_close(expected, together.scores)
+
+
+def test_accelerate_dispatched_model():
+    """A model dispatched by accelerate (what device_map="auto" does on several devices: an
+    AlignDevicesHook wrapping each block's forward) scores like the plain model; hooks and
+    accumulators follow each module's device."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    plain = tiny_model("mistral")
+    dispatched = tiny_model("mistral")
+    for block in list(dispatched.model.layers) + [dispatched.lm_head]:
+        add_hook_to_module(block, AlignDevicesHook(execution_device="cpu", io_same_device=True))
+    assert hasattr(dispatched.model.layers[0], "_hf_hook")
+    samples = make_samples(n=4)
+    expected = compute_scores(plain, None, samples, method="loop", progress=False).scores
+    for method in ("loop", "batched"):
+        got = compute_scores(dispatched, None, samples, method=method, progress=False).scores
+        assert_scores_close(expected, got)
+
+
+def test_offloaded_weights_are_refused():
+    model = tiny_model("llama")
+    model.model.layers[1].mlp.up_proj.to("meta")
+    with pytest.raises(UserError, match="layers.1.up and 0 other target weights are offloaded"):
+        compute_scores(model, None, make_samples(n=1), progress=False)
+
+
+def test_subset_of_matrices_and_names():
+    model = tiny_model("llama")
+    samples = make_samples(n=3)
+    full = compute_scores(model, None, samples, progress=False).scores
+    some = compute_scores(model, None, samples, matrices=["layers.1.q", "layers.0.down"],
+                          progress=False).scores
+    assert set(some) == {"layers.1.q", "layers.0.down"}
+    assert_scores_close({k: full[k] for k in some}, some)
+    with pytest.raises(UserError, match="unknown matrix"):
+        compute_scores(model, None, samples, matrices=["layers.9.q"], progress=False)
+
+
+def test_requires_grad_and_mode_restored():
+    model = tiny_model("gpt2")
+    model.train()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    list(model.parameters())[0].requires_grad_(False)
+    flags[next(iter(flags))] = False
+    for method in ("loop", "batched"):
+        compute_scores(model, None, make_samples(n=2), method=method, progress=False)
+        assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+        assert all(p.grad is None for p in model.parameters())
+        assert model.training
+
+
+def test_dropout_off_while_scoring():
+    """Scores are computed in eval mode even when the model was left in training mode."""
+    model = tiny_model("gpt2", resid_pdrop=0.5)
+    samples = make_samples(n=2)
+    model.train()
+    a = compute_scores(model, None, samples, progress=False).scores
+    b = compute_scores(model, None, samples, progress=False).scores
+    assert_scores_close(a, b, rtol=1e-6)
+
+
+def _reference_like(model, samples):
+    """An independent re-implementation of the reference's loop: fp16 model, every parameter
+    trainable, HF loss, ``acc = acc + grad ** 2`` in fp16."""
+    acc = {}
+    for s in samples:
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=torch.tensor([s.input_ids]), labels=torch.tensor([s.labels]))
+        out.loss.backward()
+        for name, p in model.named_parameters():
+            acc[name] = acc.get(name, torch.zeros_like(p)) + torch.pow(p.grad, 2)
+    return acc
+
+
+def test_reference_fp16_reproduces_reference_loop():
+    model = tiny_model("llama").half()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    # Last-token supervision, as in the reference's ToM set.
+    samples = [ScoreSample(s.input_ids, (IGNORE,) * (len(s) - 1) + s.input_ids[-1:], s.source)
+               for s in make_samples(n=5)]
+    expected = _reference_like(model, samples)
+    result = compute_scores(model, None, samples, reference_fp16=True, method="batched",
+                            progress=False)
+    assert result.method == "loop" and result.accumulation_dtype.startswith("float16")
+    for m in describe(model).matrices:
+        ref = expected[m.param_name].float()
+        assert torch.equal(result.scores[m.name], ref), m.name
+    assert sum(result.zero_counts.values()) == sum(
+        int((expected[m.param_name] == 0).sum()) for m in describe(model).matrices)
+
+
+def test_reference_fp16_flushes_small_gradients_to_zero():
+    """In fp32 no entry is exactly zero; the fp16 squaring zeroes gradients below ~2.4e-4."""
+    model = tiny_model("llama")
+    samples = make_samples(n=2)
+    exact = compute_scores(model, None, samples, progress=False)
+    fp16 = compute_scores(model, None, samples, reference_fp16=True, progress=False)
+    assert sum(exact.zero_counts.values()) == 0
+    small = sum(int(((t.sqrt() < 2.4e-4 / 2 ** 0.5)).sum()) for t in exact.scores.values())
+    assert sum(fp16.zero_counts.values()) > 0
+    assert sum(fp16.zero_counts.values()) >= small * 0.9
+
+
+def test_bf16_model_accumulates_in_fp32():
+    model = tiny_model("llama").to(torch.bfloat16)
+    samples = make_samples(n=3)
+    loop = compute_scores(model, None, samples, method="loop", progress=False)
+    batched = compute_scores(model, None, samples, method="batched", progress=False)
+    assert loop.accumulation_dtype == "float32"
+    assert all(t.dtype == torch.float32 for t in batched.scores.values())
+    # bf16 activations: the two methods agree to bf16 precision only.
+    assert_scores_close(loop.scores, batched.scores, rtol=5e-2)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_empty_dataset():
+    with pytest.raises(UserError, match="empty dataset"):
+        compute_scores(tiny_model("llama"), None, [], progress=False)
+
+
+def test_sample_without_supervised_token():
+    bad = ScoreSample((5, 6, 7), (IGNORE, IGNORE, IGNORE), "prompt 3 ('x')")
+    with pytest.raises(UserError, match=r"prompt 3 .*no supervised token"):
+        compute_scores(tiny_model("llama"), None, [bad], progress=False)
+
+
+@pytest.mark.parametrize("method", ["loop", "batched"])
+def test_nan_loss_names_the_sample(method):
+    model = tiny_model("qwen2")  # untied: a NaN input embedding leaves the LM head intact
+    samples = make_samples(n=4, vocab=90)
+    poisoned = 99  # an id no other sample uses
+    samples[2] = ScoreSample((poisoned,) + samples[2].input_ids[1:], samples[2].labels,
+                             "prompt 7 ('the poisoned one')")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[poisoned] = float("nan")
+    with pytest.raises(UserError, match=r"non-finite loss \(nan\) on sample 2 \(prompt 7 "
+                                        r"\('the poisoned one'\)\); stopping"):
+        compute_scores(model, None, samples, method=method, batch_size=2, progress=False)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_bad_method_and_batch_size():
+    model = tiny_model("llama")
+    with pytest.raises(UserError, match="unknown method"):
+        compute_scores(model, None, make_samples(n=1), method="fast", progress=False)
+    with pytest.raises(UserError, match="batch-size"):
+        compute_scores(model, None, make_samples(n=1), batch_size=0, progress=False)
