@@ -41,9 +41,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- info
 def cmd_info(args) -> int:
     from .corpora import REGISTERED, load_corpus
-    from .models import OFFLINE_MODELS, load_model
+    from .models import load_model
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    print_model_facts(lm)
+    print("corpora:")
+    for name, what in REGISTERED.items():
+        if name.startswith("wiki-offline"):
+            try:
+                c = load_corpus(name)
+                print(f"  {name:26s} {len(c.texts):>6,} docs {c.num_chars / 1e6:6.2f}M chars  {what}")
+            except UserError as exc:
+                print(f"  {name:26s} unavailable: {exc}")
+        else:
+            print(f"  {name:26s} {what}")
+    return 0
+
+
+def print_model_facts(lm) -> None:
+    from .models import OFFLINE_MODELS
+
     desc, model = lm.description, lm.model
     total = sum(p.numel() for p in model.parameters())
     target = sum(m.numel for m in desc.matrices)
@@ -70,17 +87,6 @@ def cmd_info(args) -> int:
     else:
         print("  RoPE: none (absolute or learned positions)")
     print("\noffline models: " + ", ".join(f"{k} ({v.licence})" for k, v in OFFLINE_MODELS.items()))
-    print("corpora:")
-    for name, what in REGISTERED.items():
-        if name.startswith("wiki-offline"):
-            try:
-                c = load_corpus(name)
-                print(f"  {name:26s} {len(c.texts):>6,} docs {c.num_chars / 1e6:6.2f}M chars  {what}")
-            except UserError as exc:
-                print(f"  {name:26s} unavailable: {exc}")
-        else:
-            print(f"  {name:26s} {what}")
-    return 0
 
 
 # ---------------------------------------------------------------- perplexity

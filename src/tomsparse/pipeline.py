@@ -68,6 +68,9 @@ def run_main_job(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    from .cli import print_model_facts
+    print_model_facts(lm)
+    print()
     tom, tom_sha = _scores(lm, out, "tom", args, print)
     gen, gen_sha = _scores(lm, out, "generic", args, print)
     cfg = SweepConfig(m_values=list(args.m_list), modes=args.modes.split(","),
