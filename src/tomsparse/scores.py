@@ -391,15 +391,20 @@ def _shard(n: int, rank: int, world: int) -> slice:
     return slice(n * rank // world, n * (rank + 1) // world)
 
 
+def _reduce_device(dist) -> str:
+    # Gloo reduces host tensors, NCCL device tensors.
+    return "cpu" if dist.get_backend() == "gloo" else "cuda"
+
+
 def _all_reduce(dist, tensors: list[torch.Tensor]) -> None:
-    """Sum every tensor over the ranks. Gloo reduces CPU tensors only, so device tensors make
-    a round trip through the host under gloo."""
-    on_host = dist.get_backend() == "gloo"
+    """Sum every tensor over the ranks, in place; a tensor on the wrong side for the backend
+    makes a round trip."""
+    where = _reduce_device(dist)
     for t in tensors:
-        if on_host and t.device.type != "cpu":
-            host = t.cpu()
-            dist.all_reduce(host)
-            t.copy_(host)
+        if t.device.type != where:
+            moved = t.to(where)
+            dist.all_reduce(moved)
+            t.copy_(moved)
         else:
             dist.all_reduce(t)
 
@@ -407,7 +412,7 @@ def _all_reduce(dist, tensors: list[torch.Tensor]) -> None:
 def _agree_on_failure(dist, error: BaseException | None) -> None:
     """Every rank learns whether any rank failed before the big reduction, so a failure on
     one rank stops all of them instead of leaving the others waiting."""
-    flag = torch.tensor([1.0 if error is not None else 0.0])
+    flag = torch.tensor([1.0 if error is not None else 0.0], device=_reduce_device(dist))
     dist.all_reduce(flag)
     if error is not None:
         raise error
@@ -567,6 +572,9 @@ def _init_distributed() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        # One GPU per process; "cuda" then means this rank's own GPU.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     return True
 
