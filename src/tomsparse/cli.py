@@ -1,7 +1,9 @@
 """The one entry point: ``tomsparse <command> ...``.
 
 Commands follow the pipeline: ``info`` (model and data facts), ``tasks`` / ``eval`` (ToM
-evaluation), ``perplexity``, ``scores`` (sensitivity scores), ``run`` (the main job).
+evaluation), ``perplexity``, ``scores`` (sensitivity scores), ``sweep`` (masks, perturbation
+and evaluation over m), ``summarize`` (tables and report of a sweep folder), ``run`` (the main
+job: all of it).
 Every command prints the library versions and its resolved options first, and turns bad
 input into one line on stderr with exit code 2.
 """
@@ -203,8 +205,13 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--m_list", "--m-list", dest="m_list", type=parse_m_list, default=None,
                    help="comma-separated m values (fraction of each matrix), e.g. 0,1e-5,3e-5")
-    p.add_argument("--modes", default="difference,random,tom-only",
-                   help="mask modes: difference, random, tom-only, generic-only")
+    p.add_argument("--m_start", "--m-start", dest="m_start", type=float, default=None,
+                   help="the reference's grid: m_start, m_start + m_step, ..., m_end")
+    p.add_argument("--m_end", "--m-end", dest="m_end", type=float, default=None)
+    p.add_argument("--m_step", "--m-step", dest="m_step", type=float, default=None)
+    p.add_argument("--controls", default="random,tom-only",
+                   help="masks run beside the difference mask: random, tom-only, generic-only "
+                        "(comma-separated) or none (default: random,tom-only)")
     p.add_argument("--random-seeds", dest="random_seeds",
                    type=lambda t: [int(x) for x in t.split(",")], default=None,
                    help="seeds of the random control, e.g. 0,1")
@@ -221,6 +228,35 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=int, default=None)
     p.add_argument("--export-model", dest="export_model", type=float, default=None,
                    help="write the perturbed model (difference mask) for this m")
+
+
+def _sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="the m-sweep from two score stores: masks, perturbation, "
+                                     "ToM evaluation and perplexity per point (resumable)")
+    _add_model_args(p)
+    p.add_argument("--scores-tom", "--scores_tom", dest="scores_tom", default=None,
+                   help="ToM score store (from `tomsparse scores --dataset tom`)")
+    p.add_argument("--scores-generic", "--scores_generic", dest="scores_generic", default=None,
+                   help="generic score store (from `tomsparse scores --dataset generic`)")
+    _add_sweep_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of generate scoring")
+    p.add_argument("--batch-size", dest="eval_batch_size", type=int, default=16,
+                   help="evaluation batch size")
+    p.add_argument("--out", required=True, help="sweep folder (an existing one is resumed)")
+    p.set_defaults(handler=_lazy("tomsparse.sweep", "cmd_sweep"))
+
+
+def _summarize_parser(sub) -> None:
+    p = sub.add_parser("summarize", help="re-read a sweep folder (or the reference's tom/ "
+                                         "folder) and write the summary tables and report")
+    p.add_argument("folder", nargs="?", default=None,
+                   help="a sweep folder (with points/) or a reference output folder (with tom/)")
+    p.add_argument("--root", default=None, help="the reference's spelling of the folder")
+    p.add_argument("--reps", type=int, default=None, help="expected reps (checked, reference layout)")
+    p.add_argument("--out_csv", "--out-csv", dest="out_csv", default=None,
+                   help="also write the summary here (reference layout default: "
+                        "<folder>/tom_summary.csv)")
+    p.set_defaults(handler=_lazy("tomsparse.sweep", "cmd_summarize"))
 
 
 def _run_parser(sub) -> None:
@@ -240,6 +276,40 @@ def _run_parser(sub) -> None:
     p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.set_defaults(handler=cmd_run)
+
+
+def _analyze_parser(sub) -> None:
+    p = sub.add_parser("analyze", help="mechanistic analyses at one m: mask anatomy, dominant "
+                                       "rotary frequencies, attention sinks, q-k geometry, "
+                                       "massive activations")
+    _add_model_args(p)
+    p.set_defaults(model=None, dtype=None)  # with --run, taken from the run
+    p.add_argument("--run", default=None,
+                   help="a finished `tomsparse run` folder: model, scores and options from it")
+    p.add_argument("--scores-tom", "--scores_tom", dest="scores_tom", default=None)
+    p.add_argument("--scores-generic", "--scores_generic", dest="scores_generic", default=None)
+    p.add_argument("--m", type=float, default=None,
+                   help="fraction of each matrix to perturb (default with --run: its largest m)")
+    p.add_argument("--modes", default="difference,random",
+                   help="mask modes compared with the baseline (default: difference,random)")
+    p.add_argument("--random-seeds", dest="random_seeds",
+                   type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="seeds of the random control (default: the run's, else 0)")
+    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
+                   help="default: the run's, else mean")
+    p.add_argument("--scale", type=float, default=None, help="s in mean + s * (w - mean)")
+    p.add_argument("--reference-ties", dest="reference_ties", action="store_true")
+    p.add_argument("--prompts", default="builtin",
+                   help="ToM prompts: builtin (eval split), tomi, or a task file")
+    p.add_argument("--max-prompts", dest="max_prompts", type=int, default=32)
+    p.add_argument("--max-length", dest="max_length", type=int, default=256,
+                   help="keep the first N tokens of each prompt")
+    p.add_argument("--sink-threshold", dest="sink_threshold", type=float, default=0.01)
+    p.add_argument("--top-pairs", dest="top_pairs", type=int, default=4,
+                   help="dominant rotary pairs per (layer, head)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/analysis)")
+    p.set_defaults(handler=_lazy("tomsparse.analysis.run", "cmd_analyze"))
 
 
 def _info_parser(sub) -> None:
@@ -264,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tomsparse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_info_parser, _tasks_parser, _eval_parser, _perplexity_parser, _scores_parser,
-                _run_parser):
+                _sweep_parser, _summarize_parser, _run_parser, _analyze_parser):
         add(sub)
     return parser
 

@@ -24,46 +24,43 @@ QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
 
 
 def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
-    from .corpora import load_corpus
-    from .score_data import build_generic_samples, build_tom_samples, samples_sha256
-    from .score_store import load_scores, save_scores
-    from .scores import compute_scores
-    from .tasks import gradient_prompts
+    """Compute (or reuse, when an earlier run used the same samples) one score set."""
+    from argparse import Namespace
+
+    from .score_store import load_scores, read_manifest, scores_identity
+    from .scores import build_dataset, compute_score_set
 
     folder = out / f"scores_{dataset}"
-    if dataset == "tom":
-        prompts = gradient_prompts(args.data_path or "builtin")
-        samples = build_tom_samples(lm.tokenizer, prompts, nsamples=args.nsamples_tom,
-                                    seed=args.seed, supervision=args.supervision)
-    else:
-        samples = build_generic_samples(lm.tokenizer, load_corpus(args.generic_corpus),
-                                        nsamples=args.nsamples_generic, seqlen=args.seqlen,
-                                        seed=args.seed)
-    data_sha = samples_sha256(samples)
+    options = Namespace(
+        dataset=dataset, seed=args.seed, data_path=args.data_path, supervision=args.supervision,
+        corpus=args.generic_corpus,
+        nsamples=args.nsamples_tom if dataset == "tom" else args.nsamples_generic,
+        seqlen=0 if dataset == "tom" else args.seqlen)
+    samples = build_dataset(options, lm.tokenizer, lm.model)
+    wanted = samples.info["samples_sha256"]
     if (folder / "manifest.json").exists():
-        scores, manifest = load_scores(folder, model=lm)
-        if manifest.get("data_sha256") == data_sha:
+        old = read_manifest(folder)
+        if old.get("samples_sha256") == wanted and old.get("fingerprint") == lm.fingerprint:
             log(f"[tomsparse] reusing {dataset} scores in {folder}")
-            return scores, data_sha
+            return load_scores(folder, model=lm)[0], wanted
     log(f"[tomsparse] {dataset} scores: {len(samples)} samples")
-    res = compute_scores(lm.model, lm.tokenizer, samples, batch_size=args.batch_size)
-    save_scores(folder, res.scores, {"model": lm.name, "fingerprint": lm.fingerprint,
-                                     "dataset": dataset, "data_sha256": data_sha,
-                                     "data": getattr(samples, "info", {}), "seed": args.seed,
-                                     "supervision": args.supervision if dataset == "tom" else "all",
-                                     **res.manifest_fields()})
-    return res.scores, data_sha
+    result = compute_score_set(lm, samples, out=folder, batch_size=args.batch_size)
+    return result.scores, scores_identity(read_manifest(folder))
 
 
 def run_main_job(args) -> int:
     from .models import load_model
     from .report import write_report
-    from .sweep import SweepConfig, run_sweep
+    from .sweep import config_from_args, print_summary, resolve_m_values, run_sweep
 
     preset = QUICK if args.quick else DEFAULTS
+    grid_given = any(getattr(args, k, None) is not None for k in ("m_start", "m_end", "m_step"))
     for key, value in preset.items():
+        if key == "m_list" and grid_given:
+            continue
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    m_values = resolve_m_values(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -73,23 +70,18 @@ def run_main_job(args) -> int:
     print()
     tom, tom_sha = _scores(lm, out, "tom", args, print)
     gen, gen_sha = _scores(lm, out, "generic", args, print)
-    cfg = SweepConfig(m_values=list(args.m_list), modes=args.modes.split(","),
-                      random_seeds=list(args.random_seeds), perturbation=args.perturbation,
-                      scale=args.scale, reference_ties=args.reference_ties,
-                      scoring=args.scoring, reps=args.reps, seed=args.seed,
-                      tasks=args.tasks, task_limit=args.task_limit, corpus=args.corpus,
-                      ppl_max_tokens=args.ppl_max_tokens, batch_size=16)
+    cfg = config_from_args(args, m_values)
     summary = run_sweep(lm, tom, gen, cfg, out / "sweep", scores_ids=(tom_sha, gen_sha),
-                        export_m=args.export_model)
+                        export_m=args.export_model,
+                        scores_info={"tom": str(out / "scores_tom"),
+                                     "generic": str(out / "scores_generic")})
     manifest = build_manifest("run", model=lm.name, model_fingerprint=lm.fingerprint,
                               options=options_dict(args), scores_tom_sha=tom_sha,
                               scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1))
     write_json(out / "manifest.json", manifest)
     report = write_report(out / "sweep", summary, manifest)
     print()
-    cols = [c for c in ("mode", "seed", "m", "masked", "perplexity", "unexpected_margin",
-                        "transfer_margin", "irony_margin") if c in summary]
-    print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print_summary(summary)
     print(f"\nreport: {report.resolve()}  ({time.time() - t0:.0f} s)")
     return 0
 

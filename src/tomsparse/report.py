@@ -123,6 +123,34 @@ def reading(summary: pd.DataFrame, metric: str) -> str:
     return txt
 
 
+def _side_table(summary: pd.DataFrame, metric: str) -> str:
+    """Per m: baseline, difference mask, random control (mean +- sd) and tom-only, for the
+    headline ToM metric and perplexity."""
+    from .sweep import side_by_side
+
+    side = side_by_side(summary)
+    if side.empty:
+        return "<p>No masked points.</p>"
+    rows = []
+    for _, r in side.iterrows():
+        def cell(mode, col):
+            if mode == "random":
+                mean, sd = r.get(f"random_{col}_mean"), r.get(f"random_{col}_sd")
+                if mean is None or mean != mean:
+                    return ""
+                return f"{mean:.4g}" + (f" &plusmn; {sd:.2g}" if sd == sd and sd is not None else "")
+            v = r.get(f"{mode}_{col}")
+            return "" if v is None or v != v else f"{v:.4g}"
+        for col, label in ((metric, "ToM metric"), ("perplexity", "perplexity"),
+                           ("masked", "masked weights")):
+            rows.append(f"<tr><td>{r['m']:g}</td><td>{label}</td><td>{cell('baseline', col)}</td>"
+                        f"<td>{cell('difference', col)}</td><td>{cell('random', col)}</td>"
+                        f"<td>{cell('tom-only', col)}</td></tr>")
+    head = ("<tr><th>m</th><th>quantity</th><th>baseline</th><th>difference</th>"
+            "<th>random (mean &plusmn; sd over seeds)</th><th>tom-only</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -150,6 +178,7 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict, extra_s
                         "avg_percent_unexpected_transfer", "unexpected_strict", "transfer_strict"]
             if c in summary]
     table = summary[cols].to_html(index=False, float_format=lambda x: f"{x:.4g}")
+    side = _side_table(summary, metric)
     opts = html.escape(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     body = "\n".join(f"<h3>{html.escape(t)}</h3>\n{h}" for t, h in extra_sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tomsparse report</title>
@@ -159,6 +188,7 @@ img{{max-width:100%;margin:0.5em 0}}pre{{background:#f6f6f6;padding:1em;font-siz
 </head><body><h1>tomsparse report: {html.escape(str(manifest.get('model', '')))}</h1>
 <h2>Reading</h2><p>{html.escape(text)}</p>
 <h2>Plots</h2>{''.join(_img(p) for p in plots)}
+<h2>Controls side by side</h2>{side}
 <h2>Summary table</h2>{table}
 {body}
 <h2>Run options and manifest</h2><pre>{opts}</pre></body></html>"""

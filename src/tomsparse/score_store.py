@@ -20,6 +20,7 @@ num_layers, modules``) can be imported into a store and a store exported to one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -147,6 +148,16 @@ def read_manifest(directory) -> dict:
     if data.get("kind") != KIND:
         raise UserError(f"{path}: kind is {data.get('kind')!r}, not a score store")
     return data
+
+
+def scores_identity(manifest: dict) -> str:
+    """What identifies a score set's data, for a sweep folder to remember: the hash of the
+    samples it was computed on, else (imported reference chunks) a hash of the whole manifest."""
+    value = manifest.get("samples_sha256")
+    if value:
+        return str(value)
+    body = {k: v for k, v in manifest.items() if k not in ("created", "wall_time_s", "written_at")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _describe_target(model):

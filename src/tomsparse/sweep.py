@@ -10,6 +10,7 @@ rather than mixing results.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ def _check_folder(out: Path, manifest: dict) -> None:
 
 def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str | Path,
               scores_ids: tuple[str, str] = ("", ""), export_m: float | None = None,
-              progress: bool = True, log=print) -> pd.DataFrame:
+              progress: bool = True, log=print, scores_info: dict | None = None) -> pd.DataFrame:
     """Run (or resume) a sweep; returns the per-point summary frame."""
     from .corpora import load_corpus
     from .evaluate import evaluate
@@ -100,9 +101,11 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     cfg.m_values = ms
     manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
                               config=cfg.as_dict(), scores_tom_sha=scores_ids[0],
-                              scores_generic_sha=scores_ids[1])
+                              scores_generic_sha=scores_ids[1], scores=scores_info or {})
     _check_folder(out, manifest)
     (out / "points").mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob(".*.tmp"):  # left by a killed run mid-write (see atomic_path)
+        stale.unlink()
     if not (out / "sweep_manifest.json").exists():
         write_json(out / "sweep_manifest.json", manifest)
 
@@ -148,7 +151,10 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
             restore(saved)
             t_restore = time.time() - t_r
         stats = pd.DataFrame(mask_stats(masks, rankings, m)) if masks else pd.DataFrame()
-        write_csv(out / "points" / f"{name}_prompts.csv", result.table)
+        # The prompt text is the same at every point: only the baseline keeps it.
+        table = result.table if mode == "none" else result.table.drop(columns=["prompt"],
+                                                                      errors="ignore")
+        write_csv(out / "points" / f"{name}_prompts.csv", table)
         write_csv(out / "points" / f"{name}_metrics.csv", result.metrics)
         if not stats.empty:
             write_csv(out / "points" / f"{name}_masks.csv", stats)
@@ -197,6 +203,7 @@ def collect(out: str | Path) -> pd.DataFrame:
     write_csv(out / "perplexity_results.csv", ref[["m", "perplexity"]])
     summary = summarize(tidy)
     write_csv(out / "summary.csv", summary)
+    write_csv(out / "summary_side_by_side.csv", side_by_side(summary))
     return summary
 
 
@@ -227,3 +234,213 @@ def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
             row["avg_percent_unexpected_transfer"] = both
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# options from the command line (shared by `tomsparse sweep` and `tomsparse run`)
+
+MASK_MODES = ("difference", "random", "tom-only", "generic-only")
+
+
+def parse_controls(text: str) -> list[str]:
+    """``--controls random,tom-only`` -> the mask modes of a sweep (difference always first)."""
+    wanted = [c.strip() for c in (text or "").split(",") if c.strip() and c.strip() != "none"]
+    bad = [c for c in wanted if c not in MASK_MODES]
+    if bad:
+        raise UserError(f"--controls {text!r}: unknown mode {bad[0]!r}; choose from "
+                        f"{', '.join(MASK_MODES[1:])} (comma-separated) or none")
+    return ["difference"] + [c for c in dict.fromkeys(wanted) if c != "difference"]
+
+
+def resolve_m_values(args) -> list[float]:
+    """``--m_list`` or the reference's ``--m_start/--m_end/--m_step`` grid, not both."""
+    m_list = getattr(args, "m_list", None)
+    grid = [getattr(args, k, None) for k in ("m_start", "m_end", "m_step")]
+    if m_list is not None and any(g is not None for g in grid):
+        raise UserError("give either --m_list or --m_start/--m_end/--m_step, not both")
+    if m_list is not None:
+        return check_m_values(m_list)
+    if any(g is not None for g in grid):
+        if any(g is None for g in grid):
+            raise UserError("--m_start, --m_end and --m_step go together (e.g. --m_start 0 "
+                            "--m_end 5e-5 --m_step 2e-6, the reference's grid)")
+        return check_m_values(m_grid(*grid))
+    raise UserError("no m values: give --m_list 0,1e-5,3e-5 or --m_start 0 --m_end 5e-5 "
+                    "--m_step 2e-6")
+
+
+def config_from_args(args, m_values: list[float]) -> SweepConfig:
+    return SweepConfig(m_values=list(m_values), modes=parse_controls(args.controls),
+                       random_seeds=list(args.random_seeds), perturbation=args.perturbation,
+                       scale=args.scale, reference_ties=args.reference_ties,
+                       scoring=args.scoring, reps=args.reps, seed=args.seed, tasks=args.tasks,
+                       task_limit=args.task_limit, corpus=args.corpus,
+                       ppl_max_tokens=args.ppl_max_tokens,
+                       batch_size=getattr(args, "eval_batch_size", None) or 16)
+
+
+def print_summary(summary: pd.DataFrame, log=print) -> None:
+    cols = [c for c in ("mode", "seed", "m", "masked", "perplexity", "unexpected_margin",
+                        "transfer_margin", "irony_margin", "tomi_margin") if c in summary]
+    log(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+
+def cmd_sweep(args) -> int:
+    """``tomsparse sweep --model M --scores-tom DIR --scores-generic DIR (--m_list ... |
+    --m_start --m_end --m_step) --controls random,tom-only ... --out DIR``."""
+    from .manifest import options_dict
+    from .models import load_model
+    from .report import write_report
+    from .score_store import load_scores, scores_identity
+
+    if not args.scores_tom or not args.scores_generic:
+        raise UserError("sweep needs --scores-tom DIR and --scores-generic DIR (score stores "
+                        "from `tomsparse scores`, or `tomsparse run`'s scores_tom/ and "
+                        "scores_generic/)")
+    ms = resolve_m_values(args)
+    for key in ("random_seeds",):
+        if getattr(args, key) is None:
+            setattr(args, key, [0, 1])
+    t0 = time.time()
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    tom, tom_manifest = load_scores(args.scores_tom, model=lm)
+    gen, gen_manifest = load_scores(args.scores_generic, model=lm)
+    cfg = config_from_args(args, ms)
+    ids = (scores_identity(tom_manifest), scores_identity(gen_manifest))
+    summary = run_sweep(lm, tom, gen, cfg, args.out, scores_ids=ids,
+                        export_m=args.export_model,
+                        scores_info={"tom": str(args.scores_tom), "generic": str(args.scores_generic)})
+    manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
+                              options=options_dict(args), scores_tom_sha=ids[0],
+                              scores_generic_sha=ids[1], seconds=round(time.time() - t0, 1))
+    report = write_report(args.out, summary, manifest)
+    print()
+    print_summary(summary)
+    print(f"\nreport: {Path(report).resolve()}  ({time.time() - t0:.0f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# summaries: controls side by side, and the reference's summary of a tom/ folder
+
+SIDE_METRICS = ("masked", "perplexity", "tom_margin", "tom_accuracy",
+                "avg_percent_unexpected_transfer")
+SIDE_FAMILY_METRICS = ("margin", "accuracy", "percent_mean", "strict")
+
+
+def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per m > 0: the baseline, the difference mask, the random control (mean and
+    sample sd over its seeds) and the other masks next to each other."""
+    from .report import tom_column
+
+    summary = summary.copy()
+    tom_column(summary)  # adds the headline tom_margin / tom_accuracy columns
+    metrics = [c for c in SIDE_METRICS if c in summary]
+    metrics += [c for c in summary.columns
+                if any(c.endswith("_" + s) for s in SIDE_FAMILY_METRICS)
+                and not c.startswith(("tom_", "avg_"))]
+    base = summary[summary["mode"] == "none"]
+    rows = []
+    for m, group in summary[summary["mode"] != "none"].groupby("m", sort=True):
+        row = {"m": m}
+        for c in metrics:
+            if not base.empty and c != "masked":
+                row[f"baseline_{c}"] = base[c].iloc[0]
+        for mode in [x for x in MASK_MODES if x in set(group["mode"])]:
+            g = group[group["mode"] == mode]
+            for c in metrics:
+                values = g[c].dropna()
+                if mode == "random":
+                    row[f"random_{c}_mean"] = values.mean() if len(values) else float("nan")
+                    row[f"random_{c}_sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+                else:
+                    row[f"{mode}_{c}"] = values.iloc[0] if len(values) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell_columns(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The 0/1 scenario columns of a reference results.csv (an index column, if the file was
+    written with one, is dropped)."""
+    cols = [c for c in frame.columns if not str(c).startswith("Unnamed")]
+    cells = frame[cols]
+    values = pd.unique(cells.to_numpy().ravel())
+    if cells.empty or not set(values.tolist()) <= {0, 1, 0.0, 1.0, True, False}:
+        raise UserError(f"{path}: expected a table of 0/1 scenario results (rows = tasks), "
+                        f"found values {sorted(map(str, values))[:5]}")
+    return cells.astype(float)
+
+
+def reference_summary(root: str | Path) -> pd.DataFrame:
+    """The reference's summary of ``<root>/<rep>/<m>/<task>/results.csv``: one row per m with
+    ``<task>_total_mean, <task>_total_var, <task>_percent_mean, <task>_percent_var`` (sample
+    variance over reps; 0 with one rep) and ``avg_percent_unexpected_transfer``."""
+    root = Path(root)
+    records = []
+    for path in sorted(root.glob("*/*/*/results.csv")):
+        rep, m, task = path.parts[-4], path.parts[-3], path.parts[-2]
+        try:
+            m_value = float(m)
+        except ValueError:
+            raise UserError(f"{path}: the folder {m!r} should be an m value "
+                            "(layout <rep>/<m>/<task>/results.csv)") from None
+        cells = _cell_columns(pd.read_csv(path), path)
+        total = float(cells.to_numpy().sum())
+        records.append({"rep": rep, "m": m_value, "task": task, "total": total,
+                        "percent": 100.0 * total / cells.size})
+    if not records:
+        raise UserError(f"{root}: no <rep>/<m>/<task>/results.csv files (the reference's tom/ "
+                        "layout)")
+    frame = pd.DataFrame(records)
+    rows = []
+    for m, g in frame.groupby("m", sort=True):
+        row = {"m": m}
+        for task in [t for t in REFERENCE_TASKS if t in set(g["task"])] + sorted(
+                set(g["task"]) - set(REFERENCE_TASKS)):
+            t = g[g["task"] == task]
+            ddof = 1 if len(t) > 1 else 0
+            row[f"{task}_total_mean"] = t["total"].mean()
+            row[f"{task}_total_var"] = t["total"].var(ddof=ddof)
+            row[f"{task}_percent_mean"] = t["percent"].mean()
+            row[f"{task}_percent_var"] = t["percent"].var(ddof=ddof)
+        if "unexpected_percent_mean" in row and "transfer_percent_mean" in row:
+            row["avg_percent_unexpected_transfer"] = (row["unexpected_percent_mean"]
+                                                      + row["transfer_percent_mean"]) / 2
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cmd_summarize(args) -> int:
+    """``tomsparse summarize DIR``: DIR is a sweep folder (ours: points/ are re-read, the
+    tables, side-by-side comparison and report rewritten) or a reference output folder (its
+    tom/ results summarised into the reference's summary CSV)."""
+    from .report import write_report
+
+    folder = Path(args.root or args.folder or ".")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; give a sweep folder (with points/) or the "
+                        "reference's tom/ folder")
+    if (folder / "points").is_dir():
+        summary = collect(folder)
+        manifest_path = folder / "sweep_manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        report = write_report(folder, summary, manifest)
+        if args.out_csv:
+            write_csv(args.out_csv, summary)
+        print_summary(summary)
+        print(f"\nwrote {folder / 'summary.csv'}, {folder / 'summary_side_by_side.csv'}, "
+              f"{folder / 'sweep_points.csv'}, {folder / 'perplexity_results.csv'}"
+              + (f", {args.out_csv}" if args.out_csv else "") + f"\nreport: {report.resolve()}")
+        return 0
+    root = folder / "tom" if (folder / "tom").is_dir() else folder
+    summary = reference_summary(root)
+    if args.reps is not None:
+        found = len({p.parts[-4] for p in root.glob("*/*/*/results.csv")})
+        if found != args.reps:
+            print(f"note: --reps {args.reps}, but {root} holds {found} rep folder(s); "
+                  "summarised what is there", file=sys.stderr)
+    out_csv = Path(args.out_csv) if args.out_csv else root.parent / "tom_summary.csv"
+    write_csv(out_csv, summary)
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"\nwrote {out_csv}")
+    return 0

@@ -135,3 +135,29 @@ class CharTokenizer:
 
     def batch_decode(self, batch, skip_special_tokens: bool = False) -> list[str]:
         return [self.decode(x, skip_special_tokens) for x in batch]
+
+
+def char_fast_tokenizer():
+    """A real ``PreTrainedTokenizerFast`` with the ids of ``CharTokenizer`` (printable ASCII
+    -> 2..96, <bos> 0, <eos>/<pad> 1), so a tiny model can be saved as an ordinary Hugging
+    Face folder and loaded by another process."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": 0, "<eos>": 1}
+    vocab.update({chr(32 + i): 2 + i for i in range(95)})
+    vocab["<unk>"] = 97
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<eos>", unk_token="<unk>", model_max_length=128)
+
+
+def save_tiny_model(arch: str, folder, seed: int = 0):
+    """Write a tiny model of ``arch`` and a character tokenizer as a Hugging Face folder
+    (what ``tomsparse --model FOLDER`` loads in a subprocess)."""
+    model = tiny_model(arch, seed=seed)
+    model.save_pretrained(folder)
+    char_fast_tokenizer().save_pretrained(folder)
+    return folder

@@ -1,0 +1,152 @@
+"""``tomsparse sweep`` and ``tomsparse summarize`` end to end on a tiny stand-in model: the
+reference's m grid, controls side by side, the reference-layout summary recomputed from the
+tom/ files, and bad input as one line with exit code 2 and nothing overwritten."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from tomsparse import models
+from tomsparse.adapter import describe, fingerprint
+from tomsparse.cli import main
+from tomsparse.score_store import save_scores
+from tomsparse.sweep import reference_summary
+from tomsparse.testing import CharTokenizer, tiny_model
+
+
+def _stand_in(name="tiny", device="auto", dtype="float32", device_map=None, **_):
+    model = tiny_model("llama")
+    desc = describe(model)
+    return models.LoadedModel(model=model, tokenizer=CharTokenizer(), name=name, source="memory",
+                              fingerprint=fingerprint(model, desc), description=desc)
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "load_model", _stand_in)
+    lm = _stand_in()
+    gen = torch.Generator().manual_seed(1)
+    paths = {}
+    for kind in ("tom", "generic"):
+        scores = {m.name: torch.rand(m.shape, generator=gen) for m in lm.description.matrices}
+        paths[kind] = tmp_path / f"scores_{kind}"
+        save_scores(paths[kind], scores, {"model": "tiny", "fingerprint": lm.fingerprint,
+                                          "dataset": kind, "samples_sha256": f"{kind}-samples"})
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"plain generic text, paragraph {i}." for i in range(40)))
+    return paths, corpus
+
+
+def _sweep_args(paths, corpus, out, *extra):
+    return ["sweep", "--model", "tiny", "--device", "cpu", "--scores-tom", str(paths["tom"]),
+            "--scores-generic", str(paths["generic"]), "--task-limit", "1", "--corpus",
+            str(corpus), "--ppl-max-tokens", "256", "--out", str(out), *extra]
+
+
+def test_sweep_grid_controls_and_summarize(stores, tmp_path, capsys):
+    paths, corpus = stores
+    out = tmp_path / "sweep"
+    code = main(_sweep_args(paths, corpus, out, "--m_start", "0", "--m_end", "0.02",
+                            "--m_step", "0.01", "--controls", "random", "--random-seeds", "0,1"))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed
+    summary = pd.read_csv(out / "summary.csv")
+    # the reference grid 0, 0.01, 0.02: a baseline, then difference + 2 random seeds per m > 0
+    assert sorted(summary["m"].unique()) == pytest.approx([0.0, 0.01, 0.02])
+    assert sorted(summary["mode"].unique()) == ["difference", "none", "random"]
+    assert len(summary) == 1 + 2 * 3
+    assert (out / "report.html").exists()
+    assert "Controls side by side" in (out / "report.html").read_text()
+
+    # summarize re-reads the points and writes the controls side by side
+    assert main(["summarize", str(out)]) == 0
+    side = pd.read_csv(out / "summary_side_by_side.csv").set_index("m")
+    for m in (0.01, 0.02):
+        rnd = summary[(summary["mode"] == "random") & (summary["m"] == m)]["perplexity"]
+        dif = summary[(summary["mode"] == "difference") & (summary["m"] == m)]["perplexity"]
+        assert side.loc[m, "random_perplexity_mean"] == pytest.approx(rnd.mean())
+        assert side.loc[m, "random_perplexity_sd"] == pytest.approx(rnd.std(ddof=1))
+        assert side.loc[m, "difference_perplexity"] == pytest.approx(dif.iloc[0])
+        assert side.loc[m, "baseline_perplexity"] == pytest.approx(
+            summary[summary["mode"] == "none"]["perplexity"].iloc[0])
+
+    # The reference summary recomputed from the tom/<rep>/<m>/<task>/results.csv files
+    # agrees with the percentages our metrics gave, point by point.
+    ref = reference_summary(out / "tom").set_index("m")
+    ours = summary[summary["mode"].isin(["none", "difference"])].set_index("m")
+    for fam in ("unexpected", "transfer", "irony"):
+        for m in ours.index:
+            assert ref.loc[m, f"{fam}_percent_mean"] == pytest.approx(
+                ours.loc[m, f"{fam}_percent_mean"])
+    assert main(["summarize", "--root", str(out / "tom"), "--out_csv",
+                 str(tmp_path / "tom_summary.csv")]) == 0
+    written = pd.read_csv(tmp_path / "tom_summary.csv")
+    assert {"unexpected_total_mean", "unexpected_total_var", "irony_percent_var",
+            "avg_percent_unexpected_transfer"} <= set(written.columns)
+
+
+def test_reference_summary_by_hand(tmp_path):
+    """Two reps of a hand-written tom/ folder: totals, percentages, sample variance."""
+    for rep, (a, b) in {"1": ([[1, 0], [1, 1]], [[1, 0]]), "2": ([[0, 0], [1, 1]], [[1, 1]])}.items():
+        d = tmp_path / "tom" / rep / "0.0"
+        (d / "unexpected").mkdir(parents=True)
+        (d / "transfer").mkdir(parents=True)
+        pd.DataFrame(a, columns=["false belief (F)", "false belief (T)"]).to_csv(
+            d / "unexpected" / "results.csv")  # with an index column, as pandas writes by default
+        pd.DataFrame(b, columns=["no transfer (F)", "no transfer (T)"]).to_csv(
+            d / "transfer" / "results.csv", index=False)
+    row = reference_summary(tmp_path / "tom").iloc[0]
+    # unexpected: totals 3 and 2 of 4 cells; transfer: 1 and 2 of 2 cells
+    assert row["unexpected_total_mean"] == 2.5 and row["unexpected_total_var"] == 0.5
+    assert row["unexpected_percent_mean"] == 62.5 and row["unexpected_percent_var"] == 312.5
+    assert row["transfer_percent_mean"] == 75.0
+    assert row["avg_percent_unexpected_transfer"] == (62.5 + 75.0) / 2
+
+
+def _one_line_error(capsys, code, *needles):
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_bad_input(stores, tmp_path, capsys):
+    paths, corpus = stores
+    out = tmp_path / "bad"
+    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0,1e-3",
+                                             "--m_start", "0")), "not both")
+    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_start", "0",
+                                             "--m_end", "1e-3")), "go together")
+    _one_line_error(capsys, main(_sweep_args(paths, corpus, out)), "no m values")
+    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0,1.5")), "[0, 1]")
+    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0.01",
+                                             "--controls", "random,banana")), "banana")
+    # scores of another model (a different fingerprint)
+    other = tiny_model("llama", rms_norm_eps=1e-3)  # same shapes, another config
+    wrong = tmp_path / "wrong"
+    save_scores(wrong, {m.name: torch.rand(m.shape) for m in describe(other).matrices},
+                {"model": "other", "fingerprint": fingerprint(other)})
+    args = _sweep_args(paths, corpus, out, "--m_list", "0.01")
+    args[args.index(str(paths["tom"]))] = str(wrong)
+    _one_line_error(capsys, main(args), "fingerprint")
+    _one_line_error(capsys, main(["summarize", str(tmp_path / "nowhere")]), "no such folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(capsys, main(["summarize", str(empty)]), "results.csv")
+    assert not out.exists() or not list((out / "points").glob("*.json"))
+
+
+def test_changed_options_refused_via_cli(stores, tmp_path, capsys):
+    paths, corpus = stores
+    out = tmp_path / "s"
+    assert main(_sweep_args(paths, corpus, out, "--m_list", "0.01", "--controls", "none")) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0.01",
+                                             "--controls", "none", "--perturbation", "zero")),
+                    "perturbation", "new --out")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
