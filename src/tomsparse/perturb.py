@@ -27,25 +27,38 @@ PERTURBATIONS = ("mean", "reference-mean", "zero")
 class Saved:
     """Original values of the masked entries, per matrix (for an exact undo)."""
 
-    entries: list  # (Matrix, rows, cols, original values)
+    entries: list  # (Matrix, index, original values); index is flat, or (rows, cols)
 
 
-def _replacement_center(w: torch.Tensor, rows, cols, mode: str, total=None) -> torch.Tensor:
-    d = w.numel()
-    k = rows.numel()
+def _replacement_center(original: torch.Tensor, numel: int, mode: str, total) -> float:
+    """The value masked entries move towards (a Python float, computed in double precision)
+    from the matrix's sum and the masked values."""
+    k = original.numel()
     if mode == "zero":
-        return torch.zeros((), dtype=torch.float32, device=w.device)
-    if total is None:
-        total = w.float().sum()
-    masked_sum = w[rows, cols].float().sum()
+        return 0.0
+    masked_sum = original.sum(dtype=torch.float64).item()
     if mode == "mean":
-        if d == k:
+        if numel == k:
             raise UserError("mask covers the whole matrix: the mean of the unmasked weights is "
                             "undefined; use a smaller m or --perturbation zero")
-        return (total - masked_sum) / (d - k)
+        return (total - masked_sum) / (numel - k)
     if mode == "reference-mean":
-        return (total - masked_sum) / d
+        return (total - masked_sum) / numel
     raise UserError(f"unknown perturbation {mode!r}; choose from {', '.join(PERTURBATIONS)}")
+
+
+def _locate(w: torch.Tensor, idx: torch.Tensor, ncols: int):
+    """How to address flat (row-major, out x in) indices in ``w``: directly through a flat
+    view when ``w`` is contiguous (one gather and one scatter per matrix: a sweep point
+    touches hundreds of matrices, so per-op overhead is what masking costs), else as
+    (rows, cols) for transposed or strided views (GPT-2's Conv1D, fused QKV)."""
+    if w.is_contiguous():
+        return idx
+    return idx // ncols, idx % ncols
+
+
+def _target(w: torch.Tensor, where):
+    return (w.view(-1), (where,)) if isinstance(where, torch.Tensor) else (w, where)
 
 
 @torch.no_grad()
@@ -66,23 +79,31 @@ def apply_perturbation(matrices, masks: dict, mode: str = "mean", scale: float =
             continue
         mat = by_name[name]
         w = mat.weight()
-        idx = idx.to(w.device)
-        rows, cols = idx // mat.shape[1], idx % mat.shape[1]
-        original = w[rows, cols].clone()
+        where = _locate(w, idx.to(w.device), mat.shape[1])
+        target, key = _target(w, where)
+        original = target[key]  # advanced indexing copies
         total = None
-        if totals is not None and mode != "zero":
-            if name not in totals:
-                totals[name] = w.float().sum()
-            total = totals[name]
-        center = _replacement_center(w, rows, cols, mode, total)
-        new = center + scale * (original.float() - center)
-        w[rows, cols] = new.to(w.dtype)  # index_put_ on a view writes through to the parameter
-        saved.append((mat, rows, cols, original))
+        if mode != "zero":
+            if totals is not None and name in totals:
+                total = totals[name]
+            else:
+                total = w.sum(dtype=torch.float64).item()
+                if totals is not None:
+                    totals[name] = total
+        center = _replacement_center(original, mat.numel, mode, total)
+        if scale:
+            target[key] = (center + scale * (original.double() - center)).to(w.dtype)
+        elif isinstance(key[0], torch.Tensor) and len(key) == 1:
+            target.index_fill_(0, key[0], center)  # writes through the view to the parameter
+        else:
+            target[key] = center
+        saved.append((mat, where, original))
     return Saved(entries=saved)
 
 
 @torch.no_grad()
 def restore(saved: Saved) -> None:
-    for mat, rows, cols, original in reversed(saved.entries):
-        mat.weight()[rows, cols] = original
+    for mat, where, original in reversed(saved.entries):
+        target, key = _target(mat.weight(), where)
+        target[key] = original
     saved.entries = []
