@@ -219,8 +219,9 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=0.0, help="s in mean + s * (w - mean)")
     p.add_argument("--reference-ties", dest="reference_ties", action="store_true",
                    help="the reference's strict-threshold top-k (ties dropped)")
-    p.add_argument("--scoring", default="likelihood", choices=["likelihood", "generate", "greedy"])
-    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--scoring", default=None, choices=["likelihood", "generate", "greedy"],
+                   help="ToM scoring (default: likelihood)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default: 1)")
     p.add_argument("--tasks", default="builtin")
     p.add_argument("--task-limit", dest="task_limit", type=int, default=None,
                    help="evaluate the first N tasks per family")
@@ -266,6 +267,10 @@ def _run_parser(sub) -> None:
     _add_model_args(p)
     _add_sweep_args(p)
     p.add_argument("--quick", action="store_true", help="a ~3-minute version for a first look")
+    p.add_argument("--reference-protocol", dest="reference_protocol", action="store_true",
+                   help="the reference's sizes: 100 + 100 samples, m = 0..5e-5 step 2e-6 "
+                        "(26 values), generate scoring with 5 reps, every task, the whole "
+                        "perplexity corpus (a GPU job)")
     p.add_argument("--out", default="runs/default", help="output folder (default: runs/default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nsamples-tom", dest="nsamples_tom", type=int, default=None)

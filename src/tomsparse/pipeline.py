@@ -21,6 +21,11 @@ DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
                 ppl_max_tokens=4096)
 QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
              random_seeds=[0], task_limit=4, ppl_max_tokens=2048)
+# The reference's protocol sizes (a GPU job): 100 + 100 samples, its 26-value m grid,
+# sampled generation with 5 reps, every task, the whole perplexity corpus.
+REFERENCE = dict(nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0, m_end=5e-5,
+                 m_step=2e-6, random_seeds=[0, 1, 2], scoring="generate", reps=5,
+                 task_limit=None, ppl_max_tokens=None)
 
 
 def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
@@ -48,19 +53,30 @@ def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
     return result.scores, scores_identity(read_manifest(folder))
 
 
+def apply_presets(args) -> list[float]:
+    """Fill the options the user left unset from the preset (default, --quick or
+    --reference-protocol); returns the sweep's m values."""
+    from .sweep import SWEEP_DEFAULTS, resolve_m_values
+
+    if args.quick and args.reference_protocol:
+        raise UserError("--quick and --reference-protocol contradict each other; pick one")
+    preset = REFERENCE if args.reference_protocol else QUICK if args.quick else DEFAULTS
+    m_given = args.m_list is not None or any(
+        getattr(args, k, None) is not None for k in ("m_start", "m_end", "m_step"))
+    for key, value in {**SWEEP_DEFAULTS, **preset}.items():
+        if key in ("m_list", "m_start", "m_end", "m_step") and m_given:
+            continue  # the user's m values replace the preset's, whichever way given
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return resolve_m_values(args)
+
+
 def run_main_job(args) -> int:
     from .models import load_model
     from .report import write_report
-    from .sweep import config_from_args, print_summary, resolve_m_values, run_sweep
+    from .sweep import config_from_args, print_summary, run_sweep
 
-    preset = QUICK if args.quick else DEFAULTS
-    grid_given = any(getattr(args, k, None) is not None for k in ("m_start", "m_end", "m_step"))
-    for key, value in preset.items():
-        if key == "m_list" and grid_given:
-            continue
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    m_values = resolve_m_values(args)
+    m_values = apply_presets(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

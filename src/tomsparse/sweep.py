@@ -240,6 +240,8 @@ def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
 # options from the command line (shared by `tomsparse sweep` and `tomsparse run`)
 
 MASK_MODES = ("difference", "random", "tom-only", "generic-only")
+# Sweep options whose default depends on the command (run's presets) are None in the parser.
+SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1])
 
 
 def parse_controls(text: str) -> list[str]:
@@ -298,9 +300,9 @@ def cmd_sweep(args) -> int:
                         "from `tomsparse scores`, or `tomsparse run`'s scores_tom/ and "
                         "scores_generic/)")
     ms = resolve_m_values(args)
-    for key in ("random_seeds",):
-        if getattr(args, key) is None:
-            setattr(args, key, [0, 1])
+    for key, value in SWEEP_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     t0 = time.time()
     lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     tom, tom_manifest = load_scores(args.scores_tom, model=lm)
