@@ -99,13 +99,22 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     out = Path(out)
     ms = check_m_values(cfg.m_values)
     cfg.m_values = ms
+    if export_m is not None and not any(m > 0 and abs(m - export_m) <= 1e-12 * max(m, 1e-30)
+                                        for m in ms):
+        raise UserError(f"--export-model {export_m:g} is not one of the sweep's m values > 0 "
+                        f"({', '.join(f'{m:g}' for m in ms if m > 0) or 'none'})")
     manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
                               config=cfg.as_dict(), scores_tom_sha=scores_ids[0],
                               scores_generic_sha=scores_ids[1], scores=scores_info or {})
     _check_folder(out, manifest)
     (out / "points").mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".*.tmp"):  # left by a killed run mid-write (see atomic_path)
-        stale.unlink()
+        if stale.is_dir():
+            import shutil
+
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     if not (out / "sweep_manifest.json").exists():
         write_json(out / "sweep_manifest.json", manifest)
 
@@ -139,9 +148,6 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
                                    totals=matrix_sums)
         t_apply = time.time() - t_mask
         try:
-            if export_m is not None and mode == "difference" and abs(m - export_m) < 1e-15:
-                lm.model.save_pretrained(out / f"model_m{m:.4e}")
-                lm.tokenizer.save_pretrained(out / f"model_m{m:.4e}")
             result = evaluate(lm.model, lm.tokenizer, taskset, scoring=cfg.scoring, reps=cfg.reps,
                               seed=cfg.seed, batch_size=cfg.batch_size, m=m, model_name=lm.name)
             ppl = perplexity(lm.model, lm.tokenizer, corpus, seqlen=cfg.ppl_seqlen,
@@ -169,7 +175,47 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
                           "seconds": round(time.time() - t0, 2),
                           "mask_seconds": round(t_mask - t0, 4),
                           "apply_restore_seconds": round(t_apply + t_restore, 4)})
+    if export_m is not None:
+        m = min((x for x in ms if x > 0), key=lambda x: abs(x - export_m))
+        export_perturbed_model(lm, rankings, cfg, m, out / f"model_m{m:.4e}", matrix_sums, log)
     return collect(out)
+
+
+def export_perturbed_model(lm, rankings, cfg: SweepConfig, m: float, folder: Path,
+                           matrix_sums: dict | None = None, log=print) -> Path:
+    """Write the model perturbed with the difference mask at ``m`` as an ordinary Hugging
+    Face folder (written beside, then renamed: never half a model), with a record of what was
+    done to it; the model in memory is restored. An existing export is kept."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    if (folder / "tomsparse-export.json").exists():
+        return folder
+    masks = {n: r.mask(m, "difference", reference_ties=cfg.reference_ties)
+             for n, r in rankings.items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    saved = apply_perturbation(lm.description.matrices, masks, mode=cfg.perturbation,
+                               scale=cfg.scale, totals=matrix_sums)
+    try:
+        lm.model.save_pretrained(tmp)
+        if hasattr(lm.tokenizer, "save_pretrained"):
+            lm.tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        restore(saved)
+    write_json(tmp / "tomsparse-export.json", build_manifest(
+        "perturbed-model", model=lm.name, model_fingerprint=lm.fingerprint, m=m,
+        mode="difference", perturbation=cfg.perturbation, scale=cfg.scale,
+        reference_ties=cfg.reference_ties,
+        masked=int(sum(x.numel() for x in masks.values()))))
+    if folder.exists():
+        shutil.rmtree(folder)  # an export interrupted before its record was written
+    tmp.rename(folder)
+    log(f"[tomsparse] wrote the perturbed model (difference mask, m = {m:g}) to {folder}")
+    return folder
 
 
 def collect(out: str | Path) -> pd.DataFrame:

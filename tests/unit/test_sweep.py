@@ -81,3 +81,40 @@ def test_fingerprint_mismatch_and_bad_m(setup, tmp_path):
 def test_m_grid_matches_reference_arange():
     grid = m_grid(0.0, 5e-5, 2e-6)
     assert len(grid) == 26 and grid[0] == 0.0 and grid[-1] == pytest.approx(5e-5)
+
+
+def test_export_model(setup, tmp_path):
+    """--export-model writes the difference-perturbed model as an ordinary HF folder: the
+    masked entries hold the mean of the unmasked ones, every other weight is the original."""
+    from transformers import AutoModelForCausalLM
+
+    from tomsparse.masks import build_rankings
+
+    lm, tom, generic, cfg = setup
+    cfg.m_values, cfg.modes = [0.05], ["difference"]
+    with pytest.raises(UserError, match="not one of the sweep's m values"):
+        run_sweep(lm, tom, generic, cfg, tmp_path / "bad", export_m=0.02, progress=False)
+    assert not (tmp_path / "bad").exists()
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    out = tmp_path / "sweep"
+    run_sweep(lm, tom, generic, cfg, out, export_m=0.05, progress=False, log=lambda *_: None)
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    folder = out / "model_m5.0000e-02"
+    assert (folder / "tomsparse-export.json").exists() and not list(out.glob(".*.tmp"))
+    exported = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    desc = adapter.describe(exported)
+    names = [m.name for m in desc.matrices]
+    rankings = build_rankings(tom, generic, names, m_max=0.05)
+    changed = 0
+    for mat in desc.matrices:
+        w = mat.weight().detach().reshape(-1)
+        orig = lm.description.by_name()[mat.name].weight().detach().reshape(-1)
+        idx = rankings[mat.name].mask(0.05, "difference")
+        keep = torch.ones_like(orig, dtype=torch.bool)
+        keep[idx] = False
+        assert torch.equal(w[keep], orig[keep])
+        if idx.numel():
+            expected = orig[keep].double().mean().float()
+            assert torch.allclose(w[idx], expected.expand(idx.numel()), atol=1e-7)
+            changed += idx.numel()
+    assert changed > 0
