@@ -267,6 +267,10 @@ def _run_parser(sub) -> None:
     _add_model_args(p)
     _add_sweep_args(p)
     p.add_argument("--quick", action="store_true", help="a ~3-minute version for a first look")
+    p.add_argument("--no-analysis", dest="analysis", action="store_false",
+                   help="skip the mechanistic analyses at the end (see `tomsparse analyze`)")
+    p.add_argument("--analysis-prompts", dest="analysis_prompts", type=int, default=None,
+                   help="ToM prompts the analyses run on (default 16; --quick 8)")
     p.add_argument("--reference-protocol", dest="reference_protocol", action="store_true",
                    help="the reference's sizes: 100 + 100 samples, m = 0..5e-5 step 2e-6 "
                         "(26 values), generate scoring with 5 reps, every task, the whole "

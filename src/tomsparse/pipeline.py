@@ -18,14 +18,14 @@ from .manifest import build_manifest, options_dict, write_json
 # Defaults sized so `make run` finishes within ~20 minutes on 2 CPU cores.
 DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
                 m_list=[0.0, 3e-5, 1e-4], random_seeds=[0, 1], task_limit=6,
-                ppl_max_tokens=4096)
+                ppl_max_tokens=4096, analysis_prompts=16)
 QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
-             random_seeds=[0], task_limit=4, ppl_max_tokens=2048)
+             random_seeds=[0], task_limit=4, ppl_max_tokens=2048, analysis_prompts=8)
 # The reference's protocol sizes (a GPU job): 100 + 100 samples, its 26-value m grid,
 # sampled generation with 5 reps, every task, the whole perplexity corpus.
 REFERENCE = dict(nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0, m_end=5e-5,
                  m_step=2e-6, random_seeds=[0, 1, 2], scoring="generate", reps=5,
-                 task_limit=None, ppl_max_tokens=None)
+                 task_limit=None, ppl_max_tokens=None, analysis_prompts=64)
 
 
 def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
@@ -51,6 +51,24 @@ def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
     log(f"[tomsparse] {dataset} scores: {len(samples)} samples")
     result = compute_score_set(lm, samples, out=folder, batch_size=args.batch_size)
     return result.scores, scores_identity(read_manifest(folder))
+
+
+def _analysis(lm, out: Path, tom: dict, gen: dict, cfg, args) -> None:
+    """The mechanistic analyses at the sweep's largest m: difference mask vs the random
+    control, on a few built-in ToM prompts (``tomsparse analyze --run`` does more)."""
+    from .analysis.run import AnalysisConfig, select_prompts, analyze_loaded
+    from .score_store import read_manifest
+
+    print()
+    acfg = AnalysisConfig(m=max(cfg.m_values), modes=["difference", "random"],
+                          random_seeds=list(cfg.random_seeds), perturbation=cfg.perturbation,
+                          scale=cfg.scale, reference_ties=cfg.reference_ties)
+    stores = {k: out / f"scores_{k}" for k in ("tom", "generic")}
+    analyze_loaded(lm, (tom, read_manifest(stores["tom"]), stores["tom"]),
+                   (gen, read_manifest(stores["generic"]), stores["generic"]), acfg,
+                   select_prompts("builtin", args.analysis_prompts), out / "analysis",
+                   options={"analysis_prompts": args.analysis_prompts, "from": "tomsparse run"},
+                   run_dir=out)
 
 
 def apply_presets(args) -> list[float]:
@@ -91,11 +109,14 @@ def run_main_job(args) -> int:
                         export_m=args.export_model,
                         scores_info={"tom": str(out / "scores_tom"),
                                      "generic": str(out / "scores_generic")})
+    args.m_list = m_values  # recorded resolved, however they were given
     manifest = build_manifest("run", model=lm.name, model_fingerprint=lm.fingerprint,
                               options=options_dict(args), scores_tom_sha=tom_sha,
                               scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1))
     write_json(out / "manifest.json", manifest)
-    report = write_report(out / "sweep", summary, manifest)
+    if args.analysis and any(m > 0 for m in m_values):
+        _analysis(lm, out, tom, gen, cfg, args)
+    report = write_report(out / "sweep", summary, manifest)  # with the analyses, if run
     print()
     print_summary(summary)
     print(f"\nreport: {report.resolve()}  ({time.time() - t0:.0f} s)")

@@ -156,8 +156,21 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict, extra_sections=()) -> Path:
+def analysis_sections(out: str | Path) -> list[tuple[str, str]]:
+    """The sections ``tomsparse analyze`` left for this run's report (RUN_DIR/analysis), if any."""
+    path = Path(out).parent / "analysis" / "report_sections.json"
+    if not path.is_file():
+        return []
+    return [(str(title), str(body)) for title, body in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
+                 extra_sections=None) -> Path:
+    """Render ``out/report.html``. ``extra_sections`` ((title, html) pairs) default to the
+    mechanistic analyses written beside the sweep folder, so a re-rendered report keeps them."""
     out = Path(out)
+    if extra_sections is None:
+        extra_sections = analysis_sections(out)
     summary = summary.copy()
     metric, label = tom_column(summary)
     plots = [

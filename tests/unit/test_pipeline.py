@@ -52,7 +52,7 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
     argv = ["run", "--model", "tiny", "--device", "cpu", "--out", str(out), "--nsamples-tom", "3",
             "--nsamples-generic", "3", "--seqlen", "32", "--generic-corpus", str(corpus),
             "--corpus", str(corpus), "--m_list", "0,0.05", "--random-seeds", "0",
-            "--task-limit", "1", "--ppl-max-tokens", "256"]
+            "--task-limit", "1", "--ppl-max-tokens", "256", "--analysis-prompts", "3"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "report:" in printed and "tom scores: 3 samples" in printed
@@ -64,7 +64,12 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
         store = json.loads((out / f"scores_{kind}" / "manifest.json").read_text())
         assert store["nsamples"] == 3 and store["model_type"] == "llama"
         assert store["samples_sha256"] == manifest[f"scores_{kind}_sha"]
-    assert (out / "sweep" / "report.html").stat().st_size > 10_000
+    page = (out / "sweep" / "report.html").read_text()
+    assert "Controls side by side" in page
+    for i in range(1, 6):  # the mechanistic analyses at the largest m
+        assert f"Analysis {i}:" in page
+    headline = json.loads((out / "analysis" / "analysis_manifest.json").read_text())
+    assert headline["resolved"]["m"] == 0.05 and headline["resolved"]["random_seeds"] == [0]
 
     # Run again: both score sets and every point are reused, the tables are unchanged.
     before = (out / "sweep" / "summary.csv").read_text()
