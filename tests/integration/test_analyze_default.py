@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from tomsparse.analysis.run import (AnalysisConfig, _select_prompts, analyze,
+from tomsparse.analysis.run import (AnalysisConfig, select_prompts, analyze,
                                     tokenize_prompts)
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def test_analyze_default_model(default_model, tmp_path):
     gnr = {m.name: torch.rand(m.shape, generator=gen) for m in sub.matrices}
     before = {m.name: m.weight().detach().clone() for m in sub.matrices}
     impl = lm.model.config._attn_implementation
-    tokenized, info = tokenize_prompts(lm.tokenizer, _select_prompts("builtin", 3), 40)
+    tokenized, info = tokenize_prompts(lm.tokenizer, select_prompts("builtin", 3), 40)
     assert info["prompts"] == 3
     cfg = AnalysisConfig(m=2e-3, modes=["difference", "random"], random_seeds=[0])
     res = analyze(lm.model, lm.tokenizer, sub, tom, gnr, tokenized, cfg, out=tmp_path,
