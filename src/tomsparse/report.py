@@ -57,21 +57,26 @@ def _plot(summary, column, ylabel, title, path):
     return path
 
 
-def _plot_masks(masks: pd.DataFrame, m: float, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def bars_per_layer_and_role(ax, masks: pd.DataFrame, title: str) -> None:
+    """Masked weights per decoder layer, stacked by role (columns layer, role, masked)."""
     pivot = masks.pivot_table(index="layer", columns="role", values="masked", aggfunc="sum").fillna(0)
-    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=110)
     bottom = None
     for role in pivot.columns:
         ax.bar(pivot.index, pivot[role], bottom=bottom, label=role)
         bottom = pivot[role] if bottom is None else bottom + pivot[role]
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("masked weights (count)")
-    ax.set_title(f"Where the difference mask lands, m = {m:g}")
+    ax.set_title(title)
     ax.legend(fontsize=8, ncol=4)
+
+
+def _plot_masks(masks: pd.DataFrame, m: float, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=110)
+    bars_per_layer_and_role(ax, masks, f"Where the difference mask lands, m = {m:g}")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..manifest import atomic_path
+from ..report import bars_per_layer_and_role
 
 COLORS = {"baseline": "#444444", "difference": "#d62728", "random": "#1f77b4",
           "tom-only": "#ff7f0e", "generic-only": "#2ca02c"}
@@ -38,16 +39,8 @@ def plot_anatomy(mats: pd.DataFrame, qk: pd.DataFrame, rope, path: Path) -> Path
     ncols = 2 if rope is not None and not qk.empty else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.0), dpi=110, squeeze=False)
     ax = axes[0][0]
-    diff = mats[mats["mode"] == "difference"]
-    pivot = diff.pivot_table(index="layer", columns="role", values="masked", aggfunc="sum").fillna(0)
-    bottom = None
-    for role in pivot.columns:
-        ax.bar(pivot.index, pivot[role], bottom=bottom, label=role)
-        bottom = pivot[role] if bottom is None else bottom + pivot[role]
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("masked weights (count)")
-    ax.set_title("Difference mask: masked weights per layer and role")
-    ax.legend(fontsize=8, ncol=4)
+    bars_per_layer_and_role(ax, mats[mats["mode"] == "difference"],
+                            "Difference mask: masked weights per layer and role")
     if ncols == 2:
         ax = axes[0][1]
         width = 0.4
