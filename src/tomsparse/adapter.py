@@ -107,6 +107,14 @@ class Rope:
     inv_freq: tuple[float, ...]
     # Models with several rotary bases (Gemma 3: local and global layers) list them here.
     thetas_by_layer_type: dict = field(default_factory=dict)
+    # ... and the frequencies each decoder layer really uses (empty: inv_freq for every layer).
+    inv_freq_by_layer: tuple = ()
+
+    def layer_inv_freq(self, layer: int) -> tuple[float, ...]:
+        """The angular frequencies (radians per position) of the pairs of one layer."""
+        if self.inv_freq_by_layer:
+            return self.inv_freq_by_layer[layer]
+        return self.inv_freq
 
     @property
     def num_pairs(self) -> int:
@@ -238,15 +246,24 @@ def rope_of(model: nn.Module, geometry: Geometry) -> Rope | None:
     """RoPE facts, found from the rotary module's ``inv_freq`` buffers; None for models
     without a rotary embedding (GPT-2, OPT)."""
     inv, inv_kind = None, ""
+    by_kind: dict[str, tuple] = {}
     for name, buf in model.named_buffers():
         leaf = name.rsplit(".", 1)[-1]
         if leaf.endswith("inv_freq") and "original" not in leaf:
+            kind = leaf[: -len("inv_freq")].rstrip("_")
+            by_kind[kind] = tuple(float(x) for x in buf.detach().float().cpu())
             # With several rotary bases (Gemma 3: "sliding_attention_inv_freq" and
             # "full_attention_inv_freq"), prefer the global (full attention) one.
             if inv is None or leaf.startswith("full"):
-                inv, inv_kind = buf, leaf[: -len("inv_freq")].rstrip("_")
+                inv, inv_kind = buf, kind
     if inv is None:
         return None
+    # Per layer, the buffer named after its layer type (config.layer_types), where there are
+    # several; an unknown type falls back to the main one.
+    layer_types = getattr(_config_of(model), "layer_types", None) or ()
+    per_layer = ()
+    if len(by_kind) > 1 and layer_types:
+        per_layer = tuple(by_kind.get(t, by_kind[inv_kind]) for t in layer_types)
     inv = inv.detach().float().cpu()
     rotary_dim = 2 * inv.numel()
     # theta from the first non-unit frequency: inv_freq[j] = theta^(-2j/rotary_dim).
@@ -266,7 +283,8 @@ def rope_of(model: nn.Module, geometry: Geometry) -> Rope | None:
             layout = "interleaved"
             break
     return Rope(theta=theta, rotary_dim=rotary_dim, layout=layout,
-                inv_freq=tuple(float(x) for x in inv), thetas_by_layer_type=thetas)
+                inv_freq=tuple(float(x) for x in inv), thetas_by_layer_type=thetas,
+                inv_freq_by_layer=per_layer)
 
 
 def _name_role(attr: str) -> str | None:

@@ -122,3 +122,17 @@ def test_unsupported_model_is_a_clear_error():
 
     with pytest.raises(UserError, match="cannot find decoder blocks"):
         adapter.describe(NotALM())
+
+
+def test_rope_frequencies_per_layer_type():
+    """Gemma 3 rotates its local (sliding) and global layers with different bases: each
+    layer's pair frequencies are theta_type ** (-2j / d) of its own type."""
+    model = tiny_model("gemma3", layer_types=["sliding_attention", "full_attention"])
+    rope = adapter.describe(model).rope
+    d = rope.rotary_dim
+    for layer, theta in ((0, 10_000.0), (1, 1_000_000.0)):
+        expected = [theta ** (-2 * j / d) for j in range(d // 2)]
+        assert rope.layer_inv_freq(layer) == pytest.approx(expected, rel=1e-6)
+    # one base only (Llama): every layer uses inv_freq
+    llama = adapter.describe(tiny_model("llama")).rope
+    assert llama.inv_freq_by_layer == () and llama.layer_inv_freq(1) == llama.inv_freq

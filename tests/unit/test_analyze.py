@@ -334,6 +334,18 @@ def test_qk_pairs_heads_and_frequencies():
     assert (got[1, "q", 0, 0].dim_a, got[1, "q", 0, 0].dim_b) == (0, 4)
 
 
+def test_pair_frequencies_follow_each_layers_rotary_base():
+    # Gemma 3: layer 0 local (theta 1e4), layer 1 global (theta 1e6); head_dim 8.
+    model = tiny_model("gemma3", layer_types=["sliding_attention", "full_attention"])
+    desc = describe(model)
+    n_in = desc.geometry.hidden_size
+    masks = {f"layers.{i}.q": torch.tensor([(0 * 8 + 1) * n_in]) for i in (0, 1)}  # pair 1
+    _, qk = A.mask_anatomy(desc, {("difference", 0): masks})
+    freq = qk.set_index("layer")["frequency_rad_per_token"]
+    assert freq[0] == pytest.approx(1e4 ** (-2 / 8), rel=1e-6)
+    assert freq[1] == pytest.approx(1e6 ** (-2 / 8), rel=1e-6)
+
+
 def test_matrix_rows_counts_rank_and_magnitude():
     model = tiny_model("llama")
     desc = describe(model)

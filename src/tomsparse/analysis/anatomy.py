@@ -108,7 +108,7 @@ def qk_rows(desc, masks: dict[str, torch.Tensor], mode: str, seed: int) -> list[
             key = (h, pair_of.get(d, -1))
             counts[key] = counts.get(key, 0) + 1
         for (h, j), n in sorted(counts.items()):
-            freq = rope.inv_freq[j] if rope is not None and j >= 0 else float("nan")
+            freq = rope.layer_inv_freq(mat.layer)[j] if rope is not None and j >= 0 else float("nan")
             dims = rope.pair_dims(j) if rope is not None and j >= 0 else (-1, -1)
             row = {"mode": mode, "seed": seed, "layer": mat.layer, "role": mat.role,
                    "head": h,

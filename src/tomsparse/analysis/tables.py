@@ -44,7 +44,9 @@ def dominant_frequencies(desc, probes: dict, top_n: int):
     tops = {"q": top_pairs(base_q, top_n), "k": top_pairs(base_k, top_n)}
     bases = {"q": base_q, "k": base_k}
     rows, shares = [], []
-    inv_freq = np.asarray(rope.inv_freq, dtype=np.float64)
+    # (layer, pair): local and global layers of Gemma 3 rotate at different frequencies.
+    inv_freq = np.asarray([rope.layer_inv_freq(i) for i in range(len(desc.blocks))],
+                          dtype=np.float64)
     for cond, probe in probes.items():
         aq, ak = probe.pair_means()
         after = {"q": aq, "k": ak}
@@ -55,7 +57,7 @@ def dominant_frequencies(desc, probes: dict, top_n: int):
             rows.append(pd.DataFrame({
                 "mode": cond[0], "seed": cond[1], "layer": layer.ravel(), "proj": proj,
                 "head": head.ravel(), "pair": pair.ravel(),
-                "frequency_rad_per_token": inv_freq[pair.ravel()],
+                "frequency_rad_per_token": inv_freq[layer.ravel(), pair.ravel()],
                 "mean_pair_norm": a.ravel(), "baseline_norm": b.ravel(),
                 "change": (a - b).ravel(), "top_pair": t.ravel()}))
         if cond == BASELINE:
