@@ -293,6 +293,10 @@ def test_planted_massive_activation_found():
         expected = vals.topk(3).values.tolist()
         got = [c[0] for c in probe.massive[layer]]
         assert got == pytest.approx(expected, rel=1e-5)
+        # the streaming median of |h| against the exact one over all tokens and dimensions
+        # (numpy's "lower" median: the histogram reports the bin of the middle value)
+        exact = float(np.quantile(vals.numpy(), 0.5, method="lower"))
+        assert probe.median_abs(layer) == pytest.approx(exact, rel=0.006)
 
 
 # ------------------------------------------------------------------ mask anatomy

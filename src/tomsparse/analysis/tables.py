@@ -145,11 +145,11 @@ def massive(probes: dict, decode=None):
     rows = []
     for cond, probe in probes.items():
         for layer in range(probe.L):
-            med = float(probe.median_sum[layer] / max(1.0, float(probe.median_n[layer])))
+            med = probe.median_abs(layer)
             for rank, (mag, prompt, pos, dim, tok) in enumerate(probe.massive[layer], start=1):
                 rows.append({"mode": cond[0], "seed": cond[1], "layer": layer, "rank": rank,
                              "magnitude": mag, "prompt": prompt, "position": pos, "dim": dim,
                              "token_id": tok, "token": decode(tok) if decode else "",
                              "median_abs": med,
-                             "ratio_to_median": mag / med if med > 0 else math.inf})
+                             "ratio_to_median": mag / med if med > 0 else math.nan})
     return pd.DataFrame(rows)
