@@ -559,3 +559,17 @@ def test_cli_run_folder_end_to_end(tmp_path, capsys, monkeypatch):
     assert set(mats["mode"]) == {"difference", "random"} and set(mats["seed"]) == {0, 1}
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_capture_restores_the_attention_implementation():
+    """The probe switches an SDPA model to its own eager-style attention for the measurement
+    only; afterwards the model runs SDPA again with unchanged outputs."""
+    model = tiny_model("llama", attn_implementation="sdpa")
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    probe = measure(model, describe(model), PROMPTS, pad_id=1, batch_size=2)
+    assert probe.sink_means().sum() > 0
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)

@@ -1,8 +1,8 @@
 """Forward-pass measurements for analyses 2-5, reduced on the fly.
 
 Post-RoPE queries and keys are read at one named hook point: while a ``capture`` is active,
-the ``"eager"`` entry of transformers' ``ALL_ATTENTION_FUNCTIONS`` is overridden by
-``_probe_attention``. Every Hugging Face attention module of transformers 5 (Llama, Qwen2,
+the model's attention implementation is ``"tomsparse_probe"``, registered through
+transformers' ``AttentionInterface`` as ``_probe_attention`` (with eager's mask format). Every Hugging Face attention module of transformers 5 (Llama, Qwen2,
 Mistral, Gemma 3, GPT-2 and OPT are tested) calls that interface with the query and key
 already rotated, shaped (batch, heads, T, head_dim) and (batch, kv_heads, T, head_dim) (keys
 not yet repeated for grouped heads). The probe delegates to the model's own
@@ -248,20 +248,28 @@ def _pos_emb_hook(probe: Probe, layer: int):
     return hook
 
 
+PROBE_ATTENTION = "tomsparse_probe"
+
+
+def _register_probe_attention() -> None:
+    """Register the probe as an attention implementation of its own (public transformers
+    interfaces), with eager's mask format: the model is switched to it for a capture, and no
+    other model in the process is affected."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(PROBE_ATTENTION, _probe_attention)
+    AttentionMaskInterface.register(PROBE_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+
+
 @contextmanager
 def capture(model, probe: Probe):
     """Route the model's attention through the probe and hook its blocks, for the duration."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     global _ACTIVE
-    impl = getattr(model.config, "_attn_implementation", None)
-    switched = impl != "eager"
-    if switched:
-        # SDPA / flash attention return no weights; the analyses need eager.
-        model.set_attn_implementation("eager")
-    had_local = "eager" in ALL_ATTENTION_FUNCTIONS._local_mapping
-    previous = ALL_ATTENTION_FUNCTIONS._local_mapping.get("eager")
-    ALL_ATTENTION_FUNCTIONS["eager"] = _probe_attention
+    _register_probe_attention()
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    # SDPA / flash attention return no weights: the probe computes eager attention.
+    model.set_attn_implementation(PROBE_ATTENTION)
     handles = []
     for layer, block in enumerate(probe.desc.blocks):
         handles.append(block.register_forward_hook(_block_hook(probe, layer)))
@@ -274,12 +282,7 @@ def capture(model, probe: Probe):
         _ACTIVE = None
         for h in handles:
             h.remove()
-        if had_local:
-            ALL_ATTENTION_FUNCTIONS["eager"] = previous
-        else:
-            del ALL_ATTENTION_FUNCTIONS["eager"]
-        if switched:
-            model.set_attn_implementation(impl)
+        model.set_attn_implementation(impl)
 
 
 def batches(tokenized: list[list[int]], batch_size: int, pad_id: int):
