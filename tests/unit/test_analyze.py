@@ -573,3 +573,35 @@ def test_capture_restores_the_attention_implementation():
     assert model.config._attn_implementation == "sdpa"
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, before)
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_rotation_helpers_against_explicit_pair_rotations(layout):
+    """rotate / unrotate / pair_sq_norms against an explicit 2x2 rotation of each pair
+    (dims from Rope.pair_dims), for both pairing layouts; rotary_dim 6 of head_dim 8."""
+    from tomsparse.adapter import Rope
+    from tomsparse.analysis.probe import pair_sq_norms, rotate, unrotate
+
+    rd, d = 6, 8
+    rope = Rope(theta=100.0, rotary_dim=rd, layout=layout,
+                inv_freq=tuple(100.0 ** (-2 * j / rd) for j in range(rd // 2)))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, d, generator=gen, dtype=torch.float64)
+    angle = torch.arange(5, dtype=torch.float64)[:, None] * torch.tensor(rope.inv_freq)  # (T, P)
+    explicit = x.clone()
+    for j in range(rd // 2):
+        a, b = rope.pair_dims(j)
+        c, s = angle[:, j].cos(), angle[:, j].sin()
+        explicit[..., a] = x[..., a] * c - x[..., b] * s
+        explicit[..., b] = x[..., a] * s + x[..., b] * c
+    per_dim = (torch.cat((angle, angle), -1) if layout == "half"
+               else angle.repeat_interleave(2, dim=-1))                           # (T, rd)
+    cos, sin = per_dim.cos().expand(2, 5, rd), per_dim.sin().expand(2, 5, rd)
+    y = torch.cat((x[..., :rd] * cos[:, None] + rotate(x[..., :rd], layout) * sin[:, None],
+                   x[..., rd:]), dim=-1)
+    assert torch.allclose(y, explicit, atol=1e-12)
+    assert torch.allclose(unrotate(y, cos, sin, layout), x, atol=1e-12)
+    norms = pair_sq_norms(x, rd, layout)
+    for j in range(rd // 2):
+        a, b = rope.pair_dims(j)
+        assert torch.allclose(norms[..., j], x[..., a] ** 2 + x[..., b] ** 2)
