@@ -22,11 +22,20 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/tomsparse run
 
+run-quick: $(STAMP)
+	$(VENV)/bin/tomsparse run --quick --out runs/quick
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# Speed and memory figures (printed; see README, Benchmarks).
+bench: $(STAMP)
+	$(PY) benchmarks/bench_eval.py --limit 6
+	$(PY) benchmarks/bench_scores.py
+	$(PY) benchmarks/bench_masking.py --repeats 5
 
 # Optional: Gemma-3-270M (Gemma Terms of Use, not an OSI licence).
 gemma: $(STAMP)

@@ -1,0 +1,53 @@
+"""Acceptance: what a user runs first, `tomsparse run --quick`, as a real process on the real
+packaged default model (about 2 minutes). Checks the outputs' invariants rather than numbers:
+the controls have the difference mask's size, random masks leave perplexity almost unchanged,
+the report carries the summary, the controls side by side and the five analyses, and a second
+run reuses everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+
+def _run(out):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "tomsparse.cli", "run", "--quick", "--out",
+                           str(out)], env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_quick_run(tmp_path):
+    out = tmp_path / "quick"
+    first = _run(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.rstrip().splitlines()[-1].startswith("report: ")
+    assert first.stdout.startswith("tomsparse ") and "options: " in first.stdout
+
+    summary = pd.read_csv(out / "sweep" / "summary.csv")
+    assert set(summary["mode"]) == {"none", "difference", "random", "tom-only"}
+    at = summary[summary["m"] > 0].set_index("mode")
+    assert at.loc["difference", "masked"] == at.loc["random", "masked"] > 0
+    assert at.loc["tom-only", "masked"] >= at.loc["difference", "masked"]
+    base = summary[summary["mode"] == "none"].iloc[0]
+    assert 5 < base["perplexity"] < 50  # SmolLM2-135M on Wikipedia text
+    assert abs(at.loc["random", "perplexity"] / base["perplexity"] - 1) < 0.1
+
+    page = (out / "sweep" / "report.html").read_text()
+    for heading in ["Reading", "Controls side by side", "Summary table"] + [
+            f"Analysis {i}:" for i in range(1, 6)]:
+        assert heading in page, heading
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["versions"]["torch"].startswith("2.13") and manifest["options"]["quick"]
+    for kind in ("tom", "generic"):
+        store = json.loads((out / f"scores_{kind}" / "manifest.json").read_text())
+        assert store["supervised_tokens"] > 0 and store["nsamples"] == 8
+    assert (out / "analysis" / "analysis_manifest.json").exists()
+
+    second = _run(out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing tom scores" in second.stdout and "reusing generic scores" in second.stdout
+    pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "summary.csv"), summary)
