@@ -10,7 +10,9 @@ rather than mixing results.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ import torch
 
 from .errors import UserError
 from .manifest import build_manifest, write_csv, write_json
-from .masks import build_rankings, check_m_values, mask_stats
+from .masks import MODES, build_rankings, check_m_values, mask_stats
 from .perturb import apply_perturbation, restore
 
 REFERENCE_TASKS = ("unexpected", "transfer", "irony")
@@ -110,8 +112,6 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     (out / "points").mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".*.tmp"):  # left by a killed run mid-write (see atomic_path)
         if stale.is_dir():
-            import shutil
-
             shutil.rmtree(stale)
         else:
             stale.unlink()
@@ -186,9 +186,6 @@ def export_perturbed_model(lm, rankings, cfg: SweepConfig, m: float, folder: Pat
     """Write the model perturbed with the difference mask at ``m`` as an ordinary Hugging
     Face folder (written beside, then renamed: never half a model), with a record of what was
     done to it; the model in memory is restored. An existing export is kept."""
-    import shutil
-    import tempfile
-
     folder = Path(folder)
     if (folder / "tomsparse-export.json").exists():
         return folder
@@ -285,7 +282,6 @@ def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # options from the command line (shared by `tomsparse sweep` and `tomsparse run`)
 
-MASK_MODES = ("difference", "random", "tom-only", "generic-only")
 # Sweep options whose default depends on the command (run's presets) are None in the parser.
 SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1])
 
@@ -293,10 +289,11 @@ SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1])
 def parse_controls(text: str) -> list[str]:
     """``--controls random,tom-only`` -> the mask modes of a sweep (difference always first)."""
     wanted = [c.strip() for c in (text or "").split(",") if c.strip() and c.strip() != "none"]
-    bad = [c for c in wanted if c not in MASK_MODES]
+    controls = [m for m in MODES if m != "difference"]
+    bad = [c for c in wanted if c not in controls]
     if bad:
         raise UserError(f"--controls {text!r}: unknown mode {bad[0]!r}; choose from "
-                        f"{', '.join(MASK_MODES[1:])} (comma-separated) or none")
+                        f"{', '.join(controls)} (comma-separated) or none")
     return ["difference"] + [c for c in dict.fromkeys(wanted) if c != "difference"]
 
 
@@ -394,7 +391,7 @@ def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
         for c in metrics:
             if not base.empty and c != "masked":
                 row[f"baseline_{c}"] = base[c].iloc[0]
-        for mode in [x for x in MASK_MODES if x in set(group["mode"])]:
+        for mode in [x for x in MODES if x in set(group["mode"])]:
             g = group[group["mode"] == mode]
             for c in metrics:
                 values = g[c].dropna()
