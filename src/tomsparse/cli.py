@@ -28,6 +28,14 @@ def _print_header(args) -> None:
     print("options: " + json.dumps(opts, sort_keys=True, default=str))
 
 
+def seed_list(text: str) -> list[int]:
+    """``--random-seeds 0,1,2`` -> [0, 1, 2]."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 0,1") from None
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .models import DEFAULT_MODEL
 
@@ -213,7 +221,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="masks run beside the difference mask: random, tom-only, generic-only "
                         "(comma-separated) or none (default: random,tom-only)")
     p.add_argument("--random-seeds", dest="random_seeds",
-                   type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   type=seed_list, default=None,
                    help="seeds of the random control, e.g. 0,1")
     p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default="mean")
     p.add_argument("--scale", type=float, default=0.0, help="s in mean + s * (w - mean)")
@@ -302,7 +310,7 @@ def _analyze_parser(sub) -> None:
     p.add_argument("--modes", default="difference,random",
                    help="mask modes compared with the baseline (default: difference,random)")
     p.add_argument("--random-seeds", dest="random_seeds",
-                   type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   type=seed_list, default=None,
                    help="seeds of the random control (default: the run's, else 0)")
     p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
                    help="default: the run's, else mean")
