@@ -95,6 +95,10 @@ def run_main_job(args) -> int:
     from .sweep import config_from_args, print_summary, run_sweep
 
     m_values = apply_presets(args)
+    preset = "reference-protocol" if args.reference_protocol else "quick" if args.quick else "default"
+    resolved = {k: getattr(args, k) for k in (*DEFAULTS, *REFERENCE, "scoring", "reps")
+                if k not in ("m_list", "m_start", "m_end", "m_step")}
+    print(f"resolved ({preset} preset): m = {m_values} " + json.dumps(resolved, sort_keys=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
