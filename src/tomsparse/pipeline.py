@@ -32,7 +32,7 @@ def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
     """Compute (or reuse, when an earlier run used the same samples) one score set."""
     from argparse import Namespace
 
-    from .score_store import load_scores, read_manifest, scores_identity
+    from .score_store import load_scores, read_manifest
     from .scores import build_dataset, compute_score_set
 
     folder = out / f"scores_{dataset}"
@@ -50,7 +50,7 @@ def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
             return load_scores(folder, model=lm)[0], wanted
     log(f"[tomsparse] {dataset} scores: {len(samples)} samples")
     result = compute_score_set(lm, samples, out=folder, batch_size=args.batch_size)
-    return result.scores, scores_identity(read_manifest(folder))
+    return result.scores, wanted  # the store's identity (score_store.scores_identity)
 
 
 def _analysis(lm, out: Path, tom: dict, gen: dict, cfg, args) -> None:
@@ -132,7 +132,3 @@ def parse_m_list(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--m_list {text!r}: give comma-separated numbers, e.g. 0,1e-5,3e-5") from None
-
-
-def describe_defaults() -> str:
-    return json.dumps(DEFAULTS)

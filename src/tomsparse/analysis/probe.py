@@ -98,7 +98,7 @@ class Probe:
         self.desc = desc
         self.layer_of = {id(m): i for i, m in enumerate(desc.attention_modules)}
         L, H, KV = desc.num_layers, g.num_heads, g.num_kv_heads
-        self.L, self.H, self.KV, self.group = L, H, KV, max(1, H // KV)
+        self.L, self.H, self.KV, self.group = L, H, KV, g.group_size
         self.rope = desc.rope
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
         self.calls = torch.zeros(L, dtype=torch.long)
