@@ -57,8 +57,7 @@ def _bare_steps(model, tokenizer, samples, matrices):
     """Forward + backward per sample, gradients on the target weights, nothing accumulated."""
     import torch
 
-    from tomsparse.scores import (_collate, _forward, _input_device, _pad_id, _scoring_state,
-                                  per_sample_losses)
+    from tomsparse.scores import _collate, _input_device, _pad_id, _scoring_state, sample_losses
 
     weights = {id(m.module.weight): m.module.weight for m in matrices}
     device = _input_device(model)
@@ -67,7 +66,7 @@ def _bare_steps(model, tokenizer, samples, matrices):
         for sample in samples:
             started = time.perf_counter()
             ids, mask, labels = _collate([sample], _pad_id(tokenizer), device)
-            per_sample_losses(_forward(model, ids, mask), labels).sum().backward()
+            sample_losses(model, ids, mask, labels).sum().backward()
             for w in weights.values():
                 w.grad = None
             steps.append((1, time.perf_counter() - started))

@@ -26,6 +26,7 @@ on each module's own device.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -141,16 +142,35 @@ def _collate(batch: list[ScoreSample], pad_id: int, device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor | None:
+    """Positions whose logits some sample's loss reads (position t predicts ``labels[:, t + 1]``),
+    or None when at least half of them do (generic windows): then every position's logits are
+    computed. ToM prompts supervise a few answer tokens (one with last-token supervision), so
+    projecting only those positions onto the vocabulary saves most of the output layer's work
+    and its (batch, width, vocab) logits."""
+    used = (labels[:, 1:] != IGNORE).any(0).nonzero().flatten()
+    if 2 * used.numel() >= labels.shape[1] - 1:
+        return None
+    return used
+
+
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over each sample's supervised tokens, computed in fp32: (B,).
 
-    ``labels[b, t]`` is predicted from position t - 1 (-100 = not supervised).
+    ``labels[b, t]`` is predicted from position t - 1 (-100 = not supervised). ``logits`` hold
+    every position, or, with ``positions``, only those positions (in that order), which must
+    include every supervised one.
     """
+    if positions is not None:
+        targets = labels[:, positions.to(labels.device) + 1].to(logits.device)
+    else:
+        targets = labels[:, 1:].to(logits.device)
     batch, width, vocab = logits.shape
-    targets = labels[:, 1:].to(logits.device)
     supervised = targets != IGNORE
     counts = supervised.sum(1).clamp_min(1).float()
-    if logits.dtype == torch.float32 and 2 * int(supervised.sum()) >= supervised.numel():
+    if (positions is None and logits.dtype == torch.float32
+            and 2 * int(supervised.sum()) >= supervised.numel()):
         # Mostly supervised (generic windows): the loss over all positions of the logits as
         # they are, with no copy of a (batch, width, vocab) tensor; the last position and
         # unsupervised ones are ignored.
@@ -162,7 +182,7 @@ def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     # Few supervised positions (ToM prompts), or half-precision logits: upcast only the
     # supervised positions' logits.
     rows, cols = supervised.nonzero(as_tuple=True)
-    picked = logits[:, :-1][rows, cols].float()
+    picked = (logits if positions is not None else logits[:, :-1])[rows, cols].float()
     token_losses = F.cross_entropy(picked, targets[rows, cols], reduction="none")
     sums = torch.zeros(batch, dtype=torch.float32, device=logits.device)
     return sums.index_add(0, rows, token_losses) / counts
@@ -178,9 +198,30 @@ def _check_finite(losses: torch.Tensor, batch: list[ScoreSample], indices: list[
                         "--dtype float32) and the sample")
 
 
-def _forward(model, ids, mask):
-    out = model(input_ids=ids, attention_mask=mask, use_cache=False)
-    return out.logits if hasattr(out, "logits") else out[0]
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward(model, ids, mask, positions: torch.Tensor | None = None):
+    """Logits at every position, or at ``positions`` only: through the model's
+    ``logits_to_keep`` where it has one (so the output layer runs on those positions only),
+    otherwise by slicing the full logits."""
+    kwargs = {}
+    if positions is not None and _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = positions.to(ids.device)
+        positions = None
+    out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits if positions is None else logits[:, positions.to(logits.device)]
+
+
+def sample_losses(model, ids, mask, labels) -> torch.Tensor:
+    """Forward pass and each sample's mean loss over its supervised tokens: (B,)."""
+    positions = supervised_positions(labels)
+    return per_sample_losses(_forward(model, ids, mask, positions), labels, positions)
 
 
 @contextmanager
@@ -256,7 +297,7 @@ def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: 
         for i, sample in enumerate(samples):
             started = time.perf_counter()
             ids, mask, labels = _collate([sample], pad_id, device)
-            loss = per_sample_losses(_forward(model, ids, mask), labels)
+            loss = sample_losses(model, ids, mask, labels)
             _check_finite(loss, [sample], [first + i])
             loss.sum().backward()
             for key, weight in params.items():
@@ -358,7 +399,7 @@ def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: 
                 capture.lengths = [len(s) for s in batch]
                 capture.pending = 0
                 capture.width = ids.shape[1]
-                losses = per_sample_losses(_forward(model, ids, mask), labels)
+                losses = sample_losses(model, ids, mask, labels)
                 _check_finite(losses, batch, [first + i for i in index])
                 # The sum's gradient w.r.t. sample b's activations is that sample's own
                 # gradient: samples do not interact in a causal LM with padding masked.

@@ -128,6 +128,76 @@ def test_fully_supervised_samples(arch):
         assert_scores_close(expected, got.scores)
 
 
+def answer_samples(n=5, seed=1, vocab=120):
+    """ToM-like samples of unequal lengths: a prompt, then one to three supervised answer
+    tokens at the end (one is the reference's last-token supervision)."""
+    rng = random.Random(seed)
+    samples = []
+    for k in range(n):
+        length = rng.randint(12, 24)
+        answer = rng.randint(1, 3)
+        ids = [rng.randint(2, vocab - 1) for _ in range(length)]
+        labels = [IGNORE] * (length - answer) + ids[length - answer:]
+        samples.append(ScoreSample(tuple(ids), tuple(labels), f"prompt {k}"))
+    return samples
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "opt"])
+def test_answer_supervision_projects_only_supervised_positions(arch):
+    """With a few supervised tokens the output layer runs on their positions only (through
+    the model's logits_to_keep); both methods still equal torch.func on the model's own loss
+    over every position's logits."""
+    model = tiny_model(arch)
+    samples = answer_samples()
+    matrices = describe(model).matrices
+    grads = _torch_func_grads(model, samples, matrices)
+    expected = {m.name: sum(g[m.name] ** 2 for g in grads) for m in matrices}
+    kept = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: kept.append((kwargs["input_ids"].shape[1],
+                                                  kwargs.get("logits_to_keep"))),
+        with_kwargs=True)
+    try:
+        for method in ("loop", "batched"):
+            kept.clear()
+            got = compute_scores(model, None, samples, method=method, batch_size=3,
+                                 progress=False)
+            assert_scores_close(expected, got.scores)
+            assert got.supervised_tokens == sum(s.supervised_tokens for s in samples)
+            # Every call kept fewer positions than the batch is wide.
+            assert kept and all(isinstance(k, torch.Tensor) and k.ndim == 1 and k.numel() < w - 1
+                                for w, k in kept), kept
+    finally:
+        hook.remove()
+
+
+def test_models_without_logits_to_keep_get_sliced_logits():
+    """A model whose forward has no logits_to_keep computes every position's logits; the loss
+    then reads the supervised positions from them, with the same scores."""
+    model = tiny_model("llama")
+
+    class WithoutLogitsToKeep(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask=None, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=use_cache)
+
+    samples = answer_samples(n=4, seed=2)
+    matrices = describe(model).matrices
+    direct = compute_scores(model, None, samples, method="batched", batch_size=2,
+                            progress=False)
+    wrapped = compute_scores(WithoutLogitsToKeep(model), None, samples, matrices=matrices,
+                             method="batched", batch_size=2, progress=False)
+    assert_scores_close(direct.scores, wrapped.scores)
+    assert abs(direct.mean_loss - wrapped.mean_loss) < 1e-5
+
+
 def test_square_is_per_sample_not_of_the_batch_sum():
     model = tiny_model("llama")
     samples = make_samples(n=4)
