@@ -13,6 +13,17 @@ Speed: samples/s from the median per-step time (a step is one sample, or one bat
 the total wall time is printed too. Targets: loop overhead over bare <= 25%; batched at B=8
 >= 1.5x the loop.
 
+Ceilings (``ceiling``). Speed: the matrix products one loop step and one B=8 step execute are recorded
+(shape, strides, count) and each is then timed alone with its output preallocated. Their summed
+time per sample, over their FLOPs, is what an exact method doing nothing but those products
+would take on this machine: 1 / that time is an upper bound on any exact method's samples/s
+(attention and every elementwise op are left out, so the true bound is lower still). The
+report divides it by the loop's measured rate: the most batching could gain here. Memory: one B=4 step records every tensor autograd saves
+for backward (saved-tensor hooks, parameters excluded, each storage once) and every target
+input the batched method holds for its per-sample products: the bytes a sample keeps alive
+until backward, the least a batch of B needs beside the model and the accumulator, so the
+budget's room for them bounds B.
+
 Memory: every configuration runs in its own process. After the model and data are loaded (and
 every weight read once, so its pages are resident) the process resets its resident-set high-water mark (writing 5 to /proc/self/clear_refs) and reads
 VmHWM from /proc/self/status when done, so the peak covers the scoring only. Attributed peak =
@@ -33,7 +44,7 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ("bare", "loop", "b4", "b8")
+CONFIGS = ("bare", "loop", "b4", "b8", "ceiling")
 
 
 def _status_kib(field: str) -> int:
@@ -73,6 +84,116 @@ def _bare_steps(model, tokenizer, samples, matrices):
     return steps
 
 
+_GEMMS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+def _record_gemms(run) -> dict:
+    """Run ``run()`` and return {(op, shapes, strides): calls} for every matrix product it
+    executes (below autograd, so forward, backward and the hooks' products alike)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: dict = {}
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in _GEMMS:
+                tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
+                key = (name, tuple(tuple(t.shape) for t in tensors),
+                       tuple(t.stride() for t in tensors), str(tensors[0].dtype))
+                calls[key] = calls.get(key, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        run()
+    return calls
+
+
+def _gemm_flops(op: str, shapes) -> float:
+    if op in ("mm", "addmm"):
+        (m, k), (_, n) = shapes[-2], shapes[-1]
+        return 2.0 * m * k * n
+    (b, m, k), (_, _, n) = shapes[-2], shapes[-1]
+    return 2.0 * b * m * k * n
+
+
+def _time_gemms(calls: dict, repeats: int = 7) -> tuple[float, float]:
+    """(FLOPs, seconds) of the recorded products, each timed alone (median of ``repeats``)
+    on random operands with the recorded shapes and strides and a preallocated output."""
+    import torch
+
+    flops = seconds = 0.0
+    for (op, shapes, strides, dtype), count in calls.items():
+        dt = getattr(torch, dtype.replace("torch.", ""))
+        args = []
+        for shape, stride in zip(shapes, strides):
+            # Storage for the recorded layout (a broadcast bias has stride 0), then a view.
+            extent = 1 + sum((n - 1) * st for n, st in zip(shape, stride) if n > 0)
+            args.append(torch.randn(extent, dtype=dt).as_strided(shape, stride))
+        fn = getattr(torch, op)
+        out = fn(*args)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn(*args, out=out)
+            times.append(time.perf_counter() - started)
+        flops += count * _gemm_flops(op, shapes)
+        seconds += count * statistics.median(times)
+    return flops, seconds
+
+
+def _kept_bytes_per_sample(lm, samples, matrices, batch: int = 4) -> dict:
+    """Bytes per sample kept for backward in one batched step: what autograd saves and the
+    target inputs the batched method holds, each storage counted once, parameters excluded."""
+    import torch
+
+    from tomsparse.scores import compute_scores
+
+    params = {p.untyped_storage().data_ptr() for p in lm.model.parameters()}
+    saved: dict = {}
+    held: dict = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def on_input(module, args):
+        storage = args[0].untyped_storage()
+        held[storage.data_ptr()] = storage.nbytes()
+
+    hooks = [m.register_forward_pre_hook(on_input)
+             for m in {id(m.module): m.module for m in matrices}.values()]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            compute_scores(lm.model, lm.tokenizer, samples[:batch], matrices=matrices,
+                           method="batched", batch_size=batch, progress=False)
+        batch = len(samples[:batch])
+    finally:
+        for h in hooks:
+            h.remove()
+    extra = sum(n for ptr, n in held.items() if ptr not in saved)
+    return {"autograd": sum(saved.values()) / batch, "inputs": extra / batch}
+
+
+def _gemm_ceiling(lm, samples, matrices) -> dict:
+    from tomsparse.scores import compute_scores
+
+    out = {}
+    for label, method, batch in (("loop", "loop", 1), ("b8", "batched", 8)):
+        chosen = samples[:batch]
+        calls = _record_gemms(lambda: compute_scores(lm.model, lm.tokenizer, chosen,
+                                                     matrices=matrices, method=method,
+                                                     batch_size=batch, progress=False))
+        flops, seconds = _time_gemms(calls)
+        out[label] = {"gflop_per_sample": flops / len(chosen) / 1e9,
+                      "seconds_per_sample": seconds / len(chosen),
+                      "distinct_products": len(calls)}
+    return out
+
+
 def worker(args) -> dict:
     import torch
 
@@ -96,6 +217,11 @@ def worker(args) -> dict:
     with torch.no_grad():
         for p in params:
             p.sum()
+    if args.worker == "ceiling":
+        return {"config": "ceiling", "model": lm.name, "threads": torch.get_num_threads(),
+                "nsamples": len(data), "ceiling": _gemm_ceiling(lm, data.samples, matrices),
+                "kept": _kept_bytes_per_sample(lm, data.samples, matrices),
+                "model_bytes": model_bytes, "grad_bytes": grad_bytes, "acc_bytes": acc_bytes}
     rss_loaded = _status_kib("VmRSS") * 1024
     peak_reset = _reset_peak()
     started = time.perf_counter()
@@ -136,6 +262,8 @@ def report(results: list[dict]) -> str:
     first = results[0]
     budget = 1.2 * (first["model_bytes"] + first["grad_bytes"] + first["acc_bytes"])
     by = {r["config"]: r for r in results}
+    ceiling = by.pop("ceiling", None)
+    results = [r for r in results if r["config"] != "ceiling"]
     loop_rate = _median_rate(by["loop"]["steps"]) if "loop" in by else None
     bare_rate = _median_rate(by["bare"]["steps"]) if "bare" in by else None
     lines = [
@@ -165,6 +293,37 @@ def report(results: list[dict]) -> str:
         speedup = _median_rate(by["b8"]["steps"]) / loop_rate
         lines.append(f"batched B=8 vs loop: {speedup:.2f}x (target >= 1.5x: "
                      f"{'met' if speedup >= 1.5 else 'not met'})")
+    if ceiling is not None:
+        c = ceiling["ceiling"]
+        best = min(c["loop"]["seconds_per_sample"], c["b8"]["seconds_per_sample"])
+        lines += [
+            "",
+            f"ceiling ({ceiling['threads']} thread(s)): matrix products per sample "
+            f"{c['loop']['gflop_per_sample']:.1f} GFLOP as the loop runs them, "
+            f"{c['b8']['gflop_per_sample']:.1f} GFLOP at B=8",
+            f"  timed alone: {c['loop']['seconds_per_sample']:.3f} s/sample in the loop's "
+            f"shapes ({c['loop']['gflop_per_sample'] / c['loop']['seconds_per_sample']:.0f} "
+            f"GFLOP/s), {c['b8']['seconds_per_sample']:.3f} s/sample in B=8's "
+            f"({c['b8']['gflop_per_sample'] / c['b8']['seconds_per_sample']:.0f} GFLOP/s)",
+            f"  => no exact method exceeds {1 / best:.3f} samples/s here"
+            + (f" = {1 / best / loop_rate:.2f}x the loop; the 1.5x target is "
+               f"{'within' if 1 / best / loop_rate >= 1.5 else 'beyond'} that ceiling"
+               if loop_rate else ""),
+        ]
+        if loop_rate and ceiling["threads"] != by.get("loop", {}).get("threads"):
+            lines.append("  (the ceiling and the loop ran with different thread counts)")
+        kept = ceiling["kept"]
+        per_sample = kept["autograd"] + kept["inputs"]
+        room = budget - first["model_bytes"] - first["acc_bytes"]
+        lines += [
+            f"memory: a sample keeps {per_sample / mb:.0f} MB alive until backward (autograd "
+            f"{kept['autograd'] / mb:.0f} MB + held target inputs {kept['inputs'] / mb:.0f} MB); "
+            f"the budget leaves {room / mb:.0f} MB beside the model and the accumulator",
+            f"  => without recomputing activations, at most {int(room // per_sample)} "
+            f"sample(s) per batch can fit the budget (B=4 needs "
+            f"{4 * per_sample / mb:.0f} MB, B=8 {8 * per_sample / mb:.0f} MB, before "
+            "transients)",
+        ]
     if not all(r["peak_reset"] for r in results):
         lines.append("note: /proc/self/clear_refs was not writable; peaks include model loading")
     return "\n".join(lines)

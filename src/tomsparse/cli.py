@@ -188,7 +188,9 @@ def _scores_parser(sub) -> None:
                    help="reproduce the reference code: fp16 model (unless --dtype), plain loop, "
                         "per-sample gradients squared and summed in fp16")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
-    p.add_argument("--method", choices=["batched", "loop"], default="batched")
+    p.add_argument("--method", choices=["auto", "batched", "loop"], default="auto",
+                   help="auto (default): the plain loop on a CPU, where batching gains little "
+                        "and holds B samples' activations; batched on an accelerator")
     p.add_argument("--store-dtype", dest="store_dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--store-layout", dest="store_layout", choices=["per-layer", "sharded"],
                    default="per-layer", help="one safetensors file per layer, or size-limited shards")
@@ -291,7 +293,11 @@ def _run_parser(sub) -> None:
     p.add_argument("--data_path", "--data-path", dest="data_path", default=None)
     p.add_argument("--generic-corpus", dest="generic_corpus", default=DEFAULT_GENERIC)
     p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8,
+                   help="samples per backward pass of the batched score method")
+    p.add_argument("--method", choices=["auto", "batched", "loop"], default="auto",
+                   help="score method (see `tomsparse scores --help`); auto: loop on a CPU, "
+                        "batched on an accelerator")
     p.set_defaults(handler=cmd_run)
 
 

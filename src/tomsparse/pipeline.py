@@ -49,7 +49,8 @@ def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
             log(f"[tomsparse] reusing {dataset} scores in {folder}")
             return load_scores(folder, model=lm)[0], wanted
     log(f"[tomsparse] {dataset} scores: {len(samples)} samples")
-    result = compute_score_set(lm, samples, out=folder, batch_size=args.batch_size)
+    result = compute_score_set(lm, samples, out=folder, batch_size=args.batch_size,
+                               method=getattr(args, "method", None) or "auto")
     return result.scores, wanted  # the store's identity (score_store.scores_identity)
 
 

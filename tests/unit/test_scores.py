@@ -258,12 +258,13 @@ def test_offloaded_weights_are_refused():
         compute_scores(model, None, make_samples(n=1), progress=False)
 
 
-def test_subset_of_matrices_and_names():
+@pytest.mark.parametrize("method", ["loop", "batched"])
+def test_subset_of_matrices_and_names(method):
     model = tiny_model("llama")
     samples = make_samples(n=3)
-    full = compute_scores(model, None, samples, progress=False).scores
+    full = compute_scores(model, None, samples, method=method, progress=False).scores
     some = compute_scores(model, None, samples, matrices=["layers.1.q", "layers.0.down"],
-                          progress=False).scores
+                          method=method, progress=False).scores
     assert set(some) == {"layers.1.q", "layers.0.down"}
     assert_scores_close({k: full[k] for k in some}, some)
     with pytest.raises(UserError, match="unknown matrix"):
@@ -283,13 +284,14 @@ def test_requires_grad_and_mode_restored():
         assert model.training
 
 
-def test_dropout_off_while_scoring():
+@pytest.mark.parametrize("method", ["loop", "batched"])
+def test_dropout_off_while_scoring(method):
     """Scores are computed in eval mode even when the model was left in training mode."""
     model = tiny_model("gpt2", resid_pdrop=0.5)
     samples = make_samples(n=2)
     model.train()
-    a = compute_scores(model, None, samples, progress=False).scores
-    b = compute_scores(model, None, samples, progress=False).scores
+    a = compute_scores(model, None, samples, method=method, progress=False).scores
+    b = compute_scores(model, None, samples, method=method, progress=False).scores
     assert_scores_close(a, b, rtol=1e-6)
 
 
@@ -374,6 +376,18 @@ def test_nan_loss_names_the_sample(method):
                                         r"\('the poisoned one'\)\); stopping"):
         compute_scores(model, None, samples, method=method, batch_size=2, progress=False)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_auto_method_is_the_loop_on_cpu_and_batched_on_an_accelerator(monkeypatch):
+    import tomsparse.scores as scores_module
+
+    model = tiny_model("llama")
+    result = compute_scores(model, None, make_samples(n=2), progress=False)
+    assert (result.method, result.batch_size) == ("loop", 1)
+    assert result.manifest_fields()["method"] == "loop"
+    assert scores_module.resolve_method("batched", model) == "batched"
+    monkeypatch.setattr(scores_module, "_input_device", lambda m: torch.device("cuda", 0))
+    assert scores_module.resolve_method("auto", model) == "batched"
 
 
 def test_bad_method_and_batch_size():
