@@ -1,37 +1,39 @@
 """Speed and peak memory of the sensitivity scores on the default model (prints its figures;
 not a test).
 
-Configurations, each on the same ``--nsamples`` equal-length generic windows (``--seqlen``
-tokens, every token supervised, as for the generic score set):
+Configurations, on equal-length generic windows (``--seqlen`` tokens, every token supervised,
+as for the generic score set):
 
 * ``bare``: plain forward + backward per sample with gradients on the target weights only, no
   squaring or accumulation: the floor any exact method pays;
 * ``loop``: the plain exact loop (``compute_scores(method="loop")``);
 * ``b4`` / ``b8``: the batched implementation at B = 4 and 8.
 
-Speed: samples/s from the median per-step time (a step is one sample, or one batch of B);
-the total wall time is printed too. Targets: loop overhead over bare <= 25%; batched at B=8
->= 1.5x the loop.
+Speed, side by side in one process: ``--rounds`` rounds (default 4, so 32 samples per config);
+in each, every config scores that round's ``--per-round`` samples (8), in an order rotated from
+round to round, so a drift of the shared machine hits every config alike. Reported: samples/s
+from the median time per sample, and each config's speed over the loop's as the median of the
+per-round ratios. Targets: loop overhead over bare <= 25%; batched at B=8 >= 1.5x the loop.
 
-Ceilings (``ceiling``). Speed: the matrix products one loop step and one B=8 step execute are recorded
-(shape, strides, count) and each is then timed alone with its output preallocated. Their summed
-time per sample, over their FLOPs, is what an exact method doing nothing but those products
-would take on this machine: 1 / that time is an upper bound on any exact method's samples/s
-(attention and every elementwise op are left out, so the true bound is lower still). The
-report divides it by the loop's measured rate: the most batching could gain here. Memory: one B=4 step records every tensor autograd saves
-for backward (saved-tensor hooks, parameters excluded, each storage once) and every target
-input the batched method holds for its per-sample products: the bytes a sample keeps alive
-until backward, the least a batch of B needs beside the model and the accumulator, so the
-budget's room for them bounds B.
+Memory: each configuration scores one round's samples in a fresh process. After the model and
+data are loaded (every weight read once, so its pages are resident) the process resets its
+resident-set high-water mark (writing 5 to /proc/self/clear_refs) and reads VmHWM from
+/proc/self/status when done, so the peak covers the scoring only. Attributed peak = model bytes
++ (peak RSS - RSS after loading): the Python/torch runtime is not counted. Target: attributed
+peak <= 1.2 x (model + target-weight gradients + one fp32 accumulator).
 
-Memory: every configuration runs in its own process. After the model and data are loaded (and
-every weight read once, so its pages are resident) the process resets its resident-set high-water mark (writing 5 to /proc/self/clear_refs) and reads
-VmHWM from /proc/self/status when done, so the peak covers the scoring only. Attributed peak =
-model bytes + (peak RSS - RSS after loading): the Python/torch runtime is not counted. Target:
-attributed peak <= 1.2 x (model + target-weight gradients + one fp32 accumulator).
+Ceilings, in a third process. Speed: the matrix products of one loop step and one B=8 step are
+recorded (shape, strides, count) and each is then timed alone with its output preallocated.
+Their summed time per sample is what an exact method doing nothing but those products would
+take on this machine, so 1 / that time bounds any exact method's samples/s from above
+(attention, the loss and every elementwise op are left out: the true bound is lower still).
+Memory: one B=4 step records every tensor autograd saves for backward (saved-tensor hooks,
+parameters excluded, each storage once) and every target input the batched method holds for
+its per-sample products: what a sample keeps alive until backward, which the budget's room
+beside the model and the accumulator must hold B times.
 
-    python benchmarks/bench_scores.py                # 32 samples x 128 tokens, 1 thread
-    python benchmarks/bench_scores.py --threads 2 --configs loop,b8
+    python benchmarks/bench_scores.py                  # 4 rounds x 8 samples x 128 tokens, 1 thread
+    python benchmarks/bench_scores.py --threads 2 --configs loop,b8 --skip ceiling
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ("bare", "loop", "b4", "b8", "ceiling")
+CONFIGS = ("bare", "loop", "b4", "b8")
 
 
 def _status_kib(field: str) -> int:
@@ -194,124 +196,155 @@ def _gemm_ceiling(lm, samples, matrices) -> dict:
     return out
 
 
-def worker(args) -> dict:
+def _load(args):
     import torch
 
     torch.set_num_threads(args.threads)
     from tomsparse.corpora import DEFAULT_GENERIC, load_corpus
     from tomsparse.models import load_model
     from tomsparse.score_data import build_generic_samples
-    from tomsparse.scores import compute_scores
 
     lm = load_model(args.model, device="cpu", log=lambda *a: None)
     data = build_generic_samples(lm.tokenizer, load_corpus(DEFAULT_GENERIC),
-                                 nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
-    matrices = lm.description.matrices
+                                 nsamples=args.rounds * args.per_round, seqlen=args.seqlen, seed=0)
     params = list({id(p): p for p in lm.model.parameters()}.values())
-    model_bytes = sum(p.numel() * p.element_size() for p in params)
-    weights = {id(m.module.weight): m.module.weight for m in matrices}.values()
-    grad_bytes = sum(w.numel() * 4 for w in weights)
-    acc_bytes = sum(m.numel * 4 for m in matrices)
     # Weights loaded from safetensors may still be unread file pages; reading them once makes
     # them resident now, so that they count in the loaded RSS and not in the scoring peak.
     with torch.no_grad():
         for p in params:
             p.sum()
-    if args.worker == "ceiling":
-        return {"config": "ceiling", "model": lm.name, "threads": torch.get_num_threads(),
-                "nsamples": len(data), "ceiling": _gemm_ceiling(lm, data.samples, matrices),
-                "kept": _kept_bytes_per_sample(lm, data.samples, matrices),
-                "model_bytes": model_bytes, "grad_bytes": grad_bytes, "acc_bytes": acc_bytes}
+    matrices = lm.description.matrices
+    weights = {id(m.module.weight): m.module.weight for m in matrices}.values()
+    sizes = {"model_bytes": sum(p.numel() * p.element_size() for p in params),
+             "grad_bytes": sum(w.numel() * 4 for w in weights),
+             "acc_bytes": sum(m.numel * 4 for m in matrices),
+             "model": lm.name, "threads": torch.get_num_threads(), "seqlen": args.seqlen}
+    return lm, data.samples, sizes
+
+
+def _run(config: str, lm, samples) -> None:
+    from tomsparse.scores import compute_scores
+
+    if config == "bare":
+        _bare_steps(lm.model, lm.tokenizer, samples, lm.description.matrices)
+    elif config == "loop":
+        compute_scores(lm.model, lm.tokenizer, samples, method="loop", progress=False)
+    else:
+        compute_scores(lm.model, lm.tokenizer, samples, method="batched",
+                       batch_size=int(config[1:]), progress=False)
+
+
+def speed_worker(args) -> dict:
+    """Every config on the same samples, interleaved: round r runs each config (in an order
+    rotated by r) on that round's samples, so drifts of a shared machine hit all configs."""
+    lm, samples, sizes = _load(args)
+    configs = args.configs.split(",")
+    for config in configs:  # warm-up: allocator, caches, lazy initialisation
+        _run(config, lm, samples[:args.per_round])
+    seconds: dict = {c: [] for c in configs}
+    for r in range(args.rounds):
+        chunk = samples[r * args.per_round:(r + 1) * args.per_round]
+        for config in configs[r % len(configs):] + configs[:r % len(configs)]:
+            started = time.perf_counter()
+            _run(config, lm, chunk)
+            seconds[config].append((time.perf_counter() - started) / len(chunk))
+    return dict(sizes, config="speed", seconds_per_sample=seconds)
+
+
+def memory_worker(args) -> dict:
+    """One config on one round's samples in a fresh process: its peak resident memory."""
+    lm, samples, sizes = _load(args)
     rss_loaded = _status_kib("VmRSS") * 1024
     peak_reset = _reset_peak()
-    started = time.perf_counter()
-    if args.worker == "bare":
-        steps = _bare_steps(lm.model, lm.tokenizer, data.samples, matrices)
-    elif args.worker == "loop":
-        steps = compute_scores(lm.model, lm.tokenizer, data, method="loop",
-                               progress=False).step_times
-    else:
-        steps = compute_scores(lm.model, lm.tokenizer, data, method="batched",
-                               batch_size=int(args.worker[1:]), progress=False).step_times
-    total = time.perf_counter() - started
-    peak = _status_kib("VmHWM") * 1024
-    return {"config": args.worker, "model": lm.name, "threads": torch.get_num_threads(),
-            "steps": steps, "total_s": total, "rss_loaded": rss_loaded, "peak_rss": peak,
-            "peak_reset": peak_reset, "model_bytes": model_bytes, "grad_bytes": grad_bytes,
-            "acc_bytes": acc_bytes, "nsamples": len(data)}
+    _run(args.worker.split(":")[1], lm, samples[:args.per_round])
+    return dict(sizes, config=args.worker, rss_loaded=rss_loaded,
+                peak_rss=_status_kib("VmHWM") * 1024, peak_reset=peak_reset)
 
 
-def _run_config(config: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", config, "--model", args.model,
-           "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
-           "--threads", str(args.threads)]
+def ceiling_worker(args) -> dict:
+    lm, samples, sizes = _load(args)
+    matrices = lm.description.matrices
+    return dict(sizes, config="ceiling", ceiling=_gemm_ceiling(lm, samples, matrices),
+                kept=_kept_bytes_per_sample(lm, samples, matrices))
+
+
+def _run_worker(worker: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--model", args.model,
+           "--seqlen", str(args.seqlen), "--threads", str(args.threads),
+           "--rounds", str(args.rounds), "--per-round", str(args.per_round),
+           "--configs", args.configs]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{worker} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _median_rate(steps) -> float:
-    per_sample = [seconds / n for n, seconds in steps]
-    return 1.0 / statistics.median(per_sample)
-
-
-def report(results: list[dict]) -> str:
+def report(speed: dict | None, memory: list[dict], ceiling: dict | None) -> str:
     mb = 1 << 20
-    first = results[0]
+    first = speed or (memory[0] if memory else ceiling)
     budget = 1.2 * (first["model_bytes"] + first["grad_bytes"] + first["acc_bytes"])
-    by = {r["config"]: r for r in results}
-    ceiling = by.pop("ceiling", None)
-    results = [r for r in results if r["config"] != "ceiling"]
-    loop_rate = _median_rate(by["loop"]["steps"]) if "loop" in by else None
-    bare_rate = _median_rate(by["bare"]["steps"]) if "bare" in by else None
+    seconds = speed["seconds_per_sample"] if speed else {}
+    rounds = len(next(iter(seconds.values()))) if seconds else 0
+
+    def ratio(config: str, base: str = "loop") -> float | None:
+        # The median over rounds of the per-round speed ratio: both configs ran on the same
+        # samples within minutes of each other.
+        if config not in seconds or base not in seconds:
+            return None
+        return statistics.median(b / c for b, c in zip(seconds[base], seconds[config]))
+
+    peaks = {r["config"].split(":")[1]: r for r in memory}
     lines = [
-        f"sensitivity scores, {first['model']}: {first['nsamples']} generic windows x "
-        f"{first.get('seqlen', '')} tokens, {first['threads']} CPU thread(s)",
+        f"sensitivity scores, {first['model']}: generic windows of {first['seqlen']} tokens, "
+        f"{first['threads']} CPU thread(s)",
         f"model {first['model_bytes'] / mb:.0f} MB, target-weight gradients "
         f"{first['grad_bytes'] / mb:.0f} MB, fp32 accumulator {first['acc_bytes'] / mb:.0f} MB; "
         f"memory budget 1.2 x their sum = {budget / mb:.0f} MB",
-        "",
-        f"{'config':8s} {'samples/s':>10s} {'(total)':>9s} {'vs loop':>8s} {'peak RSS':>9s} "
-        f"{'attributed':>11s} {'budget':>7s}",
     ]
-    for r in results:
-        rate = _median_rate(r["steps"])
-        overall = r["nsamples"] / r["total_s"]
-        attributed = r["model_bytes"] + r["peak_rss"] - r["rss_loaded"]
-        ratio = f"{rate / loop_rate:.2f}x" if loop_rate else "-"
-        lines.append(f"{r['config']:8s} {rate:10.3f} {overall:9.3f} {ratio:>8s} "
-                     f"{r['peak_rss'] / mb:8.0f}M {attributed / mb:10.0f}M "
-                     f"{'ok' if attributed <= budget else 'OVER':>7s}")
+    if speed:
+        lines.append(f"speed: {rounds} rounds, each config on the round's "
+                     f"{speed.get('per_round', '')} samples, configs interleaved; medians")
+    lines += ["", f"{'config':8s} {'samples/s':>10s} {'vs loop':>8s} {'peak RSS':>9s} "
+                  f"{'attributed':>11s} {'budget':>7s}"]
+    for config in dict.fromkeys(list(seconds) + list(peaks)):
+        rate = (f"{1 / statistics.median(seconds[config]):10.3f}" if config in seconds
+                else f"{'-':>10s}")
+        r = ratio(config)
+        row = f"{config:8s} {rate} {f'{r:.2f}x' if r else '-':>8s}"
+        if config in peaks:
+            p = peaks[config]
+            attributed = p["model_bytes"] + p["peak_rss"] - p["rss_loaded"]
+            row += (f" {p['peak_rss'] / mb:8.0f}M {attributed / mb:10.0f}M "
+                    f"{'ok' if attributed <= budget else 'OVER':>7s}")
+        lines.append(row)
     lines.append("")
-    if loop_rate and bare_rate:
-        overhead = bare_rate / loop_rate - 1
+    overhead = ratio("bare")
+    if overhead:
+        overhead = overhead - 1  # bare's speed over the loop's, minus one
         lines.append(f"loop overhead over bare fwd+bwd: {100 * overhead:+.1f}% (target <= 25%: "
                      f"{'met' if overhead <= 0.25 else 'not met'})")
-    if loop_rate and "b8" in by:
-        speedup = _median_rate(by["b8"]["steps"]) / loop_rate
+    speedup = ratio("b8")
+    if speedup:
         lines.append(f"batched B=8 vs loop: {speedup:.2f}x (target >= 1.5x: "
                      f"{'met' if speedup >= 1.5 else 'not met'})")
     if ceiling is not None:
         c = ceiling["ceiling"]
         best = min(c["loop"]["seconds_per_sample"], c["b8"]["seconds_per_sample"])
+        loop_rate = 1 / statistics.median(seconds["loop"]) if "loop" in seconds else None
         lines += [
             "",
-            f"ceiling ({ceiling['threads']} thread(s)): matrix products per sample "
-            f"{c['loop']['gflop_per_sample']:.1f} GFLOP as the loop runs them, "
-            f"{c['b8']['gflop_per_sample']:.1f} GFLOP at B=8",
+            f"ceiling: matrix products per sample {c['loop']['gflop_per_sample']:.1f} GFLOP as "
+            f"the loop runs them, {c['b8']['gflop_per_sample']:.1f} GFLOP at B=8",
             f"  timed alone: {c['loop']['seconds_per_sample']:.3f} s/sample in the loop's "
             f"shapes ({c['loop']['gflop_per_sample'] / c['loop']['seconds_per_sample']:.0f} "
             f"GFLOP/s), {c['b8']['seconds_per_sample']:.3f} s/sample in B=8's "
             f"({c['b8']['gflop_per_sample'] / c['b8']['seconds_per_sample']:.0f} GFLOP/s)",
             f"  => no exact method exceeds {1 / best:.3f} samples/s here"
-            + (f" = {1 / best / loop_rate:.2f}x the loop; the 1.5x target is "
+            + (f" = {1 / best / loop_rate:.2f}x the loop's median; the 1.5x target is "
                f"{'within' if 1 / best / loop_rate >= 1.5 else 'beyond'} that ceiling"
                if loop_rate else ""),
         ]
-        if loop_rate and ceiling["threads"] != by.get("loop", {}).get("threads"):
-            lines.append("  (the ceiling and the loop ran with different thread counts)")
         kept = ceiling["kept"]
         per_sample = kept["autograd"] + kept["inputs"]
         room = budget - first["model_bytes"] - first["acc_bytes"]
@@ -324,7 +357,7 @@ def report(results: list[dict]) -> str:
             f"{4 * per_sample / mb:.0f} MB, B=8 {8 * per_sample / mb:.0f} MB, before "
             "transients)",
         ]
-    if not all(r["peak_reset"] for r in results):
+    if memory and not all(r["peak_reset"] for r in memory):
         lines.append("note: /proc/self/clear_refs was not writable; peaks include model loading")
     return "\n".join(lines)
 
@@ -332,29 +365,44 @@ def report(results: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--per-round", dest="per_round", type=int, default=8,
+                        help="samples each config scores per round (>= 8 for B=8)")
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: stable timings on a shared machine)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--skip", default="",
+                        help="parts to leave out: speed, memory, ceiling (comma-separated)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    workers = {"speed": speed_worker, "ceiling": ceiling_worker}
     if args.worker:
-        result = worker(args)
-        result["seqlen"] = args.seqlen
-        print(json.dumps(result))
+        run = workers.get(args.worker, memory_worker)
+        print(json.dumps(dict(run(args), per_round=args.per_round)))
         return 0
-    results = []
-    for config in args.configs.split(","):
-        if config not in CONFIGS:
-            raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
-        print(f"running {config} ...", file=sys.stderr, flush=True)
-        results.append(_run_config(config, args))
-    print(report(results))
+    unknown = set(args.configs.split(",")) - set(CONFIGS)
+    if unknown:
+        raise SystemExit(f"unknown config {sorted(unknown)[0]!r}; choose from "
+                         f"{', '.join(CONFIGS)}")
+    skip = set(filter(None, args.skip.split(",")))
+    speed = memory = ceiling = None
+    if "speed" not in skip:
+        print("timing the configs side by side ...", file=sys.stderr, flush=True)
+        speed = _run_worker("speed", args)
+    memory = []
+    if "memory" not in skip:
+        for config in args.configs.split(","):
+            print(f"peak memory of {config} ...", file=sys.stderr, flush=True)
+            memory.append(_run_worker(f"memory:{config}", args))
+    if "ceiling" not in skip:
+        print("ceilings ...", file=sys.stderr, flush=True)
+        ceiling = _run_worker("ceiling", args)
+    print(report(speed, memory, ceiling))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"speed": speed, "memory": memory, "ceiling": ceiling}, f, indent=1)
     return 0
 
 

@@ -67,7 +67,6 @@ class ScoreResult:
     world_size: int = 1
     zero_counts: dict[str, int] = field(default_factory=dict)
     # (samples, seconds) of every forward/backward step on this rank, for benchmarks.
-    step_times: list[tuple[int, float]] = field(default_factory=list)
 
     def manifest_fields(self) -> dict:
         return {
@@ -299,8 +298,7 @@ def _progress(total: int, enabled: bool, desc: str):
 # the two methods
 
 
-def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: int = 0,
-              step_times=None):
+def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: int = 0):
     """One sample per forward/backward; g from autograd's weight gradient."""
     device = _input_device(model)
     params = {id(m.module.weight): m.module.weight for m in matrices}
@@ -310,7 +308,6 @@ def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: 
     loss_sum = 0.0
     with _scoring_state(model, set(params)), torch.enable_grad():
         for i, sample in enumerate(samples):
-            started = time.perf_counter()
             ids, mask, labels = _collate([sample], pad_id, device)
             loss = sample_losses(model, ids, mask, labels)
             _check_finite(loss, [sample], [first + i])
@@ -324,8 +321,6 @@ def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: 
                         acc.add(m.name, canonical[m.rows])
                 weight.grad = None
             loss_sum += float(loss.detach().sum())
-            if step_times is not None:
-                step_times.append((1, time.perf_counter() - started))
             bar.update(1)
     return loss_sum
 
@@ -398,8 +393,7 @@ def _batches(samples: list[ScoreSample], batch_size: int) -> list[list[int]]:
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: int = 0,
-                 step_times=None):
+def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: int = 0):
     device = _input_device(model)
     capture = _GradientCapture(model, matrices, acc)
     loss_sum = 0.0
@@ -407,7 +401,6 @@ def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: 
     try:
         with _scoring_state(model, set()), torch.enable_grad():
             for index in _batches(samples, batch_size):
-                started = time.perf_counter()
                 batch = [samples[i] for i in index]
                 ids, mask, labels = _collate(batch, pad_id, device)
                 padded += int(mask.numel() - mask.sum())
@@ -423,8 +416,6 @@ def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: 
                     raise RuntimeError(f"{capture.pending} target module call(s) received no "
                                        "output gradient")
                 loss_sum += float(losses.detach().sum())
-                if step_times is not None:
-                    step_times.append((len(batch), time.perf_counter() - started))
                 bar.update(len(batch))
     finally:
         capture.close()
@@ -512,14 +503,12 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
     start = time.perf_counter()
     error = None
     loss_sum, padded = 0.0, 0
-    step_times: list[tuple[int, float]] = []
     try:
         if method == "loop":
-            loss_sum = _run_loop(model, local, matrices, acc, pad_id, bar, shard.start,
-                                 step_times)
+            loss_sum = _run_loop(model, local, matrices, acc, pad_id, bar, shard.start)
         else:
             loss_sum, padded = _run_batched(model, local, matrices, acc, pad_id, bar, batch_size,
-                                            shard.start, step_times)
+                                            shard.start)
     except UserError as exc:
         if dist is None:
             raise
@@ -551,8 +540,7 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
         mean_loss=loss_total / max(n, 1), wall_time_s=wall, method=method,
         batch_size=1 if method == "loop" else batch_size,
         accumulation_dtype="float16 (reference)" if reference_fp16 else "float32",
-        world_size=world, zero_counts={k: int((v == 0).sum()) for k, v in scores.items()},
-        step_times=step_times)
+        world_size=world, zero_counts={k: int((v == 0).sum()) for k, v in scores.items()})
 
 
 # --------------------------------------------------------------------------------------------
