@@ -188,9 +188,10 @@ def _scores_parser(sub) -> None:
                    help="reproduce the reference code: fp16 model (unless --dtype), plain loop, "
                         "per-sample gradients squared and summed in fp16")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
-    p.add_argument("--method", choices=["auto", "batched", "loop"], default="auto",
-                   help="auto (default): the plain loop on a CPU, where batching gains little "
-                        "and holds B samples' activations; batched on an accelerator")
+    p.add_argument("--method", choices=["batched", "loop"], default="batched",
+                   help="batched (default): B samples per backward pass; loop: one sample per "
+                        "pass, which needs less memory (B samples' activations) and is as fast "
+                        "on one CPU thread")
     p.add_argument("--store-dtype", dest="store_dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--store-layout", dest="store_layout", choices=["per-layer", "sharded"],
                    default="per-layer", help="one safetensors file per layer, or size-limited shards")
@@ -295,9 +296,8 @@ def _run_parser(sub) -> None:
     p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8,
                    help="samples per backward pass of the batched score method")
-    p.add_argument("--method", choices=["auto", "batched", "loop"], default="auto",
-                   help="score method (see `tomsparse scores --help`); auto: loop on a CPU, "
-                        "batched on an accelerator")
+    p.add_argument("--method", choices=["batched", "loop"], default="batched",
+                   help="score method (see `tomsparse scores --help`)")
     p.set_defaults(handler=cmd_run)
 
 

@@ -50,7 +50,7 @@ def _scores(lm, out: Path, dataset: str, args, log) -> tuple[dict, str]:
             return load_scores(folder, model=lm)[0], wanted
     log(f"[tomsparse] {dataset} scores: {len(samples)} samples")
     result = compute_score_set(lm, samples, out=folder, batch_size=args.batch_size,
-                               method=getattr(args, "method", None) or "auto")
+                               method=getattr(args, "method", None) or "batched")
     return result.scores, wanted  # the store's identity (score_store.scores_identity)
 
 

@@ -15,11 +15,6 @@ Two implementations:
   g_i = gy_i[:, rows]^T @ x_i over that sample's real tokens only (so padding cannot leak),
   which is the canonical (out, in) gradient for ``nn.Linear`` and GPT-2's ``Conv1D`` alike.
 
-``method="auto"`` (the default) picks the loop when the model's inputs are on the CPU and the
-batched method on an accelerator. On a CPU one sample's matrix products already run near the
-machine's GEMM peak, so batching gains at most a few percent there (benchmarks/bench_scores.py
-measures the ceiling) while it holds B samples' activations; an accelerator is what it fills.
-
 ``reference_fp16=True`` reproduces the reference code: per-sample gradients rounded to fp16,
 squared and summed in fp16 (|g| below ~2.4e-4 squares to 0), in the samples' given order.
 
@@ -46,7 +41,7 @@ from .score_data import IGNORE, ScoreDataset, ScoreSample
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "batched", "loop")
+METHODS = ("batched", "loop")
 
 
 @dataclass
@@ -66,7 +61,6 @@ class ScoreResult:
     accumulation_dtype: str
     world_size: int = 1
     zero_counts: dict[str, int] = field(default_factory=dict)
-    # (samples, seconds) of every forward/backward step on this rank, for benchmarks.
 
     def manifest_fields(self) -> dict:
         return {
@@ -119,16 +113,6 @@ def _sample_list(samples) -> list[ScoreSample]:
 def _input_device(model) -> torch.device:
     emb = model.get_input_embeddings()
     return emb.weight.device if emb is not None else next(model.parameters()).device
-
-
-def resolve_method(method: str, model) -> str:
-    """``auto`` -> ``loop`` for a model on the CPU, ``batched`` on an accelerator (see the
-    module docstring); any other method as given."""
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if method != "auto":
-        return method
-    return "loop" if _input_device(model).type == "cpu" else "batched"
 
 
 def _pad_id(tokenizer) -> int:
@@ -472,7 +456,7 @@ def _agree_on_failure(dist, error: BaseException | None) -> None:
 
 
 def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8,
-                   method: str = "auto", reference_fp16: bool = False,
+                   method: str = "batched", reference_fp16: bool = False,
                    progress: bool = True) -> ScoreResult:
     """Sensitivity scores of ``matrices`` (default: every target matrix of the model) over
     ``samples`` (a ScoreDataset or a list of ScoreSample).
@@ -481,7 +465,8 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
     the plain loop in the samples' order, as the reference does. Returns a ``ScoreResult``
     with fp32 CPU tensors keyed by ``Matrix.name`` in canonical (out, in) shape.
     """
-    method = resolve_method(method, model)
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if batch_size is None or batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if reference_fp16 and method != "loop":
@@ -576,7 +561,7 @@ def manifest_fields(model_name: str, fingerprint: str | None, model, dataset: Sc
     return fields
 
 
-def compute_score_set(lm, dataset: ScoreDataset, out=None, method: str = "auto",
+def compute_score_set(lm, dataset: ScoreDataset, out=None, method: str = "batched",
                       batch_size: int = 8, reference_fp16: bool = False,
                       store_dtype: str = "float32", layout: str = "per-layer",
                       shard_size_mb: int = 2048, progress: bool = True,
@@ -654,8 +639,8 @@ def _cmd_compute(args) -> int:
         lm = load_model(args.model, device=device, dtype=dtype,
                         device_map=getattr(args, "device_map", None))
         dataset = build_dataset(args, lm.tokenizer, lm.model)
-        method = getattr(args, "method", None) or "auto"
-        if reference and method == "batched":
+        method = getattr(args, "method", None) or "batched"
+        if reference and method != "loop":
             print("--reference-fp16: using the plain loop (one sample per backward), as the "
                   "reference does", file=sys.stderr)
             method = "loop"
@@ -748,7 +733,7 @@ def cmd_scores(args) -> int:
 
     compute: ``--model M --dataset tom|generic [--data_path FILE] [--corpus C] --nsamples N
     --seqlen L --seed S --supervision answer|last-token [--reference-fp16] --batch-size B
-    --method auto|batched|loop --dtype D --device D [--device-map auto] --store-dtype float32|bfloat16
+    --method batched|loop --dtype D --device D [--device-map auto] --store-dtype float32|bfloat16
     [--store-layout per-layer|sharded] --out DIR``; runs data-parallel under ``torchrun``.
     import: ``--from REFERENCE_CHUNKS --model M --out DIR``. export: ``--from DIR --out DIR``.
     """

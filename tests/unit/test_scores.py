@@ -378,18 +378,6 @@ def test_nan_loss_names_the_sample(method):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_auto_method_is_the_loop_on_cpu_and_batched_on_an_accelerator(monkeypatch):
-    import tomsparse.scores as scores_module
-
-    model = tiny_model("llama")
-    result = compute_scores(model, None, make_samples(n=2), progress=False)
-    assert (result.method, result.batch_size) == ("loop", 1)
-    assert result.manifest_fields()["method"] == "loop"
-    assert scores_module.resolve_method("batched", model) == "batched"
-    monkeypatch.setattr(scores_module, "_input_device", lambda m: torch.device("cuda", 0))
-    assert scores_module.resolve_method("auto", model) == "batched"
-
-
 def test_bad_method_and_batch_size():
     model = tiny_model("llama")
     with pytest.raises(UserError, match="unknown method"):

@@ -47,7 +47,7 @@ def test_compute_tom(stand_in, prompt_file, tmp_path, capsys):
     out = tmp_path / "tom"
     code = main(["scores", "--model", "tiny", "--device", "cpu", "--dataset", "tom",
                  "--data_path", str(prompt_file), "--nsamples", "4", "--batch-size", "3",
-                 "--method", "batched", "--out", str(out)])
+                 "--out", str(out)])
     assert code == 0
     assert stand_in[0]["dtype"] == "float32"
     printed = capsys.readouterr().out
@@ -80,10 +80,8 @@ def test_compute_generic(stand_in, tmp_path):
 
 def test_reference_mode_defaults(stand_in, prompt_file, tmp_path, capsys):
     out = tmp_path / "ref"
-    # Asked for the batched method, the reference mode still runs the loop, and says so.
     code = main(["scores", "--model", "tiny", "--device", "cpu", "--reference-fp16",
-                 "--method", "batched", "--data_path", str(prompt_file), "--nsamples", "3",
-                 "--out", str(out)])
+                 "--data_path", str(prompt_file), "--nsamples", "3", "--out", str(out)])
     assert code == 0
     assert stand_in[0]["dtype"] == "float16"
     _, manifest = load_scores(out)
