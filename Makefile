@@ -35,6 +35,7 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_eval.py --limit 6
 	$(PY) benchmarks/bench_scores.py
+	$(PY) benchmarks/bench_scores.py --threads 2
 	$(PY) benchmarks/bench_masking.py --repeats 5
 
 # Optional: Gemma-3-270M (Gemma Terms of Use, not an OSI licence).
