@@ -142,6 +142,28 @@ def answer_samples(n=5, seed=1, vocab=120):
     return samples
 
 
+def test_supervised_positions():
+    from tomsparse.scores import MIN_KEPT_POSITIONS, supervised_positions
+
+    width = 40
+    labels = torch.full((2, width), IGNORE)
+    labels[0, 30] = 5   # predicted from position 29
+    labels[1, 12] = 7   # from 11
+    kept = supervised_positions(labels).tolist()
+    assert {29, 11} <= set(kept) and len(kept) == MIN_KEPT_POSITIONS
+    assert kept == sorted(kept) and max(kept) == width - 2
+    # Enough supervised positions: exactly those.
+    labels[0, 1:12] = 3
+    assert supervised_positions(labels).tolist() == list(range(12)) + [29]
+    # Most positions supervised (generic windows): every position's logits.
+    labels[0, 1:] = 3
+    assert supervised_positions(labels) is None
+    # Short samples: at most every position.
+    short = torch.full((1, 5), IGNORE)
+    short[0, 4] = 1
+    assert supervised_positions(short).tolist() == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "opt"])
 def test_answer_supervision_projects_only_supervised_positions(arch):
     """With a few supervised tokens the output layer runs on their positions only (through
