@@ -66,7 +66,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def _bare_steps(model, tokenizer, samples, matrices):
+def _bare_steps(model, tokenizer, samples, matrices) -> None:
     """Forward + backward per sample, gradients on the target weights, nothing accumulated."""
     import torch
 
@@ -74,16 +74,12 @@ def _bare_steps(model, tokenizer, samples, matrices):
 
     weights = {id(m.module.weight): m.module.weight for m in matrices}
     device = _input_device(model)
-    steps = []
     with _scoring_state(model, set(weights)), torch.enable_grad():
         for sample in samples:
-            started = time.perf_counter()
             ids, mask, labels = _collate([sample], _pad_id(tokenizer), device)
             sample_losses(model, ids, mask, labels).sum().backward()
             for w in weights.values():
                 w.grad = None
-            steps.append((1, time.perf_counter() - started))
-    return steps
 
 
 _GEMMS = ("mm", "addmm", "bmm", "baddbmm")
@@ -166,18 +162,18 @@ def _kept_bytes_per_sample(lm, samples, matrices, batch: int = 4) -> dict:
         storage = args[0].untyped_storage()
         held[storage.data_ptr()] = storage.nbytes()
 
+    chosen = samples[:batch]
     hooks = [m.register_forward_pre_hook(on_input)
              for m in {id(m.module): m.module for m in matrices}.values()]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            compute_scores(lm.model, lm.tokenizer, samples[:batch], matrices=matrices,
+            compute_scores(lm.model, lm.tokenizer, chosen, matrices=matrices,
                            method="batched", batch_size=batch, progress=False)
-        batch = len(samples[:batch])
     finally:
         for h in hooks:
             h.remove()
     extra = sum(n for ptr, n in held.items() if ptr not in saved)
-    return {"autograd": sum(saved.values()) / batch, "inputs": extra / batch}
+    return {"autograd": sum(saved.values()) / len(chosen), "inputs": extra / len(chosen)}
 
 
 def _gemm_ceiling(lm, samples, matrices) -> dict:
