@@ -26,6 +26,7 @@ on each module's own device.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -210,9 +211,11 @@ def _check_finite(losses: torch.Tensor, batch: list[ScoreSample], indices: list[
                         "--dtype float32) and the sample")
 
 
-def _accepts_logits_to_keep(model) -> bool:
+@functools.lru_cache(maxsize=None)
+def _accepts_logits_to_keep(model_class: type) -> bool:
+    # Once per class, not on every forward pass.
     try:
-        return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+        return "logits_to_keep" in inspect.signature(model_class.forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -222,7 +225,7 @@ def _forward(model, ids, mask, positions: torch.Tensor | None = None):
     ``logits_to_keep`` where it has one (so the output layer runs on those positions only),
     otherwise by slicing the full logits."""
     kwargs = {}
-    if positions is not None and _accepts_logits_to_keep(model):
+    if positions is not None and _accepts_logits_to_keep(type(model)):
         kwargs["logits_to_keep"] = positions.to(ids.device)
         positions = None
     out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
