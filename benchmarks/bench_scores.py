@@ -70,14 +70,16 @@ def _bare_steps(model, tokenizer, samples, matrices) -> None:
     """Forward + backward per sample, gradients on the target weights, nothing accumulated."""
     import torch
 
-    from tomsparse.scores import _collate, _input_device, _pad_id, _scoring_state, sample_losses
+    from tomsparse.scores import (_collate, _input_device, _pad_id, _scoring_state, output_head,
+                                  sample_losses)
 
     weights = {id(m.module.weight): m.module.weight for m in matrices}
     device = _input_device(model)
+    head = output_head(model)  # the same output layer and loss as the exact methods
     with _scoring_state(model, set(weights)), torch.enable_grad():
         for sample in samples:
             ids, mask, labels = _collate([sample], _pad_id(tokenizer), device)
-            sample_losses(model, ids, mask, labels).sum().backward()
+            sample_losses(model, ids, mask, labels, head).sum().backward()
             for w in weights.values():
                 w.grad = None
 
@@ -177,8 +179,9 @@ def _kept_bytes_per_sample(lm, samples, matrices, batch: int = 4) -> dict:
 
 
 def _gemm_ceiling(lm, samples, matrices) -> dict:
-    from tomsparse.scores import compute_scores
+    from tomsparse.scores import compute_scores, output_head
 
+    output_head(lm.model)  # its one-off probe of the model is not part of a step
     out = {}
     for label, method, batch in (("loop", "loop", 1), ("b8", "batched", 8)):
         chosen = samples[:batch]

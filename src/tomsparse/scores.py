@@ -15,6 +15,11 @@ Two implementations:
   g_i = gy_i[:, rows]^T @ x_i over that sample's real tokens only (so padding cannot leak),
   which is the canonical (out, in) gradient for ``nn.Linear`` and GPT-2's ``Conv1D`` alike.
 
+The loss: where a model's logits are its output layer applied to its body's last hidden state
+(checked once per model, ``output_head``), the output layer runs on the supervised positions
+only and its gradient is formed chunk by chunk in the forward pass, so neither method keeps
+(batch, width, vocab) logits for backward; other models go through their own logits.
+
 ``reference_fp16=True`` reproduces the reference code: per-sample gradients rounded to fp16,
 squared and summed in fp16 (|g| below ~2.4e-4 squares to 0), in the samples' given order.
 
@@ -32,6 +37,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 import torch
@@ -144,8 +150,9 @@ def _collate(batch: list[ScoreSample], pad_id: int, device):
 # Fewest positions whose logits are computed. CPU BLAS runs products with fewer than 4 rows on
 # a path that sums the vocabulary-long contraction of the output layer's backward with about 13x
 # the rounding error of the blocked kernel (measured in fp32 over a 49K vocabulary), which the
-# squares carry into the scores (2e-4 relative instead of 1e-5 against fp64); a few more rows
-# cost little next to every position's.
+# squares carry into the scores: on the default model with last-token supervision, 6e-4
+# relative max error against fp64 instead of fp32's usual 2e-4, and the loop and the batched
+# method 6e-4 apart instead of 1e-5. A few more rows cost little next to every position's.
 MIN_KEPT_POSITIONS = 8
 
 
@@ -195,9 +202,10 @@ def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor,
     # Few supervised positions (ToM prompts), or half-precision logits: upcast only the
     # supervised positions' logits.
     rows, cols = supervised.nonzero(as_tuple=True)
-    picked = (logits if positions is not None else logits[:, :-1])[rows, cols].float()
+    picked = (logits if positions is not None else logits[:, :-1])[rows, cols]
+    picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
     token_losses = F.cross_entropy(picked, targets[rows, cols], reduction="none")
-    sums = torch.zeros(batch, dtype=torch.float32, device=logits.device)
+    sums = torch.zeros(batch, dtype=token_losses.dtype, device=logits.device)
     return sums.index_add(0, rows, token_losses) / counts
 
 
@@ -233,8 +241,130 @@ def _forward(model, ids, mask, positions: torch.Tensor | None = None):
     return logits if positions is None else logits[:, positions.to(logits.device)]
 
 
-def sample_losses(model, ids, mask, labels) -> torch.Tensor:
-    """Forward pass and each sample's mean loss over its supervised tokens: (B,)."""
+# --------------------------------------------------------------------------------------------
+# the output layer and the loss
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """A causal LM split at its output layer: ``body`` maps ids to the final hidden states and
+    the logits are exactly ``F.linear(hidden, weight, bias)``."""
+
+    body: torch.nn.Module
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+_HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, OutputHead | None]" = \
+    weakref.WeakKeyDictionary()
+
+
+def output_head(model) -> OutputHead | None:
+    """The model's body and output layer when its logits are the output layer applied to the
+    body's last hidden state and nothing else, or None (then the loss takes the model's own
+    logits). Checked once per model on a short probe, because some families transform the
+    logits after the output layer (soft-capping, scaling), which only a comparison reveals."""
+    if model in _HEADS:
+        return _HEADS[model]
+    head = None
+    body = getattr(model, "base_model", None)
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if (body is not None and body is not model and isinstance(out, torch.nn.Linear)
+            and out.weight.device.type != "meta"):
+        candidate = OutputHead(body, out.weight, out.bias)
+        ids = (torch.arange(8) * 7 + 3).remainder(out.weight.shape[0])[None]
+        ids = ids.to(_input_device(model))
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                expected = _logits(model(input_ids=ids, use_cache=False))
+                hidden = _logits(body(input_ids=ids, use_cache=False))
+                got = F.linear(hidden.to(out.weight.device), out.weight, out.bias)
+            if got.shape == expected.shape and torch.allclose(
+                    got.float(), expected.to(got.device).float(), rtol=1e-4, atol=1e-5):
+                head = candidate
+        except (TypeError, ValueError, RuntimeError) as exc:
+            log.debug("scoring through the model's own logits: %s", exc)
+        finally:
+            model.train(was_training)
+    _HEADS[model] = head
+    return head
+
+
+def _logits(out) -> torch.Tensor:
+    # Model outputs (logits) and body outputs (last hidden state) alike: the first field.
+    return out[0] if not isinstance(out, torch.Tensor) else out
+
+
+# Rows of fp32 logits the fused loss forms at a time: a few tens of MB whatever the batch and
+# vocabulary, instead of the (batch, width, vocab) logits, their log-softmax and its gradient.
+LOGIT_CHUNK_BYTES = 32 * 2 ** 20
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Each sample's mean cross-entropy of the output layer applied to ``hidden`` rows, with the
+    gradient w.r.t. those rows formed in the forward pass, chunk by chunk, so no logits are kept
+    for backward. The gradient is what autograd forms through log-softmax: per row,
+    (softmax - onehot) / (its sample's supervised count), cast to the weight's dtype, times the
+    weight; backward only scales each row by its sample's incoming gradient (1 for a sum of
+    losses, which leaves it bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, sample_of_row, counts):
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        scale = (1.0 / counts)[sample_of_row]
+        token_losses = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden)
+        step = max(MIN_KEPT_POSITIONS, LOGIT_CHUNK_BYTES // (4 * vocab))
+        precision = torch.promote_types(weight.dtype, torch.float32)
+        for start in range(0, rows, step):
+            end = min(start + step, rows)
+            # log_softmax, not logits - logsumexp: it subtracts the row's maximum before the
+            # log of the sum, so the small differences keep their low bits (on the default
+            # model, hidden-state gradients as accurate as autograd's instead of 5x less).
+            log_probs = torch.log_softmax(F.linear(hidden[start:end], weight, bias)
+                                          .to(precision), 1)
+            target = targets[start:end, None]
+            token_losses[start:end] = -log_probs.gather(1, target).squeeze(1)
+            # d(loss)/d(logits) in place: softmax * s, then - s at the target.
+            s = scale[start:end, None].to(precision)
+            dlogits = log_probs.exp_().mul_(s)
+            dlogits.scatter_add_(1, target, -s)
+            dlogits = dlogits.to(weight.dtype)
+            if dlogits.shape[0] < MIN_KEPT_POSITIONS:
+                # Few rows would take the less accurate small-product path
+                # (MIN_KEPT_POSITIONS).
+                dlogits = torch.cat([dlogits, dlogits.new_zeros(
+                    MIN_KEPT_POSITIONS - dlogits.shape[0], vocab)])
+            grad[start:end] = (dlogits @ weight)[:end - start]
+        losses = torch.zeros(counts.shape[0], dtype=torch.float32, device=hidden.device)
+        losses.index_add_(0, sample_of_row, token_losses)
+        ctx.save_for_backward(grad, sample_of_row)
+        return losses / counts
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        grad, sample_of_row = ctx.saved_tensors
+        return grad * grad_losses[sample_of_row, None].to(grad.dtype), None, None, None, None, None
+
+
+def _fused_losses(head: OutputHead, ids, mask, labels) -> torch.Tensor:
+    hidden = _logits(head.body(input_ids=ids, attention_mask=mask, use_cache=False))
+    targets = labels[:, 1:].to(hidden.device)
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=labels.shape[0]).clamp_min(1).float()
+    device = head.weight.device
+    return _HeadLoss.apply(hidden[rows, cols].to(device), head.weight, head.bias,
+                           targets[rows, cols].to(device), rows.to(device), counts.to(device))
+
+
+def sample_losses(model, ids, mask, labels, head: OutputHead | None = None) -> torch.Tensor:
+    """Forward pass and each sample's mean loss over its supervised tokens: (B,). With
+    ``head`` (see ``output_head``) the output layer runs on the supervised positions only and
+    no logits are kept for backward; otherwise through the model's own logits."""
+    if head is not None and not head.weight.requires_grad:
+        return _fused_losses(head, ids, mask, labels)
     positions = supervised_positions(labels)
     return per_sample_losses(_forward(model, ids, mask, positions), labels, positions)
 
@@ -299,7 +429,7 @@ def _progress(total: int, enabled: bool, desc: str):
 # the two methods
 
 
-def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: int = 0):
+def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, head, first: int = 0):
     """One sample per forward/backward; g from autograd's weight gradient."""
     device = _input_device(model)
     params = {id(m.module.weight): m.module.weight for m in matrices}
@@ -310,7 +440,7 @@ def _run_loop(model, samples, matrices, acc: _Accumulators, pad_id, bar, first: 
     with _scoring_state(model, set(params)), torch.enable_grad():
         for i, sample in enumerate(samples):
             ids, mask, labels = _collate([sample], pad_id, device)
-            loss = sample_losses(model, ids, mask, labels)
+            loss = sample_losses(model, ids, mask, labels, head)
             _check_finite(loss, [sample], [first + i])
             loss.sum().backward()
             for key, weight in params.items():
@@ -342,6 +472,7 @@ class _GradientCapture:
             self.modules[id(m.module)] = m.module
         self.handles = []
         self.pending = 0
+        self.scratch: dict = {}
         for key, module in self.modules.items():
             self.handles.append(module.register_forward_hook(self._capture, with_kwargs=True))
 
@@ -371,13 +502,17 @@ class _GradientCapture:
         # Some blocks flatten (batch, time) before their MLP (OPT); view both back.
         x = x.reshape(len(lengths), width, x.shape[-1])
         gy = gy.reshape(len(lengths), width, gy.shape[-1])
+        # One (out_full, in) fp32 matrix per shape, reused by every sample and call: a fresh
+        # one per product would cost the allocator (and the OS its page faults) ~10% of the
+        # products' time on CPU.
+        key = (gy.shape[-1], x.shape[-1], x.device)
+        full = self.scratch.get(key)
+        if full is None:
+            full = self.scratch[key] = torch.empty(key[:2], dtype=torch.float32, device=key[2])
         for b, n in enumerate(lengths):
-            # This sample's real tokens only: its weight gradient, (out_full, in), in fp32.
-            # One sample at a time (not a (B, out, in) stack): the extra memory is one
-            # matrix however large B is.
-            xs = x[b, :n].float()
-            gs = gy[b, :n].float()
-            full = gs.t() @ xs
+            # This sample's real tokens only: its weight gradient, in fp32. One sample at a
+            # time (not a (B, out, in) stack): the extra memory is one matrix however large B is.
+            torch.mm(gy[b, :n].float().t(), x[b, :n].float(), out=full)
             for m in roles:
                 self.acc.add(m.name, full[m.rows])
 
@@ -385,6 +520,7 @@ class _GradientCapture:
         for h in self.handles:
             h.remove()
         self.handles = []
+        self.scratch = {}
 
 
 def _batches(samples: list[ScoreSample], batch_size: int) -> list[list[int]]:
@@ -394,7 +530,8 @@ def _batches(samples: list[ScoreSample], batch_size: int) -> list[list[int]]:
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: int = 0):
+def _run_batched(model, samples, matrices, acc, pad_id, bar, head, batch_size,
+                 first: int = 0):
     device = _input_device(model)
     capture = _GradientCapture(model, matrices, acc)
     loss_sum = 0.0
@@ -408,7 +545,7 @@ def _run_batched(model, samples, matrices, acc, pad_id, bar, batch_size, first: 
                 capture.lengths = [len(s) for s in batch]
                 capture.pending = 0
                 capture.width = ids.shape[1]
-                losses = sample_losses(model, ids, mask, labels)
+                losses = sample_losses(model, ids, mask, labels, head)
                 _check_finite(losses, batch, [first + i for i in index])
                 # The sum's gradient w.r.t. sample b's activations is that sample's own
                 # gradient: samples do not interact in a causal LM with padding masked.
@@ -501,16 +638,18 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
     local = items[shard]
     pad_id = _pad_id(tokenizer)
     acc = _Accumulators(matrices, reference_fp16)
+    # The reference's numbers come from the model's own logits and autograd's rounding.
+    head = None if reference_fp16 else output_head(model)
     bar = _progress(len(local), progress and rank == 0, f"scores ({method})")
     start = time.perf_counter()
     error = None
     loss_sum, padded = 0.0, 0
     try:
         if method == "loop":
-            loss_sum = _run_loop(model, local, matrices, acc, pad_id, bar, shard.start)
+            loss_sum = _run_loop(model, local, matrices, acc, pad_id, bar, head, shard.start)
         else:
-            loss_sum, padded = _run_batched(model, local, matrices, acc, pad_id, bar, batch_size,
-                                            shard.start)
+            loss_sum, padded = _run_batched(model, local, matrices, acc, pad_id, bar, head,
+                                            batch_size, shard.start)
     except UserError as exc:
         if dist is None:
             raise

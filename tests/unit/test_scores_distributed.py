@@ -41,7 +41,7 @@ WORKER = textwrap.dedent("""
 
     # A NaN loss on rank 1 only: both ranks must stop, none may hang in the reduction.
     if rank == 1:
-        scores_module.per_sample_losses = lambda logits, labels, positions=None: torch.full(
+        scores_module.sample_losses = lambda model, ids, mask, labels, head=None: torch.full(
             (labels.shape[0],), float("nan"), requires_grad=True)
     try:
         scores_module.compute_scores(model, None, make_samples(n=4), method="{method}",
