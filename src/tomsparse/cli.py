@@ -189,9 +189,10 @@ def _scores_parser(sub) -> None:
                         "per-sample gradients squared and summed in fp16")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--method", choices=["batched", "loop"], default="batched",
-                   help="batched (default): B samples per backward pass; loop: one sample per "
-                        "pass, which needs less memory (B samples' activations) and is as fast "
-                        "on one CPU thread")
+                   help="batched (default): B samples per backward pass, holding B samples' "
+                        "activations; loop: one sample per pass, holding one sample's "
+                        "activations and the weight gradients (on the default model the least "
+                        "memory, 10-20%% slower on CPU)")
     p.add_argument("--store-dtype", dest="store_dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--store-layout", dest="store_layout", choices=["per-layer", "sharded"],
                    default="per-layer", help="one safetensors file per layer, or size-limited shards")
