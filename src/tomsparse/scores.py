@@ -255,8 +255,8 @@ class OutputHead:
     bias: torch.Tensor | None
 
 
-_HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, OutputHead | None]" = \
-    weakref.WeakKeyDictionary()
+# Per model: whether its logits are its output layer's (structure does not change with weights).
+_PLAIN_HEAD: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 def output_head(model) -> OutputHead | None:
@@ -264,32 +264,34 @@ def output_head(model) -> OutputHead | None:
     body's last hidden state and nothing else, or None (then the loss takes the model's own
     logits). Checked once per model on a short probe, because some families transform the
     logits after the output layer (soft-capping, scaling), which only a comparison reveals."""
-    if model in _HEADS:
-        return _HEADS[model]
-    head = None
     body = getattr(model, "base_model", None)
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if (body is not None and body is not model and isinstance(out, torch.nn.Linear)
-            and out.weight.device.type != "meta"):
-        candidate = OutputHead(body, out.weight, out.bias)
-        ids = (torch.arange(8) * 7 + 3).remainder(out.weight.shape[0])[None]
-        ids = ids.to(_input_device(model))
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                expected = _logits(model(input_ids=ids, use_cache=False))
-                hidden = _logits(body(input_ids=ids, use_cache=False))
-                got = F.linear(hidden.to(out.weight.device), out.weight, out.bias)
-            if got.shape == expected.shape and torch.allclose(
-                    got.float(), expected.to(got.device).float(), rtol=1e-4, atol=1e-5):
-                head = candidate
-        except (TypeError, ValueError, RuntimeError) as exc:
-            log.debug("scoring through the model's own logits: %s", exc)
-        finally:
-            model.train(was_training)
-    _HEADS[model] = head
-    return head
+    if (body is None or body is model or not isinstance(out, torch.nn.Linear)
+            or out.weight.device.type == "meta"):
+        return None
+    head = OutputHead(body, out.weight, out.bias)
+    if model not in _PLAIN_HEAD:
+        _PLAIN_HEAD[model] = _logits_are_the_heads(model, head)
+    return head if _PLAIN_HEAD[model] else None
+
+
+def _logits_are_the_heads(model, head: OutputHead) -> bool:
+    ids = (torch.arange(8) * 7 + 3).remainder(head.weight.shape[0])[None]  # any valid ids
+    ids = ids.to(_input_device(model))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            expected = _logits(model(input_ids=ids, use_cache=False))
+            hidden = _logits(head.body(input_ids=ids, use_cache=False))
+            got = F.linear(hidden.to(head.weight.device), head.weight, head.bias)
+        return got.shape == expected.shape and torch.allclose(
+            got.float(), expected.to(got.device).float(), rtol=1e-4, atol=1e-5)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        log.debug("scoring through the model's own logits: %s", exc)
+        return False
+    finally:
+        model.train(was_training)
 
 
 def _logits(out) -> torch.Tensor:
