@@ -19,8 +19,10 @@ Memory: each configuration scores one round's samples in a fresh process. After 
 data are loaded (every weight read once, so its pages are resident) the process resets its
 resident-set high-water mark (writing 5 to /proc/self/clear_refs) and reads VmHWM from
 /proc/self/status when done, so the peak covers the scoring only. Attributed peak = model bytes
-+ (peak RSS - RSS after loading): the Python/torch runtime is not counted. Target: attributed
-peak <= 1.2 x (model + target-weight gradients + one fp32 accumulator).
++ (peak RSS - RSS after loading): the Python/torch runtime is not counted. With ``--device
+cuda`` the peak is the CUDA allocator's instead (``max_memory_allocated`` after a reset, less
+what was allocated after loading). Target: attributed peak <= 1.2 x (model + target-weight
+gradients + one fp32 accumulator).
 
 Ceilings, in a third process. Speed: the matrix products of one loop step and one B=8 step are
 recorded (shape, strides, count) and each is then timed alone with its output preallocated.
@@ -34,6 +36,7 @@ beside the model and the accumulator must hold B times.
 
     python benchmarks/bench_scores.py                  # 4 rounds x 8 samples x 128 tokens, 1 thread
     python benchmarks/bench_scores.py --threads 2 --configs loop,b8 --skip ceiling
+    python benchmarks/bench_scores.py --device cuda --dtype bfloat16 --model PATH_OR_HUB_ID
 """
 
 from __future__ import annotations
@@ -84,6 +87,14 @@ def _bare_steps(model, tokenizer, samples, matrices) -> None:
                 w.grad = None
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so the clock measures it (nothing to wait for on a CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 _GEMMS = ("mm", "addmm", "bmm", "baddbmm")
 
 
@@ -101,7 +112,8 @@ def _record_gemms(run) -> dict:
             if name in _GEMMS:
                 tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
                 key = (name, tuple(tuple(t.shape) for t in tensors),
-                       tuple(t.stride() for t in tensors), str(tensors[0].dtype))
+                       tuple(t.stride() for t in tensors), str(tensors[0].dtype),
+                       str(tensors[0].device))
                 calls[key] = calls.get(key, 0) + 1
             return func(*args, **(kwargs or {}))
 
@@ -124,19 +136,21 @@ def _time_gemms(calls: dict, repeats: int = 7) -> tuple[float, float]:
     import torch
 
     flops = seconds = 0.0
-    for (op, shapes, strides, dtype), count in calls.items():
+    for (op, shapes, strides, dtype, device), count in calls.items():
         dt = getattr(torch, dtype.replace("torch.", ""))
         args = []
         for shape, stride in zip(shapes, strides):
             # Storage for the recorded layout (a broadcast bias has stride 0), then a view.
             extent = 1 + sum((n - 1) * st for n, st in zip(shape, stride) if n > 0)
-            args.append(torch.randn(extent, dtype=dt).as_strided(shape, stride))
+            args.append(torch.randn(extent, dtype=dt, device=device).as_strided(shape, stride))
         fn = getattr(torch, op)
         out = fn(*args)
         times = []
         for _ in range(repeats):
+            _sync()
             started = time.perf_counter()
             fn(*args, out=out)
+            _sync()
             times.append(time.perf_counter() - started)
         flops += count * _gemm_flops(op, shapes)
         seconds += count * statistics.median(times)
@@ -203,7 +217,7 @@ def _load(args):
     from tomsparse.models import load_model
     from tomsparse.score_data import build_generic_samples
 
-    lm = load_model(args.model, device="cpu", log=lambda *a: None)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, log=lambda *a: None)
     data = build_generic_samples(lm.tokenizer, load_corpus(DEFAULT_GENERIC),
                                  nsamples=args.rounds * args.per_round, seqlen=args.seqlen, seed=0)
     params = list({id(p): p for p in lm.model.parameters()}.values())
@@ -215,9 +229,11 @@ def _load(args):
     matrices = lm.description.matrices
     weights = {id(m.module.weight): m.module.weight for m in matrices}.values()
     sizes = {"model_bytes": sum(p.numel() * p.element_size() for p in params),
-             "grad_bytes": sum(w.numel() * 4 for w in weights),
+             "grad_bytes": sum(w.numel() * w.element_size() for w in weights),
              "acc_bytes": sum(m.numel * 4 for m in matrices),
-             "model": lm.name, "threads": torch.get_num_threads(), "seqlen": args.seqlen}
+             "model": lm.name, "threads": torch.get_num_threads(), "seqlen": args.seqlen,
+             "device": str(next(lm.model.parameters()).device),
+             "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", "")}
     return lm, data.samples, sizes
 
 
@@ -244,20 +260,32 @@ def speed_worker(args) -> dict:
     for r in range(args.rounds):
         chunk = samples[r * args.per_round:(r + 1) * args.per_round]
         for config in configs[r % len(configs):] + configs[:r % len(configs)]:
+            _sync()
             started = time.perf_counter()
             _run(config, lm, chunk)
+            _sync()
             seconds[config].append((time.perf_counter() - started) / len(chunk))
     return dict(sizes, config="speed", seconds_per_sample=seconds)
 
 
 def memory_worker(args) -> dict:
-    """One config on one round's samples in a fresh process: its peak resident memory."""
+    """One config on one round's samples in a fresh process: its peak resident memory (on a
+    GPU: the peak of the CUDA caching allocator's allocated bytes)."""
+    import torch
+
     lm, samples, sizes = _load(args)
-    rss_loaded = _status_kib("VmRSS") * 1024
-    peak_reset = _reset_peak()
-    _run(args.worker.split(":")[1], lm, samples[:args.per_round])
-    return dict(sizes, config=args.worker, rss_loaded=rss_loaded,
-                peak_rss=_status_kib("VmHWM") * 1024, peak_reset=peak_reset)
+    if sizes["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        loaded, peak_reset = torch.cuda.memory_allocated(), True
+        _run(args.worker.split(":")[1], lm, samples[:args.per_round])
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        loaded = _status_kib("VmRSS") * 1024
+        peak_reset = _reset_peak()
+        _run(args.worker.split(":")[1], lm, samples[:args.per_round])
+        peak = _status_kib("VmHWM") * 1024
+    return dict(sizes, config=args.worker, rss_loaded=loaded, peak_rss=peak,
+                peak_reset=peak_reset)
 
 
 def ceiling_worker(args) -> dict:
@@ -271,7 +299,7 @@ def _run_worker(worker: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--model", args.model,
            "--seqlen", str(args.seqlen), "--threads", str(args.threads),
            "--rounds", str(args.rounds), "--per-round", str(args.per_round),
-           "--configs", args.configs]
+           "--configs", args.configs, "--device", args.device, "--dtype", args.dtype]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -295,8 +323,10 @@ def report(speed: dict | None, memory: list[dict], ceiling: dict | None) -> str:
 
     peaks = {r["config"].split(":")[1]: r for r in memory}
     lines = [
-        f"sensitivity scores, {first['model']}: generic windows of {first['seqlen']} tokens, "
-        f"{first['threads']} CPU thread(s)",
+        f"sensitivity scores, {first['model']} ({first['dtype']}): generic windows of "
+        f"{first['seqlen']} tokens, "
+        + (first["device"] if first["device"].startswith("cuda")
+           else f"{first['threads']} CPU thread(s)"),
         f"model {first['model_bytes'] / mb:.0f} MB, target-weight gradients "
         f"{first['grad_bytes'] / mb:.0f} MB, fp32 accumulator {first['acc_bytes'] / mb:.0f} MB; "
         f"memory budget 1.2 x their sum = {budget / mb:.0f} MB",
@@ -304,7 +334,8 @@ def report(speed: dict | None, memory: list[dict], ceiling: dict | None) -> str:
     if speed:
         lines.append(f"speed: {rounds} rounds, each config on the round's "
                      f"{speed.get('per_round', '')} samples, configs interleaved; medians")
-    lines += ["", f"{'config':8s} {'samples/s':>10s} {'vs loop':>8s} {'peak RSS':>9s} "
+    peak = "peak CUDA" if first["device"].startswith("cuda") else "peak RSS"
+    lines += ["", f"{'config':8s} {'samples/s':>10s} {'vs loop':>8s} {peak:>9s} "
                   f"{'attributed':>11s} {'budget':>7s}"]
     for config in dict.fromkeys(list(seconds) + list(peaks)):
         rate = (f"{1 / statistics.median(seconds[config]):10.3f}" if config in seconds
@@ -370,6 +401,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: stable timings on a shared machine)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda or cuda:N; on a GPU the memory column is the "
+                             "CUDA allocator's peak, not the process's RSS")
+    parser.add_argument("--dtype", default="float32", help="the model's dtype")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--skip", default="",
                         help="parts to leave out: speed, memory, ceiling (comma-separated)")
@@ -385,6 +420,11 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown config {sorted(unknown)[0]!r}; choose from "
                          f"{', '.join(CONFIGS)}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: no CUDA device here; use --device cpu")
     skip = set(filter(None, args.skip.split(",")))
     speed = memory = ceiling = None
     if "speed" not in skip:
