@@ -274,16 +274,14 @@ def memory_worker(args) -> dict:
     import torch
 
     lm, samples, sizes = _load(args)
-    if sizes["device"].startswith("cuda"):
+    cuda = sizes["device"].startswith("cuda")
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
         loaded, peak_reset = torch.cuda.memory_allocated(), True
-        _run(args.worker.split(":")[1], lm, samples[:args.per_round])
-        peak = torch.cuda.max_memory_allocated()
     else:
-        loaded = _status_kib("VmRSS") * 1024
-        peak_reset = _reset_peak()
-        _run(args.worker.split(":")[1], lm, samples[:args.per_round])
-        peak = _status_kib("VmHWM") * 1024
+        loaded, peak_reset = _status_kib("VmRSS") * 1024, _reset_peak()
+    _run(args.worker.split(":")[1], lm, samples[:args.per_round])
+    peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
     return dict(sizes, config=args.worker, rss_loaded=loaded, peak_rss=peak,
                 peak_reset=peak_reset)
 

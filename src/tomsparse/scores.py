@@ -271,11 +271,11 @@ def output_head(model) -> OutputHead | None:
         return None
     head = OutputHead(body, out.weight, out.bias)
     if model not in _PLAIN_HEAD:
-        _PLAIN_HEAD[model] = _logits_are_the_heads(model, head)
+        _PLAIN_HEAD[model] = _head_gives_the_logits(model, head)
     return head if _PLAIN_HEAD[model] else None
 
 
-def _logits_are_the_heads(model, head: OutputHead) -> bool:
+def _head_gives_the_logits(model, head: OutputHead) -> bool:
     ids = (torch.arange(8) * 7 + 3).remainder(head.weight.shape[0])[None]  # any valid ids
     ids = ids.to(_input_device(model))
     was_training = model.training
