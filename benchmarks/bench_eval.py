@@ -20,18 +20,18 @@ import time
 
 import torch
 
-from tomsparse.evaluate import generate_hf, score_likelihood, vllm_available
-from tomsparse.tasks import load_tasks
+from tomsparse.data.tasks import load_tasks
+from tomsparse.evaluate.tom import generate_hf, score_likelihood, vllm_available
 
 
 def load_default(name: str | None):
     """The model by name through tomsparse.models, or the packaged default SmolLM2-135M."""
     if name is not None:
-        from tomsparse.models import load_model
+        from tomsparse.lm.registry import load_model
         lm = load_model(name, device="cpu")
         return lm.model, lm.tokenizer, lm.name
     try:
-        from tomsparse import models
+        from tomsparse.lm import registry as models
         default = getattr(models, "DEFAULT_MODEL", None)
     except ImportError:
         default = None
@@ -98,7 +98,7 @@ def main() -> None:
              timed(lambda: generate_hf(model, tokenizer, sub_texts, 1, True, 0))),
         ]
     if vllm_available() and torch.cuda.is_available():
-        from tomsparse.evaluate import VLLMGenerator
+        from tomsparse.evaluate.tom import VLLMGenerator
         gen = VLLMGenerator(model, tokenizer)
         gen.generate(sub_texts[:2], True, 0)  # warm-up
         batched = timed(lambda: gen.generate(sub_texts, True, 0))

@@ -23,11 +23,11 @@ def main():
 
     from transformers import AutoModelForCausalLM
 
-    from tomsparse.evaluate import evaluate
+    from tomsparse.data.tasks import load_tasks
+    from tomsparse.evaluate.tom import evaluate
+    from tomsparse.lm.registry import load_model
     from tomsparse.masks import build_rankings
-    from tomsparse.models import load_model
     from tomsparse.perturb import apply_perturbation, restore
-    from tomsparse.tasks import load_tasks
 
     lm = load_model(args.model, device="cpu", log=lambda *_: None)
     mats = lm.description.matrices

@@ -73,15 +73,17 @@ def _bare_steps(model, tokenizer, samples, matrices) -> None:
     """Forward + backward per sample, gradients on the target weights, nothing accumulated."""
     import torch
 
-    from tomsparse.scores import (_collate, _input_device, _pad_id, _scoring_state, output_head,
-                                  sample_losses)
+    from tomsparse.lm.batching import input_device
+    from tomsparse.scores.compute import output_head
+    from tomsparse.scores.losses import sample_losses
+    from tomsparse.scores.methods import collate, scoring_state
 
     weights = {id(m.module.weight): m.module.weight for m in matrices}
-    device = _input_device(model)
+    device = input_device(model)
     head = output_head(model)  # the same output layer and loss as the exact methods
-    with _scoring_state(model, set(weights)), torch.enable_grad():
+    with scoring_state(model, set(weights)), torch.enable_grad():
         for sample in samples:
-            ids, mask, labels = _collate([sample], _pad_id(tokenizer), device)
+            ids, mask, labels = collate([sample], pad_token_id(tokenizer), device)
             sample_losses(model, ids, mask, labels, head).sum().backward()
             for w in weights.values():
                 w.grad = None
@@ -162,7 +164,7 @@ def _kept_bytes_per_sample(lm, samples, matrices, batch: int = 4) -> dict:
     target inputs the batched method holds, each storage counted once, parameters excluded."""
     import torch
 
-    from tomsparse.scores import compute_scores
+    from tomsparse.scores.compute import compute_scores
 
     params = {p.untyped_storage().data_ptr() for p in lm.model.parameters()}
     saved: dict = {}
@@ -193,7 +195,7 @@ def _kept_bytes_per_sample(lm, samples, matrices, batch: int = 4) -> dict:
 
 
 def _gemm_ceiling(lm, samples, matrices) -> dict:
-    from tomsparse.scores import compute_scores, output_head
+    from tomsparse.scores.compute import compute_scores, output_head
 
     output_head(lm.model)  # its one-off probe of the model is not part of a step
     out = {}
@@ -213,9 +215,9 @@ def _load(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    from tomsparse.corpora import DEFAULT_GENERIC, load_corpus
-    from tomsparse.models import load_model
-    from tomsparse.score_data import build_generic_samples
+    from tomsparse.data.corpora import DEFAULT_GENERIC, load_corpus
+    from tomsparse.data.score_samples import build_generic_samples
+    from tomsparse.lm.registry import load_model
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, log=lambda *a: None)
     data = build_generic_samples(lm.tokenizer, load_corpus(DEFAULT_GENERIC),
@@ -238,7 +240,7 @@ def _load(args):
 
 
 def _run(config: str, lm, samples) -> None:
-    from tomsparse.scores import compute_scores
+    from tomsparse.scores.compute import compute_scores
 
     if config == "bare":
         _bare_steps(lm.model, lm.tokenizer, samples, lm.description.matrices)

@@ -13,6 +13,6 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def default_model():
     """The real packaged default model (converted once into the user's cache)."""
-    from tomsparse.models import load_model
+    from tomsparse.lm.registry import load_model
 
     return load_model("smollm2-135m", device="cpu", log=lambda *_: None)

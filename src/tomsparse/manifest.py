@@ -16,10 +16,11 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__
+from tomsparse import __version__
 
 
 @contextmanager
@@ -47,12 +48,6 @@ def atomic_path(path: str | os.PathLike):
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
     return Path(path)
 
 
@@ -85,8 +80,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib import metadata
-
     out = {"tomsparse": __version__, "python": sys.version.split()[0],
            "platform": platform.platform()}
     for pkg in ("torch", "transformers", "numpy", "pandas", "datasets", "safetensors",
@@ -102,9 +95,3 @@ def build_manifest(kind: str, **fields: Any) -> dict[str, Any]:
     """A manifest dict: what was computed, with versions, time and the given fields."""
     return {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": library_versions(), **fields}
-
-
-def options_dict(args) -> dict[str, Any]:
-    """Every option of an argparse Namespace, JSON-friendly (callables dropped)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
-            if not callable(v)}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from tomsparse.errors import UserError
 
 MODES = ("difference", "tom-only", "generic-only", "random")
 
@@ -143,6 +143,16 @@ def build_rankings(tom_scores: dict, gen_scores: dict, names, m_max: float,
                                   tom_score=ts if reference_ties else None,
                                   gen_score=gs if reference_ties else None)
     return out
+
+
+def masks_for(rankings: dict[str, MatrixRanking], m: float, mode: str, seed: int = 0,
+              reference_ties: bool = False) -> dict[str, torch.Tensor]:
+    """One condition's masks: {matrix name: flat indices} for every ranked matrix, in the
+    rankings' order. ``mode`` "none" (the unperturbed model) gives no masks."""
+    if mode == "none":
+        return {}
+    return {name: r.mask(m, mode, seed=seed, reference_ties=reference_ties)
+            for name, r in rankings.items()}
 
 
 def mask_stats(masks: dict[str, torch.Tensor], rankings: dict[str, MatrixRanking], m: float):

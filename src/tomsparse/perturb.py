@@ -9,16 +9,19 @@ Masked entries W[mask] are replaced by ``mean + s * (W[mask] - mean)`` where ``m
 
 ``apply_perturbation`` returns the original values of only the masked entries;
 ``restore`` writes them back, so the model is bit-identical afterwards and no model is
-written to disk per sweep point.
+written to disk per sweep point. ``perturbed(...)`` pairs the two as a context manager
+(the weights are restored on leaving the block, exception or not); the sweep, the model
+export and the analyses all use it.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from tomsparse.errors import UserError
 
 PERTURBATIONS = ("mean", "reference-mean", "zero")
 
@@ -28,6 +31,7 @@ class Saved:
     """Original values of the masked entries, per matrix (for an exact undo)."""
 
     entries: list  # (Matrix, index, original values); index is flat, or (rows, cols)
+    masked: int = 0  # weights perturbed (kept after ``restore``)
 
 
 def _replacement_center(original: torch.Tensor, numel: int, mode: str, total) -> float:
@@ -72,33 +76,38 @@ def apply_perturbation(matrices, masks: dict, mode: str = "mean", scale: float =
     """
     if mode not in PERTURBATIONS:
         raise UserError(f"unknown perturbation {mode!r}; choose from {', '.join(PERTURBATIONS)}")
-    saved = []
+    saved = Saved(entries=[])
     by_name = {m.name: m for m in matrices}
-    for name, idx in masks.items():
-        if idx.numel() == 0:
-            continue
-        mat = by_name[name]
-        w = mat.weight()
-        where = _locate(w, idx.to(w.device), mat.shape[1])
-        target, key = _target(w, where)
-        original = target[key]  # advanced indexing copies
-        total = None
-        if mode != "zero":
-            if totals is not None and name in totals:
-                total = totals[name]
+    try:
+        for name, idx in masks.items():
+            if idx.numel() == 0:
+                continue
+            mat = by_name[name]
+            w = mat.weight()
+            where = _locate(w, idx.to(w.device), mat.shape[1])
+            target, key = _target(w, where)
+            original = target[key]  # advanced indexing copies
+            total = None
+            if mode != "zero":
+                if totals is not None and name in totals:
+                    total = totals[name]
+                else:
+                    total = w.sum(dtype=torch.float64).item()
+                    if totals is not None:
+                        totals[name] = total
+            center = _replacement_center(original, mat.numel, mode, total)
+            if scale:
+                target[key] = (center + scale * (original.double() - center)).to(w.dtype)
+            elif isinstance(key[0], torch.Tensor) and len(key) == 1:
+                target.index_fill_(0, key[0], center)  # writes through the view to the parameter
             else:
-                total = w.sum(dtype=torch.float64).item()
-                if totals is not None:
-                    totals[name] = total
-        center = _replacement_center(original, mat.numel, mode, total)
-        if scale:
-            target[key] = (center + scale * (original.double() - center)).to(w.dtype)
-        elif isinstance(key[0], torch.Tensor) and len(key) == 1:
-            target.index_fill_(0, key[0], center)  # writes through the view to the parameter
-        else:
-            target[key] = center
-        saved.append((mat, where, original))
-    return Saved(entries=saved)
+                target[key] = center
+            saved.entries.append((mat, where, original))
+            saved.masked += original.numel()
+    except BaseException:
+        restore(saved)  # a failure part way (e.g. a mask covering a matrix) leaves no trace
+        raise
+    return saved
 
 
 @torch.no_grad()
@@ -107,3 +116,17 @@ def restore(saved: Saved) -> None:
         target, key = _target(mat.weight(), where)
         target[key] = original
     saved.entries = []
+
+
+@contextmanager
+def perturbed(matrices, masks: dict, mode: str = "mean", scale: float = 0.0,
+              totals: dict | None = None):
+    """``with perturbed(matrices, masks, ...) as saved:`` runs the block on the perturbed
+    model (``apply_perturbation``'s arguments) and restores the weights bit for bit on leaving
+    it, also when the block raises. Yields the ``Saved`` record (``saved.masked``: how many
+    weights were perturbed). An empty ``masks`` leaves the model as it is."""
+    saved = apply_perturbation(matrices, masks, mode=mode, scale=scale, totals=totals)
+    try:
+        yield saved
+    finally:
+        restore(saved)

@@ -4,11 +4,26 @@ Each architecture is the real Hugging Face class with a very small config (two
 layers, hidden size 32), so the adapter, score and evaluation code is exercised on
 the same module structure as the full-size models, in milliseconds and with no
 network.
+
+``tiny_loaded_model`` wraps one as a ``LoadedModel`` and ``registered_model`` registers a
+stand-in under a model name for the length of a ``with`` block, so a test can run the
+command line (``--model tiny``) without monkeypatching the loader.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
+
+from tomsparse.lm.registry import (
+    LoadedModel,
+    register_model,
+    resolve_dtype,
+    unregister_model,
+    wrap_model,
+)
 
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma3", "gpt2", "opt")
 
@@ -141,7 +156,7 @@ def char_fast_tokenizer():
     """A real ``PreTrainedTokenizerFast`` with the ids of ``CharTokenizer`` (printable ASCII
     -> 2..96, <bos> 0, <eos>/<pad> 1), so a tiny model can be saved as an ordinary Hugging
     Face folder and loaded by another process."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<bos>": 0, "<eos>": 1}
@@ -161,3 +176,37 @@ def save_tiny_model(arch: str, folder, seed: int = 0):
     model.save_pretrained(folder)
     char_fast_tokenizer().save_pretrained(folder)
     return folder
+
+
+def tiny_loaded_model(arch: str = "llama", name: str = "tiny", dtype="float32", seed: int = 0,
+                      tokenizer=None, **config_overrides) -> LoadedModel:
+    """``tiny_model(arch)`` converted to ``dtype``, with a ``CharTokenizer`` (unless another
+    tokenizer is given), described and fingerprinted like a model from ``load_model``."""
+    model = tiny_model(arch, seed=seed, **config_overrides).to(resolve_dtype(dtype or "float32"))
+    return wrap_model(model, tokenizer if tokenizer is not None else CharTokenizer(), name)
+
+
+@contextmanager
+def registered_model(name: str = "tiny", loader: Callable[..., LoadedModel] | None = None
+                     ) -> Iterator[list[dict]]:
+    """Within the block, ``load_model(name, ...)`` (and ``--model name``) returns
+    ``loader(**keywords)``, with the keywords ``load_model`` passes (``device``, ``dtype``,
+    ``device_map``, ...). The default loader is ``tiny_loaded_model(name=name, dtype=dtype)``.
+    Yields the list of calls, each a dict of the name and those keywords; the name is
+    unregistered on the way out, also when the block raises."""
+    calls: list[dict] = []
+
+    def default(dtype="float32", **_):
+        return tiny_loaded_model(name=name, dtype=dtype)
+
+    inner = loader if loader is not None else default
+
+    def recording(**keywords):
+        calls.append({"name": name, **keywords})
+        return inner(**keywords)
+
+    register_model(name, recording)
+    try:
+        yield calls
+    finally:
+        unregister_model(name)

@@ -37,7 +37,8 @@ def test_quick_run(tmp_path):
     assert abs(at.loc["random", "perplexity"] / base["perplexity"] - 1) < 0.1
 
     page = (out / "sweep" / "report.html").read_text()
-    for heading in ["Reading", "Controls side by side", "Summary table"] + [
+    for heading in ["Is the effect specific to ToM?", "Family-level reading",
+                    "Controls side by side", "Summary table"] + [
             f"Analysis {i}:" for i in range(1, 6)]:
         assert heading in page, heading
     manifest = json.loads((out / "manifest.json").read_text())

@@ -8,8 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from tomsparse.analysis.run import (AnalysisConfig, select_prompts, analyze,
-                                    tokenize_prompts)
+from tomsparse.analysis.run import (
+    AnalysisConfig,
+    analyze,
+    select_prompts,
+    tokenize_prompts,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +69,9 @@ def test_analyze_default_model(default_model, tmp_path):
 
 
 def test_scores_of_another_model_are_refused(tmp_path, capsys):
-    from tomsparse.adapter import describe, fingerprint
-    from tomsparse.cli import main
-    from tomsparse.score_store import save_scores
+    from tomsparse.cli.main import main
+    from tomsparse.lm.adapter import describe, fingerprint
+    from tomsparse.scores.store import save_scores
     from tomsparse.testing import tiny_model
 
     tiny = tiny_model("llama")

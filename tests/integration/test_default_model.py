@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
-from tomsparse import models
-from tomsparse.cli import main
+from tomsparse.cli.main import main
+from tomsparse.lm import gguf
+from tomsparse.lm import registry as models
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +27,12 @@ def test_killed_conversion_is_rebuilt(tmp_path, monkeypatch, default_model):
     # rebuilt, not loaded. Copy the good conversion, then break it.
     monkeypatch.setenv("TOMSPARSE_CACHE", str(tmp_path))
     good = default_model.source
-    target = models.converted_folder("smollm2-135m")
+    target = gguf.converted_folder("smollm2-135m")
     shutil.copytree(good, target)
-    (target / models._COMPLETE).unlink()
+    (target / gguf.COMPLETION_RECORD).unlink()
     (target / "model.safetensors").write_bytes(b"truncated")
     lm = models.load_model("smollm2-135m", device="cpu", log=lambda *_: None)
-    assert models._is_complete(target)
+    assert gguf.is_complete(target)
     assert lm.fingerprint == default_model.fingerprint
 
 

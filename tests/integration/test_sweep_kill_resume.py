@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tomsparse.models import load_model
-from tomsparse.score_store import save_scores
+from tomsparse.lm.registry import load_model
+from tomsparse.scores.store import save_scores
 from tomsparse.testing import save_tiny_model
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tomsparse import adapter
 from tomsparse.errors import UserError
+from tomsparse.lm import adapter
 from tomsparse.testing import ARCHITECTURES, tiny_model
 
 EXPECTED_ROLES = {

@@ -6,15 +6,16 @@ ranks of dense masks.
 """
 
 import math
+
 import numpy as np
 import pytest
 import torch
 
-from tomsparse.adapter import describe
 from tomsparse.analysis import anatomy as A
 from tomsparse.analysis import tables as T
 from tomsparse.analysis.probe import Probe, capture, measure
 from tomsparse.analysis.run import AnalysisConfig, analyze
+from tomsparse.lm.adapter import describe
 from tomsparse.testing import ARCHITECTURES, CharTokenizer, tiny_model
 
 PROMPTS = [[5, 9, 14, 3, 22, 7, 31], [8, 2, 40, 11], [17, 6, 25, 12, 4, 19, 27, 33, 2]]
@@ -423,7 +424,7 @@ def test_perturbing_one_query_head_moves_only_its_sink(tmp_path):
 
 
 def _cli(capsys, *args):
-    from tomsparse.cli import main
+    from tomsparse.cli.main import main
 
     code = main(["analyze", *args])
     return code, capsys.readouterr().err
@@ -514,10 +515,13 @@ def test_cli_run_folder_end_to_end(tmp_path, capsys, monkeypatch):
 
     import pandas as pd
 
-    from tomsparse import models, report
-    from tomsparse.adapter import fingerprint
-    from tomsparse.cli import main
-    from tomsparse.score_store import save_scores
+    from tomsparse.cli import analyze as analyze_command
+    from tomsparse.cli.main import main
+    from tomsparse.lm.adapter import fingerprint
+    from tomsparse.lm.registry import wrap_model
+    from tomsparse.report import sweep_report as report
+    from tomsparse.scores.store import save_scores
+    from tomsparse.testing import registered_model
 
     tiny = tiny_model("llama")
     desc = describe(tiny)
@@ -531,21 +535,20 @@ def test_cli_run_folder_end_to_end(tmp_path, capsys, monkeypatch):
                                      "perturbation": "zero", "scale": 0.0}}))
     (run / "sweep").mkdir()
     pd.DataFrame({"mode": ["none"], "seed": [0], "m": [0.0]}).to_csv(run / "sweep" / "summary.csv")
-    loaded = []
-    monkeypatch.setattr(models, "load_model", lambda name, **kw: loaded.append((name, kw)) or
-                        models.LoadedModel(model=tiny, tokenizer=CharTokenizer(), name=name,
-                                           source="memory", fingerprint=fp, description=desc))
     calls = []
-    monkeypatch.setattr(report, "write_report",
+    # the command re-renders the run's report through the write_report it imported
+    monkeypatch.setattr(analyze_command, "write_report",
                         lambda out, summary, manifest, extra_sections=None: calls.append(
                             (out, summary, manifest, report.analysis_sections(out)
                              if extra_sections is None else list(extra_sections)))
                         or out / "report.html")
     state = {k: v.clone() for k, v in tiny.state_dict().items()}
-    assert main(["analyze", "--run", str(run), "--max-prompts", "3"]) == 0
+    with registered_model("tiny", lambda **_: wrap_model(tiny, CharTokenizer(), "tiny")
+                          ) as loaded:
+        assert main(["analyze", "--run", str(run), "--max-prompts", "3"]) == 0
     out = capsys.readouterr().out
     assert "displaced-sink share" in out and "q-k_first angle change" in out
-    assert loaded[0][0] == "tiny" and loaded[0][1]["attn_implementation"] == "eager"
+    assert loaded[0]["name"] == "tiny" and loaded[0]["attn_implementation"] == "eager"
     man = json.loads((run / "analysis" / "analysis_manifest.json").read_text())
     assert man["resolved"]["m"] == 0.02 and man["resolved"]["random_seeds"] == [0, 1]
     assert man["resolved"]["perturbation"] == "zero"
@@ -579,8 +582,8 @@ def test_capture_restores_the_attention_implementation():
 def test_rotation_helpers_against_explicit_pair_rotations(layout):
     """rotate / unrotate / pair_sq_norms against an explicit 2x2 rotation of each pair
     (dims from Rope.pair_dims), for both pairing layouts; rotary_dim 6 of head_dim 8."""
-    from tomsparse.adapter import Rope
     from tomsparse.analysis.probe import pair_sq_norms, rotate, unrotate
+    from tomsparse.lm.adapter import Rope
 
     rd, d = 6, 8
     rope = Rope(theta=100.0, rotary_dim=rd, layout=layout,

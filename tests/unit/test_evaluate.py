@@ -10,11 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-import tomsparse.evaluate as ev
+import tomsparse.evaluate.tom as ev
+from tomsparse.data.tasks import Prompt, load_tasks
 from tomsparse.errors import UserError
-from tomsparse.evaluate import (EvalResult, compute_metrics, continuation_ids, evaluate,
-                                generate_hf, score_likelihood)
-from tomsparse.tasks import Prompt, load_tasks
+from tomsparse.evaluate.tom import (
+    EvalResult,
+    compute_metrics,
+    continuation_ids,
+    evaluate,
+    generate_hf,
+    score_likelihood,
+)
 from tomsparse.testing import CharTokenizer, tiny_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"

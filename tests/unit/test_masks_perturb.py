@@ -3,10 +3,18 @@
 import pytest
 import torch
 
-from tomsparse import adapter
 from tomsparse.errors import UserError
-from tomsparse.masks import build_rankings, check_m_values, k_for, mask_stats, reference_top, top_order
-from tomsparse.perturb import apply_perturbation, restore
+from tomsparse.lm import adapter
+from tomsparse.masks import (
+    build_rankings,
+    check_m_values,
+    k_for,
+    mask_stats,
+    masks_for,
+    reference_top,
+    top_order,
+)
+from tomsparse.perturb import apply_perturbation, perturbed, restore
 from tomsparse.testing import ARCHITECTURES, tiny_model
 
 
@@ -140,3 +148,40 @@ def test_cached_matrix_sums_give_the_same_perturbation():
         assert all(torch.equal(m.weight(), p) for m, p in zip(desc.matrices, plain))
         restore(saved)
     assert len(sums) == len(desc.matrices)
+
+
+def test_masks_for_one_condition(scores):
+    tom, gen = scores
+    rk = build_rankings(tom, gen, ["layers.0.q"], m_max=0.5)
+    masks = masks_for(rk, 0.25, "random", seed=3)
+    assert list(masks) == ["layers.0.q"]
+    assert torch.equal(masks["layers.0.q"], rk["layers.0.q"].mask(0.25, "random", seed=3))
+    assert masks_for(rk, 0.25, "none") == {}
+
+
+def test_perturbed_restores_bit_for_bit_after_an_exception():
+    model = tiny_model("llama")
+    desc = adapter.describe(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = {m.name: torch.arange(1, m.numel, 3) for m in desc.matrices}
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with perturbed(desc.matrices, masks, mode="mean", scale=0.5) as saved:
+            assert saved.masked == sum(int(x.numel()) for x in masks.values())
+            assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+            raise RuntimeError("inside the block")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_a_failed_perturbation_leaves_no_trace():
+    """A mask covering a whole matrix has no unmasked mean: the matrices perturbed before
+    the error are restored."""
+    model = tiny_model("llama")
+    desc = adapter.describe(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = {m.name: torch.arange(0, m.numel, 2) for m in desc.matrices}
+    last = desc.matrices[-1]
+    masks[last.name] = torch.arange(last.numel)
+    with pytest.raises(UserError, match="whole matrix"):
+        with perturbed(desc.matrices, masks, mode="mean"):
+            pass
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

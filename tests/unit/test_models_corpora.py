@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 
-from tomsparse import corpora, models
-from tomsparse.cli import main
+from tomsparse.cli.main import main
+from tomsparse.data import corpora
 from tomsparse.errors import UserError
-from tomsparse.perplexity import perplexity
+from tomsparse.evaluate.perplexity import perplexity
+from tomsparse.lm import gguf
+from tomsparse.lm import registry as models
 from tomsparse.testing import CharTokenizer, tiny_model
 
 
@@ -32,9 +34,9 @@ def test_local_model_folder_without_files(tmp_path, capsys):
 
 
 def test_missing_package_says_which_command(monkeypatch):
-    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    monkeypatch.setattr(gguf, "package_dir", lambda name: None)
     with pytest.raises(UserError, match=r"not installed.*make gemma"):
-        models.gguf_files(models.OFFLINE_MODELS["gemma3-270m"])
+        gguf.gguf_files(gguf.OFFLINE_MODELS["gemma3-270m"])
 
 
 def test_bad_device_and_dtype():
@@ -48,13 +50,13 @@ def test_half_written_cache_is_not_complete(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert not models._is_complete(folder)  # no completion record
+    assert not gguf.is_complete(folder)  # no completion record
     (folder / "model.safetensors").write_bytes(b"x" * 10)
-    (folder / models._COMPLETE).write_text(json.dumps(
+    (folder / gguf.COMPLETION_RECORD).write_text(json.dumps(
         {"files": {"config.json": 2, "model.safetensors": 100}}))
-    assert not models._is_complete(folder)  # truncated weights
+    assert not gguf.is_complete(folder)  # truncated weights
     (folder / "model.safetensors").write_bytes(b"x" * 100)
-    assert models._is_complete(folder)
+    assert gguf.is_complete(folder)
 
 
 def test_wiki_offline_parts_are_disjoint_and_cover():

@@ -9,13 +9,13 @@ import json
 import pandas as pd
 import pytest
 
-from tomsparse import models
-from tomsparse.cli import build_parser, main
+from tomsparse.cli.main import build_parser, main
+from tomsparse.cli.options import DEFAULTS, QUICK, apply_presets
+from tomsparse.data.score_samples import ScoreDataConfig
 from tomsparse.errors import UserError
-from tomsparse.pipeline import DEFAULTS, QUICK, apply_presets
-from tomsparse.sweep import m_grid
-
-from test_sweep_cli import _stand_in
+from tomsparse.pipeline import RunConfig
+from tomsparse.sweep.runner import SweepConfig, m_grid
+from tomsparse.testing import registered_model
 
 
 def _args(*extra):
@@ -44,8 +44,14 @@ def test_presets():
         apply_presets(_args("--quick", "--reference-protocol"))
 
 
-def test_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(models, "load_model", _stand_in)
+@pytest.fixture
+def tiny():
+    """``--model tiny`` loads a tiny Llama with a character tokenizer."""
+    with registered_model("tiny"):
+        yield
+
+
+def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"plain generic text, paragraph number {i}." for i in range(60)))
     out = tmp_path / "run"
@@ -66,6 +72,12 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
         assert store["samples_sha256"] == manifest[f"scores_{kind}_sha"]
     page = (out / "sweep" / "report.html").read_text()
     assert "Controls side by side" in page
+    # the report leads with the specificity verdicts, written from the sweep's tables
+    assert page.index("Is the effect specific to ToM?") < page.index("Family-level reading")
+    verdicts = pd.read_csv(out / "sweep" / "specificity_verdicts.csv")
+    assert set(verdicts["claim"]) == {"a", "b", "c", "d"}
+    assert set(verdicts["status"]) <= {"holds", "does not hold",
+                                       "cannot be measured on this model"}
     for i in range(1, 6):  # the mechanistic analyses at the largest m
         assert f"Analysis {i}:" in page
     headline = json.loads((out / "analysis" / "analysis_manifest.json").read_text())
@@ -77,3 +89,28 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "reusing tom scores" in printed and "reusing generic scores" in printed
     assert (out / "sweep" / "summary.csv").read_text() == before
+
+
+def test_library_configs_refuse_bad_values():
+    """The typed configurations check their values themselves, so a library user gets the
+    command line's errors (and the command line no longer swaps a bad value for a default)."""
+    for bad, message in [(dict(batch_size=0), "--batch-size must be at least 1, got 0"),
+                         (dict(reps=0), "--reps must be at least 1"),
+                         (dict(task_limit=0), "--task-limit must be at least 1"),
+                         (dict(modes=["difference", "banana"]), "unknown mask mode 'banana'"),
+                         (dict(perturbation="scramble"), "unknown perturbation"),
+                         (dict(random_seeds=[]), "at least one seed")]:
+        with pytest.raises(UserError, match=message):
+            SweepConfig(m_values=[0.0, 1e-4], **bad)
+    for bad, message in [(dict(nsamples=0), "--nsamples must be a positive number"),
+                         (dict(dataset="chat"), "unknown --dataset"),
+                         (dict(supervision="all"), "unknown --supervision"),
+                         (dict(seqlen=-2), "--seqlen must be 0 or more")]:
+        with pytest.raises(UserError, match=message):
+            ScoreDataConfig(**bad)
+    ok = dict(out="x", tom_data=ScoreDataConfig(dataset="tom"),
+              generic_data=ScoreDataConfig(dataset="generic"), sweep=SweepConfig(m_values=[0.0]))
+    with pytest.raises(UserError, match="--batch-size must be at least 1"):
+        RunConfig(**ok, score_batch_size=0)
+    with pytest.raises(UserError, match="a tom and a generic"):
+        RunConfig(**{**ok, "tom_data": ScoreDataConfig(dataset="generic")})

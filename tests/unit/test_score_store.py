@@ -8,10 +8,15 @@ import logging
 import pytest
 import torch
 
-from tomsparse.adapter import describe, fingerprint
 from tomsparse.errors import UserError
-from tomsparse.score_store import (export_reference_chunks, import_reference_chunks,
-                                   load_scores, read_manifest, save_scores)
+from tomsparse.lm.adapter import describe, fingerprint
+from tomsparse.scores.store import (
+    export_reference_chunks,
+    import_reference_chunks,
+    load_scores,
+    read_manifest,
+    save_scores,
+)
 from tomsparse.testing import tiny_model
 
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 import torch.utils._python_dispatch
 
-from tomsparse.adapter import describe
+from tomsparse.data.score_samples import IGNORE, ScoreSample
 from tomsparse.errors import UserError
-from tomsparse.score_data import IGNORE, ScoreSample
-from tomsparse.scores import compute_scores
+from tomsparse.lm.adapter import describe
+from tomsparse.scores.compute import compute_scores
 from tomsparse.testing import ARCHITECTURES, CharTokenizer, tiny_model
 
 
@@ -119,7 +119,7 @@ def test_loop_matches_torch_func(arch):
 def test_fully_supervised_samples(arch, monkeypatch):
     """Generic windows supervise every token: both methods against torch.func, the logits
     formed a chunk of rows at a time, never for the whole batch."""
-    from tomsparse import scores as S
+    from tomsparse.scores import losses as S
 
     model = tiny_model(arch)
     samples = make_samples(n=4, density=1.0)
@@ -152,7 +152,7 @@ def answer_samples(n=5, seed=1, vocab=120):
 
 
 def test_supervised_positions():
-    from tomsparse.scores import MIN_KEPT_POSITIONS, supervised_positions
+    from tomsparse.scores.losses import MIN_KEPT_POSITIONS, supervised_positions
 
     width = 40
     labels = torch.full((2, width), IGNORE)
@@ -192,7 +192,8 @@ class _VocabProducts(torch.utils._python_dispatch.TorchDispatchMode):
 def test_answer_supervision_projects_only_supervised_positions(arch):
     """With a few supervised tokens the output layer runs on their positions only; both methods
     still equal torch.func on the model's own loss over every position's logits."""
-    from tomsparse.scores import MIN_KEPT_POSITIONS, output_head
+    from tomsparse.scores.compute import output_head
+    from tomsparse.scores.losses import MIN_KEPT_POSITIONS
 
     model = tiny_model(arch, vocab_size=131)  # no other product is 131 wide
     assert output_head(model) is not None  # these families' logits are the output layer's
@@ -215,7 +216,7 @@ def test_logits_transformed_after_the_output_layer():
     """A model whose logits are not the output layer's alone (Gemma's soft-capping) is scored
     through its own logits, still exactly, computing only the supervised positions' logits
     (through its logits_to_keep)."""
-    from tomsparse.scores import output_head
+    from tomsparse.scores.compute import output_head
 
     model = tiny_model("gemma3")
     model.config.final_logit_softcapping = 0.5
@@ -246,7 +247,7 @@ def test_head_loss_matches_autograd(dtype, monkeypatch):
     """The fused output layer + loss against autograd through the plain logits, with chunks of
     a few rows and a bias; in fp32 with any incoming gradient, in bf16 with the ones of a sum of
     losses (what scoring backpropagates), where both round alike."""
-    from tomsparse import scores as S
+    from tomsparse.scores import losses as S
 
     monkeypatch.setattr(S, "LOGIT_CHUNK_BYTES", 4 * 50 * 3)  # 3 rows of a 50-token vocabulary
     torch.manual_seed(0)
@@ -258,7 +259,7 @@ def test_head_loss_matches_autograd(dtype, monkeypatch):
     counts = torch.tensor([3.0, 1.0, 5.0, 1.0])
     incoming = torch.tensor([1.0, -2.0, 0.5, 3.0]) if dtype == torch.float32 else torch.ones(4)
 
-    losses = S._HeadLoss.apply(hidden, weight, bias, targets, sample_of_row, counts)
+    losses = S.HeadLoss.apply(hidden, weight, bias, targets, sample_of_row, counts)
     (grad,) = torch.autograd.grad(losses, hidden, incoming)
 
     plain = hidden.detach().clone().requires_grad_(True)
@@ -274,7 +275,7 @@ def test_head_loss_is_as_accurate_as_autograd():
     """Large logits: the fused gradient against the fp64 truth is as accurate as autograd's fp32
     one (a log-sum-exp subtracted from the logits directly loses low bits of every probability:
     here 2.7x the error; 5x on the default model's own logits)."""
-    from tomsparse import scores as S
+    from tomsparse.scores import losses as S
 
     torch.manual_seed(1)
     rows, width, vocab = 32, 64, 512
@@ -293,7 +294,7 @@ def test_head_loss_is_as_accurate_as_autograd():
 
     truth = autograd_grad(hidden.double(), weight.double(), bias.double())
     x = hidden.clone().requires_grad_(True)
-    S._HeadLoss.apply(x, weight, bias, targets, sample_of_row, counts).sum().backward()
+    S.HeadLoss.apply(x, weight, bias, targets, sample_of_row, counts).sum().backward()
 
     def error(g):
         return ((g - truth).abs().max() / truth.abs().max()).item()

@@ -7,31 +7,20 @@ import json
 
 import pytest
 import torch
-
-from tomsparse import models
-from tomsparse.adapter import describe, fingerprint
-from tomsparse.cli import main
-from tomsparse.score_store import load_scores
-from tomsparse.testing import CharTokenizer, tiny_model
-
 from test_scores import one_thread  # noqa: F401
+
+from tomsparse.cli.main import main
+from tomsparse.lm.registry import DEFAULT_MODEL
+from tomsparse.scores.store import load_scores
+from tomsparse.testing import registered_model, tiny_model
 
 
 @pytest.fixture
-def stand_in(monkeypatch):
-    """load_model returns a tiny Llama with a character tokenizer; the calls are recorded."""
-    calls = []
-
-    def fake_load(name="tiny", device="auto", dtype="float32", device_map=None, **_):
-        calls.append({"name": name, "device": device, "dtype": dtype, "device_map": device_map})
-        model = tiny_model("llama").to(models.resolve_dtype(dtype or "float32"))
-        desc = describe(model)
-        return models.LoadedModel(model=model, tokenizer=CharTokenizer(), name=name,
-                                  source="memory", fingerprint=fingerprint(model, desc),
-                                  description=desc)
-
-    monkeypatch.setattr(models, "load_model", fake_load)
-    return calls
+def stand_in():
+    """``--model tiny`` (and the default model) load a tiny Llama (in the requested dtype)
+    with a character tokenizer; the calls for ``tiny`` are recorded."""
+    with registered_model("tiny") as calls, registered_model(DEFAULT_MODEL):
+        yield calls
 
 
 @pytest.fixture
@@ -114,11 +103,18 @@ def test_import_and_export(stand_in, prompt_file, tmp_path):
     (["scores", "--dataset", "tom"], "scores needs --out DIR"),
     (["scores", "import", "--out", "x"], "scores import needs --from"),
     (["scores", "export", "--from", "nowhere", "--out", "x"], "no manifest.json"),
+    # values the library refuses are refused, never replaced by a default
+    (["scores", "--model", "tiny", "--device", "cpu", "--batch-size", "0", "--out", "x"],
+     "--batch-size must be at least 1, got 0"),
+    (["scores", "--model", "tiny", "--device", "cpu", "--nsamples", "0", "--out", "x"],
+     "--nsamples must be a positive number, got 0"),
+    (["scores", "--model", "tiny", "--device", "cpu", "--seqlen", "-1", "--out", "x"],
+     "--seqlen must be 0 or more"),
 ])
 def test_bad_invocations(stand_in, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"tomsparse: error: " in err and message in err
+    assert "tomsparse: error: " in err and message in err
     assert len(err.strip().splitlines()) == 1
 
 

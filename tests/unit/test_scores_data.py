@@ -9,9 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from tomsparse.data.score_samples import (
+    IGNORE,
+    build_generic_samples,
+    build_tom_samples,
+    reference_selection,
+)
 from tomsparse.errors import UserError
-from tomsparse.score_data import (IGNORE, build_generic_samples, build_tom_samples,
-                                  reference_selection)
 from tomsparse.testing import CharTokenizer
 
 

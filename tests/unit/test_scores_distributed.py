@@ -10,11 +10,10 @@ import sys
 import textwrap
 
 import torch
-
-from tomsparse.scores import compute_scores
-from tomsparse.testing import tiny_model
-
 from test_scores import assert_scores_close, make_samples, one_thread  # noqa: F401
+
+from tomsparse.scores.compute import compute_scores
+from tomsparse.testing import tiny_model
 
 WORKER = textwrap.dedent("""
     import sys
@@ -24,16 +23,17 @@ WORKER = textwrap.dedent("""
 
     sys.path.insert(0, {tests!r})
     from test_scores import make_samples
-    from tomsparse import scores as scores_module
     from tomsparse.errors import UserError
+    from tomsparse.scores import methods
+    from tomsparse.scores.compute import compute_scores
     from tomsparse.testing import tiny_model
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     model = tiny_model("gpt2")
-    result = scores_module.compute_scores(model, None, make_samples(n=9), method="{method}",
-                                          batch_size=2, progress=False)
+    result = compute_scores(model, None, make_samples(n=9), method="{method}",
+                            batch_size=2, progress=False)
     if rank == 0:
         torch.save({{"scores": result.scores, "nsamples": result.nsamples,
                     "supervised": result.supervised_tokens, "world": result.world_size}},
@@ -41,11 +41,10 @@ WORKER = textwrap.dedent("""
 
     # A NaN loss on rank 1 only: both ranks must stop, none may hang in the reduction.
     if rank == 1:
-        scores_module.sample_losses = lambda model, ids, mask, labels, head=None: torch.full(
+        methods.sample_losses = lambda model, ids, mask, labels, head=None: torch.full(
             (labels.shape[0],), float("nan"), requires_grad=True)
     try:
-        scores_module.compute_scores(model, None, make_samples(n=4), method="{method}",
-                                     progress=False)
+        compute_scores(model, None, make_samples(n=4), method="{method}", progress=False)
         print(f"rank {{rank}}: no error")
     except UserError as exc:
         print(f"rank {{rank}}: UserError: {{exc}}", flush=True)

@@ -1,17 +1,18 @@
 """The sweep on a tiny model: resume gives the same tables, changed options are refused,
 the model is restored, the reference layout and the report are written."""
 
-import shutil
 
 import pandas as pd
 import pytest
 import torch
 
-from tomsparse import adapter
 from tomsparse.errors import UserError
-from tomsparse.models import LoadedModel
-from tomsparse.report import write_report
-from tomsparse.sweep import SweepConfig, collect, m_grid, run_sweep
+from tomsparse.evaluate.results import write_reference_results
+from tomsparse.lm import adapter
+from tomsparse.lm.registry import LoadedModel
+from tomsparse.report.sweep_report import write_report
+from tomsparse.sweep.reference import reference_summary
+from tomsparse.sweep.runner import SweepConfig, m_grid, run_sweep
 from tomsparse.testing import CharTokenizer, tiny_model
 
 
@@ -44,6 +45,8 @@ def test_sweep_resume_restore_and_outputs(setup, tmp_path):
     assert (diff["masked"] == rnd).all()  # random control has the same count
     assert (out / "perplexity_results.csv").exists() and (out / "sweep_points.csv").exists()
     assert list((out / "tom" / "1").glob("*/unexpected/results.csv"))
+    for path in (out / "tom").rglob("results.csv"):  # the reference's form: an index column
+        assert pd.read_csv(path).columns[0].startswith("Unnamed"), path
     # "Kill" the run after some points: delete the later ones, resume, same tables.
     for path in sorted((out / "points").glob("random_s1_*")) + sorted((out / "points").glob("tom-only*")):
         path.unlink()
@@ -118,3 +121,37 @@ def test_export_model(setup, tmp_path):
             assert torch.allclose(w[idx], expected.expand(idx.numel()), atol=1e-7)
             changed += idx.numel()
     assert changed > 0
+
+
+def test_reference_layout_reads_back_as_the_reference_does(tmp_path):
+    """A sweep-style tom/ folder from the one writer: pandas read_csv(index_col=0), as the
+    reference reads it, gives the percentages reference_summary reports."""
+    def frame(rows, columns):  # shaped like EvalResult.reference_results(): a named index
+        f = pd.DataFrame(rows, columns=pd.Index(columns, name="scenario"))
+        return f.rename_axis(index="task_index")
+
+    results = {
+        0.0: {(1, "unexpected"): frame([[1, 0], [1, 1], [0, 1]], ["false belief (F)", "false belief (T)"]),
+              (2, "unexpected"): frame([[0, 0], [1, 1], [1, 1]], ["false belief (F)", "false belief (T)"]),
+              (1, "transfer"): frame([[1, 0]], ["no transfer (F)", "no transfer (T)"]),
+              (2, "transfer"): frame([[1, 1]], ["no transfer (F)", "no transfer (T)"])},
+        5e-06: {(1, "unexpected"): frame([[0, 0], [0, 1], [0, 0]], ["false belief (F)", "false belief (T)"]),
+                (1, "transfer"): frame([[0, 0]], ["no transfer (F)", "no transfer (T)"])},
+    }
+    for m, per_m in results.items():
+        write_reference_results(tmp_path / "tom", per_m, m)
+    summary = reference_summary(tmp_path / "tom").set_index("m")
+    for m, per_m in results.items():
+        for family in ("unexpected", "transfer"):
+            percents = []
+            for (rep, fam), written in per_m.items():
+                if fam != family:
+                    continue
+                path = tmp_path / "tom" / str(rep) / str(m) / family / "results.csv"
+                back = pd.read_csv(path, index_col=0)
+                assert back.values.tolist() == written.values.tolist()
+                assert list(back.index) == list(range(len(written)))  # rows = tasks
+                percents.append(100 * back.values.sum() / back.size)
+            assert summary.loc[m, f"{family}_percent_mean"] == pytest.approx(
+                sum(percents) / len(percents))
+    assert not list((tmp_path / "tom").rglob("*.tmp"))

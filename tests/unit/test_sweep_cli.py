@@ -8,25 +8,21 @@ import pandas as pd
 import pytest
 import torch
 
-from tomsparse import models
-from tomsparse.adapter import describe, fingerprint
-from tomsparse.cli import main
-from tomsparse.score_store import save_scores
-from tomsparse.sweep import reference_summary
-from tomsparse.testing import CharTokenizer, tiny_model
-
-
-def _stand_in(name="tiny", device="auto", dtype="float32", device_map=None, **_):
-    model = tiny_model("llama")
-    desc = describe(model)
-    return models.LoadedModel(model=model, tokenizer=CharTokenizer(), name=name, source="memory",
-                              fingerprint=fingerprint(model, desc), description=desc)
+from tomsparse.cli.main import main
+from tomsparse.lm.adapter import describe, fingerprint
+from tomsparse.scores.store import save_scores
+from tomsparse.sweep.reference import reference_summary
+from tomsparse.testing import registered_model, tiny_loaded_model, tiny_model
 
 
 @pytest.fixture
-def stores(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_model", _stand_in)
-    lm = _stand_in()
+def stores(tmp_path):
+    with registered_model("tiny"):  # --model tiny: a tiny Llama with a character tokenizer
+        yield _write_stores(tmp_path)
+
+
+def _write_stores(tmp_path):
+    lm = tiny_loaded_model("llama", name="tiny")
     gen = torch.Generator().manual_seed(1)
     paths = {}
     for kind in ("tom", "generic"):
@@ -113,6 +109,15 @@ def _one_line_error(capsys, code, *needles):
         assert needle in err, err
 
 
+def _usage_error(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("tomsparse sweep: error:") and message in err
+
+
 def test_bad_input(stores, tmp_path, capsys):
     paths, corpus = stores
     out = tmp_path / "bad"
@@ -122,8 +127,15 @@ def test_bad_input(stores, tmp_path, capsys):
                                              "--m_end", "1e-3")), "go together")
     _one_line_error(capsys, main(_sweep_args(paths, corpus, out)), "no m values")
     _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0,1.5")), "[0, 1]")
+    # list values are checked by argparse: its usage error, exit code 2, no traceback
+    _usage_error(capsys, _sweep_args(paths, corpus, out, "--m_list", "0.01",
+                                     "--controls", "random,banana"), "banana")
+    _usage_error(capsys, _sweep_args(paths, corpus, out, "--m_list", "1e-5,x"), "'1e-5,x'")
+    _usage_error(capsys, _sweep_args(paths, corpus, out, "--m_list", "0.01",
+                                     "--random-seeds", "0,a"), "'0,a'")
+    # --batch-size 0 is refused, not replaced by a default
     _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0.01",
-                                             "--controls", "random,banana")), "banana")
+                                             "--batch-size", "0")), "--batch-size must be at least 1")
     # scores of another model (a different fingerprint)
     other = tiny_model("llama", rms_norm_eps=1e-3)  # same shapes, another config
     wrong = tmp_path / "wrong"

@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from tomsparse.data.tasks import (
+    GradientPrompt,
+    gradient_prompts,
+    load_tasks,
+    read_prompt_file,
+)
+from tomsparse.data.tasks.model import (
+    capitalize_sentences,
+    first_word,
+    make_task,
+    swap_words,
+)
+from tomsparse.data.tasks.tomi import load_tomi
 from tomsparse.errors import UserError
-from tomsparse.tasks import GradientPrompt, gradient_prompts, load_tasks, read_prompt_file
-from tomsparse.tasks.model import capitalize_sentences, first_word, make_task, swap_words
-from tomsparse.tasks.tomi import load_tomi
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"
 PY_FILE = FIXTURES / "reference_tasks.py"

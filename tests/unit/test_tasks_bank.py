@@ -7,10 +7,15 @@ import re
 
 import pytest
 
-from tomsparse.tasks import load_tasks
-from tomsparse.tasks.bank import (IRONY_SCENARIOS, LEXICONS, builtin_taskset, export_bank,
-                                  generate_split)
-from tomsparse.tasks.model import first_word
+from tomsparse.data.tasks import load_tasks
+from tomsparse.data.tasks.bank import (
+    IRONY_SCENARIOS,
+    LEXICONS,
+    builtin_taskset,
+    export_bank,
+    generate_split,
+)
+from tomsparse.data.tasks.model import first_word
 
 
 @pytest.fixture(scope="module")

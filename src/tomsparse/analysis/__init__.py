@@ -10,9 +10,9 @@
 * ``plots`` and ``run``: PNGs, ``analysis.html``, the run-report sections and the command.
 """
 
-from .anatomy import mask_anatomy, mask_rank
-from .probe import Probe, capture, measure
-from .run import AnalysisConfig, analyze, cmd_analyze
+from tomsparse.analysis.anatomy import mask_anatomy, mask_rank
+from tomsparse.analysis.probe import Probe, capture, measure
+from tomsparse.analysis.run import AnalysisConfig, analyze
 
-__all__ = ["AnalysisConfig", "Probe", "analyze", "mask_anatomy", "capture", "cmd_analyze",
+__all__ = ["AnalysisConfig", "Probe", "analyze", "mask_anatomy", "capture",
            "mask_rank", "measure"]

@@ -6,26 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..manifest import atomic_path
-from ..report import bars_per_layer_and_role
-
-COLORS = {"baseline": "#444444", "difference": "#d62728", "random": "#1f77b4",
-          "tom-only": "#ff7f0e", "generic-only": "#2ca02c"}
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    _plt().close(fig)
-    return path
+from tomsparse.report.style import GUIDE_COLOR, MODE_COLORS, pyplot, save_figure
+from tomsparse.report.sweep_report import bars_per_layer_and_role
 
 
 def _label(mode: str, seeds) -> str:
@@ -35,7 +17,7 @@ def _label(mode: str, seeds) -> str:
 
 
 def plot_anatomy(mats: pd.DataFrame, qk: pd.DataFrame, rope, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ncols = 2 if rope is not None and not qk.empty else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.0), dpi=110, squeeze=False)
     ax = axes[0][0]
@@ -51,16 +33,16 @@ def plot_anatomy(mats: pd.DataFrame, qk: pd.DataFrame, rope, path: Path) -> Path
             n_seeds = max(1, sub["seed"].nunique())
             per = sub.groupby("pair")["masked"].sum() / n_seeds
             ax.bar(per.index + (i - 0.5) * width, per.values, width=width,
-                   color=COLORS[mode], label=f"{mode} (q and k)")
+                   color=MODE_COLORS[mode], label=f"{mode} (q and k)")
         ax.set_xlabel("rotary pair j (low j = high frequency)")
         ax.set_ylabel("masked weights in W_Q and W_K (count)")
         ax.set_title("Masked q/k entries per rotary pair")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_frequencies(freq: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.0), dpi=110)
     base = freq[freq["mode"] == "baseline"]
     ax = axes[0]
@@ -76,16 +58,16 @@ def plot_frequencies(freq: pd.DataFrame, path: Path) -> Path:
         sub = freq[freq["mode"] == mode]
         n_seeds = sub["seed"].nunique()
         g = sub.assign(abs_change=sub["change"].abs()).groupby("pair")["abs_change"].sum() / n_seeds
-        ax.plot(g.index, g.values, "-o", ms=3, color=COLORS.get(mode), label=_label(mode, range(n_seeds)))
+        ax.plot(g.index, g.values, "-o", ms=3, color=MODE_COLORS.get(mode), label=_label(mode, range(n_seeds)))
     ax.set_xlabel("rotary pair j (low j = high frequency)")
     ax.set_ylabel("sum over layers/heads/Q,K of |norm change|")
     ax.set_title("Where the perturbation changes Q/K norms")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sinks(by_layer: pd.DataFrame, threshold: float, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.0), dpi=110)
     modes = [m for m in ("difference", "random", "tom-only", "generic-only") if m in set(by_layer["mode"])]
     ax = axes[0]
@@ -94,26 +76,26 @@ def plot_sinks(by_layer: pd.DataFrame, threshold: float, path: Path) -> Path:
         sub = by_layer[by_layer["mode"] == mode]
         g = sub.groupby("layer")["displaced_share"].mean()
         ax.bar(g.index + (i - (len(modes) - 1) / 2) * width, 100 * g.values, width=width,
-               color=COLORS.get(mode), label=_label(mode, sub["seed"].unique()))
+               color=MODE_COLORS.get(mode), label=_label(mode, sub["seed"].unique()))
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(f"heads whose sink moved by > {threshold:g} (%)")
     ax.set_title("Displaced attention sinks per layer")
     ax.legend(fontsize=8)
     ax = axes[1]
     base = by_layer[by_layer["mode"] == "baseline"].groupby("layer")["mean_sink_weight"].mean()
-    ax.plot(base.index, base.values, "-o", ms=3, color=COLORS["baseline"], label="baseline")
+    ax.plot(base.index, base.values, "-o", ms=3, color=MODE_COLORS["baseline"], label="baseline")
     for mode in modes:
         g = by_layer[by_layer["mode"] == mode].groupby("layer")["mean_sink_weight"].mean()
-        ax.plot(g.index, g.values, "-o", ms=3, color=COLORS.get(mode), label=mode)
+        ax.plot(g.index, g.values, "-o", ms=3, color=MODE_COLORS.get(mode), label=mode)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("attention weight on the first token (0-1)")
     ax.set_title("Mean attention on the first token, over heads")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_geometry(geo: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.0), dpi=110)
     sub = geo[geo["rope"] == "with RoPE"]
     for ax, metric, title in ((axes[0], "angle_bos", "angle(q, k of first token)"),
@@ -121,28 +103,28 @@ def plot_geometry(geo: pd.DataFrame, path: Path) -> Path:
         for mode in [m for m in ("baseline", "difference", "random", "tom-only", "generic-only")
                      if m in set(sub["mode"])]:
             g = sub[sub["mode"] == mode].groupby("layer")[metric].mean()
-            ax.plot(g.index, g.values, "-o", ms=3, color=COLORS.get(mode), label=mode)
-        ax.axhline(90, color="#999", lw=0.8, ls=":")
+            ax.plot(g.index, g.values, "-o", ms=3, color=MODE_COLORS.get(mode), label=mode)
+        ax.axhline(90, color=GUIDE_COLOR, lw=0.8, ls=":")
         ax.set_xlabel("decoder layer")
         ax.set_ylabel("angle (degrees), mean over heads and queries")
         ax.set_title(f"Post-RoPE {title}")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_massive(mass: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     top = mass[mass["rank"] == 1]
     for mode in [m for m in ("baseline", "difference", "random", "tom-only", "generic-only")
                  if m in set(top["mode"])]:
         g = top[top["mode"] == mode].groupby("layer")["magnitude"].mean()
-        ax.plot(g.index, g.values, "-o", ms=3, color=COLORS.get(mode), label=mode)
+        ax.plot(g.index, g.values, "-o", ms=3, color=MODE_COLORS.get(mode), label=mode)
     med = mass[mass["mode"] == "baseline"].groupby("layer")["median_abs"].first()
-    ax.plot(med.index, med.values, ":", color="#999", label="baseline median |h|")
+    ax.plot(med.index, med.values, ":", color=GUIDE_COLOR, label="baseline median |h|")
     ax.set_yscale("log")
     ax.set_xlabel("decoder layer (output hidden state)")
     ax.set_ylabel("largest |hidden state| (activation units, log)")
     ax.set_title("Massive activations per layer")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -33,6 +33,8 @@ from contextlib import contextmanager
 
 import torch
 
+from tomsparse.lm.batching import input_device
+
 _ACTIVE: "Probe | None" = None
 # Log10 range and bins of the |hidden state| histogram behind the per-layer median.
 MEDIAN_LOG10_RANGE = (-12.0, 8.0)
@@ -256,7 +258,10 @@ def _register_probe_attention() -> None:
     interfaces), with eager's mask format: the model is switched to it for a capture, and no
     other model in the process is affected."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+    )
 
     AttentionInterface.register(PROBE_ATTENTION, _probe_attention)
     AttentionMaskInterface.register(PROBE_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
@@ -303,7 +308,7 @@ def measure(model, desc, tokenized: list[list[int]], pad_id: int = 0, batch_size
             massive_top: int = 3) -> Probe:
     """Run the prompts once through the model with the probe; returns the filled probe."""
     probe = Probe(desc, massive_top=massive_top)
-    device = next(model.parameters()).device
+    device = input_device(model)
     with capture(model, probe):
         for offset, ids, mask in batches(tokenized, batch_size, pad_id):
             probe.valid = mask.bool().to(device)

@@ -16,10 +16,6 @@ BASELINE = ("baseline", -1)
 GEOMETRY_METRICS = ("angle_bos", "angle_others", "norm_q", "norm_kbos", "norm_kothers")
 
 
-def _conditions(probes):
-    return [c for c in probes if c != BASELINE]
-
-
 # ------------------------------------------------------------------ 2. dominant frequencies
 def top_pairs(base_norms: torch.Tensor, top_n: int) -> torch.Tensor:
     """Boolean (L, heads, P): the top_n pairs by baseline norm within each (layer, head)."""

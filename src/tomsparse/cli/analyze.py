@@ -1,0 +1,125 @@
+"""``tomsparse analyze``: the mechanistic analyses at one m, from a finished run's folder
+(model, scores and perturbation options taken from it) or from two score stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tomsparse.analysis.run import (
+    AnalysisConfig,
+    analyze_loaded,
+    select_prompts,
+)
+from tomsparse.cli.options import add_model_args, recorded_options, seed_list
+from tomsparse.errors import UserError
+from tomsparse.lm.registry import DEFAULT_MODEL, load_model
+from tomsparse.report.sweep_report import write_report
+from tomsparse.scores.store import load_scores
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("analyze", help="mechanistic analyses at one m: mask anatomy, dominant "
+                                       "rotary frequencies, attention sinks, q-k geometry, "
+                                       "massive activations")
+    add_model_args(p)
+    p.set_defaults(model=None, dtype=None)  # with --run, taken from the run
+    p.add_argument("--run", default=None,
+                   help="a finished `tomsparse run` folder: model, scores and options from it")
+    p.add_argument("--scores-tom", "--scores_tom", dest="scores_tom", default=None)
+    p.add_argument("--scores-generic", "--scores_generic", dest="scores_generic", default=None)
+    p.add_argument("--m", type=float, default=None,
+                   help="fraction of each matrix to perturb (default with --run: its largest m)")
+    p.add_argument("--modes", default="difference,random",
+                   help="mask modes compared with the baseline (default: difference,random)")
+    p.add_argument("--random-seeds", dest="random_seeds",
+                   type=seed_list, default=None,
+                   help="seeds of the random control (default: the run's, else 0)")
+    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
+                   help="default: the run's, else mean")
+    p.add_argument("--scale", type=float, default=None, help="s in mean + s * (w - mean)")
+    p.add_argument("--reference-ties", dest="reference_ties", action="store_true")
+    p.add_argument("--prompts", default="builtin",
+                   help="ToM prompts: builtin (eval split), tomi, or a task file")
+    p.add_argument("--max-prompts", dest="max_prompts", type=int, default=32)
+    p.add_argument("--max-length", dest="max_length", type=int, default=256,
+                   help="keep the first N tokens of each prompt")
+    p.add_argument("--sink-threshold", dest="sink_threshold", type=float, default=0.01)
+    p.add_argument("--top-pairs", dest="top_pairs", type=int, default=4,
+                   help="dominant rotary pairs per (layer, head)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/analysis)")
+    p.set_defaults(handler=cmd_analyze)
+
+
+def _run_options(run_dir: Path) -> dict:
+    if not run_dir.is_dir():
+        raise UserError(f"--run {run_dir}: no such folder (give the --out folder of a finished "
+                        "`tomsparse run`)")
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"--run {run_dir}: no manifest.json; not a finished `tomsparse run` folder")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    run_dir = Path(args.run) if args.run else None
+    run_manifest, run_opts = {}, {}
+    if run_dir is not None:
+        run_manifest = _run_options(run_dir)
+        run_opts = run_manifest.get("options", {})
+    pick = lambda name, default: (getattr(args, name) if getattr(args, name) is not None  # noqa: E731
+                                  else run_opts.get(name, default))
+    model_name = args.model or run_manifest.get("model") or DEFAULT_MODEL
+    scores_tom = args.scores_tom or (run_dir / "scores_tom" if run_dir else None)
+    scores_gen = args.scores_generic or (run_dir / "scores_generic" if run_dir else None)
+    if scores_tom is None or scores_gen is None:
+        raise UserError("give --run RUN_DIR, or both --scores-tom and --scores-generic")
+    m = args.m
+    if m is None:
+        ms = [float(x) for x in run_opts.get("m_list") or [] if float(x) > 0]
+        if not ms:
+            raise UserError("give --m (the fraction of each matrix to perturb)")
+        m = max(ms)
+    cfg = AnalysisConfig(
+        m=m,
+        modes=[x.strip() for x in args.modes.split(",") if x.strip()],
+        random_seeds=list(args.random_seeds if args.random_seeds is not None
+                          else run_opts.get("random_seeds") or [0]),
+        perturbation=pick("perturbation", "mean"), scale=float(pick("scale", 0.0)),
+        reference_ties=bool(args.reference_ties or run_opts.get("reference_ties", False)),
+        sink_threshold=args.sink_threshold, top_pairs=args.top_pairs, batch_size=args.batch_size)
+    out = Path(args.out) if args.out else (run_dir / "analysis" if run_dir else Path("runs/analysis"))
+    texts = select_prompts(args.prompts, args.max_prompts)
+
+    lm = load_model(model_name, device=args.device, dtype=pick("dtype", "float32"),
+                    device_map=args.device_map, attn_implementation="eager")
+    tom, tom_manifest = load_scores(scores_tom, model=lm)
+    gen, gen_manifest = load_scores(scores_gen, model=lm)
+    analyze_loaded(lm, (tom, tom_manifest, scores_tom), (gen, gen_manifest, scores_gen), cfg,
+                   texts, out, prompts_spec=args.prompts, max_length=args.max_length,
+                   options=recorded_options(args), run_dir=run_dir)
+    if run_dir is not None:
+        _add_to_run_report(run_dir, run_manifest)
+    print(f"\nanalysis: {(out / 'analysis.html').resolve()}  ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def _add_to_run_report(run_dir: Path, run_manifest: dict) -> None:
+    """Re-render the run's report: it picks up the sections written to RUN_DIR/analysis."""
+
+    summary_csv = run_dir / "sweep" / "summary.csv"
+    if not summary_csv.is_file():
+        print(f"[analyze] {summary_csv} missing: the run's report was not re-rendered")
+        return
+    summary = pd.read_csv(summary_csv)
+    path = write_report(run_dir / "sweep", summary, run_manifest)
+    print(f"[analyze] added the analyses to {path}")

@@ -1,0 +1,166 @@
+"""What several commands share: the model, sweep and list options, the presets of
+``tomsparse run``, and turning parsed options into the library's typed configurations.
+
+List values are parsed by argparse ``type=`` functions that raise ``ArgumentTypeError``, so a
+bad value ends in argparse's one-line usage error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tomsparse.data.corpora import DEFAULT_EVAL
+from tomsparse.errors import UserError
+from tomsparse.lm.registry import DEFAULT_MODEL, LoadedModel, load_model
+from tomsparse.masks import MODES, check_m_values
+from tomsparse.sweep.runner import SweepConfig, m_grid
+
+# Sweep options whose default depends on the command (run's presets) are None in the parser.
+SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1])
+
+
+def parse_controls(text: str) -> list[str]:
+    """``--controls random,tom-only`` -> the mask modes of a sweep (difference always first)."""
+    wanted = [c.strip() for c in (text or "").split(",") if c.strip() and c.strip() != "none"]
+    controls = [m for m in MODES if m != "difference"]
+    bad = [c for c in wanted if c not in controls]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {bad[0]!r} in {text!r}; choose from {', '.join(controls)} "
+            "(comma-separated) or none")
+    return ["difference"] + [c for c in dict.fromkeys(wanted) if c != "difference"]
+
+
+def resolve_m_values(args: argparse.Namespace) -> list[float]:
+    """``--m_list`` or the reference's ``--m_start/--m_end/--m_step`` grid, not both."""
+    m_list = args.m_list
+    grid = [args.m_start, args.m_end, args.m_step]
+    if m_list is not None and any(g is not None for g in grid):
+        raise UserError("give either --m_list or --m_start/--m_end/--m_step, not both")
+    if m_list is not None:
+        return check_m_values(m_list)
+    if any(g is not None for g in grid):
+        if any(g is None for g in grid):
+            raise UserError("--m_start, --m_end and --m_step go together (e.g. --m_start 0 "
+                            "--m_end 5e-5 --m_step 2e-6, the reference's grid)")
+        return check_m_values(m_grid(*grid))
+    raise UserError("no m values: give --m_list 0,1e-5,3e-5 or --m_start 0 --m_end 5e-5 "
+                    "--m_step 2e-6")
+
+
+def sweep_config(args: argparse.Namespace, m_values: list[float]) -> SweepConfig:
+    """The sweep the options describe (shared by ``tomsparse sweep`` and ``tomsparse run``)."""
+    return SweepConfig(m_values=list(m_values), modes=list(args.controls),
+                       random_seeds=list(args.random_seeds), perturbation=args.perturbation,
+                       scale=args.scale, reference_ties=args.reference_ties,
+                       scoring=args.scoring, reps=args.reps, seed=args.seed, tasks=args.tasks,
+                       task_limit=args.task_limit, corpus=args.corpus,
+                       ppl_max_tokens=args.ppl_max_tokens,
+                       batch_size=args.eval_batch_size)
+
+
+# Defaults sized so `make run` finishes within ~20 minutes on 2 CPU cores.
+DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
+                m_list=[0.0, 3e-5, 1e-4], random_seeds=[0, 1], task_limit=6,
+                ppl_max_tokens=4096, analysis_prompts=16)
+
+
+QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
+             random_seeds=[0], task_limit=4, ppl_max_tokens=2048, analysis_prompts=8)
+
+
+# The reference's protocol sizes (a GPU job): 100 + 100 samples, its 26-value m grid,
+# sampled generation with 5 reps, every task, the whole perplexity corpus.
+REFERENCE = dict(nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0, m_end=5e-5,
+                 m_step=2e-6, random_seeds=[0, 1, 2], scoring="generate", reps=5,
+                 task_limit=None, ppl_max_tokens=None, analysis_prompts=64)
+
+
+def apply_presets(args: argparse.Namespace) -> list[float]:
+    """Fill the options the user left unset from the preset (default, --quick or
+    --reference-protocol); returns the sweep's m values."""
+
+    if args.quick and args.reference_protocol:
+        raise UserError("--quick and --reference-protocol contradict each other; pick one")
+    preset = REFERENCE if args.reference_protocol else QUICK if args.quick else DEFAULTS
+    m_given = any(getattr(args, k) is not None for k in M_OPTIONS)
+    for key, value in {**SWEEP_DEFAULTS, **preset}.items():
+        if key in M_OPTIONS and m_given:
+            continue  # the user's m values replace the preset's, whichever way given
+        if getattr(args, key) is None:  # argparse's None: the user left it unset
+            setattr(args, key, value)
+    return resolve_m_values(args)
+
+
+M_OPTIONS = ("m_list", "m_start", "m_end", "m_step")
+
+
+def parse_m_list(text: str) -> list[float]:
+    """``--m_list 0,1e-5,3e-5`` -> [0.0, 1e-05, 3e-05]."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give comma-separated numbers, e.g. 0,1e-5,3e-5") from None
+
+
+def seed_list(text: str) -> list[int]:
+    """``--random-seeds 0,1,2`` -> [0, 1, 2]."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 0,1") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registered offline model, local folder or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: float32)")
+    p.add_argument("--device-map", dest="device_map", default=None,
+                   help="passed to from_pretrained, e.g. 'auto' to spread a big model over GPUs")
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--m_list", "--m-list", dest="m_list", type=parse_m_list, default=None,
+                   help="comma-separated m values (fraction of each matrix), e.g. 0,1e-5,3e-5")
+    p.add_argument("--m_start", "--m-start", dest="m_start", type=float, default=None,
+                   help="the reference's grid: m_start, m_start + m_step, ..., m_end")
+    p.add_argument("--m_end", "--m-end", dest="m_end", type=float, default=None)
+    p.add_argument("--m_step", "--m-step", dest="m_step", type=float, default=None)
+    p.add_argument("--controls", type=parse_controls, default="random,tom-only",
+                   help="masks run beside the difference mask: random, tom-only, generic-only "
+                        "(comma-separated) or none (default: random,tom-only)")
+    p.add_argument("--random-seeds", dest="random_seeds",
+                   type=seed_list, default=None,
+                   help="seeds of the random control, e.g. 0,1")
+    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default="mean")
+    p.add_argument("--scale", type=float, default=0.0, help="s in mean + s * (w - mean)")
+    p.add_argument("--reference-ties", dest="reference_ties", action="store_true",
+                   help="the reference's strict-threshold top-k (ties dropped)")
+    p.add_argument("--scoring", default=None, choices=["likelihood", "generate", "greedy"],
+                   help="ToM scoring (default: likelihood)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default: 1)")
+    p.add_argument("--tasks", default="builtin")
+    p.add_argument("--task-limit", dest="task_limit", type=int, default=None,
+                   help="evaluate the first N tasks per family")
+    p.add_argument("--corpus", default=DEFAULT_EVAL, help="perplexity corpus")
+    p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=int, default=None)
+    p.add_argument("--export-model", dest="export_model", type=float, default=None,
+                   help="write the perturbed model (difference mask) for this m")
+
+
+def load_model_from(args: argparse.Namespace, **overrides) -> LoadedModel:
+    """The model ``--model/--device/--dtype/--device-map`` name (``overrides`` win)."""
+    options = dict(device=args.device, dtype=args.dtype, device_map=args.device_map)
+    options.update(overrides)
+    return load_model(args.model, **options)
+
+
+def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options as a manifest records them (paths as text, the handler left out)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+            if not callable(v)}

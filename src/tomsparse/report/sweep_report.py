@@ -1,0 +1,214 @@
+"""Plots and the self-contained HTML report of a sweep."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tomsparse.report.html import embed_png, write_page
+from tomsparse.report.style import MODE_COLORS, MODE_LABELS, pyplot, save_figure
+from tomsparse.sweep.summary import side_by_side, tom_column
+
+# The modes drawn in the plots against m, in drawing (and legend) order.
+PLOT_MODES = ("difference", "tom-only", "generic-only", "random")
+
+
+def _series(summary: pd.DataFrame, column: str):
+    """{mode: DataFrame(m, lo, mid, hi)}, the m=0 baseline shared by every mode."""
+    base = summary[summary["mode"] == "none"]
+    out = {}
+    for mode in [m for m in PLOT_MODES if m in set(summary["mode"])]:
+        rows = pd.concat([base, summary[summary["mode"] == mode]])
+        if column not in rows:
+            continue
+        g = rows.groupby("m")[column].agg(["min", "mean", "max"]).reset_index()
+        out[mode] = g
+    return out
+
+
+def _plot(summary, column, ylabel, title, path):
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0), dpi=110)
+    for mode, g in _series(summary, column).items():
+        color, label = MODE_COLORS[mode], MODE_LABELS[mode]
+        x = g["m"] * 1e6
+        if mode == "random":
+            ax.fill_between(x, g["min"], g["max"], color=color, alpha=0.25,
+                            label=f"{label} (min-max over seeds)")
+            ax.plot(x, g["mean"], color=color, lw=1, ls="--")
+        else:
+            ax.plot(x, g["mean"], marker="o", color=color, label=label)
+    ax.set_xlabel("m, fraction of each matrix perturbed (x 1e-6)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def bars_per_layer_and_role(ax, masks: pd.DataFrame, title: str) -> None:
+    """Masked weights per decoder layer, stacked by role (columns layer, role, masked)."""
+    pivot = masks.pivot_table(index="layer", columns="role", values="masked", aggfunc="sum").fillna(0)
+    bottom = None
+    for role in pivot.columns:
+        ax.bar(pivot.index, pivot[role], bottom=bottom, label=role)
+        bottom = pivot[role] if bottom is None else bottom + pivot[role]
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("masked weights (count)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=4)
+
+
+def _plot_masks(masks: pd.DataFrame, m: float, path):
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.0), dpi=110)
+    bars_per_layer_and_role(ax, masks, f"Where the difference mask lands, m = {m:g}")
+    return save_figure(fig, path)
+
+
+def reading(summary: pd.DataFrame, metric: str) -> str:
+    """One paragraph written from the numbers."""
+    base = summary[summary["mode"] == "none"]
+    if base.empty:
+        return "No m = 0 baseline point was run, so changes cannot be read against the unperturbed model."
+    b = base.iloc[0]
+    top_m = summary[summary["mode"] == "difference"]["m"].max()
+    at = summary[summary["m"] == top_m]
+
+    def val(mode, col):
+        x = at[at["mode"] == mode][col]
+        return float(x.mean()) if len(x) else float("nan")
+
+    d_tom, r_tom = val("difference", metric) - b[metric], val("random", metric) - b[metric]
+    t_tom = val("tom-only", metric) - b[metric]
+    d_ppl = val("difference", "perplexity") / b["perplexity"] - 1
+    r_ppl = val("random", "perplexity") / b["perplexity"] - 1
+    t_ppl = val("tom-only", "perplexity") / b["perplexity"] - 1
+    masked = val("difference", "masked")
+    ratio = abs(d_tom) / abs(r_tom) if r_tom == r_tom and abs(r_tom) > 1e-12 else float("inf")
+    verdict = ("hurt ToM more than random masks of the same size"
+               if d_tom < 0 and d_tom < r_tom else "did not hurt ToM more than random masks")
+    txt = (f"At the largest m ({top_m:g}, {masked:,.0f} weights in all), the difference mask "
+           f"{verdict}: the ToM metric moved by {d_tom:+.3f} against {r_tom:+.3f} for random "
+           f"masks (about {ratio:.1f}x as much) from a baseline of {b[metric]:.3f}. "
+           f"Perplexity moved by {100 * d_ppl:+.1f}% with the difference mask and "
+           f"{100 * r_ppl:+.1f}% with random masks.")
+    if t_tom == t_tom:
+        txt += (f" The ToM-only mask (no generic subtraction) moved the ToM metric by "
+                f"{t_tom:+.3f} and perplexity by {100 * t_ppl:+.1f}%.")
+    return txt
+
+
+def _side_table(summary: pd.DataFrame, metric: str) -> str:
+    """Per m: baseline, difference mask, random control (mean +- sd) and tom-only, for the
+    headline ToM metric and perplexity."""
+
+    side = side_by_side(summary)
+    if side.empty:
+        return "<p>No masked points.</p>"
+    rows = []
+    for _, r in side.iterrows():
+        def cell(mode, col):
+            if mode == "random":
+                mean, sd = r.get(f"random_{col}_mean"), r.get(f"random_{col}_sd")
+                if mean is None or mean != mean:
+                    return ""
+                return f"{mean:.4g}" + (f" &plusmn; {sd:.2g}" if sd == sd and sd is not None else "")
+            v = r.get(f"{mode}_{col}")
+            return "" if v is None or v != v else f"{v:.4g}"
+        for col, label in ((metric, "ToM metric"), ("perplexity", "perplexity"),
+                           ("masked", "masked weights")):
+            rows.append(f"<tr><td>{r['m']:g}</td><td>{label}</td><td>{cell('baseline', col)}</td>"
+                        f"<td>{cell('difference', col)}</td><td>{cell('random', col)}</td>"
+                        f"<td>{cell('tom-only', col)}</td></tr>")
+    head = ("<tr><th>m</th><th>quantity</th><th>baseline</th><th>difference</th>"
+            "<th>random (mean &plusmn; sd over seeds)</th><th>tom-only</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def analysis_sections(out: str | Path) -> list[tuple[str, str]]:
+    """The sections ``tomsparse analyze`` left for this run's report (RUN_DIR/analysis), if any."""
+    path = Path(out).parent / "analysis" / "report_sections.json"
+    if not path.is_file():
+        return []
+    return [(str(title), str(body)) for title, body in json.loads(path.read_text(encoding="utf-8"))]
+
+
+GAP_METRICS = ("belief_gap_margin", "belief_gap_accuracy", "bias_shift")
+
+
+def specificity_section(out: Path) -> str:
+    """The verdicts on whether the effect is specific to ToM (from the sweep's
+    specificity_*.csv, see ``tomsparse.sweep.specificity``), with the chance check and the
+    belief gaps behind them; empty when the sweep has no baseline point."""
+    verdicts_csv, baseline_csv = out / "specificity_verdicts.csv", out / "specificity_baseline.csv"
+    if not verdicts_csv.is_file():
+        return ""
+    verdicts = pd.read_csv(verdicts_csv)
+    items = "".join(f"<li><b>{html.escape(str(v.status))}</b>: {html.escape(str(v.sentence))}</li>"
+                    for v in verdicts.itertuples())
+    parts = [f"<ul>{items}</ul>"]
+    if baseline_csv.is_file():
+        base = pd.read_csv(baseline_csv)
+        cols = [c for c in ("family", "n_tasks", "n_prompts", "tom_accuracy", "tom_accuracy_lo",
+                            "tom_accuracy_hi", "control_accuracy", "state", "weak_controls")
+                if c in base]
+        parts.append("<h3>Baseline on the false-belief prompts (chance check)</h3>"
+                     + base[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}",
+                                          na_rep=""))
+    points_csv = out / "specificity.csv"
+    if points_csv.is_file():
+        table = pd.read_csv(points_csv)
+        table = table[table["metric"].isin(GAP_METRICS)]
+        cols = [c for c in ("label", "family", "metric", "value", "lo", "hi", "n_tasks",
+                            "n_prompts", "ppl_change") if c in table]
+        parts.append("<h3>Belief gap (false-belief change minus true-belief control change, "
+                     "paired per prompt; 95% task-bootstrap interval) and answer-bias shift</h3>"
+                     + table[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}",
+                                           na_rep=""))
+    return "\n".join(parts)
+
+
+def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
+                 extra_sections=None) -> Path:
+    """Render ``out/report.html``. ``extra_sections`` ((title, html) pairs) default to the
+    mechanistic analyses written beside the sweep folder, so a re-rendered report keeps them."""
+    out = Path(out)
+    if extra_sections is None:
+        extra_sections = analysis_sections(out)
+    summary = summary.copy()
+    metric, label = tom_column(summary)
+    plots = [
+        _plot(summary, metric, label, "ToM vs m", out / "plot_tom_metric.png"),
+        _plot(summary, "tom_accuracy", "ToM prompt accuracy", "ToM accuracy vs m",
+              out / "plot_tom_accuracy.png"),
+        _plot(summary, "perplexity", "perplexity", "Perplexity vs m", out / "plot_perplexity.png"),
+    ]
+    diff = summary[summary["mode"] == "difference"]
+    if not diff.empty:
+        top = diff["m"].max()
+        mfile = out / "points" / f"difference_s0_m{top:.4e}_masks.csv"
+        if mfile.exists():
+            plots.append(_plot_masks(pd.read_csv(mfile), top, out / "plot_masks_per_layer.png"))
+    text = reading(summary, metric)
+    cols = [c for c in ["mode", "seed", "m", "masked", "perplexity", "tom_margin", "tom_accuracy",
+                        "unexpected_percent_mean", "transfer_percent_mean", "irony_percent_mean",
+                        "avg_percent_unexpected_transfer", "unexpected_strict", "transfer_strict"]
+            if c in summary]
+    table = summary[cols].to_html(index=False, float_format=lambda x: f"{x:.4g}")
+    side = _side_table(summary, metric)
+    opts = html.escape(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    sections = "\n".join(f"<h3>{html.escape(t)}</h3>\n{h}" for t, h in extra_sections)
+    verdict = specificity_section(out)
+    verdict = f"<h2>Is the effect specific to ToM?</h2>{verdict}" if verdict else ""
+    body = f"""<h1>tomsparse report: {html.escape(str(manifest.get('model', '')))}</h1>
+{verdict}
+<h2>Family-level reading (all conditions pooled; not a specificity test)</h2>
+<p>{html.escape(text)}</p>
+<h2>Plots</h2>{''.join(embed_png(p) for p in plots)}
+<h2>Controls side by side</h2>{side}
+<h2>Summary table</h2>{table}
+{sections}
+<h2>Run options and manifest</h2><pre>{opts}</pre>"""
+    return write_page(out / "report.html", "tomsparse report", body)

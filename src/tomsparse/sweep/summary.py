@@ -1,0 +1,136 @@
+"""The tables of a sweep folder, from its finished points: the tidy per-metric table,
+``perplexity_results.csv``, ``summary.csv`` (one row per mode, seed and m, the reference's
+columns plus ours) and ``summary_side_by_side.csv`` (per m: the baseline, the difference mask
+and the controls, random as mean and sd over seeds), and the headline ToM column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tomsparse.errors import UserError
+from tomsparse.manifest import write_csv
+from tomsparse.sweep.specificity import write_specificity
+from tomsparse.masks import MODES
+
+
+def collect(out: str | Path) -> pd.DataFrame:
+    """Read every finished point; write the tidy table, perplexity_results.csv and summary."""
+    out = Path(out)
+    points, tidy = [], []
+    for path in sorted((out / "points").glob("*.json")):
+        info = json.loads(path.read_text())
+        points.append(info)
+        metrics = pd.read_csv(path.with_name(path.stem + "_metrics.csv"))
+        fam = metrics[metrics["level"] == "family"]
+        for _, row in fam.iterrows():
+            for metric in ("reference_percent", "reference_percent_var", "prompt_accuracy",
+                           "scenario_accuracy", "strict_score", "mean_margin",
+                           "margin_ci_low", "margin_ci_high", "prompt_ci_low", "prompt_ci_high",
+                           "n_cells"):
+                if metric in row and pd.notna(row[metric]):
+                    tidy.append({"m": info["m"], "mode": info["mode"], "seed": info["seed"],
+                                 "family": row["family"], "metric": metric,
+                                 "value": float(row[metric])})
+        tidy.append({"m": info["m"], "mode": info["mode"], "seed": info["seed"],
+                     "family": "", "metric": "perplexity", "value": info["perplexity"]})
+        tidy.append({"m": info["m"], "mode": info["mode"], "seed": info["seed"],
+                     "family": "", "metric": "masked", "value": info["masked"]})
+    if not points:
+        raise UserError(f"{out} holds no finished sweep points")
+    tidy = pd.DataFrame(tidy).sort_values(["mode", "seed", "m", "family", "metric"])
+    write_csv(out / "sweep_points.csv", tidy)
+    pts = pd.DataFrame(points)
+    ref = pts[pts["mode"].isin(["none", "difference"])].sort_values("m")
+    write_csv(out / "perplexity_results.csv", ref[["m", "perplexity"]])
+    summary = summarize(tidy)
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "summary_side_by_side.csv", side_by_side(summary))
+    if (pts["mode"] == "none").any():  # the specificity tables compare every point with m = 0
+        write_specificity(out)
+    return summary
+
+
+def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
+    """One row per (mode, seed, m): the reference's summary columns plus ours."""
+    rows = []
+    for (mode, seed, m), g in tidy.groupby(["mode", "seed", "m"], sort=True):
+        get = {(r.family, r.metric): r.value for r in g.itertuples()}
+        row = {"mode": mode, "seed": seed, "m": m, "masked": get.get(("", "masked")),
+               "perplexity": get.get(("", "perplexity"))}
+        for fam in ("unexpected", "transfer", "irony", "tomi"):
+            pct = get.get((fam, "reference_percent"))
+            if pct is None:
+                continue
+            var = get.get((fam, "reference_percent_var"), 0.0)
+            cells = get.get((fam, "n_cells"), float("nan"))
+            row[f"{fam}_total_mean"] = pct / 100 * cells
+            row[f"{fam}_total_var"] = var * (cells / 100) ** 2
+            row[f"{fam}_percent_mean"] = pct
+            row[f"{fam}_percent_var"] = var
+            row[f"{fam}_strict"] = get.get((fam, "strict_score"))
+            row[f"{fam}_margin"] = get.get((fam, "mean_margin"))
+            row[f"{fam}_margin_ci_low"] = get.get((fam, "margin_ci_low"))
+            row[f"{fam}_margin_ci_high"] = get.get((fam, "margin_ci_high"))
+            row[f"{fam}_accuracy"] = get.get((fam, "prompt_accuracy"))
+        both = get.get(("unexpected+transfer", "reference_percent"))
+        if both is not None:
+            row["avg_percent_unexpected_transfer"] = both
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def print_summary(summary: pd.DataFrame, log=print) -> None:
+    cols = [c for c in ("mode", "seed", "m", "masked", "perplexity", "unexpected_margin",
+                        "transfer_margin", "irony_margin", "tomi_margin") if c in summary]
+    log(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+
+SIDE_METRICS = ("masked", "perplexity", "tom_margin", "tom_accuracy",
+                "avg_percent_unexpected_transfer")
+
+
+SIDE_FAMILY_METRICS = ("margin", "accuracy", "percent_mean", "strict")
+
+
+def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per m > 0: the baseline, the difference mask, the random control (mean and
+    sample sd over its seeds) and the other masks next to each other."""
+
+    summary = summary.copy()
+    tom_column(summary)  # adds the headline tom_margin / tom_accuracy columns
+    metrics = [c for c in SIDE_METRICS if c in summary]
+    metrics += [c for c in summary.columns
+                if any(c.endswith("_" + s) for s in SIDE_FAMILY_METRICS)
+                and not c.startswith(("tom_", "avg_"))]
+    base = summary[summary["mode"] == "none"]
+    rows = []
+    for m, group in summary[summary["mode"] != "none"].groupby("m", sort=True):
+        row = {"m": m}
+        for c in metrics:
+            if not base.empty and c != "masked":
+                row[f"baseline_{c}"] = base[c].iloc[0]
+        for mode in [x for x in MODES if x in set(group["mode"])]:
+            g = group[group["mode"] == mode]
+            for c in metrics:
+                values = g[c].dropna()
+                if mode == "random":
+                    row[f"random_{c}_mean"] = values.mean() if len(values) else float("nan")
+                    row[f"random_{c}_sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+                else:
+                    row[f"{mode}_{c}"] = values.iloc[0] if len(values) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tom_column(summary: pd.DataFrame) -> tuple[str, str]:
+    """The headline ToM metric: the likelihood margin averaged over families if present."""
+    fams = [f for f in ("unexpected", "transfer", "irony") if f"{f}_margin" in summary]
+    if fams and summary[[f"{f}_margin" for f in fams]].notna().all().all():
+        summary["tom_margin"] = summary[[f"{f}_margin" for f in fams]].mean(axis=1)
+        summary["tom_accuracy"] = summary[[f"{f}_accuracy" for f in fams]].mean(axis=1)
+        return "tom_margin", "mean log-prob margin, expected - alternative (nats)"
+    summary["tom_accuracy"] = summary[[f"{f}_percent_mean" for f in fams]].mean(axis=1) / 100
+    return "tom_accuracy", "ToM accuracy"
