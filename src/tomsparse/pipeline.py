@@ -12,7 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tomsparse.analysis.run import AnalysisConfig, analyze_loaded, select_prompts
+from tomsparse.analysis.run import (
+    AnalysisConfig,
+    analyze_loaded,
+    read_matched,
+    select_prompts,
+)
 from tomsparse.data.score_samples import ScoreDataConfig, build_dataset
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import load_model, print_model_facts
@@ -77,12 +82,17 @@ def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log) -> tuple[dict, str]:
 
 def _analysis(lm, cfg: RunConfig, tom: dict, gen: dict) -> None:
     """The mechanistic analyses at the sweep's largest m: difference mask vs the random
-    control, on a few built-in ToM prompts (``tomsparse analyze --run`` does more)."""
+    control and the damage-matched controls, on a few built-in ToM prompts (``tomsparse
+    analyze --run`` does more)."""
     print()
     sweep = cfg.sweep
-    acfg = AnalysisConfig(m=max(sweep.m_values), modes=["difference", "random"],
+    m = max(sweep.m_values)
+    matched_json = cfg.out / "sweep" / "matched.json"
+    acfg = AnalysisConfig(m=m, modes=["difference", "random"],
                           random_seeds=list(sweep.random_seeds), perturbation=sweep.perturbation,
-                          scale=sweep.scale, reference_ties=sweep.reference_ties)
+                          scale=sweep.scale, reference_ties=sweep.reference_ties,
+                          # the same damage-matched controls as the sweep's, each at its own m
+                          matched=read_matched(matched_json, m) if matched_json.exists() else [])
     stores = {k: cfg.out / f"scores_{k}" for k in ("tom", "generic")}
     analyze_loaded(lm, (tom, read_manifest(stores["tom"]), stores["tom"]),
                    (gen, read_manifest(stores["generic"]), stores["generic"]), acfg,

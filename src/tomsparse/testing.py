@@ -13,6 +13,7 @@ command line (``--model tiny``) without monkeypatching the loader.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -210,3 +211,18 @@ def registered_model(name: str = "tiny", loader: Callable[..., LoadedModel] | No
         yield calls
     finally:
         unregister_model(name)
+
+
+def random_scores(lm: LoadedModel, seed: int = 0) -> tuple[dict, dict]:
+    """(ToM, generic) score dicts of uniform random values, one tensor per target matrix."""
+    gen = torch.Generator().manual_seed(seed)
+    tom = {m.name: torch.rand(m.shape, generator=gen) for m in lm.description.matrices}
+    generic = {m.name: torch.rand(m.shape, generator=gen) for m in lm.description.matrices}
+    return tom, generic
+
+
+def tiny_corpus(folder, paragraphs: int = 40) -> str:
+    """A small plain-text perplexity corpus written into ``folder``; its path."""
+    path = Path(folder) / "corpus.txt"
+    path.write_text("\n\n".join(f"some generic text number {i} here" for i in range(paragraphs)))
+    return str(path)

@@ -28,17 +28,25 @@ def test_quick_run(tmp_path):
     assert first.stdout.startswith("tomsparse ") and "options: " in first.stdout
 
     summary = pd.read_csv(out / "sweep" / "summary.csv")
-    assert set(summary["mode"]) == {"none", "difference", "random", "tom-only"}
-    at = summary[summary["m"] > 0].set_index("mode")
-    assert at.loc["difference", "masked"] == at.loc["random", "masked"] > 0
-    assert at.loc["tom-only", "masked"] >= at.loc["difference", "masked"]
+    # the quick preset's controls, and the generic-only mask whose perplexity change was
+    # matched to the difference mask's (when the search matched it)
+    matched = json.loads((out / "sweep" / "matched.json").read_text())
+    controls = [c for t in matched["targets"].values() for c in t["controls"]]
+    assert [c["mode"] for c in controls] == ["generic-only"]
+    assert set(summary["mode"]) == {"none", "difference", "random", "tom-only"} | {
+        c["mode"] for c in controls if c["matched"]}
+    at = summary[summary["m"] > 0]
+    diff = at[at["mode"] == "difference"].iloc[0]
+    rnd = at[at["mode"] == "random"]
+    assert len(rnd) == 2 and (rnd["masked"] == diff["masked"]).all() and diff["masked"] > 0
+    assert at[at["mode"] == "tom-only"]["masked"].iloc[0] >= diff["masked"]
     base = summary[summary["mode"] == "none"].iloc[0]
     assert 5 < base["perplexity"] < 50  # SmolLM2-135M on Wikipedia text
-    assert abs(at.loc["random", "perplexity"] / base["perplexity"] - 1) < 0.1
+    assert (abs(rnd["perplexity"] / base["perplexity"] - 1) < 0.1).all()
 
     page = (out / "sweep" / "report.html").read_text()
     for heading in ["Is the effect specific to ToM?", "Family-level reading",
-                    "Controls side by side", "Summary table"] + [
+                    "Controls side by side", "Summary table", "Damage-matched controls"] + [
             f"Analysis {i}:" for i in range(1, 6)]:
         assert heading in page, heading
     manifest = json.loads((out / "manifest.json").read_text())

@@ -39,6 +39,7 @@ def _command(tmp_path, folder, corpus, out):
             "--device", "cpu", "--scores-tom", str(tmp_path / "scores_tom"),
             "--scores-generic", str(tmp_path / "scores_generic"), "--m_list", "0,0.01,0.02",
             "--controls", "random,tom-only", "--random-seeds", "0,1", "--task-limit", "2",
+            "--matched-controls", "none",
             "--corpus", str(corpus), "--ppl-max-tokens", "512", "--out", str(out)]
 
 

@@ -27,6 +27,12 @@ def test_presets():
     assert apply_presets(args) == DEFAULTS["m_list"]
     assert (args.nsamples_tom, args.scoring, args.reps, args.random_seeds) == (
         DEFAULTS["nsamples_tom"], "likelihood", 1, DEFAULTS["random_seeds"])
+    assert len(args.random_seeds) >= 5  # issue 15: at least 5 seeds in the default run
+    assert args.matched_controls == ["generic-only", "random-fraction"]
+    assert {"difference-p16", "difference-x3"} <= set(args.controls)
+    args = _args("--controls", "random")  # the user's controls replace the preset's
+    apply_presets(args)
+    assert args.controls == ["difference", "random"]
     args = _args("--quick")
     assert apply_presets(args) == QUICK["m_list"] and args.task_limit == QUICK["task_limit"]
     args = _args("--reference-protocol")
@@ -63,7 +69,14 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny, capsys):
     printed = capsys.readouterr().out
     assert "report:" in printed and "tom scores: 3 samples" in printed
     summary = pd.read_csv(out / "sweep" / "summary.csv")
-    assert sorted(summary["mode"]) == ["difference", "none", "random", "tom-only"]
+    # the default controls: random, tom-only, two members of the mask family, and the
+    # damage-matched controls that could be matched
+    matched = json.loads((out / "sweep" / "matched.json").read_text())
+    found = [c["mode"] for t in matched["targets"].values() for c in t["controls"]
+             if c["matched"]]
+    assert sorted(summary["mode"]) == sorted(["difference", "none", "random", "tom-only",
+                                              "difference-p16", "difference-x3", *found])
+    assert (out / "sweep" / "massive_channels.json").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["options"]["nsamples_tom"] == 3 and manifest["options"]["m_list"] == [0.0, 0.05]
     for kind in ("tom", "generic"):
@@ -72,6 +85,8 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny, capsys):
         assert store["samples_sha256"] == manifest[f"scores_{kind}_sha"]
     page = (out / "sweep" / "report.html").read_text()
     assert "Controls side by side" in page
+    assert "Damage-matched controls" in page and "The mask family" in page
+    assert (out / "sweep" / "plot_specificity.png").exists()
     # the report leads with the specificity verdicts, written from the sweep's tables
     assert page.index("Is the effect specific to ToM?") < page.index("Family-level reading")
     verdicts = pd.read_csv(out / "sweep" / "specificity_verdicts.csv")

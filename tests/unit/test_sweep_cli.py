@@ -45,7 +45,8 @@ def test_sweep_grid_controls_and_summarize(stores, tmp_path, capsys):
     paths, corpus = stores
     out = tmp_path / "sweep"
     code = main(_sweep_args(paths, corpus, out, "--m_start", "0", "--m_end", "0.02",
-                            "--m_step", "0.01", "--controls", "random", "--random-seeds", "0,1"))
+                            "--m_step", "0.01", "--controls", "random", "--random-seeds", "0,1",
+                            "--matched-controls", "none"))
     assert code == 0
     printed = capsys.readouterr().out
     assert "report:" in printed
@@ -162,3 +163,20 @@ def test_changed_options_refused_via_cli(stores, tmp_path, capsys):
                     "perturbation", "new --out")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--matched-controls", "tom-only"], "cannot be size-matched"),
+    (["--controls", "random,difference-p0.5"], ">= 1"),
+    (["--match-m", "0.5"], "--match-m 0.5 is not among"),
+    (["--match-tolerance", "2"], "--match-tolerance must lie in"),
+])
+def test_matched_and_family_options_are_checked(stores, tmp_path, capsys, extra, words):
+    paths, corpus = stores
+    try:
+        code = main(_sweep_args(paths, corpus, tmp_path / "s", "--m_list", "0,0.01", *extra))
+    except SystemExit as exc:  # argparse's usage error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert words in err.strip().splitlines()[-1]  # one error line (after argparse's usage)

@@ -16,6 +16,8 @@ import math
 import pandas as pd
 import torch
 
+from tomsparse.masks import READS_RESIDUAL, WRITES_RESIDUAL
+
 
 def mask_rank(idx: torch.Tensor, shape: tuple[int, int]) -> int:
     """Numerical rank of the 0/1 matrix with ones at the flat indices ``idx``.
@@ -124,8 +126,6 @@ def qk_rows(desc, masks: dict[str, torch.Tensor], mode: str, seed: int) -> list[
     return out
 
 
-READS_RESIDUAL = ("q", "k", "v", "gate", "up")     # input columns = residual channels
-WRITES_RESIDUAL = ("o", "down")                    # output rows = residual channels
 
 
 def channel_rows(desc, masks: dict[str, torch.Tensor], mode: str, seed: int) -> list[dict]:

@@ -20,13 +20,34 @@ NOT_APPLICABLE = ("does not apply: the model has no rotary position embedding (a
                   "comparison")
 
 
+def seeds_note(h: dict, label: str) -> str:
+    """`` (5 seeds)`` after a condition measured with several seeds (means over them)."""
+    n = len(h.get("conditions", {}).get(label, {}).get("seeds", []))
+    return f" ({n} seeds)" if n > 1 else ""
+
+
+def matched_line(h: dict) -> str | None:
+    """The damage-matched controls, each at its own m; None when there are none."""
+    matched = {k: v for k, v in h.get("conditions", {}).items() if v.get("matched")}
+    if not matched:
+        return None
+    return ("damage-matched controls (perplexity change matched to the difference mask's at "
+            f"m = {h['m']:g}; each at its own m): " + ", ".join(
+                f"{v['mask']} m={v['m']:.3g}" + (f" seeds {', '.join(str(s) for s in v['seeds'])}"
+                                                 if len(v["seeds"]) > 1 else f" seed {v['seeds'][0]}")
+                for v in matched.values()))
+
+
 def headline_lines(h: dict) -> list[str]:
     def fmt(d, f="{:.3f}"):
         return ", ".join(f"{k} {f.format(v)}" for k, v in d.items())
 
-    lines = [f"m = {h['m']:g}; masked weights: {fmt(h['masked_total'], '{:,.0f}')}",
-             f"displaced-sink share (|change| > {h['sink_threshold']:g}, all layers x heads): "
-             + fmt({k: 100 * v for k, v in h["displaced_sink_share"].items()}, "{:.1f}%"),
+    lines = [f"m = {h['m']:g}; masked weights: {fmt(h['masked_total'], '{:,.0f}')}"]
+    if matched_line(h):
+        lines.append(matched_line(h))
+    lines += [f"displaced-sink share (|change| > {h['sink_threshold']:g}, all layers x heads): "
+             + ", ".join(f"{k} {100 * v:.1f}%{seeds_note(h, k)}"
+                         for k, v in h["displaced_sink_share"].items()),
              "layers with >= 50% of heads displaced: " + ", ".join(
                  f"{k} {v}/{h['num_layers']}" for k, v in h["layers_half_displaced"].items())
              + "; first layer with the most: " + ", ".join(
@@ -73,10 +94,17 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
     esc = html.escape
     sections = []
 
+    # one colour per condition, the same in every plot
+    colors = P.condition_colors(tables["attention_sinks_by_layer"]["mode"])
     img = P.plot_anatomy(tables["mask_anatomy_matrices"], tables["mask_anatomy_qk_pairs"],
-                         desc.rope, out / "plot_mask_anatomy.png")
+                         desc.rope, out / "plot_mask_anatomy.png", colors)
     files.append(img)
-    sections.append(("Analysis 1: mask anatomy", (
+    matched = matched_line(h)
+    matched_html = ("" if matched is None else
+                    f"<p>{esc(matched[0].upper() + matched[1:])}. A control that damages "
+                    "language modelling as much as the difference mask tells a ToM-specific "
+                    "effect from a generally damaging one; its rows carry its own m.</p>")
+    sections.append(("Analysis 1: mask anatomy", matched_html + (
         f"<p>m = {cfg.m:g}. Masked weights: "
         + esc(", ".join(f"{k} {v:,.0f}" for k, v in h["masked_total"].items()))
         + ". Residual-stream channels most hit (columns of q k v gate up, rows of o down; "
@@ -89,7 +117,8 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
         + _table_html(tables["mask_rank_by_role"]) + embed_png(img))))
 
     if desc.rope is not None:
-        img = P.plot_frequencies(tables["dominant_frequencies"], out / "plot_dominant_frequencies.png")
+        img = P.plot_frequencies(tables["dominant_frequencies"], out / "plot_dominant_frequencies.png",
+                                 colors)
         files.append(img)
         sh = tables["dominant_frequencies_share"]
         sections.append(("Analysis 2: dominant rotary frequencies", (
@@ -107,7 +136,8 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
     else:
         sections.append(("Analysis 2: dominant rotary frequencies", f"<p>{esc(NOT_APPLICABLE)}.</p>"))
 
-    img = P.plot_sinks(tables["attention_sinks_by_layer"], cfg.sink_threshold, out / "plot_attention_sinks.png")
+    img = P.plot_sinks(tables["attention_sinks_by_layer"], cfg.sink_threshold,
+                       out / "plot_attention_sinks.png", colors)
     files.append(img)
     disp = tables["attention_sinks_by_layer"]
     disp = disp[disp["mode"] != "baseline"].groupby(["mode", "layer"])["displaced_share"].mean().unstack(0)
@@ -115,12 +145,13 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
         f"<p>Attention weight on the first token (position 0), mean over queries at positions "
         f"&ge; 1, per (layer, head); a sink is displaced when it moves by more than "
         f"{cfg.sink_threshold:g}. Displaced share over all layers and heads: "
-        + esc(", ".join(f"{k} {100 * v:.1f}%" for k, v in h["displaced_sink_share"].items()))
+        + esc(", ".join(f"{k} {100 * v:.1f}%{seeds_note(h, k)}"
+                        for k, v in h["displaced_sink_share"].items()))
         + ".</p>" + embed_png(img) + "<p>Displaced share per layer:</p>"
         + disp.reset_index().to_html(index=False, float_format=lambda x: f"{x:.3f}"))))
 
     if desc.rope is not None:
-        img = P.plot_geometry(tables["qk_geometry"], out / "plot_qk_geometry.png")
+        img = P.plot_geometry(tables["qk_geometry"], out / "plot_qk_geometry.png", colors)
         files.append(img)
         sections.append(("Analysis 4: query-key geometry", (
             "<p>Angles (degrees) between each query and the key of the first token, and the mean "
@@ -131,15 +162,16 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
     else:
         sections.append(("Analysis 4: query-key geometry", f"<p>{esc(NOT_APPLICABLE)}.</p>"))
 
-    img = P.plot_massive(tables["massive_activations"], out / "plot_massive_activations.png")
+    img = P.plot_massive(tables["massive_activations"], out / "plot_massive_activations.png", colors)
     files.append(img)
     mass = tables["massive_activations"]
     top = mass[mass["rank"] == 1].sort_values("magnitude", ascending=False).groupby(["mode", "seed"]).head(3)
     sections.append(("Analysis 5: massive activations", (
         "<p>Largest |hidden state| after each decoder layer and where it sits (prompt, token "
         "position, residual dimension), before and after; the three largest per condition:</p>"
-        + _table_html(top[["mode", "seed", "layer", "magnitude", "position", "dim", "token",
-                           "median_abs", "ratio_to_median"]]) + embed_png(img))))
+        + _table_html(top[[c for c in ("mode", "seed", "m", "layer", "magnitude", "position",
+                                       "dim", "token", "median_abs", "ratio_to_median")
+                           if c in top.columns]]) + embed_png(img))))
 
     body = "\n".join(f"<h2>{esc(t)}</h2>\n{x}" for t, x in sections)
     lines = "".join(f"<li>{esc(x)}</li>" for x in headline_lines(headline))

@@ -1,12 +1,21 @@
 """``tomsparse analyze``: the five mechanistic analyses for one m, written to a folder.
 
 Conditions: the unperturbed model (baseline), each requested mask mode at m (default: the
-difference mask) and the random control (same count per matrix, one condition per seed).
+difference mask), the random control (same count per matrix, one condition per seed) and the
+damage-matched controls (issue 15): masks whose perplexity change matches the difference
+mask's, each at its own m (``AnalysisConfig.matched``, from the sweep's ``matched.json``).
 Each is applied with ``perturb.perturbed``, measured, and undone bit for bit.
+
+A condition's key in the tables is ``(label, seed)``: the label is the mask mode for the
+conditions at m and ``"<mode> (matched, m=2.31e-04)"`` for a matched control; every table
+with a ``mode`` column also has an ``m`` column (the baseline's is 0).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import operator
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +28,9 @@ from tomsparse.analysis.page import headline_lines, write_outputs
 from tomsparse.analysis.probe import measure
 from tomsparse.data.tasks import load_tasks
 from tomsparse.errors import UserError
+from tomsparse.lm.activations import massive_channels
 from tomsparse.manifest import build_manifest, sha256_file, sha256_texts, write_json
-from tomsparse.masks import MODES, build_rankings, masks_for
+from tomsparse.masks import build_rankings, masks_for, parse_mode
 from tomsparse.perturb import perturbed
 from tomsparse.scores.store import scores_identity
 
@@ -37,9 +47,17 @@ class AnalysisConfig:
     top_pairs: int = 4
     batch_size: int = 8
     massive_top: int = 3
+    # Damage-matched controls: (mode, m, seed) triples, each measured at its own m.
+    matched: list = field(default_factory=list)
+    # The model's massive-activation channels (most massive first), for -x<n> mask variants.
+    channels: list | None = None
 
     def __post_init__(self) -> None:
         self.m = check_m(self.m)
+        self.modes = list(self.modes)
+        for mode in self.modes:
+            parse_mode(mode)   # a UserError naming the bad mode
+        self.matched = check_matched(self.matched)
         if self.sink_threshold < 0:
             raise UserError(f"--sink-threshold must be >= 0, got {self.sink_threshold}")
         for name in ("top_pairs", "batch_size", "massive_top"):
@@ -66,25 +84,135 @@ def check_m(m) -> float:
     return m
 
 
-def conditions(cfg: AnalysisConfig) -> list[tuple[str, int]]:
+def check_matched(items) -> list[tuple[str, float, int]]:
+    """Validated (mode, m, seed) triples, duplicates dropped, in the given order."""
+    if items is None:
+        return []
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        raise UserError(f"matched controls: give a list of (mode, m, seed) triples, got {items!r}")
+    out = []
+    for item in items:
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 3:
+            raise UserError(f"matched control {item!r}: give a (mode, m, seed) triple, e.g. "
+                            "('generic-only', 2.31e-4, 0)")
+        mode, m, seed = item
+        spec = parse_mode(mode)
+        try:
+            m = float(m)
+        except (TypeError, ValueError):
+            raise UserError(f"matched control {item!r}: m must be a number in (0, 1]") from None
+        if not 0.0 < m <= 1.0:   # also refuses nan
+            raise UserError(f"matched control {item!r}: m must lie in (0, 1] (a fraction of "
+                            f"each matrix); got {m:g}")
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            seed = operator.index(seed)
+        except TypeError:
+            raise UserError(f"matched control {item!r}: the seed must be an integer") from None
+        out.append((spec.name, m, seed))
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One perturbed condition: the mask ``mode`` at ``m`` with ``seed``; ``label`` is its
+    name in the tables (their ``mode`` column) and ``key`` = (label, seed) its key."""
+
+    mode: str
+    seed: int
+    m: float
+    label: str
+    matched: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.label, self.seed)
+
+
+SEEDED = ("random", "random-fraction")   # base modes with one condition per random seed
+
+
+def conditions(cfg: AnalysisConfig) -> list[Condition]:
+    """The perturbed conditions, in order: the modes at ``cfg.m`` (seeded ones once per random
+    seed), then the matched controls at their own m."""
     out = []
     for mode in cfg.modes:
-        if mode == "random":
-            out += [("random", int(s)) for s in cfg.random_seeds]
+        if parse_mode(mode).base in SEEDED:
+            out += [Condition(mode, int(s), cfg.m, mode) for s in cfg.random_seeds]
         else:
-            out.append((mode, 0))
+            out.append(Condition(mode, 0, cfg.m, mode))
+    # Enough digits of m that distinct matched controls of one mode get distinct labels.
+    pairs = list(dict.fromkeys((mode, m) for mode, m, _ in cfg.matched))
+    digits = 2
+    while len({T.matched_label(mo, m, digits) for mo, m in pairs}) < len(pairs) and digits < 16:
+        digits += 1
+    out += [Condition(mode, seed, m, T.matched_label(mode, m, digits), matched=True)
+            for mode, m, seed in cfg.matched]
     return out
 
 
-def build_masks(desc, tom_scores, gen_scores, cfg: AnalysisConfig) -> dict:
+def ranking_depth(conds: list[Condition], m: float) -> tuple[float, float]:
+    """(m_max, generic factor) the rankings must be built for: every condition's m (random-
+    fraction masks need no ranking) and the largest -p factor."""
+    ranked = [c for c in conds if parse_mode(c.mode).base != "random-fraction"]
+    m_max = max([m] + [c.m for c in ranked])
+    factor = max([1.0] + [parse_mode(c.mode).generic_factor for c in ranked])
+    return m_max, factor
 
-    bad = [m for m in cfg.modes if m not in MODES]
-    if bad:
-        raise UserError(f"unknown mask mode(s) {bad}; choose from {', '.join(MODES)}")
+
+def build_masks(desc, tom_scores, gen_scores, cfg: AnalysisConfig,
+                conds: list[Condition] | None = None) -> dict:
+    """{(label, seed): {matrix: flat indices}} for every condition, each at its own m."""
+    conds = conditions(cfg) if conds is None else conds
     names = [m.name for m in desc.matrices]
-    rankings = build_rankings(tom_scores, gen_scores, names, cfg.m, cfg.reference_ties)
-    return {cond: masks_for(rankings, cfg.m, cond[0], seed=cond[1],
-                            reference_ties=cfg.reference_ties) for cond in conditions(cfg)}
+    m_max, factor = ranking_depth(conds, cfg.m)
+    rankings = build_rankings(tom_scores, gen_scores, names, m_max, cfg.reference_ties,
+                              generic_factor=factor)
+    return {c.key: masks_for(rankings, c.m, c.mode, seed=c.seed,
+                             reference_ties=cfg.reference_ties, channels=cfg.channels)
+            for c in conds}
+
+
+def add_m_column(tables: dict, m_of: dict) -> dict:
+    """Insert an ``m`` column (after ``seed``, else after ``mode``) into every table with a
+    ``mode`` column: each condition's own m, 0 for the baseline."""
+    for name, frame in tables.items():
+        if "mode" not in frame.columns or "m" in frame.columns:
+            continue
+        at = list(frame.columns).index("seed" if "seed" in frame.columns else "mode") + 1
+        frame = frame.copy()
+        frame.insert(at, "m", frame["mode"].map(lambda x: m_of.get(x, math.nan)).astype(float))
+        tables[name] = frame
+    return tables
+
+
+def read_matched(path: Path, m: float, rel_tol: float = 1e-6) -> list[tuple[str, float, int]]:
+    """The damage-matched controls a sweep wrote (``matched.json``) for the difference mask at
+    ``m``: (mode, m, seed) triples of the controls marked ``"matched": true``; [] when the
+    file has no difference target at that m."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the matched controls ({exc})") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(targets, dict):
+        raise UserError(f"{path}: no \"targets\" object; not a sweep's matched.json")
+    out = []
+    for label, t in targets.items():
+        try:
+            if (t.get("mode") != "difference"
+                    or not math.isclose(float(t["m"]), m, rel_tol=rel_tol)):
+                continue
+            controls = [c for c in t.get("controls", []) if c.get("matched") is True]
+            out += [(c["mode"], float(c["m"]), int(c.get("seed", 0))) for c in controls]
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{path}: target {label!r} is malformed (each target needs mode "
+                            "and m, each control mode, m, seed and matched)") from None
+    return check_matched(out)
 
 
 def tokenize_prompts(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], dict]:
@@ -106,9 +234,17 @@ def analyze(model, tokenizer, desc, tom_scores, gen_scores, tokenized: list[list
             cfg: AnalysisConfig, out: Path | None = None, log=print) -> AnalysisResult:
     """Run every analysis; with ``out`` write CSVs, plots and ``analysis.html`` there."""
 
-    masks = build_masks(desc, tom_scores, gen_scores, cfg)
+    conds = conditions(cfg)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if pad is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
+    left_out = max(parse_mode(c.mode).exclude_channels for c in conds)
+    if left_out and not cfg.channels:
+        # an -x<n> mode leaves out the massive channels: found on the analysis prompts
+        found = massive_channels(model, desc, tokenized, pad, left_out)
+        cfg.channels = [c["channel"] for c in found]
+        log(f"[analyze] massive-activation channels left out by -x masks: {cfg.channels}")
+    masks = build_masks(desc, tom_scores, gen_scores, cfg, conds)
+    by_key = {c.key: c for c in conds}
     probes = {}
     totals: dict = {}
     for cond in [T.BASELINE] + list(masks):
@@ -119,7 +255,9 @@ def analyze(model, tokenizer, desc, tom_scores, gen_scores, tokenized: list[list
             probes[cond] = measure(model, desc, tokenized, pad_id=pad,
                                    batch_size=cfg.batch_size, massive_top=cfg.massive_top)
         n = sum(int(x.numel()) for x in masks.get(cond, {}).values())
-        label = f"{cond[0]} seed {cond[1]}" if cond[0] == "random" else cond[0]
+        c = by_key.get(cond)
+        label = cond[0] if c is None else (
+            f"{c.label} seed {c.seed}" if parse_mode(c.mode).base in SEEDED else c.label)
         log(f"[analyze] {label:>15s}: {n:>7,} weights perturbed, "
             f"{len(tokenized)} prompts measured in {time.time() - t0:.1f} s")
 
@@ -140,7 +278,8 @@ def analyze(model, tokenizer, desc, tom_scores, gen_scores, tokenized: list[list
     tables["attention_sinks_by_layer"] = sink_layers
     decode = (lambda i: tokenizer.decode([i])) if hasattr(tokenizer, "decode") else None
     tables["massive_activations"] = T.massive(probes, decode)
-    headline = make_headline(tables, desc, cfg)
+    add_m_column(tables, {T.BASELINE[0]: 0.0, **{c.label: c.m for c in conds}})
+    headline = make_headline(tables, desc, cfg, conds)
     files, sections = [], []
     if out is not None:
         out = Path(out)
@@ -153,8 +292,15 @@ def _by_mode(frame: pd.DataFrame, col: str) -> dict:
     return {m: float(g[col].mean()) for m, g in frame.groupby("mode", sort=False)}
 
 
-def make_headline(tables: dict, desc, cfg: AnalysisConfig) -> dict:
+def make_headline(tables: dict, desc, cfg: AnalysisConfig,
+                  conds: list[Condition] | None = None) -> dict:
+    conds = conditions(cfg) if conds is None else conds
     h: dict = {"m": cfg.m, "sink_threshold": cfg.sink_threshold, "rope": desc.rope is not None}
+    h["conditions"] = {}
+    for c in conds:
+        entry = h["conditions"].setdefault(c.label, {"mask": c.mode, "m": c.m,
+                                                     "matched": c.matched, "seeds": []})
+        entry["seeds"].append(c.seed)
     sinks = tables["attention_sinks"]
     pert = sinks[sinks["mode"] != "baseline"]
     h["displaced_sink_share"] = _by_mode(pert.assign(d=pert["displaced"].astype(float)), "d")
@@ -186,7 +332,8 @@ def make_headline(tables: dict, desc, cfg: AnalysisConfig) -> dict:
     h["massive_top"] = {}
     for (mode, seed), g in top.groupby(["mode", "seed"], sort=False):
         r = g.loc[g["magnitude"].idxmax()]
-        key = mode if mode != "random" else f"random_s{seed}"
+        seeds = h["conditions"].get(mode, {}).get("seeds", [])
+        key = f"{mode}_s{seed}" if mode == "random" or len(seeds) > 1 else mode
         h["massive_top"][key] = {"magnitude": float(r["magnitude"]), "layer": int(r["layer"]),
                                  "position": int(r["position"]), "dim": int(r["dim"]),
                                  "token": str(r["token"])}
@@ -231,6 +378,9 @@ def analyze_loaded(lm, tom, gen, cfg: AnalysisConfig, texts: list[str], out: Pat
     log(f"[analyze] {lm.name}: m = {cfg.m:g}, modes {cfg.modes}, random seeds "
         f"{cfg.random_seeds}, {tok_info['prompts']} prompts ({tok_info['tokens']} tokens; first "
         f"token: {tok_info['first_token']})")
+    if cfg.matched:
+        log("[analyze] damage-matched controls (each at its own m): " + ", ".join(
+            f"{mode} m={m:.3g} seed {seed}" for mode, m, seed in cfg.matched))
     res = analyze(lm.model, lm.tokenizer, lm.description, tom[0], gen[0], tokenized, cfg,
                   out=out, log=log)
 
@@ -243,7 +393,8 @@ def analyze_loaded(lm, tom, gen, cfg: AnalysisConfig, texts: list[str], out: Pat
         resolved={"m": cfg.m, "modes": cfg.modes, "random_seeds": cfg.random_seeds,
                   "perturbation": cfg.perturbation, "scale": cfg.scale,
                   "reference_ties": cfg.reference_ties, "sink_threshold": cfg.sink_threshold,
-                  "top_pairs": cfg.top_pairs, "run": str(run_dir) if run_dir else None},
+                  "top_pairs": cfg.top_pairs, "run": str(run_dir) if run_dir else None,
+                  "matched": [list(x) for x in cfg.matched], "channels": cfg.channels},
         scores_tom=store(tom), scores_generic=store(gen),
         prompts={"spec": prompts_spec, "sha256": sha256_texts(texts), **tok_info},
         attention="eager (probe on the attention interface)", headline=res.headline,

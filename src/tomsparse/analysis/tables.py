@@ -1,6 +1,8 @@
 """Analyses 2-5 as tables, from the probes of each condition.
 
-A condition is ``(mode, seed)``; the unperturbed model is ``BASELINE`` = ("baseline", -1).
+A condition is ``(mode, seed)``, where ``mode`` is the condition's label (the mask mode, or
+``"generic-only (matched, m=2.31e-04)"`` for a damage-matched control at its own m); the
+unperturbed model is ``BASELINE`` = ("baseline", -1).
 Every "change" is (perturbed - baseline) on the same prompts.
 """
 
@@ -13,6 +15,16 @@ import pandas as pd
 import torch
 
 BASELINE = ("baseline", -1)
+MATCHED_TAG = "(matched, m="
+
+
+def matched_label(mode: str, m: float, digits: int = 2) -> str:
+    """``generic-only (matched, m=2.31e-04)``: a damage-matched control's label."""
+    return f"{mode} {MATCHED_TAG}{m:.{digits}e})"
+
+
+def is_matched(label: str) -> bool:
+    return MATCHED_TAG in str(label)
 GEOMETRY_METRICS = ("angle_bos", "angle_others", "norm_q", "norm_kbos", "norm_kothers")
 
 
@@ -133,7 +145,9 @@ def geometry_table(geo: pd.DataFrame) -> pd.DataFrame:
     order = {"baseline": 0, "difference": 1}
     t = geo.groupby(["rope", "mode"], sort=False)[cols].mean().reset_index()
     t["_o"] = t["mode"].map(lambda m: order.get(m, 2))
-    return t.sort_values(["rope", "_o", "mode"]).drop(columns="_o").reset_index(drop=True)
+    # the other conditions in their order of measurement (random, then the matched controls)
+    return (t.sort_values(["rope", "_o"], kind="stable").drop(columns="_o")
+            .reset_index(drop=True))
 
 
 # ------------------------------------------------------------------ 5. massive activations

@@ -13,6 +13,8 @@ import pandas as pd
 from tomsparse.analysis.run import (
     AnalysisConfig,
     analyze_loaded,
+    check_matched,
+    read_matched,
     select_prompts,
 )
 from tomsparse.cli.options import add_model_args, recorded_options, seed_list
@@ -20,6 +22,39 @@ from tomsparse.errors import UserError
 from tomsparse.lm.registry import DEFAULT_MODEL, load_model
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.store import load_scores
+
+MATCHED_FILE = Path("sweep") / "matched.json"
+
+
+def parse_matched(text: str) -> list[tuple[str, float, int]]:
+    """``--matched generic-only:2.31e-4,random-fraction:1.2e-2:1`` -> [("generic-only",
+    0.000231, 0), ("random-fraction", 0.012, 1)] (seed 0 unless given); ``none`` -> []."""
+    if text.strip().lower() == "none":
+        return []
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) not in (2, 3):
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: give mode:m or mode:m:seed, comma-separated, e.g. "
+                "generic-only:2.31e-4,random-fraction:1.2e-2 (or none)")
+        try:
+            m = float(parts[1])
+            seed = int(parts[2]) if len(parts) == 3 else 0
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: m must be a number and the seed an integer, e.g. "
+                "generic-only:2.31e-4:0") from None
+        out.append((parts[0].strip(), m, seed))
+    if not out:
+        raise argparse.ArgumentTypeError(f"{text!r}: no matched controls; give mode:m[:seed] "
+                                         "or none")
+    try:
+        return check_matched(out)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(sub) -> None:
@@ -35,10 +70,18 @@ def add_parser(sub) -> None:
     p.add_argument("--m", type=float, default=None,
                    help="fraction of each matrix to perturb (default with --run: its largest m)")
     p.add_argument("--modes", default="difference,random",
-                   help="mask modes compared with the baseline (default: difference,random)")
+                   help="mask modes compared with the baseline, comma-separated: difference, "
+                        "random, tom-only, generic-only, random-fraction, or a family variant "
+                        "such as difference-p16 (default: difference,random)")
     p.add_argument("--random-seeds", dest="random_seeds",
                    type=seed_list, default=None,
                    help="seeds of the random control (default: the run's, else 0)")
+    p.add_argument("--matched", type=parse_matched, default=None,
+                   help="damage-matched controls, each at its own m: mode:m[:seed], comma-"
+                        "separated, e.g. generic-only:2.31e-4,random-fraction:1.2e-2 (seed 0 "
+                        "unless given); none for no matched controls (default with --run: the "
+                        "controls RUN_DIR/sweep/matched.json matched to the difference mask at "
+                        "this m, else none)")
     p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
                    help="default: the run's, else mean")
     p.add_argument("--scale", type=float, default=None, help="s in mean + s * (w - mean)")
@@ -89,8 +132,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not ms:
             raise UserError("give --m (the fraction of each matrix to perturb)")
         m = max(ms)
+    matched = args.matched
+    if matched is None and run_dir is not None and (run_dir / MATCHED_FILE).is_file():
+        matched = read_matched(run_dir / MATCHED_FILE, float(m))
+        print(f"[analyze] {run_dir / MATCHED_FILE}: " + (
+            f"{len(matched)} damage-matched control(s) for the difference mask at m = "
+            f"{float(m):g}" if matched else
+            f"no damage-matched controls for the difference mask at m = {float(m):g}"))
     cfg = AnalysisConfig(
-        m=m,
+        m=m, matched=list(matched or []),
         modes=[x.strip() for x in args.modes.split(",") if x.strip()],
         random_seeds=list(args.random_seeds if args.random_seeds is not None
                           else run_opts.get("random_seeds") or [0]),

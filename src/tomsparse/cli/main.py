@@ -15,7 +15,17 @@ import json
 import sys
 
 from tomsparse import __version__
-from tomsparse.cli import analyze, info, perplexity, run, scores, sweep, tasks
+from tomsparse.cli import (
+    analyze,
+    compare,
+    frontier,
+    info,
+    perplexity,
+    run,
+    scores,
+    sweep,
+    tasks,
+)
 from tomsparse.cli import eval as eval_cmd
 from tomsparse.cli.options import recorded_options
 from tomsparse.errors import UserError
@@ -39,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (info.add_parser, tasks.add_parser, eval_cmd.add_parser, perplexity.add_parser,
                 scores.add_parser, sweep.add_sweep_parser, sweep.add_summarize_parser,
-                run.add_parser, analyze.add_parser):
+                run.add_parser, analyze.add_parser, compare.add_parser, frontier.add_parser):
         add(sub)
     return parser
 

@@ -14,23 +14,36 @@ from typing import Any
 from tomsparse.data.corpora import DEFAULT_EVAL
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import DEFAULT_MODEL, LoadedModel, load_model
-from tomsparse.masks import MODES, check_m_values
-from tomsparse.sweep.runner import SweepConfig, m_grid
+from tomsparse.masks import check_m_values, parse_mode
+from tomsparse.sweep.runner import MATCHABLE, SweepConfig, m_grid
 
 # Sweep options whose default depends on the command (run's presets) are None in the parser.
-SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1])
+SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1, 2, 3, 4],
+                      controls=["difference", "random", "tom-only"],
+                      matched_controls=["generic-only", "random-fraction"])
 
 
 def parse_controls(text: str) -> list[str]:
-    """``--controls random,tom-only`` -> the mask modes of a sweep (difference always first)."""
+    """``--controls random,tom-only`` -> the mask modes of a sweep (difference always first).
+    Variants of the mask family are accepted too: ``difference-p4``, ``difference-p4-x3``."""
     wanted = [c.strip() for c in (text or "").split(",") if c.strip() and c.strip() != "none"]
-    controls = [m for m in MODES if m != "difference"]
-    bad = [c for c in wanted if c not in controls]
+    for c in wanted:
+        try:
+            parse_mode(c)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (in {text!r}; or none)") from None
+    return ["difference"] + [c for c in dict.fromkeys(wanted) if c != "difference"]
+
+
+def parse_matched(text: str) -> list[str]:
+    """``--matched-controls generic-only,random-fraction`` (or ``none``)."""
+    wanted = [c.strip() for c in (text or "").split(",") if c.strip() and c.strip() != "none"]
+    bad = [c for c in wanted if c not in MATCHABLE]
     if bad:
         raise argparse.ArgumentTypeError(
-            f"unknown mode {bad[0]!r} in {text!r}; choose from {', '.join(controls)} "
-            "(comma-separated) or none")
-    return ["difference"] + [c for c in dict.fromkeys(wanted) if c != "difference"]
+            f"{bad[0]!r} in {text!r} cannot be size-matched; choose from "
+            f"{', '.join(MATCHABLE)} (comma-separated) or none")
+    return list(dict.fromkeys(wanted))
 
 
 def resolve_m_values(args: argparse.Namespace) -> list[float]:
@@ -58,24 +71,34 @@ def sweep_config(args: argparse.Namespace, m_values: list[float]) -> SweepConfig
                        scoring=args.scoring, reps=args.reps, seed=args.seed, tasks=args.tasks,
                        task_limit=args.task_limit, corpus=args.corpus,
                        ppl_max_tokens=args.ppl_max_tokens,
-                       batch_size=args.eval_batch_size)
+                       batch_size=args.eval_batch_size,
+                       matched_controls=list(args.matched_controls),
+                       match_tolerance=args.match_tolerance, match_steps=args.match_steps,
+                       match_m=None if args.match_m is None else list(args.match_m))
 
 
 # Defaults sized so `make run` finishes within ~20 minutes on 2 CPU cores.
 DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
-                m_list=[0.0, 3e-5, 1e-4], random_seeds=[0, 1], task_limit=6,
-                ppl_max_tokens=4096, analysis_prompts=16)
+                m_list=[0.0, 3e-5, 1e-4], random_seeds=[0, 1, 2, 3, 4], task_limit=6,
+                ppl_max_tokens=4096, analysis_prompts=16,
+                # two members of the mask family beside the paper's difference mask
+                controls=["difference", "random", "tom-only", "difference-p16", "difference-x3"],
+                matched_controls=["generic-only", "random-fraction"])
 
 
 QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
-             random_seeds=[0], task_limit=4, ppl_max_tokens=2048, analysis_prompts=8)
+             random_seeds=[0, 1], task_limit=4, ppl_max_tokens=2048, analysis_prompts=8,
+             matched_controls=["generic-only"])
 
 
 # The reference's protocol sizes (a GPU job): 100 + 100 samples, its 26-value m grid,
 # sampled generation with 5 reps, every task, the whole perplexity corpus.
+# Damage-matched controls only at the grid's largest m: each search costs up to 8 perplexity
+# evaluations of the whole corpus.
 REFERENCE = dict(nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0, m_end=5e-5,
-                 m_step=2e-6, random_seeds=[0, 1, 2], scoring="generate", reps=5,
-                 task_limit=None, ppl_max_tokens=None, analysis_prompts=64)
+                 m_step=2e-6, random_seeds=[0, 1, 2, 3, 4], scoring="generate", reps=5,
+                 task_limit=None, ppl_max_tokens=None, analysis_prompts=64,
+                 matched_controls=["generic-only", "random-fraction"], match_m=[5e-5])
 
 
 def apply_presets(args: argparse.Namespace) -> list[float]:
@@ -87,7 +110,7 @@ def apply_presets(args: argparse.Namespace) -> list[float]:
     preset = REFERENCE if args.reference_protocol else QUICK if args.quick else DEFAULTS
     m_given = any(getattr(args, k) is not None for k in M_OPTIONS)
     for key, value in {**SWEEP_DEFAULTS, **preset}.items():
-        if key in M_OPTIONS and m_given:
+        if key in (*M_OPTIONS, "match_m") and m_given:
             continue  # the user's m values replace the preset's, whichever way given
         if getattr(args, key) is None:  # argparse's None: the user left it unset
             setattr(args, key, value)
@@ -131,12 +154,27 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="the reference's grid: m_start, m_start + m_step, ..., m_end")
     p.add_argument("--m_end", "--m-end", dest="m_end", type=float, default=None)
     p.add_argument("--m_step", "--m-step", dest="m_step", type=float, default=None)
-    p.add_argument("--controls", type=parse_controls, default="random,tom-only",
-                   help="masks run beside the difference mask: random, tom-only, generic-only "
-                        "(comma-separated) or none (default: random,tom-only)")
+    p.add_argument("--controls", type=parse_controls, default=None,
+                   help="masks run beside the difference mask: random, tom-only, generic-only, "
+                        "random-fraction, or a variant of the mask family such as "
+                        "difference-p4 (generic set = top 4m) or difference-x3 (3 massive-"
+                        "activation channels left out); comma-separated, or none (default: "
+                        "random,tom-only; tomsparse run adds difference-p16,difference-x3)")
     p.add_argument("--random-seeds", dest="random_seeds",
                    type=seed_list, default=None,
-                   help="seeds of the random control, e.g. 0,1")
+                   help="seeds of the random control (default: 0,1,2,3,4)")
+    p.add_argument("--matched-controls", dest="matched_controls", type=parse_matched,
+                   default=None,
+                   help="damage-matched controls: for each difference point, the size of these "
+                        "masks whose perplexity change matches it is searched, then evaluated "
+                        "(default: generic-only,random-fraction; none to skip)")
+    p.add_argument("--match-tolerance", dest="match_tolerance", type=float, default=0.10,
+                   help="a control is matched when its perplexity change is within this "
+                        "fraction of the target's (default 0.10)")
+    p.add_argument("--match-steps", dest="match_steps", type=int, default=8,
+                   help="perplexity evaluations per search at most (default 8)")
+    p.add_argument("--match-m", dest="match_m", type=parse_m_list, default=None,
+                   help="match only the difference points at these m values (default: all)")
     p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default="mean")
     p.add_argument("--scale", type=float, default=0.0, help="s in mean + s * (w - mean)")
     p.add_argument("--reference-ties", dest="reference_ties", action="store_true",

@@ -4,7 +4,6 @@ task source's counts and a few rendered prompts."""
 from __future__ import annotations
 
 import argparse
-
 import sys
 import textwrap
 from collections import Counter

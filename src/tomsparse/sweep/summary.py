@@ -12,8 +12,8 @@ import pandas as pd
 
 from tomsparse.errors import UserError
 from tomsparse.manifest import write_csv
-from tomsparse.sweep.specificity import write_specificity
 from tomsparse.masks import MODES
+from tomsparse.sweep.specificity import write_specificity
 
 
 def collect(out: str | Path) -> pd.DataFrame:
@@ -112,7 +112,9 @@ def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
         for c in metrics:
             if not base.empty and c != "masked":
                 row[f"baseline_{c}"] = base[c].iloc[0]
-        for mode in [x for x in MODES if x in set(group["mode"])]:
+        present = set(group["mode"])
+        # the paper's modes in their order, then the family's variants and matched controls
+        for mode in [x for x in MODES if x in present] + sorted(present - set(MODES)):
             g = group[group["mode"] == mode]
             for c in metrics:
                 values = g[c].dropna()

@@ -1,0 +1,261 @@
+"""Several models' runs side by side (``tomsparse compare RUN_DIR ...``).
+
+Reads, per run folder, ``manifest.json`` (model, fingerprint) and the specificity tables of its
+sweep (``sweep/specificity_baseline.csv``, ``sweep/specificity_verdicts.csv``,
+``sweep/specificity.csv``; see ``tomsparse.sweep.specificity``) and puts them next to each other:
+the baseline's false-belief accuracy and margin per family with their intervals and chance
+state, the verdicts on claims (a)-(d) per m, and the pooled ToM change and belief gap of every
+mask and m. Writes ``compare.csv`` (long), ``compare.html`` (tables and the specificity plots
+of every run) and returns a plain-text rendering.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tomsparse.errors import UserError
+from tomsparse.manifest import write_csv
+from tomsparse.report.html import embed_png, write_page
+from tomsparse.report.plots import (
+    baseline_perplexity,
+    draw_specificity,
+    specificity_points,
+    specificity_pool,
+)
+from tomsparse.report.style import pyplot, save_figure
+from tomsparse.sweep.specificity import POOL_ABOVE
+
+TABLES = ("specificity_baseline.csv", "specificity_verdicts.csv", "specificity.csv")
+CHANGE_METRICS = ("tom_margin_change_adj", "belief_gap_margin")
+COLUMNS = ("run", "model", "fingerprint", "section", "family", "quantity", "claim", "mode", "m",
+           "value", "lo", "hi", "state", "n_tasks", "n_prompts", "pool")
+
+
+@dataclass
+class RunTables:
+    """One run folder's identity and specificity tables."""
+
+    path: Path
+    sweep_dir: Path
+    name: str           # the column heading: the model, made unique
+    model: str
+    fingerprint: str
+    baseline: pd.DataFrame
+    verdicts: pd.DataFrame
+    points: pd.DataFrame
+
+
+def _fix(sweep_dir: Path) -> str:
+    return (f"run `tomsparse summarize {sweep_dir}` to write the specificity tables (the sweep "
+            f"needs its m = 0 point), or finish the run with `tomsparse run`")
+
+
+def read_run(run_dir: str | Path) -> RunTables:
+    """A run folder (``manifest.json`` and ``sweep/``), or a sweep folder itself
+    (``sweep_manifest.json``); ``UserError`` naming the missing file and the fix."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such folder; give run folders written by `tomsparse run`")
+    if (run_dir / "manifest.json").is_file() or (run_dir / "sweep").is_dir():
+        manifest_path, sweep_dir = run_dir / "manifest.json", run_dir / "sweep"
+    elif (run_dir / "sweep_manifest.json").is_file() or (run_dir / "points").is_dir():
+        manifest_path, sweep_dir = run_dir / "sweep_manifest.json", run_dir
+    else:
+        raise UserError(f"{run_dir / 'manifest.json'}: missing; give a folder written by "
+                        f"`tomsparse run` (or a sweep folder of `tomsparse sweep`)")
+    if not manifest_path.is_file():
+        raise UserError(f"{manifest_path}: missing; give a folder written by `tomsparse run` "
+                        f"(or a sweep folder of `tomsparse sweep`)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{manifest_path}: cannot read ({exc})") from None
+    frames = []
+    for name in TABLES:
+        path = sweep_dir / name
+        if not path.is_file():
+            raise UserError(f"{path}: missing; {_fix(sweep_dir)}")
+        try:
+            frames.append(pd.read_csv(path))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot read ({exc}); {_fix(sweep_dir)}") from None
+    model = str(manifest.get("model") or run_dir.name)
+    return RunTables(path=run_dir, sweep_dir=sweep_dir, name=model, model=model,
+                     fingerprint=str(manifest.get("model_fingerprint") or ""),
+                     baseline=frames[0], verdicts=frames[1], points=frames[2])
+
+
+def read_runs(run_dirs: Sequence[str | Path]) -> list[RunTables]:
+    """``read_run`` of each folder, their names made unique (model, then model (folder))."""
+    if not run_dirs:
+        raise UserError("compare needs at least one run folder")
+    runs = [read_run(d) for d in run_dirs]
+    seen: dict[str, int] = {}
+    for run in runs:
+        if sum(r.model == run.model for r in runs) > 1:
+            run.name = f"{run.model} ({run.path.resolve().name})"
+        seen[run.name] = seen.get(run.name, 0) + 1
+        if seen[run.name] > 1:
+            run.name = f"{run.name} #{seen[run.name]}"
+    return runs
+
+
+def _num(x) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return x
+
+
+def compare_table(runs: Sequence[RunTables]) -> pd.DataFrame:
+    """The long table of ``compare.csv`` (columns ``COLUMNS``): per run, section ``baseline``
+    (false-belief accuracy and margin per family), ``verdict`` (claim per m) and ``change``
+    (pooled ToM change and belief gap per mode and m, the seed group preferred)."""
+    rows = []
+    for run in runs:
+        ident = {"run": run.name, "model": run.model, "fingerprint": run.fingerprint}
+        for b in run.baseline.itertuples():
+            for quantity, col in (("false-belief accuracy", "tom_accuracy"),
+                                  ("false-belief margin", "tom_margin")):
+                rows.append(dict(ident, section="baseline", family=b.family, quantity=quantity,
+                                 value=_num(getattr(b, col, math.nan)),
+                                 lo=_num(getattr(b, f"{col}_lo", math.nan)),
+                                 hi=_num(getattr(b, f"{col}_hi", math.nan)),
+                                 state=str(getattr(b, "state", "")),
+                                 n_tasks=_num(getattr(b, "n_tasks", math.nan)),
+                                 n_prompts=_num(getattr(b, "n_prompts", math.nan))))
+        for v in run.verdicts.itertuples():
+            rows.append(dict(ident, section="verdict", claim=str(v.claim), m=_num(v.m),
+                             quantity="perplexity change" if str(v.claim) == "d" else
+                             "ToM margin change" if str(v.claim) in "ab" else "belief gap",
+                             value=_num(v.value), lo=_num(v.lo), hi=_num(v.hi),
+                             state=str(v.status), n_tasks=_num(getattr(v, "n_tasks", math.nan)),
+                             n_prompts=_num(getattr(v, "n_prompts", math.nan))))
+        pool = specificity_pool(run.baseline)
+        for metric in CHANGE_METRICS:
+            sel = specificity_points(run.points, metric, pool,
+                                     baseline_perplexity(run.sweep_dir))
+            for p in sel.itertuples():
+                rows.append(dict(ident, section="change", quantity=metric, mode=p.mode,
+                                 m=_num(p.m), value=_num(p.value), lo=_num(p.lo),
+                                 hi=_num(p.hi), n_tasks=_num(p.n_tasks),
+                                 n_prompts=_num(p.n_prompts), pool=pool,
+                                 state=_change_note(p)))
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    return table
+
+
+def _change_note(p) -> str:
+    """``ppl x<ratio>`` and, for a seed group, its seed count."""
+    note = f"ppl x{math.exp(p.log_ppl_ratio):.3g}" if np.isfinite(p.log_ppl_ratio) else ""
+    k = _num(getattr(p, "n_seeds", 1))
+    return note + (f"; {int(k)} seeds" if np.isfinite(k) and k > 1 else "")
+
+
+def pool_text(run: RunTables) -> str:
+    """Which families the run's pooled numbers average: ``above chance (unexpected)``."""
+    pool = specificity_pool(run.baseline)
+    if pool == POOL_ABOVE:
+        fams = run.baseline.loc[run.baseline["state"] == "above chance", "family"]
+        return f"{pool} ({', '.join(map(str, fams))})"
+    return f"{pool} (no family above chance at baseline)"
+
+
+def _cell(r) -> str:
+    """One number with its interval and state, as text."""
+    if r["section"] == "verdict" and r["claim"] == "d":
+        num = "" if not np.isfinite(r["value"]) else f"{100 * r['value']:+.0f}% perplexity"
+    elif not np.isfinite(r["value"]):
+        num = "n/a"
+    else:
+        fmt = "{:.2f}" if r["quantity"] == "false-belief accuracy" else "{:+.2f}"
+        num = fmt.format(r["value"])
+        if np.isfinite(r["lo"]) and np.isfinite(r["hi"]):
+            num += f" [{fmt.format(r['lo'])}, {fmt.format(r['hi'])}]"
+    state = r["state"] if isinstance(r["state"], str) else ""
+    return f"{num} {state}".strip()
+
+
+def side_by_side_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{section title: wide table}, one column per run, each cell ``value [lo, hi] state``."""
+    if table.empty:
+        return {}
+    table = table.copy()
+    table["cell"] = [_cell(r) for _, r in table.iterrows()]
+    runs = list(dict.fromkeys(table["run"]))
+    out = {}
+    specs = (("baseline", "Baseline on the false-belief prompts (95% task-bootstrap interval; "
+                          "chance state)", ["family", "quantity"]),
+             ("verdict", "Verdicts per claim and m (value [95% interval], status)",
+              ["claim", "m", "quantity"]),
+             ("change", "ToM change and belief gap per mask and m (paired, 95% interval, pooled "
+                        "over the families above chance, else all; perplexity ratio)",
+              ["quantity", "mode", "m"]))
+    for section, title, index in specs:
+        sub = table[table["section"] == section]
+        if sub.empty:
+            continue
+        sub = sub.assign(m=sub["m"].map(lambda x: "" if not np.isfinite(x) else f"{x:.3g}"))
+        wide = sub.pivot_table(index=index, columns="run", values="cell", sort=False,
+                               aggfunc=lambda cells: "; ".join(cells))
+        wide = wide.reindex(columns=[r for r in runs if r in set(sub["run"])])
+        out[title] = wide.fillna("").reset_index()
+    return out
+
+
+def compare_text(table: pd.DataFrame, runs: Sequence[RunTables] = ()) -> str:
+    """The plain-text rendering printed by ``tomsparse compare``."""
+    lines = []
+    for run in runs:
+        lines.append(f"{run.name}: model {run.model}, fingerprint {run.fingerprint or '?'}, "
+                     f"pooled families {pool_text(run)}, {run.path}")
+    for title, wide in side_by_side_tables(table).items():
+        lines += ["", title, wide.to_string(index=False)]
+    return "\n".join(lines)
+
+
+def plot_compare(runs: Sequence[RunTables], path: str | Path) -> Path:
+    """The specificity plot (``draw_specificity``) of every run, one row per run."""
+    fig, axes = pyplot().subplots(len(runs), 2, figsize=(12.0, 4.4 * len(runs)), dpi=100,
+                                  squeeze=False)
+    for run, row in zip(runs, axes):
+        draw_specificity(row, run.points, run.baseline, baseline_perplexity(run.sweep_dir))
+        for ax in row:
+            ax.set_title(f"{run.name}: {ax.get_title()}", fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_compare(run_dirs: Sequence[str | Path], out: str | Path = "compare"
+                  ) -> tuple[pd.DataFrame, str, dict[str, Path]]:
+    """Read the runs, write ``out/compare.csv``, ``out/compare.html`` and
+    ``out/plot_compare_specificity.png``; return (long table, text, paths)."""
+    runs = read_runs(run_dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = compare_table(runs)
+    text = compare_text(table, runs)
+    paths = {"csv": write_csv(out / "compare.csv", table)}
+    paths["plot"] = plot_compare(runs, out / "plot_compare_specificity.png")
+    head = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.model)}</td>"
+                   f"<td>{html.escape(r.fingerprint)}</td><td>{html.escape(pool_text(r))}</td>"
+                   f"<td>{html.escape(str(r.path))}</td></tr>" for r in runs)
+    parts = [f"<h1>tomsparse compare: {len(runs)} run(s)</h1>",
+             "<table><tr><th>run</th><th>model</th><th>fingerprint</th><th>pooled families</th>"
+             "<th>folder</th></tr>"
+             f"{head}</table>"]
+    for title, wide in side_by_side_tables(table).items():
+        parts.append(f"<h2>{html.escape(title)}</h2>" + wide.to_html(index=False))
+    parts.append("<h2>Specificity plots</h2>" + embed_png(paths["plot"]) +
+                 "<p>Per run: ToM change (left) and belief gap (right) against log(perplexity / "
+                 "baseline perplexity), 95% task-bootstrap intervals, labels m.</p>")
+    paths["html"] = write_page(out / "compare.html", "tomsparse compare", "\n".join(parts))
+    return table, text, paths

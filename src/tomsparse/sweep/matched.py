@@ -1,0 +1,125 @@
+"""Damage-matched controls (issue 15, part 2): the size at which a control mask damages
+language modelling as much as the mask under test.
+
+Random masks of the difference mask's count leave perplexity where it was, so they cannot
+tell "ToM-specific" from "damaging in general". A damage-matched control is a mask of
+another kind (``generic-only``: top for generic text, not for ToM; ``random-fraction``:
+uniformly random) whose size is searched until its perplexity change matches the target's:
+
+    |change(control) - change(target)| <= tolerance * |change(target)|  (or <= FLOOR)
+
+where change = perplexity / baseline - 1. The search works on log(size) against
+log(perplexity): it widens a bracket by ``GROWTH`` until the target lies inside, then
+interpolates between the bracket's ends (regula falsi with the Illinois halving, so an end
+that keeps being kept does not stall it). Each step costs one perplexity evaluation, no ToM
+evaluation; only the final size is evaluated in full. Sizes are rounded to three significant
+digits, so a point's label (``<mode>_s0_m<m:.4e>``) names it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+FLOOR = 0.005  # a perplexity change of half a percent is as close as any match needs to be
+GROWTH = 4.0
+
+
+def round_size(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def within(change: float, target: float, tolerance: float) -> bool:
+    return abs(change - target) <= max(tolerance * abs(target), FLOOR)
+
+
+@dataclass
+class SearchResult:
+    size: float  # the closest size found (matched or not)
+    perplexity: float
+    change: float  # perplexity / baseline - 1
+    matched: bool
+    trace: list = field(default_factory=list)  # (size, perplexity) in the order measured
+
+
+def search_size(measure: Callable[[float], float], *, baseline: float, target: float,
+                start: float, low: float, high: float, tolerance: float = 0.10,
+                steps: int = 8) -> SearchResult:
+    """The size in [low, high] whose perplexity change (``measure(size) / baseline - 1``)
+    matches ``target`` (see the module's docstring), in at most ``steps`` measurements.
+    A size measured twice is measured once (the results are cached here)."""
+    seen: dict[float, float] = {}
+    trace: list[tuple[float, float]] = []
+
+    def at(size: float) -> float:
+        size = round_size(min(max(size, low), high))
+        if size not in seen:
+            seen[size] = float(measure(size))
+            trace.append((size, seen[size]))
+        return size
+
+    def change(size: float) -> float:
+        return seen[size] / baseline - 1.0
+
+    def goal(size: float) -> float:  # > 0 above the target, in log-perplexity
+        return math.log(max(seen[size], 1e-300)) - math.log(baseline * (1.0 + target))
+
+    def result() -> SearchResult:
+        best = min(seen, key=lambda s: abs(change(s) - target))
+        return SearchResult(size=best, perplexity=seen[best], change=change(best),
+                            matched=within(change(best), target, tolerance), trace=trace)
+
+    s = at(start)
+    if within(change(s), target, tolerance):
+        return result()
+    # Widen until the target lies between two measured sizes.
+    below = above = None
+    if goal(s) < 0:
+        below = s
+    else:
+        above = s
+    while (below is None or above is None) and len(trace) < steps:
+        if above is None:
+            if below >= high:
+                break  # the largest size allowed is still below the target
+            nxt = at(below * GROWTH)
+        else:
+            if above <= low:
+                break
+            nxt = at(above / GROWTH)
+        if nxt in (below, above):
+            break
+        if within(change(nxt), target, tolerance):
+            return result()
+        if goal(nxt) < 0:
+            below = nxt
+        else:
+            above = nxt
+    if below is None or above is None:
+        return result()
+    # Interpolate in (log size, log perplexity), Illinois variant of regula falsi.
+    fb, fa = goal(below), goal(above)
+    side = 0
+    while len(trace) < steps:
+        xb, xa = math.log(below), math.log(above)
+        x = xb - fb * (xa - xb) / (fa - fb) if fa != fb else (xa + xb) / 2
+        s = at(math.exp(x))
+        if s in (below, above):
+            s = at(math.exp((xa + xb) / 2))
+            if s in (below, above):
+                break  # the rounding leaves no size strictly between them
+        if within(change(s), target, tolerance):
+            break
+        fs = goal(s)
+        if fs < 0:
+            below, fb = s, fs
+            if side == -1:
+                fa /= 2
+            side = -1
+        else:
+            above, fa = s, fs
+            if side == 1:
+                fb /= 2
+            side = 1
+    return result()

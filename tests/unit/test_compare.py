@@ -1,0 +1,119 @@
+"""``tomsparse compare`` (issue 15, part 5): several runs side by side from their specificity
+tables; missing tables are one-line errors with exit code 2."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_report_plots import make_sweep, synthetic_prompts
+
+from tomsparse.cli.main import main
+from tomsparse.report.compare import compare_table, read_runs, side_by_side_tables
+
+
+def make_run(folder, model, fingerprint, **sweep_options):
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(
+        {"kind": "run", "model": model, "model_fingerprint": fingerprint}))
+    make_sweep(folder / "sweep", **sweep_options)
+    return folder
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    a = make_run(tmp_path / "a", "tiny-a", "fp-a")
+    frame = synthetic_prompts()
+    # model b: two of six tasks wrong at baseline, and other damage
+    margin = -0.4 + 0.3 * frame["task_index"].astype(int).to_numpy()
+    b = make_run(tmp_path / "b", "tiny-b", "fp-b", base_margin=margin,
+                 points={"difference_s0_m3.0000e-05": ("difference", 0, 3e-5, 11.0, -0.25),
+                         "random_s0_m3.0000e-05": ("random", 0, 3e-5, 10.0, 0.05)})
+    return a, b
+
+
+def test_compare_puts_each_runs_numbers_side_by_side(two_runs, tmp_path, capsys):
+    a, b = two_runs
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert (out / "compare.csv").is_file() and (out / "compare.html").is_file()
+    table = pd.read_csv(out / "compare.csv")
+    assert list(dict.fromkeys(table["model"])) == ["tiny-a", "tiny-b"]
+    assert set(table["fingerprint"]) == {"fp-a", "fp-b"}
+    for run, model in ((a, "tiny-a"), (b, "tiny-b")):
+        base = pd.read_csv(run / "sweep" / "specificity_baseline.csv").set_index("family")
+        verdicts = pd.read_csv(run / "sweep" / "specificity_verdicts.csv")
+        mine = table[table["model"] == model]
+        acc = mine[(mine["section"] == "baseline")
+                   & (mine["quantity"] == "false-belief accuracy")].set_index("family")
+        assert acc.loc["unexpected", "value"] == pytest.approx(base.loc["unexpected",
+                                                                        "tom_accuracy"])
+        assert acc.loc["unexpected", "lo"] == pytest.approx(base.loc["unexpected",
+                                                                     "tom_accuracy_lo"])
+        assert acc.loc["unexpected", "state"] == base.loc["unexpected", "state"]
+        # the text shows the run's baseline accuracy with its interval and state
+        b0 = base.loc["unexpected"]
+        assert (f"{b0.tom_accuracy:.2f} [{b0.tom_accuracy_lo:.2f}, {b0.tom_accuracy_hi:.2f}] "
+                f"{b0.state}") in text
+        got = mine[mine["section"] == "verdict"]
+        assert len(got) == len(verdicts)
+        for v in verdicts.itertuples():
+            row = got[(got["claim"] == v.claim) & np.isclose(got["m"], v.m)].iloc[0]
+            assert row["state"] == v.status
+            if np.isfinite(v.value):
+                assert row["value"] == pytest.approx(v.value)
+            if v.claim in "ac" and np.isfinite(v.lo):
+                assert f"{v.value:+.2f} [{v.lo:+.2f}, {v.hi:+.2f}] {v.status}" in text
+    # model a's accuracy is 1.00, model b's 0.67: different numbers, side by side
+    assert "1.00 [1.00, 1.00]" in text and "0.67 [" in text
+    assert "tiny-a" in text and "tiny-b" in text
+    page = (out / "compare.html").read_text()
+    assert "tiny-a" in page and "tiny-b" in page and "data:image/png" in page
+
+
+def test_compare_columns_and_seed_groups(two_runs):
+    runs = read_runs(list(two_runs))
+    table = compare_table(runs)
+    change = table[(table["section"] == "change") & (table["model"] == "tiny-a")]
+    # the random seed group replaces its two seeds
+    random = change[(change["mode"] == "random") & (change["quantity"]
+                                                    == "tom_margin_change_adj")]
+    assert len(random) == 1 and random.iloc[0]["value"] == pytest.approx(-0.2)
+    assert "2 seeds" in random.iloc[0]["state"]
+    wide = side_by_side_tables(table)
+    verdicts = next(t for title, t in wide.items() if title.startswith("Verdicts"))
+    assert list(verdicts.columns[-2:]) == ["tiny-a", "tiny-b"]
+
+
+def test_same_model_twice_gets_two_columns(tmp_path):
+    a = make_run(tmp_path / "x" / "run1", "tiny", "fp")
+    b = make_run(tmp_path / "y" / "run2", "tiny", "fp")
+    names = [r.name for r in read_runs([a, b])]
+    assert names == ["tiny (run1)", "tiny (run2)"]
+
+
+def test_missing_tables_are_one_line_errors_with_exit_code_2(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "sweep").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"model": "tiny"}))
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "specificity_baseline.csv" in err and "tomsparse summarize" in err
+    assert not (tmp_path / "cmp").exists()
+
+    make_sweep(tmp_path / "other" / "sweep")
+    (tmp_path / "other" / "sweep" / "specificity_verdicts.csv").unlink()
+    assert main(["compare", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "manifest.json: missing" in err
+
+    (tmp_path / "other" / "manifest.json").write_text("{}")
+    assert main(["compare", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "specificity_verdicts.csv: missing" in err
+
+    assert main(["compare", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
