@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from tomsparse.cli.frontier import family_modes
+from tomsparse.cli.main import main
 from tomsparse.sweep.frontier import family_table, format_front, goal, pareto_mask
 
 
@@ -81,3 +82,19 @@ def test_family_modes_grid():
     assert modes == ["difference", "difference-x3", "difference-p4", "difference-p4-x3"]
     assert len(set(family_modes([1, 2, 16], [0, 1, 3]))) == len(list(itertools.product(
         [1, 2, 16], [0, 1, 3])))
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["frontier"], "frontier needs --run RUN_DIR"),
+    (["frontier", "--run", "{tmp}/nothing"], "manifest.json: missing"),
+    (["frontier", "--run", "{tmp}", "--p-factors", "0.5"], "p/q factors must be >= 1"),
+    (["frontier", "--run", "{tmp}", "--left-out", "-1"], "integers >= 0"),
+])
+def test_frontier_command_refuses_bad_input(tmp_path, capsys, argv, words):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and words in err.strip().splitlines()[-1]
