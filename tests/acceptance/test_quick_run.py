@@ -28,11 +28,11 @@ def test_quick_run(tmp_path):
     assert first.stdout.startswith("tomsparse ") and "options: " in first.stdout
 
     summary = pd.read_csv(out / "sweep" / "summary.csv")
-    # the quick preset's controls, and the generic-only mask whose perplexity change was
+    # the quick preset's controls, and the random-fraction mask whose perplexity change was
     # matched to the difference mask's (when the search matched it)
     matched = json.loads((out / "sweep" / "matched.json").read_text())
     controls = [c for t in matched["targets"].values() for c in t["controls"]]
-    assert [c["mode"] for c in controls] == ["generic-only"]
+    assert [c["mode"] for c in controls] == ["random-fraction"]
     assert set(summary["mode"]) == {"none", "difference", "random", "tom-only"} | {
         c["mode"] for c in controls if c["matched"]}
     at = summary[summary["m"] > 0]

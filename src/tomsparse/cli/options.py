@@ -88,7 +88,7 @@ DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
 
 QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
              random_seeds=[0, 1], task_limit=4, ppl_max_tokens=2048, analysis_prompts=8,
-             matched_controls=["generic-only"])
+             matched_controls=["random-fraction"])
 
 
 # The reference's protocol sizes (a GPU job): 100 + 100 samples, its 26-value m grid,
