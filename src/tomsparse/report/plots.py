@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from tomsparse.sweep.specificity import (
     POOL_ABOVE,
     POOL_ALL,
     group_label,
+    natural_key,
     read_sweep,
     task_weights,
 )
@@ -56,10 +56,6 @@ def mode_order(modes) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- levels
-
-def _natural(text: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
-
 
 def _unit_values(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """(family, task_id, value) rows whose per-family mean is the level of ``kind``."""
@@ -119,7 +115,7 @@ def level_intervals(sweep_dir: str | Path, kind: str = "margin", *, draws: int =
     tasks = {}
     for f in fams:
         ids = set().union(*(set(v.loc[v["family"] == f, "task_id"]) for v in values.values()))
-        tasks[f] = {t: i for i, t in enumerate(sorted(ids, key=_natural))}
+        tasks[f] = {t: i for i, t in enumerate(sorted(ids, key=natural_key))}
     rng = np.random.default_rng(seed)
     weights = {f: task_weights(len(tasks[f]), draws, rng) for f in fams}
 

@@ -212,7 +212,7 @@ class _Family:
         self.name = name
         self.rows = base.index[base["family"] == name].to_numpy()
         sub = base.loc[self.rows]
-        self.tasks = sorted(sub["task_id"].unique(), key=_natural)
+        self.tasks = sorted(sub["task_id"].unique(), key=natural_key)
         pos = {t: i for i, t in enumerate(self.tasks)}
         self.task = sub["task_id"].map(pos).to_numpy()
         self.role = sub["role"].to_numpy()
@@ -284,7 +284,8 @@ class _Family:
         return out
 
 
-def _natural(text: str):
+def natural_key(text: str):
+    """Sort key putting "task2" before "task10" (task ids are numbered text)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
 
 
