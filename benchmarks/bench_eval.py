@@ -21,7 +21,8 @@ import time
 import torch
 
 from tomsparse.data.tasks import load_tasks
-from tomsparse.evaluate.tom import generate_hf, score_likelihood, vllm_available
+from tomsparse.evaluate.generate import generate_hf, vllm_available
+from tomsparse.evaluate.tom import score_likelihood
 
 
 def load_default(name: str | None):
@@ -98,7 +99,7 @@ def main() -> None:
              timed(lambda: generate_hf(model, tokenizer, sub_texts, 1, True, 0))),
         ]
     if vllm_available() and torch.cuda.is_available():
-        from tomsparse.evaluate.tom import VLLMGenerator
+        from tomsparse.evaluate.generate import VLLMGenerator
         gen = VLLMGenerator(model, tokenizer)
         gen.generate(sub_texts[:2], True, 0)  # warm-up
         batched = timed(lambda: gen.generate(sub_texts, True, 0))

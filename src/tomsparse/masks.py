@@ -10,6 +10,11 @@ G = the k with the largest generic score. Modes:
 * ``random-fraction``: k entries (as many as ``tom-only``) uniformly at random (seeded): the
   control whose count can grow until its damage matches another mask's.
 
+Random masks (``random_indices``) are the first ``count`` entries of one fixed, uniformly random
+ordering of the matrix per (seed, matrix name), so a smaller count's mask is a prefix of a larger
+one's (nested across m), drawn on the host with numpy whatever the model's device, in O(count)
+expected time for count <= numel/4 (see ``random_indices``).
+
 Variants (issue 15, the mask family), written ``<mode>[-p<factor>][-x<n>]``:
 
 * ``-p<factor>``: the generic set is the top ``factor * m`` (p >= q, Wei et al. 2024's set
@@ -32,9 +37,11 @@ A mask is a 1-D int64 tensor of flat indices into the (out_features, in_features
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tomsparse.errors import UserError
@@ -123,21 +130,111 @@ def reference_top(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.nonzero(flat > kth, as_tuple=False).reshape(-1)
 
 
-def _seed_for(seed: int, name: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
+def strictly_above_kth(order: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    """``reference_top`` from a ranking (``top_order`` and its scores) instead of the full
+    scores: every entry above the k-th largest value is among the first k of the order, so
+    these are the first k whose score exceeds the k-th's, in ascending index order as the
+    reference's nonzero gives them."""
+    if k <= 0:
+        return torch.empty(0, dtype=torch.long)
+    head = order[:k]
+    return torch.sort(head[values[:k] > values[k - 1]]).values
+
+
+def random_generators(seed: int, name: str) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent numpy generators (PCG64) for matrix ``name`` under ``seed``: the draw
+    stream and the permutation of the rest. They depend on (seed, name) only: not on the order
+    matrices are visited in, nor on any device."""
+    entropy = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest(), "little")
+    return tuple(np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy,
+                                                                           spawn_key=(i,))))
+                 for i in (0, 1))
+
+
+def first_distinct(gen: np.random.Generator, numel: int, count: int,
+                    words_per_read: int | None = None) -> np.ndarray:
+    """The first ``count`` distinct values, in order of first appearance, of an endless stream
+    of independent uniform draws from [0, numel). The stream is fixed by ``gen``'s state and not
+    by how it is read: each value is the top ``bits`` bits of one raw 64-bit word of the
+    generator, words that give a value >= numel skipped (exact rejection sampling, acceptance
+    >= 1/2), so reading it in chunks of any size (``words_per_read``; by default about as many
+    as the count needs) gives the same values and a smaller count's result is a prefix of a
+    larger one's."""
+    bits = max(1, (numel - 1).bit_length())
+    shift = np.uint64(64 - bits)
+    picked = np.empty(0, dtype=np.int64)
+    while picked.size < count:
+        seen, need = picked.size, count - picked.size
+        # Expected draws for ``need`` more distinct values (coupon collector), over the
+        # acceptance rate, with a margin so that one chunk usually does.
+        expect = numel * -math.log1p(-min(need / (numel - seen), 0.9)) * (2 ** bits / numel)
+        words = gen.bit_generator.random_raw(words_per_read or int(expect * 1.1) + 64)
+        draws = (words >> shift).astype(np.int64)
+        draws = draws[draws < numel]
+        new = draws[_first_occurrences(draws, numel)]
+        if seen:
+            new = new[~np.isin(new, picked, assume_unique=True)]
+        picked = np.concatenate([picked, new])
+    return picked[:count]
+
+
+def _first_occurrences(values: np.ndarray, bound: int) -> np.ndarray:
+    """Positions, ascending, of the first occurrence of each distinct value (all < ``bound``):
+    one plain sort of value * len + position (several times faster than np.unique's stable
+    argsort), or np.unique where that key could overflow int64."""
+    n = values.size
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    if bound * n >= 2 ** 62:
+        return np.sort(np.unique(values, return_index=True)[1])
+    key = values * n + np.arange(n, dtype=np.int64)
+    key.sort()
+    head = np.ones(n, dtype=bool)
+    head[1:] = key[1:] // n != key[:-1] // n
+    return np.sort(key[head] % n)
+
+
+def random_indices(numel: int, count: int, seed: int, name: str) -> torch.Tensor:
+    """``count`` distinct flat indices of a ``numel``-entry matrix, uniformly at random without
+    replacement, seeded by (``seed``, ``name``): a 1-D int64 CPU tensor.
+
+    The result is the first ``count`` entries of one ordering of all ``numel`` indices, fixed
+    per (seed, name, numel): its first J = numel // 4 entries are the first J distinct values of
+    a stream of uniform draws (``first_distinct``), the rest a seeded uniform permutation of
+    the indices not among them. The first-appearance order of an i.i.d. uniform stream is a
+    uniformly random ordering (each new value is uniform over the ones not yet seen), and the
+    rest, permuted independently, completes it to a uniform random permutation: every prefix is
+    a uniform ``count``-subset, and a smaller count's indices are a prefix of a larger one's
+    (nested across m, across the switch at J too). Work: O(count) expected for count <= J (at
+    most numel * ln(4/3) draws), O(numel) beyond, where count is comparable to numel anyway.
+    The draws are made on the host (numpy), so the mask is the same whatever the device."""
+    count = min(max(int(count), 0), numel)
+    if count == 0:
+        return torch.empty(0, dtype=torch.long)
+    stream, rest = random_generators(seed, name)
+    head = numel // 4
+    if count <= head:
+        return torch.from_numpy(first_distinct(stream, numel, count))
+    first = first_distinct(stream, numel, head)
+    taken = np.zeros(numel, dtype=bool)
+    taken[first] = True
+    others = np.flatnonzero(~taken).astype(np.int64, copy=False)
+    rest.shuffle(others)  # one full seeded permutation: its prefixes are nested
+    return torch.from_numpy(np.concatenate([first, others[:count - head]]))
 
 
 @dataclass
 class MatrixRanking:
-    """One matrix's rankings, for every m up to ``k_max``."""
+    """One matrix's rankings, for every m up to ``k_max``: flat indices and their scores, on
+    the host (a few thousand entries per matrix; the full scores are not kept)."""
 
     name: str
     numel: int
     tom_order: torch.Tensor  # top k_max by ToM score, best first
     gen_order: torch.Tensor  # top k_max (times the largest generic factor) by generic score
     shape: tuple[int, int] | None = None  # (out_features, in_features)
-    tom_score: torch.Tensor | None = None  # kept only for reference-ties mode
-    gen_score: torch.Tensor | None = None
+    tom_values: torch.Tensor | None = None  # the scores of tom_order (reference-ties mode)
+    gen_values: torch.Tensor | None = None
 
     def _rank_in(self, order: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Position of each idx in ``order`` (numel if absent)."""
@@ -162,8 +259,8 @@ class MatrixRanking:
             if generic_factor != 1.0:
                 raise UserError("--reference-ties reproduces the reference's masks, which have "
                                 "no generic factor; drop -p from the mask mode")
-            t = reference_top(self.tom_score, k)
-            g = reference_top(self.gen_score, k)
+            t = strictly_above_kth(self.tom_order, self.tom_values, k)
+            g = strictly_above_kth(self.gen_order, self.gen_values, k)
             if mode == "tom-only":
                 return t
             if mode in ("difference", "random"):
@@ -182,16 +279,18 @@ class MatrixRanking:
         return diff if mode == "difference" else self._random(diff.numel(), seed)
 
     def _random(self, count: int, seed: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(_seed_for(seed, self.name))
-        # randperm's prefix: masks of a smaller count are subsets of larger ones (nested sweep).
-        return torch.randperm(self.numel, generator=gen)[:count]
+        # A prefix of one seeded ordering per matrix: nested across m (random_indices).
+        return random_indices(self.numel, count, seed, self.name)
 
 
-def build_rankings(tom_scores: dict, gen_scores: dict, names, m_max: float,
+def build_rankings(tom_scores, gen_scores, names, m_max: float,
                    reference_ties: bool = False,
                    generic_factor: float = 1.0) -> dict[str, MatrixRanking]:
     """Rankings deep enough for every m <= ``m_max`` (and generic sets up to
-    ``generic_factor * m_max``)."""
+    ``generic_factor * m_max``). The scores are any mapping of matrix name to tensor (a dict,
+    or a store read one matrix at a time, ``scores.store.open_scores``); each matrix is ranked
+    where its scores are (on the GPU for scores computed there) and only its ranking, moved to
+    the host, is kept, so at most one matrix's two score tensors are held at a time."""
     out = {}
     for name in names:
         if name not in tom_scores:
@@ -204,12 +303,17 @@ def build_rankings(tom_scores: dict, gen_scores: dict, names, m_max: float,
         if ts.shape != gs.shape:
             raise UserError(f"matrix {name}: ToM scores have shape {tuple(ts.shape)} but generic "
                             f"scores {tuple(gs.shape)}; they were computed for different models")
+        gs = gs.to(ts.device)
         k_max = k_for(ts.numel(), m_max)
         kg_max = k_for(ts.numel(), min(1.0, m_max * max(generic_factor, 1.0)))
-        out[name] = MatrixRanking(name=name, numel=ts.numel(), tom_order=top_order(ts, k_max),
-                                  gen_order=top_order(gs, kg_max), shape=tuple(ts.shape),
-                                  tom_score=ts if reference_ties else None,
-                                  gen_score=gs if reference_ties else None)
+        tom_order, gen_order = top_order(ts, k_max), top_order(gs, kg_max)
+        tom_flat, gen_flat = ts.reshape(-1), gs.reshape(-1)
+        out[name] = MatrixRanking(
+            name=name, numel=ts.numel(), tom_order=tom_order.cpu(), gen_order=gen_order.cpu(),
+            shape=tuple(ts.shape),
+            tom_values=tom_flat[tom_order].cpu() if reference_ties else None,
+            gen_values=gen_flat[gen_order].cpu() if reference_ties else None)
+        del ts, gs, tom_flat, gen_flat
     return out
 
 

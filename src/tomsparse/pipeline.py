@@ -47,6 +47,7 @@ class RunConfig:
     device_map: str | None = None
     score_batch_size: int = 8
     score_method: str = "batched"
+    score_reference_fp16: bool = False  # the reference's fp16 squares and sums (scores.compute)
     export_m: float | None = None
     analysis_prompts: int = 16  # 0: no analyses
     options: dict = field(default_factory=dict)
@@ -71,12 +72,13 @@ def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log) -> tuple[dict, str]:
     wanted = samples.info["samples_sha256"]
     if (folder / "manifest.json").exists():
         old = read_manifest(folder)
-        if old.get("samples_sha256") == wanted and old.get("fingerprint") == lm.fingerprint:
+        if (old.get("samples_sha256") == wanted and old.get("fingerprint") == lm.fingerprint
+                and bool(old.get("reference_fp16")) == cfg.score_reference_fp16):
             log(f"[tomsparse] reusing {data.dataset} scores in {folder}")
             return load_scores(folder, model=lm)[0], wanted
     log(f"[tomsparse] {data.dataset} scores: {len(samples)} samples")
     result = compute_score_set(lm, samples, out=folder, batch_size=cfg.score_batch_size,
-                               method=cfg.score_method)
+                               method=cfg.score_method, reference_fp16=cfg.score_reference_fp16)
     return result.scores, wanted  # the store's identity (scores.store.scores_identity)
 
 

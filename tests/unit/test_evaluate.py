@@ -13,12 +13,12 @@ import torch
 import tomsparse.evaluate.tom as ev
 from tomsparse.data.tasks import Prompt, load_tasks
 from tomsparse.errors import UserError
+from tomsparse.evaluate.generate import generate_hf
 from tomsparse.evaluate.tom import (
     EvalResult,
     compute_metrics,
     continuation_ids,
     evaluate,
-    generate_hf,
     score_likelihood,
 )
 from tomsparse.testing import CharTokenizer, tiny_model
@@ -244,13 +244,13 @@ def test_evaluate_generate_scores_first_words(monkeypatch):
     prompts = taskset.prompts()
     seeds = []
 
-    def fake_generate(model, tokenizer, texts, batch_size, sample, seed, device, progress):
-        seeds.append(seed)
+    def fake_generate(model, tokenizer, texts, rep_seeds, batch_size, sample, device, progress):
+        seeds.extend(rep_seeds)
         # Right answer with punctuation for every other prompt, the alternative otherwise.
-        return [f' {p.expected}." she' if i % 2 == 0 else f" {p.alternative}"
-                for i, p in enumerate(prompts)]
+        return [[f' {p.expected}." she' if i % 2 == 0 else f" {p.alternative}"
+                 for i, p in enumerate(prompts)] for _ in rep_seeds]
 
-    monkeypatch.setattr(ev, "generate_hf", fake_generate)
+    monkeypatch.setattr(ev, "generate_reps", fake_generate)
     result = evaluate(torch.nn.Linear(1, 1), CharTokenizer(), taskset, scoring="generate",
                       reps=3, seed=10, model_name="stub", n_boot=0)
     assert seeds == [10, 11, 12]

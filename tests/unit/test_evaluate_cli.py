@@ -20,7 +20,8 @@ def test_tasks_export_and_show(tmp_path, capsys):
     assert main(["tasks", "export", "--out", str(tmp_path), "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert "builtin:eval: 200 unexpected contents, 200 unexpected transfer, 96 irony" in out
-    assert json.loads((tmp_path / "tom_tasks_eval.json").read_text()).keys() == {"s1", "s2", "s3"}
+    assert json.loads((tmp_path / "tom_tasks_eval.json").read_text()).keys() == {
+        "renderer", "s1", "s2", "s3"}
 
     assert main(["tasks", "show", "--tasks", str(FIXTURES / "reference_tasks.json"), "-n", "2"]) == 0
     out = capsys.readouterr().out

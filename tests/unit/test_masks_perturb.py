@@ -11,6 +11,7 @@ from tomsparse.masks import (
     k_for,
     mask_stats,
     masks_for,
+    random_indices,
     reference_top,
     top_order,
 )
@@ -73,7 +74,21 @@ def test_random_mask_same_count_and_nested(scores):
         assert rk.mask(m, "random", seed=3).numel() == rk.mask(m, "difference").numel()
     small, big = rk.mask(0.05, "random", seed=3), rk.mask(0.3, "random", seed=3)
     assert set(small.tolist()) <= set(big.tolist())
+    assert torch.equal(big[:small.numel()], small)  # a prefix of one ordering per matrix
+    assert torch.equal(big, random_indices(120, big.numel(), 3, "layers.0.q"))
     assert not torch.equal(rk.mask(0.3, "random", seed=3), rk.mask(0.3, "random", seed=4))
+    frac = rk.mask(0.3, "random-fraction", seed=3)
+    assert frac.numel() == 36 and frac.unique().numel() == 36
+    assert torch.equal(frac[:big.numel()], big)
+
+
+def test_random_mask_in_reference_ties_mode(scores):
+    tom, gen = scores
+    rk = build_rankings(tom, gen, ["layers.0.q"], m_max=0.5, reference_ties=True)["layers.0.q"]
+    diff = rk.mask(0.3, "difference", reference_ties=True)
+    rnd = rk.mask(0.3, "random", seed=2, reference_ties=True)
+    assert rnd.numel() == diff.numel() and rnd.unique().numel() == rnd.numel()
+    assert torch.equal(rnd, random_indices(120, diff.numel(), 2, "layers.0.q"))
 
 
 def test_bad_inputs(scores):

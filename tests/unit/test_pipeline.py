@@ -37,7 +37,7 @@ def test_presets():
     assert apply_presets(args) == QUICK["m_list"] and args.task_limit == QUICK["task_limit"]
     args = _args("--reference-protocol")
     ms = apply_presets(args)
-    assert len(ms) == 26 and ms == m_grid(0.0, 5e-5, 2e-6)
+    assert len(ms) == 27 and ms == m_grid(0.0, 5e-5, 2e-6)
     assert (args.nsamples_tom, args.nsamples_generic, args.scoring, args.reps) == (
         100, 100, "generate", 5)
     assert args.task_limit is None and args.ppl_max_tokens is None

@@ -103,19 +103,26 @@ def test_import_and_export(stand_in, prompt_file, tmp_path):
     (["scores", "--dataset", "tom"], "scores needs --out DIR"),
     (["scores", "import", "--out", "x"], "scores import needs --from"),
     (["scores", "export", "--from", "nowhere", "--out", "x"], "no manifest.json"),
-    # values the library refuses are refused, never replaced by a default
-    (["scores", "--model", "tiny", "--device", "cpu", "--batch-size", "0", "--out", "x"],
-     "--batch-size must be at least 1, got 0"),
-    (["scores", "--model", "tiny", "--device", "cpu", "--nsamples", "0", "--out", "x"],
-     "--nsamples must be a positive number, got 0"),
-    (["scores", "--model", "tiny", "--device", "cpu", "--seqlen", "-1", "--out", "x"],
-     "--seqlen must be 0 or more"),
 ])
 def test_bad_invocations(stand_in, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "tomsparse: error: " in err and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    # values out of range are refused by the parser, never replaced by a default
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--nsamples", "0"], "argument --nsamples: must be at least 1, got 0"),
+    (["--seqlen", "-1"], "argument --seqlen: must be 0 or more, got -1"),
+])
+def test_bad_numbers_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scores", "--model", "tiny", "--device", "cpu", *argv, "--out", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err.strip().splitlines()[-1]
 
 
 def test_answerless_prompts_need_last_token(stand_in, tmp_path, capsys):

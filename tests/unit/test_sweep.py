@@ -82,8 +82,10 @@ def test_fingerprint_mismatch_and_bad_m(setup, tmp_path):
 
 
 def test_m_grid_matches_reference_arange():
-    grid = m_grid(0.0, 5e-5, 2e-6)
-    assert len(grid) == 26 and grid[0] == 0.0 and grid[-1] == pytest.approx(5e-5)
+    grid = m_grid(0.0, 5e-5, 2e-6)  # numpy.arange overshoots: 27 values, the last 5.2e-05
+    assert len(grid) == 27 and grid[0] == 0.0 and grid[-1] == 5.2e-05
+    with pytest.raises(UserError, match="below"):
+        m_grid(1e-5, 0.0, 1e-6)
 
 
 def test_export_model(setup, tmp_path):

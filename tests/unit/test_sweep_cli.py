@@ -18,10 +18,10 @@ from tomsparse.testing import registered_model, tiny_loaded_model, tiny_model
 @pytest.fixture
 def stores(tmp_path):
     with registered_model("tiny"):  # --model tiny: a tiny Llama with a character tokenizer
-        yield _write_stores(tmp_path)
+        yield write_stores(tmp_path)
 
 
-def _write_stores(tmp_path):
+def write_stores(tmp_path):
     lm = tiny_loaded_model("llama", name="tiny")
     gen = torch.Generator().manual_seed(1)
     paths = {}
@@ -135,8 +135,8 @@ def test_bad_input(stores, tmp_path, capsys):
     _usage_error(capsys, _sweep_args(paths, corpus, out, "--m_list", "0.01",
                                      "--random-seeds", "0,a"), "'0,a'")
     # --batch-size 0 is refused, not replaced by a default
-    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0.01",
-                                             "--batch-size", "0")), "--batch-size must be at least 1")
+    _usage_error(capsys, _sweep_args(paths, corpus, out, "--m_list", "0.01", "--batch-size", "0"),
+                 "--batch-size: must be at least 1")
     # scores of another model (a different fingerprint)
     other = tiny_model("llama", rms_norm_eps=1e-3)  # same shapes, another config
     wrong = tmp_path / "wrong"

@@ -11,6 +11,7 @@ import pytest
 from tomsparse.data.tasks import (
     GradientPrompt,
     gradient_prompts,
+    load_task_file,
     load_tasks,
     read_prompt_file,
 )
@@ -39,6 +40,12 @@ def _by_key(prompts):
     return {(p.scenario, p.probe): p for p in prompts}
 
 
+def _ours(path):
+    """A fixture file rendered by our renderer (the tests of the reference's renderer, the
+    default for a file, are in test_reference_render.py)."""
+    return load_task_file(path, renderer="tomsparse")
+
+
 def _swap(text):
     return text.replace("popcorn", "#").replace("chocolate", "popcorn").replace("#", "chocolate")
 
@@ -46,7 +53,7 @@ def _swap(text):
 # ---------------------------------------------------------------- rendering
 
 def test_unexpected_contents_prompts_match_hand_written():
-    taskset = load_tasks(str(PY_FILE))
+    taskset = _ours(PY_FILE)
     prompts = _by_key(taskset.tasks["unexpected"][0].render())
     assert len(prompts) == 16
     fb_a = prompts[("false belief (F)", "a")]
@@ -71,7 +78,7 @@ def test_unexpected_contents_prompts_match_hand_written():
 
 
 def test_unexpected_contents_expected_answers_per_scenario():
-    prompts = _by_key(load_tasks(str(PY_FILE)).tasks["unexpected"][0].render())
+    prompts = _by_key(_ours(PY_FILE).tasks["unexpected"][0].render())
     expected = {  # (probe a, probe b) per condition, original then reversed
         "false belief": (("popcorn", "chocolate"), ("chocolate", "popcorn")),
         "correct label": (("popcorn", "popcorn"), ("chocolate", "chocolate")),
@@ -89,7 +96,7 @@ def test_unexpected_contents_expected_answers_per_scenario():
 
 
 def test_reversal_swaps_answers_in_story_but_not_probe():
-    prompts = _by_key(load_tasks(str(PY_FILE)).tasks["unexpected"][0].render())
+    prompts = _by_key(_ours(PY_FILE).tasks["unexpected"][0].render())
     for condition in ("false belief", "correct label", "informed protagonist", "open container"):
         for probe in "ab":
             original = prompts[(f"{condition} (F)", probe)].text
@@ -111,7 +118,7 @@ def test_male_protagonist_uses_his_cousin():
 
 
 def test_transfer_prompts_match_hand_written():
-    prompts = _by_key(load_tasks(str(JSON_FILE)).tasks["transfer"][0].render())
+    prompts = _by_key(_ours(JSON_FILE).tasks["transfer"][0].render())
     assert len(prompts) == 16
     story = ("Priya and Tomas are in the kitchen, which has a drawer and a jar. Priya puts the "
              "keys in the drawer and goes out. While Priya is away, Tomas moves the keys from "
@@ -138,7 +145,7 @@ def test_transfer_prompts_match_hand_written():
 
 
 def test_irony_prompts_match_hand_written():
-    prompts = load_tasks(str(PY_FILE)).tasks["irony"][0].render()
+    prompts = _ours(PY_FILE).tasks["irony"][0].render()
     assert [(p.scenario, p.expected, p.alternative) for p in prompts] == [
         ("Irony", "No", "Yes"), ("Irony reversed", "Yes", "No")]
     assert prompts[0].text == (
@@ -173,7 +180,10 @@ def test_first_word_and_helpers():
 def test_py_and_json_files_load_the_same_tasks():
     from_py, from_json = load_tasks(str(PY_FILE)), load_tasks(str(JSON_FILE))
     assert from_py.families() == ["unexpected", "transfer", "irony"]
+    assert from_py.renderer == from_json.renderer == "reference"  # a file's default
     assert [p.text for p in from_py.prompts()] == [p.text for p in from_json.prompts()]
+    assert [p.text for p in _ours(PY_FILE).prompts()] == \
+        [p.text for p in _ours(JSON_FILE).prompts()]
     assert len(from_py.prompts()) == 16 + 16 + 2
 
 

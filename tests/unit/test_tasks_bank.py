@@ -135,9 +135,11 @@ def test_export_round_trip(tmp_path, bank):
         expected = [p.text for p in bank[split].prompts()]
         for suffix in ("json", "py"):
             loaded = load_tasks(str(tmp_path / f"tom_tasks_{split}.{suffix}"))
+            assert loaded.renderer == "tomsparse"  # declared in the file
             assert [p.text for p in loaded.prompts()] == expected
     data = json.loads((tmp_path / "tom_tasks_eval.json").read_text())
-    assert set(data) == {"s1", "s2", "s3"} and len(data["s1"]) == bank["eval"].count("unexpected")
+    assert set(data) == {"renderer", "s1", "s2", "s3"} and data["renderer"] == "tomsparse"
+    assert len(data["s1"]) == bank["eval"].count("unexpected")
     grads = json.loads((tmp_path / "tom_gradient_prompts.json").read_text())
     assert grads[0].keys() == {"txt", "answer"}
     assert len(grads) == len(bank["train"].prompts())

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,9 +16,18 @@ from tomsparse.analysis.run import (
     read_matched,
     select_prompts,
 )
-from tomsparse.cli.options import add_model_args, recorded_options, seed_list
+from tomsparse.cli.options import (
+    add_model_args,
+    finite_float,
+    nonneg_int,
+    positive_int,
+    recorded_options,
+    seed_list,
+    window_len,
+)
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import DEFAULT_MODEL, load_model
+from tomsparse.manifest import check_output_dir, read_json_object
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.store import load_scores
 
@@ -67,7 +75,7 @@ def add_parser(sub) -> None:
                    help="a finished `tomsparse run` folder: model, scores and options from it")
     p.add_argument("--scores-tom", "--scores_tom", dest="scores_tom", default=None)
     p.add_argument("--scores-generic", "--scores_generic", dest="scores_generic", default=None)
-    p.add_argument("--m", type=float, default=None,
+    p.add_argument("--m", type=float, default=None,  # checked by AnalysisConfig: (0, 1]
                    help="fraction of each matrix to perturb (default with --run: its largest m)")
     p.add_argument("--modes", default="difference,random",
                    help="mask modes compared with the baseline, comma-separated: difference, "
@@ -84,17 +92,20 @@ def add_parser(sub) -> None:
                         "this m, else none)")
     p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
                    help="default: the run's, else mean")
-    p.add_argument("--scale", type=float, default=None, help="s in mean + s * (w - mean)")
+    p.add_argument("--scale", type=finite_float, default=None,
+                   help="s in mean + s * (w - mean)")
     p.add_argument("--reference-ties", dest="reference_ties", action="store_true")
     p.add_argument("--prompts", default="builtin",
                    help="ToM prompts: builtin (eval split), tomi, or a task file")
-    p.add_argument("--max-prompts", dest="max_prompts", type=int, default=32)
-    p.add_argument("--max-length", dest="max_length", type=int, default=256,
-                   help="keep the first N tokens of each prompt")
-    p.add_argument("--sink-threshold", dest="sink_threshold", type=float, default=0.01)
-    p.add_argument("--top-pairs", dest="top_pairs", type=int, default=4,
-                   help="dominant rotary pairs per (layer, head)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--max-prompts", dest="max_prompts", type=nonneg_int, default=32,
+                   help="ToM prompts the analyses run on (default 32; 0: all)")
+    p.add_argument("--max-length", dest="max_length", type=window_len, default=256,
+                   help="keep the first N >= 2 tokens of each prompt (default 256)")
+    p.add_argument("--sink-threshold", dest="sink_threshold", type=finite_float, default=0.01)
+    p.add_argument("--top-pairs", dest="top_pairs", type=positive_int, default=4,
+                   help="dominant rotary pairs per (layer, head), >= 1 (default 4)")
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8,
+                   help="prompts per forward pass, >= 1 (default 8)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/analysis)")
     p.set_defaults(handler=cmd_analyze)
 
@@ -106,10 +117,8 @@ def _run_options(run_dir: Path) -> dict:
     path = run_dir / "manifest.json"
     if not path.is_file():
         raise UserError(f"--run {run_dir}: no manifest.json; not a finished `tomsparse run` folder")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    return read_json_object(path, "restore it, or give the scores with --scores-tom and "
+                                  "--scores-generic instead of --run")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -119,6 +128,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if run_dir is not None:
         run_manifest = _run_options(run_dir)
         run_opts = run_manifest.get("options", {})
+    out = Path(args.out) if args.out else (run_dir / "analysis" if run_dir else Path("runs/analysis"))
+    check_output_dir(out)  # before the model is loaded
     pick = lambda name, default: (getattr(args, name) if getattr(args, name) is not None  # noqa: E731
                                   else run_opts.get(name, default))
     model_name = args.model or run_manifest.get("model") or DEFAULT_MODEL
@@ -147,7 +158,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         perturbation=pick("perturbation", "mean"), scale=float(pick("scale", 0.0)),
         reference_ties=bool(args.reference_ties or run_opts.get("reference_ties", False)),
         sink_threshold=args.sink_threshold, top_pairs=args.top_pairs, batch_size=args.batch_size)
-    out = Path(args.out) if args.out else (run_dir / "analysis" if run_dir else Path("runs/analysis"))
     texts = select_prompts(args.prompts, args.max_prompts)
 
     lm = load_model(model_name, device=args.device, dtype=pick("dtype", "float32"),

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 
+from tomsparse.manifest import check_output_dir
 from tomsparse.report.compare import write_compare
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    check_output_dir(args.out)  # before any run is read
     _table, text, paths = write_compare(args.run_dirs, args.out)
     print(text)
     print(f"\nwrote {paths['csv']}, {paths['html']}")

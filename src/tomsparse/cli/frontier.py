@@ -5,19 +5,26 @@ Pareto front (issue 15, part 4; ``tomsparse.sweep.frontier``)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from tomsparse.cli.options import (
     add_model_args,
+    finite_float,
     load_model_from,
     parse_m_list,
+    positive_int,
     recorded_options,
 )
 from tomsparse.data.corpora import DEFAULT_EVAL
 from tomsparse.errors import UserError
-from tomsparse.manifest import build_manifest, write_csv, write_json
+from tomsparse.manifest import (
+    build_manifest,
+    check_output_dir,
+    read_json_object,
+    write_csv,
+    write_json,
+)
 from tomsparse.scores.store import load_scores, scores_identity
 from tomsparse.sweep.frontier import family_table, format_front, goal
 from tomsparse.sweep.runner import SweepConfig, run_sweep
@@ -59,7 +66,8 @@ def _stores(args) -> tuple[Path, Path, str]:
         if not manifest.exists():
             raise UserError(f"{manifest}: missing; --run takes a folder written by `tomsparse "
                             "run` (with manifest.json, scores_tom/, scores_generic/)")
-        model = args.model or json.loads(manifest.read_text()).get("model")
+        model = args.model or read_json_object(
+            manifest, "give a folder written by `tomsparse run`").get("model")
         return run / "scores_tom", run / "scores_generic", model
     if not (args.scores_tom and args.scores_generic and args.model):
         raise UserError("frontier needs --run RUN_DIR, or --scores-tom DIR --scores-generic DIR "
@@ -73,6 +81,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (Path(args.run) / "frontier" if args.run else None)
     if out is None:
         raise UserError("give --out DIR (or --run RUN_DIR, whose frontier/ folder is used)")
+    check_output_dir(out)  # before the model is loaded
     args.model = model
     lm = load_model_from(args)
     tom, tom_manifest = load_scores(tom_dir, model=lm)
@@ -120,14 +129,17 @@ def add_parser(sub) -> None:
                    help="p/q: the generic set is the top p = factor * q (default 1,4,16)")
     p.add_argument("--left-out", dest="left_out", type=_int_list, default=[0, 3],
                    help="massive-activation channels left out of the mask (default 0,3)")
-    p.add_argument("--ppl-limit", dest="ppl_limit", type=float, default=0.05,
+    p.add_argument("--ppl-limit", dest="ppl_limit", type=finite_float, default=0.05,
                    help="perplexity change allowed by the goal (default 0.05 = +5%%)")
     p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default="mean")
     p.add_argument("--tasks", default="builtin")
-    p.add_argument("--task-limit", dest="task_limit", type=int, default=6,
-                   help="tasks per family (default 6, as the default run)")
+    p.add_argument("--task-limit", dest="task_limit", type=positive_int, default=6,
+                   help="tasks per family, >= 1 (default 6, as the default run)")
     p.add_argument("--corpus", default=DEFAULT_EVAL, help="perplexity corpus")
-    p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=int, default=4096)
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=16)
+    p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=positive_int, default=4096,
+                   help="perplexity on the first N tokens of the corpus, at least one window "
+                        "(default 4096)")
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=positive_int, default=16,
+                   help="prompts per forward pass of the ToM evaluation, >= 1 (default 16)")
     p.add_argument("--out", default=None, help="folder (an existing one is resumed)")
     p.set_defaults(handler=cmd_frontier)

@@ -4,19 +4,26 @@ Commands follow the pipeline: ``info`` (model and data facts), ``tasks`` / ``eva
 evaluation), ``perplexity``, ``scores`` (sensitivity scores), ``sweep`` (masks, perturbation
 and evaluation over m), ``summarize`` (tables and report of a sweep folder), ``run`` (the main
 job: all of it).
-Every command prints the library versions and its resolved options first, and turns bad
-input into one line on stderr with exit code 2.
+Every command prints the library versions and its resolved options first. Every failure of
+every command goes through ``main``'s one handler: bad input, a file-system problem (missing,
+not a folder, not writable, disk full, read-only) or a damaged file ends in one line on stderr,
+``tomsparse: error: ...``, with exit code 2 (``errors.user_message``); an unexpected error shows
+its traceback and asks for a bug report, exit code 1; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
+import traceback
 
 from tomsparse import __version__
 from tomsparse.cli import (
     analyze,
+    cache,
     compare,
     frontier,
     info,
@@ -28,7 +35,7 @@ from tomsparse.cli import (
 )
 from tomsparse.cli import eval as eval_cmd
 from tomsparse.cli.options import recorded_options
-from tomsparse.errors import UserError
+from tomsparse.errors import UserError, bug_report_line, user_message
 from tomsparse.manifest import library_versions
 
 
@@ -49,23 +56,58 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (info.add_parser, tasks.add_parser, eval_cmd.add_parser, perplexity.add_parser,
                 scores.add_parser, sweep.add_sweep_parser, sweep.add_summarize_parser,
-                run.add_parser, analyze.add_parser, compare.add_parser, frontier.add_parser):
+                run.add_parser, analyze.add_parser, compare.add_parser, frontier.add_parser,
+                cache.add_parser):
         add(sub)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # bad options: argparse's usage error, exit code 2
     try:
         _print_header(args)
         return int(args.handler(args) or 0)
-    except UserError as exc:
-        print(f"tomsparse: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("tomsparse: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if not _stdout_is_gone():
+            return report_error(exc)
+        # `tomsparse ... | head`: the reader is gone, nothing to say (and nothing to flush)
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 141
+    except Exception as exc:  # the one error path of every command
+        return report_error(exc)
+
+
+def _stdout_is_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, no file descriptor
+        return False
+
+
+def report_error(exc: BaseException) -> int:
+    """One line and exit code 2 for what the user can fix (``errors.user_message``); for
+    anything else the traceback and a line asking for a bug report, exit code 1."""
+    try:
+        sys.stdout.flush()  # what the command printed comes before the error
+    except OSError:
+        pass
+    message = user_message(exc)
+    if message is not None:
+        print(f"tomsparse: error: {message}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, UserError) else 2
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(bug_report_line(__version__), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,18 +1,24 @@
 """What several commands share: the model, sweep and list options, the presets of
 ``tomsparse run``, and turning parsed options into the library's typed configurations.
 
-List values are parsed by argparse ``type=`` functions that raise ``ArgumentTypeError``, so a
-bad value ends in argparse's one-line usage error with exit code 2.
+List values and numbers are parsed by argparse ``type=`` functions that raise
+``ArgumentTypeError`` naming the valid range (``positive_int``, ``nonneg_int``, ``seed_int``,
+``window_len``, ``finite_float``, ``parse_m_list``, ...), so a bad value ends in argparse's
+one-line usage error with exit code 2 before any work. The library's configurations keep
+their own checks, for library users.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from tomsparse.data.corpora import DEFAULT_EVAL
+from tomsparse.data.corpora import DEFAULT_EVAL, DEFAULT_GENERIC
 from tomsparse.errors import UserError
+from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
+from tomsparse.evaluate.tom import ANSWER_RULES
 from tomsparse.lm.registry import DEFAULT_MODEL, LoadedModel, load_model
 from tomsparse.masks import check_m_values, parse_mode
 from tomsparse.sweep.runner import MATCHABLE, SweepConfig, m_grid
@@ -21,6 +27,65 @@ from tomsparse.sweep.runner import MATCHABLE, SweepConfig, m_grid
 SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1, 2, 3, 4],
                       controls=["difference", "random", "tom-only"],
                       matched_controls=["generic-only", "random-fraction"])
+
+# Where tomsparse's defaults and the reference's protocol part (README, "tomsparse and the
+# reference"). --reference-protocol fills every option the user left unset from FAITHFUL;
+# otherwise they come from OURS. A command fills only the options it has.
+OURS = dict(dtype="float32", reference_fp16=False, supervision="answer",
+            reference_windows=False, generic_corpus=DEFAULT_GENERIC, corpus=DEFAULT_EVAL,
+            reference_ties=False, perturbation="mean", answer_rule="tomsparse",
+            ppl_protocol="tomsparse")
+FAITHFUL = dict(
+    dtype="float16",            # the reference loads its model in fp16
+    reference_fp16=True,        # per-sample squares in fp16, summed in fp16, one per backward
+    supervision="last-token",   # ToM scores: the loss of the prompt's own last token
+    reference_windows=True,     # its C4 window recipe (data.score_samples)
+    generic_corpus="c4",        # allenai/c4 shard 00000 (needs the hub)
+    corpus="wikitext2",         # WikiText-2 raw test split (needs the hub)
+    reference_ties=True,        # strict-threshold top-k: ties at the k-th value dropped
+    perturbation="reference-mean",
+    answer_rule="reference",    # first word with only . , ' " ; removed, case-sensitive
+    ppl_protocol="reference",   # every row, special tokens, mean over batches of 2 windows
+    scoring="generate", reps=5,  # T 0.6, top-p 0.9, 5 new tokens, 5 reps
+)
+
+
+def int_at_least(low: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse ``type=``: a whole number ``>= low`` (``meaning`` says what the number is,
+    e.g. " (a seed)"), else argparse's usage error naming the valid range and the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number{meaning}, {low} or more, got {text!r}") from None
+        if value < low:
+            at_least = "0 or more" if low == 0 else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {at_least}{meaning}, got {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
+# numpy's generators (bootstrap, random masks) take seeds >= 0 only
+seed_int = int_at_least(0, " (a seed)")
+# a generic or perplexity window: a token and the one it predicts, at least
+window_len = int_at_least(2, " (tokens per window)")
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type=``: a finite number (not nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def parse_controls(text: str) -> list[str]:
@@ -70,7 +135,8 @@ def sweep_config(args: argparse.Namespace, m_values: list[float]) -> SweepConfig
                        scale=args.scale, reference_ties=args.reference_ties,
                        scoring=args.scoring, reps=args.reps, seed=args.seed, tasks=args.tasks,
                        task_limit=args.task_limit, corpus=args.corpus,
-                       ppl_max_tokens=args.ppl_max_tokens,
+                       ppl_max_tokens=args.ppl_max_tokens, ppl_protocol=args.ppl_protocol,
+                       answer_rule=args.answer_rule,
                        batch_size=args.eval_batch_size,
                        matched_controls=list(args.matched_controls),
                        match_tolerance=args.match_tolerance, match_steps=args.match_steps,
@@ -91,14 +157,26 @@ QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
              matched_controls=["random-fraction"])
 
 
-# The reference's protocol sizes (a GPU job): 100 + 100 samples, its 26-value m grid,
-# sampled generation with 5 reps, every task, the whole perplexity corpus.
-# Damage-matched controls only at the grid's largest m: each search costs up to 8 perplexity
-# evaluations of the whole corpus.
-REFERENCE = dict(nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0, m_end=5e-5,
-                 m_step=2e-6, random_seeds=[0, 1, 2, 3, 4], scoring="generate", reps=5,
-                 task_limit=None, ppl_max_tokens=None, analysis_prompts=64,
+# The reference's protocol, end to end (a GPU job): its options (FAITHFUL), 100 + 100
+# samples, its m grid (numpy.arange(0, 5e-5 + 2e-6, 2e-6): 27 values, the last 5.2e-05),
+# every task, the whole perplexity corpus. Beyond the reference: the random control's 5 seeds
+# and the damage-matched controls, only at m = 5e-5 (each search costs up to 8 perplexity
+# evaluations of the whole corpus).
+REFERENCE = dict(FAITHFUL, nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0,
+                 m_end=5e-5, m_step=2e-6, random_seeds=[0, 1, 2, 3, 4], task_limit=None,
+                 ppl_max_tokens=None, analysis_prompts=64,
                  matched_controls=["generic-only", "random-fraction"], match_m=[5e-5])
+
+
+def fill_unset(args: argparse.Namespace, preset: dict) -> None:
+    """Set every option of ``args`` the user left unset (argparse's None) from ``preset``;
+    options the command does not have are skipped, the user's m values are kept whole."""
+    m_given = any(getattr(args, k, None) is not None for k in M_OPTIONS)
+    for key, value in preset.items():
+        if key in (*M_OPTIONS, "match_m") and m_given:
+            continue  # the user's m values replace the preset's, whichever way given
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def apply_presets(args: argparse.Namespace) -> list[float]:
@@ -108,12 +186,7 @@ def apply_presets(args: argparse.Namespace) -> list[float]:
     if args.quick and args.reference_protocol:
         raise UserError("--quick and --reference-protocol contradict each other; pick one")
     preset = REFERENCE if args.reference_protocol else QUICK if args.quick else DEFAULTS
-    m_given = any(getattr(args, k) is not None for k in M_OPTIONS)
-    for key, value in {**SWEEP_DEFAULTS, **preset}.items():
-        if key in (*M_OPTIONS, "match_m") and m_given:
-            continue  # the user's m values replace the preset's, whichever way given
-        if getattr(args, key) is None:  # argparse's None: the user left it unset
-            setattr(args, key, value)
+    fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **preset})
     return resolve_m_values(args)
 
 
@@ -123,26 +196,37 @@ M_OPTIONS = ("m_list", "m_start", "m_end", "m_step")
 def parse_m_list(text: str) -> list[float]:
     """``--m_list 0,1e-5,3e-5`` -> [0.0, 1e-05, 3e-05]."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give comma-separated numbers, e.g. 0,1e-5,3e-5") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give finite numbers (no nan or inf), e.g. 0,1e-5,3e-5")
+    return values
 
 
 def seed_list(text: str) -> list[int]:
     """``--random-seeds 0,1,2`` -> [0, 1, 2]."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 0,1") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers >= 0, e.g. 0,1")
+    return values
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, dtype_default: str | None = "float32") -> None:
+    """``dtype_default=None``: the command's preset decides (float16 under
+    --reference-protocol, else float32)."""
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"registered offline model, local folder or hub id (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: float32)")
+    p.add_argument("--dtype", default=dtype_default, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: float32"
+                        + ("; float16 with --reference-protocol)" if dtype_default is None
+                           else ")"))
     p.add_argument("--device-map", dest="device_map", default=None,
                    help="passed to from_pretrained, e.g. 'auto' to spread a big model over GPUs")
 
@@ -150,10 +234,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--m_list", "--m-list", dest="m_list", type=parse_m_list, default=None,
                    help="comma-separated m values (fraction of each matrix), e.g. 0,1e-5,3e-5")
-    p.add_argument("--m_start", "--m-start", dest="m_start", type=float, default=None,
+    p.add_argument("--m_start", "--m-start", dest="m_start", type=finite_float, default=None,
                    help="the reference's grid: m_start, m_start + m_step, ..., m_end")
-    p.add_argument("--m_end", "--m-end", dest="m_end", type=float, default=None)
-    p.add_argument("--m_step", "--m-step", dest="m_step", type=float, default=None)
+    p.add_argument("--m_end", "--m-end", dest="m_end", type=finite_float, default=None)
+    p.add_argument("--m_step", "--m-step", dest="m_step", type=finite_float, default=None)
     p.add_argument("--controls", type=parse_controls, default=None,
                    help="masks run beside the difference mask: random, tom-only, generic-only, "
                         "random-fraction, or a variant of the mask family such as "
@@ -168,32 +252,55 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="damage-matched controls: for each difference point, the size of these "
                         "masks whose perplexity change matches it is searched, then evaluated "
                         "(default: generic-only,random-fraction; none to skip)")
-    p.add_argument("--match-tolerance", dest="match_tolerance", type=float, default=0.10,
+    p.add_argument("--match-tolerance", dest="match_tolerance", type=finite_float, default=0.10,
                    help="a control is matched when its perplexity change is within this "
                         "fraction of the target's (default 0.10)")
-    p.add_argument("--match-steps", dest="match_steps", type=int, default=8,
-                   help="perplexity evaluations per search at most (default 8)")
+    p.add_argument("--match-steps", dest="match_steps", type=positive_int, default=8,
+                   help="perplexity evaluations per search at most (>= 1; default 8)")
     p.add_argument("--match-m", dest="match_m", type=parse_m_list, default=None,
                    help="match only the difference points at these m values (default: all)")
-    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default="mean")
-    p.add_argument("--scale", type=float, default=0.0, help="s in mean + s * (w - mean)")
-    p.add_argument("--reference-ties", dest="reference_ties", action="store_true",
-                   help="the reference's strict-threshold top-k (ties dropped)")
+    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
+                   help="mean (default): masked entries become the mean of the matrix's other "
+                        "entries; reference-mean: the reference's (W * not mask).mean() over all "
+                        "entries (the --reference-protocol default); zero")
+    p.add_argument("--scale", type=finite_float, default=0.0,
+                   help="s in mean + s * (w - mean)")
+    p.add_argument("--reference-ties", dest="reference_ties",
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="the reference's strict-threshold top-k (ties dropped; the "
+                        "--reference-protocol default)")
+    p.add_argument("--answer-rule", dest="answer_rule", choices=list(ANSWER_RULES), default=None,
+                   help="generated first word vs the answer: tomsparse (default: punctuation "
+                        "removed from both) or reference (only . , ' \" ; removed, "
+                        "case-sensitive; the --reference-protocol default)")
+    p.add_argument("--ppl-protocol", dest="ppl_protocol", choices=list(PPL_PROTOCOLS),
+                   default=None,
+                   help="perplexity: tomsparse (default: blank rows dropped, no special tokens, "
+                        "mean over windows) or reference (every row, special tokens, mean over "
+                        "batches of 2 windows; the --reference-protocol default)")
     p.add_argument("--scoring", default=None, choices=["likelihood", "generate", "greedy"],
                    help="ToM scoring (default: likelihood)")
-    p.add_argument("--reps", type=int, default=None, help="repetitions (default: 1)")
+    p.add_argument("--reps", type=positive_int, default=None,
+                   help="repetitions of generate scoring (>= 1; default: 1, 5 with "
+                        "--reference-protocol)")
     p.add_argument("--tasks", default="builtin")
-    p.add_argument("--task-limit", dest="task_limit", type=int, default=None,
-                   help="evaluate the first N tasks per family")
-    p.add_argument("--corpus", default=DEFAULT_EVAL, help="perplexity corpus")
-    p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=int, default=None)
-    p.add_argument("--export-model", dest="export_model", type=float, default=None,
+    p.add_argument("--task-limit", dest="task_limit", type=positive_int, default=None,
+                   help="evaluate the first N >= 1 tasks per family (default: all)")
+    p.add_argument("--corpus", default=None,
+                   help=f"perplexity corpus (default: {DEFAULT_EVAL}; wikitext2 with "
+                        "--reference-protocol)")
+    p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=positive_int, default=None,
+                   help="perplexity on the first N tokens of the corpus only, at least one "
+                        "window (2048 tokens, or the model's context if shorter) (default: the "
+                        "whole corpus; tomsparse run: 4096, --quick 2048)")
+    p.add_argument("--export-model", dest="export_model", type=finite_float, default=None,
                    help="write the perturbed model (difference mask) for this m")
 
 
 def load_model_from(args: argparse.Namespace, **overrides) -> LoadedModel:
     """The model ``--model/--device/--dtype/--device-map`` name (``overrides`` win)."""
-    options = dict(device=args.device, dtype=args.dtype, device_map=args.device_map)
+    options = dict(device=args.device, dtype=args.dtype or "float32",
+                   device_map=args.device_map)
     options.update(overrides)
     return load_model(args.model, **options)
 

@@ -8,15 +8,21 @@ import json
 
 from tomsparse.cli.options import (
     DEFAULTS,
+    OURS,
     REFERENCE,
     add_model_args,
     add_sweep_args,
     apply_presets,
+    nonneg_int,
+    positive_int,
     recorded_options,
+    seed_int,
     sweep_config,
+    window_len,
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
 from tomsparse.data.score_samples import ScoreDataConfig
+from tomsparse.manifest import check_output_dir
 from tomsparse.pipeline import RunConfig, run_main_job
 from tomsparse.scores.compute import METHODS
 
@@ -26,10 +32,11 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     m_values = apply_presets(args)
     preset = ("reference-protocol" if args.reference_protocol else "quick" if args.quick
               else "default")
-    resolved = {k: getattr(args, k) for k in (*DEFAULTS, *REFERENCE, "scoring", "reps")
+    resolved = {k: getattr(args, k) for k in (*DEFAULTS, *REFERENCE, *OURS)
                 if k not in ("m_list", "m_start", "m_end", "m_step")}
     print(f"resolved ({preset} preset): m = {m_values} " + json.dumps(resolved, sort_keys=True))
     common = dict(seed=args.seed, supervision=args.supervision)
+    windows = "reference" if args.reference_windows else "tomsparse"
     options = recorded_options(args)
     options["m_list"] = m_values  # recorded resolved, however they were given
     return RunConfig(
@@ -40,42 +47,65 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                                  prompts=args.data_path or "builtin", corpus=args.generic_corpus,
                                  **common),
         generic_data=ScoreDataConfig(dataset="generic", nsamples=args.nsamples_generic,
-                                     seqlen=args.seqlen, corpus=args.generic_corpus, **common),
+                                     seqlen=args.seqlen, corpus=args.generic_corpus,
+                                     windows=windows, **common),
         sweep=sweep_config(args, m_values), score_batch_size=args.batch_size,
-        score_method=args.method, export_m=args.export_model,
+        score_method=args.method, score_reference_fp16=args.reference_fp16,
+        export_m=args.export_model,
         analysis_prompts=args.analysis_prompts if args.analysis else 0, options=options)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out)  # before anything is resolved, loaded or written
     run_main_job(run_config(args))
     return 0
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="the main job: scores, sweep, summary, plots and report")
-    add_model_args(p)
+    add_model_args(p, dtype_default=None)
     add_sweep_args(p)
     p.add_argument("--quick", action="store_true", help="a ~3-minute version for a first look")
     p.add_argument("--no-analysis", dest="analysis", action="store_false",
                    help="skip the mechanistic analyses at the end (see `tomsparse analyze`)")
-    p.add_argument("--analysis-prompts", dest="analysis_prompts", type=int, default=None,
-                   help="ToM prompts the analyses run on (default 16; --quick 8)")
+    p.add_argument("--analysis-prompts", dest="analysis_prompts", type=nonneg_int, default=None,
+                   help="ToM prompts the analyses run on (default 16; --quick 8; 0: no "
+                        "analyses, as --no-analysis)")
     p.add_argument("--reference-protocol", dest="reference_protocol", action="store_true",
-                   help="the reference's sizes: 100 + 100 samples, m = 0..5e-5 step 2e-6 "
-                        "(26 values), generate scoring with 5 reps, every task, the whole "
-                        "perplexity corpus (a GPU job)")
+                   help="reproduce the reference end to end (a GPU job): fp16 model, fp16 "
+                        "last-token scores on 100 + 100 samples (its C4 windows), strict ties, "
+                        "reference-mean perturbation, m = numpy.arange(0, 5e-5 + 2e-6, 2e-6) "
+                        "(27 values), sampled generation with 5 reps and its first-word rule, "
+                        "its perplexity protocol on wikitext2, c4 for generic text; every "
+                        "option given explicitly still wins (README: tomsparse and the "
+                        "reference)")
     p.add_argument("--out", default="runs/default", help="output folder (default: runs/default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nsamples-tom", dest="nsamples_tom", type=int, default=None)
-    p.add_argument("--nsamples-generic", dest="nsamples_generic", type=int, default=None)
-    p.add_argument("--seqlen", type=int, default=None, help="generic window length")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--nsamples-tom", dest="nsamples_tom", type=positive_int, default=None)
+    p.add_argument("--nsamples-generic", dest="nsamples_generic", type=positive_int,
+                   default=None)
+    p.add_argument("--seqlen", type=window_len, default=None,
+                   help="generic window length, >= 2 (default 128)")
     p.add_argument("--data_path", "--data-path", dest="data_path", default=None)
-    p.add_argument("--generic-corpus", dest="generic_corpus", default=DEFAULT_GENERIC)
-    p.add_argument("--supervision", choices=["answer", "last-token"], default="answer")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=8,
+    p.add_argument("--generic-corpus", dest="generic_corpus", default=None,
+                   help=f"generic text for scores (default: {DEFAULT_GENERIC}; c4 with "
+                        "--reference-protocol)")
+    p.add_argument("--reference-windows", dest="reference_windows",
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the generic windows by the reference's C4 recipe (the "
+                        "--reference-protocol default)")
+    p.add_argument("--supervision", choices=["answer", "last-token"], default=None,
+                   help="ToM scores: supervise the answer (default) or the prompt's last token "
+                        "(the --reference-protocol default)")
+    p.add_argument("--reference-fp16", dest="reference_fp16",
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="scores as the reference computes them: per-sample squares rounded "
+                        "to fp16 and summed in fp16, one sample per backward (the "
+                        "--reference-protocol default)")
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8,
                    help="samples per backward pass of the batched score method")
     p.add_argument("--method", choices=list(METHODS), default="batched",
                    help="score method (see `tomsparse scores --help`)")
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=16,
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=positive_int, default=16,
                    help="prompts per forward pass of the ToM evaluation (default 16)")
     p.set_defaults(handler=cmd_run)

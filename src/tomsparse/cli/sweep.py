@@ -4,24 +4,35 @@ tables and report of a sweep folder, or the reference's summary of its ``tom/`` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from tomsparse.cli.options import (
+    OURS,
+    REFERENCE,
     SWEEP_DEFAULTS,
     add_model_args,
     add_sweep_args,
+    fill_unset,
     load_model_from,
+    positive_int,
     recorded_options,
     resolve_m_values,
+    seed_int,
     sweep_config,
 )
 from tomsparse.errors import UserError
-from tomsparse.manifest import build_manifest, write_csv
+from tomsparse.manifest import (
+    build_manifest,
+    check_output_dir,
+    check_output_file,
+    read_json_object,
+    write_csv,
+)
 from tomsparse.report.sweep_report import write_report
-from tomsparse.scores.store import load_scores, scores_identity
+from tomsparse.scores.distributed import dist_world, process_group, rank_device
+from tomsparse.scores.store import open_scores, scores_identity
 from tomsparse.sweep.reference import reference_summary
 from tomsparse.sweep.runner import run_sweep
 from tomsparse.sweep.summary import collect, print_summary
@@ -35,23 +46,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("sweep needs --scores-tom DIR and --scores-generic DIR (score stores "
                         "from `tomsparse scores`, or `tomsparse run`'s scores_tom/ and "
                         "scores_generic/)")
+    check_output_dir(args.out)  # before the model is loaded or anything written
+    # --reference-protocol: the reference's sweep (grid, ties, perturbation, generation,
+    # first-word rule, perplexity) for every option left unset.
+    fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **(REFERENCE if args.reference_protocol else {})})
     ms = resolve_m_values(args)
-    for key, value in SWEEP_DEFAULTS.items():
-        if getattr(args, key) is None:  # argparse's None: the user left it unset
-            setattr(args, key, value)
     t0 = time.time()
-    lm = load_model_from(args)
-    tom, tom_manifest = load_scores(args.scores_tom, model=lm)
-    gen, gen_manifest = load_scores(args.scores_generic, model=lm)
-    cfg = sweep_config(args, ms)
-    ids = (scores_identity(tom_manifest), scores_identity(gen_manifest))
-    summary = run_sweep(lm, tom, gen, cfg, args.out, scores_ids=ids,
-                        export_m=args.export_model,
-                        scores_info={"tom": str(args.scores_tom), "generic": str(args.scores_generic)})
-    manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
-                              options=recorded_options(args), scores_tom_sha=ids[0],
-                              scores_generic_sha=ids[1], seconds=round(time.time() - t0, 1))
-    report = write_report(args.out, summary, manifest)
+    # Under torchrun each rank loads the model on its own device and the ranks split the
+    # points through the folder's claims; rank 0 writes the tables and report at the end.
+    with process_group():
+        rank, world = dist_world()[1:]
+        lm = load_model_from(args, device=rank_device(args.device))
+        # The stores are read one matrix at a time, onto that weight's device, as the
+        # rankings need them: never two full score sets in host memory.
+        devices = {m.name: m.module.weight.device if m.module.weight.device.type != "meta"
+                   else "cpu" for m in lm.description.matrices}
+        tom = open_scores(args.scores_tom, model=lm, device=devices)
+        gen = open_scores(args.scores_generic, model=lm, device=devices)
+        cfg = sweep_config(args, ms)
+        ids = (scores_identity(tom.manifest), scores_identity(gen.manifest))
+        summary = run_sweep(lm, tom, gen, cfg, args.out, scores_ids=ids,
+                            export_m=args.export_model, progress=rank == 0,
+                            scores_info={"tom": str(args.scores_tom),
+                                         "generic": str(args.scores_generic)},
+                            tables=rank == 0)
+        if rank != 0:
+            print(f"rank {rank} of {world}: done; rank 0 writes the tables and report")
+            return 0
+        manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
+                                  options=recorded_options(args), scores_tom_sha=ids[0],
+                                  scores_generic_sha=ids[1], world_size=world,
+                                  seconds=round(time.time() - t0, 1))
+        report = write_report(args.out, summary, manifest)
     print()
     print_summary(summary)
     print(f"\nreport: {Path(report).resolve()}  ({time.time() - t0:.0f} s)")
@@ -68,9 +94,15 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         raise UserError(f"{folder}: no such folder; give a sweep folder (with points/) or the "
                         "reference's tom/ folder")
     if (folder / "points").is_dir():
-        summary = collect(folder)
+        # Everything checked before anything is written.
+        check_output_dir(folder, "summarize")
+        if args.out_csv:
+            check_output_file(args.out_csv, "--out_csv", example="summary.csv")
         manifest_path = folder / "sweep_manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        manifest = (read_json_object(manifest_path, "restore it, or delete it (the report then "
+                                                    "shows no options)")
+                    if manifest_path.exists() else {})
+        summary = collect(folder)
         report = write_report(folder, summary, manifest)
         if args.out_csv:
             write_csv(args.out_csv, summary)
@@ -80,13 +112,14 @@ def cmd_summarize(args: argparse.Namespace) -> int:
               + (f", {args.out_csv}" if args.out_csv else "") + f"\nreport: {report.resolve()}")
         return 0
     root = folder / "tom" if (folder / "tom").is_dir() else folder
+    out_csv = Path(args.out_csv) if args.out_csv else root.parent / "tom_summary.csv"
+    check_output_file(out_csv, "--out_csv", example="tom_summary.csv")
     summary = reference_summary(root)
     if args.reps is not None:
         found = len({p.parts[-4] for p in root.glob("*/*/*/results.csv")})
         if found != args.reps:
             print(f"note: --reps {args.reps}, but {root} holds {found} rep folder(s); "
                   "summarised what is there", file=sys.stderr)
-    out_csv = Path(args.out_csv) if args.out_csv else root.parent / "tom_summary.csv"
     write_csv(out_csv, summary)
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"\nwrote {out_csv}")
@@ -96,15 +129,20 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="the m-sweep from two score stores: masks, perturbation, "
                                      "ToM evaluation and perplexity per point (resumable)")
-    add_model_args(p)
+    add_model_args(p, dtype_default=None)
     p.add_argument("--scores-tom", "--scores_tom", dest="scores_tom", default=None,
                    help="ToM score store (from `tomsparse scores --dataset tom`)")
     p.add_argument("--scores-generic", "--scores_generic", dest="scores_generic", default=None,
                    help="generic score store (from `tomsparse scores --dataset generic`)")
     add_sweep_args(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of generate scoring")
-    p.add_argument("--batch-size", dest="eval_batch_size", type=int, default=16,
-                   help="evaluation batch size")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of generate scoring (>= 0)")
+    p.add_argument("--batch-size", dest="eval_batch_size", type=positive_int, default=16,
+                   help="evaluation batch size (>= 1)")
+    p.add_argument("--reference-protocol", dest="reference_protocol", action="store_true",
+                   help="the reference's sweep for every option left unset: fp16 model, its "
+                        "m grid (27 values), strict ties, reference-mean perturbation, sampled "
+                        "generation with 5 reps and its first-word rule, its perplexity "
+                        "protocol on wikitext2 (README: tomsparse and the reference)")
     p.add_argument("--out", required=True, help="sweep folder (an existing one is resumed)")
     p.set_defaults(handler=cmd_sweep)
 
@@ -115,7 +153,8 @@ def add_summarize_parser(sub) -> None:
     p.add_argument("folder", nargs="?", default=None,
                    help="a sweep folder (with points/) or a reference output folder (with tom/)")
     p.add_argument("--root", default=None, help="the reference's spelling of the folder")
-    p.add_argument("--reps", type=int, default=None, help="expected reps (checked, reference layout)")
+    p.add_argument("--reps", type=positive_int, default=None,
+                   help="expected reps, >= 1 (checked, reference layout)")
     p.add_argument("--out_csv", "--out-csv", dest="out_csv", default=None,
                    help="also write the summary here (reference layout default: "
                         "<folder>/tom_summary.csv)")

@@ -8,17 +8,19 @@ import sys
 import textwrap
 from collections import Counter
 
+from tomsparse.cli.options import seed_int
 from tomsparse.data.tasks.bank import builtin_taskset, export_bank
 from tomsparse.data.tasks.loaders import load_tasks
 from tomsparse.data.tasks.model import FAMILY_TITLES
 from tomsparse.errors import UserError
+from tomsparse.manifest import check_output_dir
 
 
 def _show(spec: str, examples: int) -> None:
 
     taskset = load_tasks(spec)
     prompts = taskset.prompts()
-    print(taskset.summary())
+    print(f"{taskset.summary()} (rendered by the {taskset.renderer} renderer)")
     for family in taskset.families():
         mine = [p for p in prompts if p.family == family]
         per_condition = Counter(p.condition for p in mine)
@@ -51,9 +53,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if args.action == "export":
         if not args.out:
             raise UserError("tasks export needs --out DIR")
+        check_output_dir(args.out)  # before anything is built or written
         _export(args.out, args.seed)
     else:
-        if args.n < 0:
+        if args.n < 0:  # a one-line error (tests/unit/test_evaluate_cli.py), not argparse's
             raise UserError(f"tasks show -n {args.n}: give the number of prompts to show per "
                             "family, 0 or more")
         _show(args.tasks, args.n)
@@ -66,7 +69,7 @@ def add_parser(sub) -> None:
     p.add_argument("action", choices=["export", "show"])
     p.add_argument("--tasks", default="builtin", help="builtin, builtin:train, tomi or a file")
     p.add_argument("--out", default=None, help="export folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("-n", dest="n", type=int, default=SHOWN_PER_FAMILY,
-                   help=f"prompts to show per family (default {SHOWN_PER_FAMILY})")
+                   help=f"prompts to show per family (default {SHOWN_PER_FAMILY}), 0 or more")
     p.set_defaults(handler=cmd_tasks)

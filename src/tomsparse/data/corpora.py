@@ -29,20 +29,28 @@ _EVAL_SHARE = 0.2  # titles whose hash falls below this fraction go to the eval 
 
 @dataclass
 class Corpus:
+    """A corpus's documents: ``texts`` are the non-blank ones (what windows are drawn from and
+    what our perplexity joins); ``rows`` are the records as the source holds them, blank ones
+    included (what the reference's perplexity joins: WikiText-2 has thousands of empty rows).
+    ``sha256`` identifies ``texts``, ``rows_sha256`` the rows."""
+
     name: str
     texts: list[str]
     source: str
     licence: str = ""
 
     def __post_init__(self):
-        self.texts = [t for t in self.texts if t and t.strip()]
+        self.rows = [t for t in self.texts if isinstance(t, str)]
+        self.texts = [t for t in self.rows if t.strip()]
         if not self.texts:
             raise UserError(f"corpus {self.name!r} ({self.source}) is empty: it has no "
                             "non-blank text; check the file or pick another --corpus")
         self.sha256 = sha256_texts(self.texts)
+        self.rows_sha256 = sha256_texts(self.rows)
 
-    def joined(self, sep: str = "\n\n") -> str:
-        return sep.join(self.texts)
+    def joined(self, sep: str = "\n\n", blank_rows: bool = False) -> str:
+        """The documents joined with ``sep``; ``blank_rows`` keeps the empty records too."""
+        return sep.join(self.rows if blank_rows else self.texts)
 
     @property
     def num_chars(self) -> int:

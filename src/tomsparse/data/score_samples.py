@@ -9,9 +9,10 @@ same samples:
   keeping the tail). Supervision ``answer`` appends " " + the expected answer and supervises
   only the answer's tokens; ``last-token`` (the reference's) supervises only the prompt's final
   token, i.e. the loss of predicting the prompt's own last word.
-* ``build_generic_samples``: random windows of ``seqlen`` tokens from a corpus, drawn like the
-  reference's C4 sampling (pick a random document until one has more than ``seqlen`` tokens,
-  then a random window inside it); every token of the window is supervised.
+* ``build_generic_samples``: random windows of ``seqlen`` tokens from a corpus (pick a random
+  document until one is long enough, then a random window inside it), by our recipe or,
+  with ``recipe="reference"``, exactly the reference's C4 recipe; every token of the window
+  is supervised.
 
 Labels follow the Hugging Face convention: ``labels[t]`` is the token predicted from position
 ``t - 1``; -100 marks an unsupervised position (position 0 always is).
@@ -99,7 +100,8 @@ def reference_selection(n_records: int, nsamples: int, seed: int) -> list[int]:
 
 
 def _check_nsamples(nsamples: int) -> None:
-    if nsamples is None or int(nsamples) <= 0:
+    if nsamples is None or isinstance(nsamples, bool) or int(nsamples) != nsamples \
+            or int(nsamples) <= 0:
         raise UserError(f"--nsamples must be a positive number, got {nsamples}")
 
 
@@ -206,15 +208,33 @@ def _texts_of(corpus) -> tuple[list[str], str, str | None]:
     return list(texts), getattr(corpus, "name", "corpus"), getattr(corpus, "sha256", None)
 
 
+# How generic windows are drawn: ``tomsparse`` (ours, the default) or ``reference`` (the
+# reference code's C4 recipe, for reproducing its scores).
+WINDOW_RECIPES = ("tomsparse", "reference")
+# The reference draws at most this many documents per window before taking the last one.
+_REFERENCE_DRAWS = 100
+
+
 def build_generic_samples(tokenizer, corpus, nsamples: int = 100, seqlen: int = 128,
                           seed: int = 0, add_special_tokens: bool = True,
-                          max_length: int | None = None) -> ScoreDataset:
+                          max_length: int | None = None,
+                          recipe: str = "tomsparse") -> ScoreDataset:
     """Random ``seqlen``-token windows of a corpus (a ``Corpus`` or a list of texts), every
-    token supervised, drawn as the reference draws its C4 windows: ``random.seed(seed)``; per
-    sample, draw documents with ``randint`` until one has more than ``seqlen`` tokens, then a
-    window start with ``randint(0, len - seqlen - 1)``. Documents are tokenized as the
-    reference does (with the tokenizer's default special tokens)."""
+    token supervised. Both recipes seed a private ``random.Random(seed)``.
+
+    * ``tomsparse``: per sample, draw documents with ``randint`` until one has more than
+      ``seqlen`` tokens (tokenized with the tokenizer's default special tokens unless
+      ``add_special_tokens=False``), then a start with ``randint(0, len - seqlen - 1)``;
+      a corpus with no long enough document is refused.
+    * ``reference``: the reference's C4 recipe, exactly: per sample up to 100 draws of
+      ``randint(0, len(docs) - 1)``, each document tokenized without special tokens, stopping
+      at the first with at least ``seqlen`` tokens (after 100 failures the last one drawn is
+      used, whole, as a shorter window); the start is 0 when the length equals ``seqlen``,
+      else ``randint(0, len - seqlen)`` (inclusive).
+    """
     _check_nsamples(nsamples)
+    if recipe not in WINDOW_RECIPES:
+        raise UserError(f"unknown window recipe {recipe!r}; use {' or '.join(WINDOW_RECIPES)}")
     texts, name, corpus_sha = _texts_of(corpus)
     if not texts:
         raise UserError(f"corpus {name!r} holds no texts (empty dataset)")
@@ -224,46 +244,81 @@ def build_generic_samples(tokenizer, corpus, nsamples: int = 100, seqlen: int = 
         raise UserError(f"--seqlen {seqlen} is longer than the model's context ({max_length} "
                         "tokens)")
     rng = random.Random(seed)
+    special = add_special_tokens and recipe == "tomsparse"
     cache: dict[int, list[int]] = {}
 
     def tokens(i: int) -> list[int]:
         if i not in cache:
-            cache[i] = encode(tokenizer, texts[i], add_special_tokens)
+            cache[i] = encode(tokenizer, texts[i], special)
         return cache[i]
 
-    samples = []
+    draw = _reference_window if recipe == "reference" else _tomsparse_window
+    samples, short = [], 0
     for k in range(nsamples):
-        failures = 0
-        while True:
-            doc = rng.randint(0, len(texts) - 1)
-            ids = tokens(doc)
-            if len(ids) > seqlen:
-                break
-            failures += 1
-            if failures == _DRAWS_BEFORE_CHECK and not any(
-                    len(tokens(i)) > seqlen for i in range(len(texts))):
-                longest = max(len(tokens(i)) for i in range(len(texts)))
-                raise UserError(f"corpus {name!r}: no text has more than {seqlen} tokens (the "
-                                f"longest has {longest}); lower --seqlen")
-        start = rng.randint(0, len(ids) - seqlen - 1)
+        doc, start, ids = draw(rng, len(texts), tokens, seqlen, name)
         window = ids[start:start + seqlen]
+        short += len(window) < seqlen
         labels = [IGNORE] + window[1:]
         samples.append(ScoreSample(tuple(window), tuple(labels),
-                                   f"{name}: window {k} (text {doc}, tokens {start}..{start + seqlen})"))
+                                   f"{name}: window {k} (text {doc}, tokens {start}.."
+                                   f"{start + len(window)})"))
+    if short:
+        log.warning("%s: %d of %d windows are shorter than %d tokens (the reference recipe found "
+                    "no long enough document in %d draws and kept the last one drawn)",
+                    name, short, nsamples, seqlen, _REFERENCE_DRAWS)
+    selection = {
+        "tomsparse": "tomsparse: random.seed(seed); randint document until longer than seqlen "
+                     "tokens; start randint(0, len - seqlen - 1)",
+        "reference": "reference C4 recipe: random.seed(seed); up to 100 randint documents, "
+                     "tokenized without special tokens, until one has >= seqlen tokens; start 0 "
+                     "if len == seqlen else randint(0, len - seqlen)",
+    }[recipe]
     info = {
         "dataset": "generic",
         "source": name,
         "source_sha256": corpus_sha or sha256_texts(texts),
         "source_records": len(texts),
         "nsamples_requested": int(nsamples),
-        "selection": "reference C4 sampling: random.seed(seed); randint document until longer "
-                     "than seqlen tokens; randint window start",
+        "window_recipe": recipe,
+        "selection": selection,
         "supervision": "all",
-        "add_special_tokens": add_special_tokens,
+        "add_special_tokens": special,
         "seqlen": seqlen,
+        "short_windows": short,
         "truncated": 0,
     }
     return _finish(samples, info, seed)
+
+
+def _tomsparse_window(rng: random.Random, n_docs: int, tokens, seqlen: int, name: str):
+    """(document, start, its ids): documents with more than ``seqlen`` tokens only."""
+    failures = 0
+    while True:
+        doc = rng.randint(0, n_docs - 1)
+        ids = tokens(doc)
+        if len(ids) > seqlen:
+            return doc, rng.randint(0, len(ids) - seqlen - 1), ids
+        failures += 1
+        if failures == _DRAWS_BEFORE_CHECK and not any(
+                len(tokens(i)) > seqlen for i in range(n_docs)):
+            longest = max(len(tokens(i)) for i in range(n_docs))
+            raise UserError(f"corpus {name!r}: no text has more than {seqlen} tokens (the "
+                            f"longest has {longest}); lower --seqlen")
+
+
+def _reference_window(rng: random.Random, n_docs: int, tokens, seqlen: int, name: str):
+    """(document, start, its ids) as the reference draws them (see build_generic_samples)."""
+    for _ in range(_REFERENCE_DRAWS):
+        doc = rng.randint(0, n_docs - 1)
+        ids = tokens(doc)
+        if len(ids) >= seqlen:
+            break
+    if len(ids) <= seqlen:
+        # Exactly seqlen: the reference starts at 0. Shorter (100 failed draws): the reference
+        # keeps the last document drawn; its start would be an empty randint range, so the
+        # whole document is the window.
+        return doc, 0, ids
+    return doc, rng.randint(0, len(ids) - seqlen), ids
 
 
 def _finish(samples: list[ScoreSample], info: dict, seed: int) -> ScoreDataset:
@@ -298,6 +353,7 @@ class ScoreDataConfig:
     prompts: str = "builtin"
     supervision: str = "answer"
     corpus: str = DEFAULT_GENERIC
+    windows: str = "tomsparse"  # generic window recipe: tomsparse or reference
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -305,9 +361,16 @@ class ScoreDataConfig:
         if self.supervision not in SUPERVISIONS:
             raise UserError(f"unknown --supervision {self.supervision!r}; use "
                             f"{' or '.join(SUPERVISIONS)}")
+        if self.windows not in WINDOW_RECIPES:
+            raise UserError(f"unknown window recipe {self.windows!r}; use "
+                            f"{' or '.join(WINDOW_RECIPES)}")
         _check_nsamples(self.nsamples)
         if self.seqlen is not None and self.seqlen < 0:
             raise UserError(f"--seqlen must be 0 or more, got {self.seqlen}")
+        # 0 means "whole prompts" for ToM samples only; a generic window has a length.
+        if self.dataset == "generic" and self.seqlen is not None and self.seqlen < 2:
+            raise UserError(f"--seqlen {self.seqlen}: a generic window needs at least 2 tokens "
+                            "(give 2 or more, or leave it out for 128)")
 
 
 def build_dataset(cfg: ScoreDataConfig, tokenizer, model) -> ScoreDataset:
@@ -325,4 +388,4 @@ def build_dataset(cfg: ScoreDataConfig, tokenizer, model) -> ScoreDataset:
     corpus = load_corpus(cfg.corpus)
     return build_generic_samples(tokenizer, corpus, nsamples=cfg.nsamples,
                                  seqlen=cfg.seqlen if cfg.seqlen else 128, seed=cfg.seed,
-                                 max_length=context)
+                                 max_length=context, recipe=cfg.windows)

@@ -1,7 +1,8 @@
-"""Generation backends for the ``generate`` and ``greedy`` scorings: Hugging Face ``generate``
-(batched by length, left padding, seeded) and vLLM when installed (the in-memory weights saved
-to a temporary folder first). Every setting that shapes the distribution is set explicitly to
-the reference protocol's (temperature 0.6, top-p 0.9, no top-k, 5 new tokens)."""
+"""Generation backends for the ``generate`` and ``greedy`` scorings: our own decoding loop on
+the Hugging Face model (batched by length, left padding, the reps sharing one prefill, one
+seeded generator per rep) and vLLM when installed (the in-memory weights saved to a temporary
+folder first). The distribution is the reference protocol's (temperature 0.6, top-p 0.9, no
+top-k, no repetition penalty, 5 new tokens), whatever the model's own generation_config says."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import torch
 from tomsparse.errors import UserError
 from tomsparse.lm.batching import (
     batches_by_length,
+    cache_keyword,
     encode,
     input_device,
     left_pad,
+    output_cache,
     pad_token_id,
     progress_bar,
 )
@@ -27,43 +30,101 @@ TOP_P = 0.9
 MAX_NEW_TOKENS = 5
 
 
-def _generation_config(model, tokenizer, sample: bool):
-    from transformers import GenerationConfig
+def generate_hf(model, tokenizer, texts: list[str], batch_size: int = 16, sample: bool = True,
+                seed: int | None = None, device=None, progress: bool = False) -> list[str]:
+    """Continuations (``MAX_NEW_TOKENS`` new tokens, decoded) of each text: one rep of
+    ``generate_reps``."""
+    return generate_reps(model, tokenizer, texts, [seed], batch_size, sample, device,
+                         progress)[0]
 
+
+def sampling_filter(logits: torch.Tensor) -> torch.Tensor:
+    """The reference protocol's sampling distribution as logits: divided by the temperature,
+    then nucleus (top-p) filtered: the least likely tokens whose probabilities add up to at
+    most 1 - TOP_P are set to -inf (the most likely token always stays), as Hugging Face's
+    TopPLogitsWarper does."""
+    scaled = logits.float() / TEMPERATURE
+    ordered, order = scaled.sort(dim=-1)  # ascending
+    tail = ordered.softmax(-1).cumsum(-1) <= 1 - TOP_P
+    tail[..., -1] = False
+    return scaled.masked_fill(tail.scatter(-1, order, tail), float("-inf"))
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = getattr(tokenizer, "eos_token_id", None)
-    # Everything that shapes the distribution is set explicitly, so values from the model's
-    # own generation_config (top_k=50, repetition penalties ...) cannot leak in.
-    common = dict(max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=0, num_beams=1,
-                  repetition_penalty=1.0, no_repeat_ngram_size=0, pad_token_id=pad_token_id(tokenizer),
-                  eos_token_id=eos, use_cache=True)
-    if sample:
-        return GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=0,
-                                **common)
-    return GenerationConfig(do_sample=False, **common)
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
 
-def generate_hf(model, tokenizer, texts: list[str], batch_size: int = 16, sample: bool = True,
-                seed: int | None = None, device=None, progress: bool = False) -> list[str]:
-    """Continuations (``MAX_NEW_TOKENS`` new tokens, decoded) of each text, batched with left
-    padding. ``seed`` seeds torch's generator once before the first batch."""
+def generate_reps(model, tokenizer, texts: list[str], seeds: list[int | None],
+                  batch_size: int = 16, sample: bool = True, device=None,
+                  progress: bool = False) -> list[list[str]]:
+    """``MAX_NEW_TOKENS`` new tokens after each text, decoded, once per seed (one rep each):
+    ``[rep][text]``. Sampled at the reference protocol's settings (``sampling_filter``), or
+    greedy when not ``sample``.
+
+    The reps share the prompts' prefill: each batch of ``batch_size`` prompts (grouped by
+    length, left-padded) is run once, its KV cache is repeated for every rep, and only the new
+    tokens run per rep. Rep r draws with its own generator seeded with ``seeds[r]``, so its
+    words depend on its seed and the batching, not on how many reps run beside it. Tokens
+    after an end-of-sequence token are dropped, as ``generate`` drops them."""
     device = input_device(model, device)
-    config = _generation_config(model, tokenizer, sample)
+    pad = pad_token_id(tokenizer)
+    eos = _eos_ids(model, tokenizer)
     ids_list = [encode(tokenizer, t) for t in texts]
-    if seed is not None:
-        torch.manual_seed(seed)
-    results: list = [None] * len(texts)
+    reps = len(seeds)
+    generators = [torch.Generator(device=device).manual_seed(s) if sample and s is not None
+                  else None for s in seeds]
+    keep_last = _keeps_last_logits(model)
+    results: list = [[None] * len(texts) for _ in range(reps)]
     bar = progress_bar(len(texts), "generate" if sample else "greedy", "prompt", progress)
     for batch in batches_by_length([len(x) for x in ids_list], batch_size):
-        ids, mask = left_pad([ids_list[i] for i in batch], config.pad_token_id, device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        new = out[:, ids.shape[1]:].tolist()
-        for i, tokens in zip(batch, new):
-            results[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+        ids, mask = left_pad([ids_list[i] for i in batch], pad, device)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **keep_last)
+        # rows rep-major: row r * len(batch) + b is prompt b of rep r
+        index = torch.arange(len(batch), device=device).repeat(reps)
+        cache = output_cache(out)
+        cache.reorder_cache(index)
+        logits, mask = out.logits[index, -1], mask[index]
+        position = mask.sum(-1, keepdim=True)
+        steps = []
+        for step in range(MAX_NEW_TOKENS):
+            steps.append(next_tokens(logits, generators, len(batch)))
+            if step + 1 == MAX_NEW_TOKENS:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            out = model(input_ids=steps[-1][:, None], attention_mask=mask,
+                        position_ids=position + step, use_cache=True,
+                        **{cache_keyword(model): cache}, **keep_last)
+            cache, logits = output_cache(out), out.logits[:, -1]
+        new = torch.stack(steps, 1).tolist()
+        for row, tokens in enumerate(new):
+            cut = next((j for j, t in enumerate(tokens) if t in eos), len(tokens))
+            rep, b = divmod(row, len(batch))
+            results[rep][batch[b]] = tokenizer.decode(tokens[:cut], skip_special_tokens=True)
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def next_tokens(logits: torch.Tensor, generators: list, per_rep: int) -> torch.Tensor:
+    """One token per row: greedy, or sampled, each rep's rows with that rep's generator."""
+    if generators[0] is None:
+        return logits.argmax(-1)
+    probs = sampling_filter(logits).softmax(-1)
+    return torch.cat([torch.multinomial(probs[r * per_rep:(r + 1) * per_rep], 1, generator=g)
+                      for r, g in enumerate(generators)])[:, 0]
+
+
+def _keeps_last_logits(model) -> dict:
+    """Only the last position's logits where the model can (no (batch, length, vocab) tensor
+    at the prefill)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
 class VLLMGenerator:

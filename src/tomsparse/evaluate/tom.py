@@ -16,6 +16,11 @@ Scorings
   expected answer's first word. Repeated ``reps`` times; rep r uses seed ``seed + r - 1``.
 * ``greedy``: the generate protocol without sampling (deterministic, one rep).
 
+Answer rules for the generated first word (``answer_rule``): ``tomsparse`` (default) removes
+``. , ' " ; : ! ?`` from both words, so "Yes!" counts as "Yes"; ``reference`` is the reference
+code's rule exactly: the first whitespace-separated word with only ``. , ' " ;`` removed,
+compared case-sensitively with the expected answer's first word as written.
+
 Backends for generation: Hugging Face ``generate`` (batched, left padding) and vLLM when it
 is installed (``backend="vllm"``; the in-memory weights are saved to a temporary folder first,
 so a perturbed model is evaluated as it is in memory).
@@ -31,28 +36,37 @@ reps. The reference's layout ``<out>/tom/<rep>/<m>/<family>/results.csv`` is wri
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from tomsparse.data.tasks.model import REFERENCE_FAMILIES, Prompt, TaskSet, first_word
+from tomsparse.data.tasks.model import (
+    MATCH_RULES,
+    REFERENCE_FAMILIES,
+    Prompt,
+    TaskSet,
+    answer_word,
+)
 from tomsparse.errors import UserError
 from tomsparse.evaluate.generate import (
     MAX_NEW_TOKENS,
     TEMPERATURE,
     TOP_P,
     VLLMGenerator,
-    generate_hf,
+    generate_reps,
     vllm_available,
 )
 from tomsparse.evaluate.metrics import compute_metrics
 from tomsparse.evaluate.results import EvalResult
 from tomsparse.lm.batching import (
+    cache_keyword,
     encode,
     input_device,
     left_pad,
+    output_cache,
     pad_token_id,
     progress_bar,
 )
@@ -62,6 +76,7 @@ log = logging.getLogger(__name__)
 SCORINGS = ("likelihood", "generate", "greedy")
 BACKENDS = ("hf", "vllm", "auto")
 ANSWER_SPANS = ("word", "full")
+ANSWER_RULES = MATCH_RULES  # ("tomsparse", "reference"): data.tasks.model.answer_word
 DEFAULT_REPS = 5
 
 
@@ -181,12 +196,12 @@ def _score_batch(model, stems: list[list[int]], rows: list, n_out: int, pad_id: 
     if all(stems):
         ids, mask = left_pad(stems, pad_id, device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                      **forward_kwargs).cache
+        cache = output_cache(model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                   use_cache=True, **forward_kwargs))
         cache.reorder_cache(group)  # one copy of its stem's cache per row
         out = model(input_ids=tail_ids, attention_mask=torch.cat([mask[group], tail_mask], 1),
-                    position_ids=mask.sum(-1)[group][:, None] + offsets, cache=cache,
-                    use_cache=True)
+                    position_ids=mask.sum(-1)[group][:, None] + offsets, use_cache=True,
+                    **{cache_keyword(model): cache})
     else:
         out = model(input_ids=tail_ids, attention_mask=tail_mask,
                     position_ids=offsets.expand(len(rows), -1))
@@ -276,7 +291,7 @@ def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 
 def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", reps: int = 1,
              seed: int = 0, batch_size: int = 16, m: float = 0.0, model_name: str = "",
              device=None, backend: str = "hf", answer_span: str = "word", n_boot: int = 1000,
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, answer_rule: str = "tomsparse") -> EvalResult:
     """Score ``model`` on every prompt of ``taskset`` and summarise.
 
     ``reps`` applies to ``generate`` only (the deterministic scorings run once, as rep 1).
@@ -288,8 +303,13 @@ def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", re
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if answer_span not in ANSWER_SPANS:
         raise UserError(f"unknown answer span {answer_span!r}; choose from word, full")
-    if reps < 1 or batch_size < 1:
-        raise UserError(f"--reps and --batch-size must be at least 1 (got {reps}, {batch_size})")
+    if answer_rule not in ANSWER_RULES:
+        raise UserError(f"unknown answer rule {answer_rule!r}; choose from "
+                        f"{', '.join(ANSWER_RULES)}")
+    for name, value, low in (("--reps", reps, 1), ("--batch-size", batch_size, 1),
+                             ("--seed", seed, 0), ("n_boot", n_boot, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise UserError(f"{name} must be a whole number of at least {low}, got {value!r}")
     prompts = taskset.prompts()
     if not prompts:
         raise UserError(f"{taskset.name}: no prompts to evaluate")
@@ -323,18 +343,18 @@ def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", re
                 sample = scoring == "generate"
                 generator = VLLMGenerator(model, tokenizer) if use_vllm else None
                 texts = [p.text for p in prompts]
-                for rep in range(1, reps + 1):
-                    rep_seed = seed + rep - 1 if sample else None
-                    seeds.append(rep_seed)
-                    if generator is not None:
-                        outputs = generator.generate(texts, sample, rep_seed)
-                    else:
-                        outputs = generate_hf(model, tokenizer, texts, batch_size, sample,
-                                              rep_seed, device, progress)
+                seeds = [seed + rep - 1 if sample else None for rep in range(1, reps + 1)]
+                if generator is not None:
+                    by_rep = [generator.generate(texts, sample, s) for s in seeds]
+                else:  # the reps share each prompt's prefill
+                    by_rep = generate_reps(model, tokenizer, texts, seeds, batch_size, sample,
+                                           device, progress)
+                for rep, (rep_seed, outputs) in enumerate(zip(seeds, by_rep), start=1):
                     for p, text in zip(prompts, outputs):
-                        word = first_word(text)
                         rows.append(_row(p, rep=rep, seed=rep_seed, generated=text,
-                                         answer_word=word, correct=word == p.expected_word))
+                                         answer_word=answer_word(text, answer_rule),
+                                         correct=p.matches(text, answer_rule),
+                                         expected_word=p.expected_word_for(answer_rule)))
     finally:
         if was_training:
             model.train()
@@ -345,30 +365,36 @@ def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", re
     table.insert(0, "model", model_name)
     table = table.reindex(columns=TABLE_COLUMNS)
     metrics = compute_metrics(table, n_boot=n_boot, seed=seed)
-    meta = dict(model=model_name, tasks=taskset.name, scoring=scoring, m=float(m), reps=reps,
+    meta = dict(model=model_name, tasks=taskset.name, renderer=taskset.renderer,
+                scoring=scoring, m=float(m), reps=reps,
                 seeds=seeds, batch_size=batch_size, answer_span=answer_span,
                 backend="vllm" if use_vllm else "hf", prompts=len(prompts),
                 seconds=round(elapsed, 3), boundary_fallbacks=fallbacks,
-                protocol=_protocol(scoring, answer_span),
+                answer_rule=answer_rule if scoring != "likelihood" else None,
+                protocol=_protocol(scoring, answer_span, answer_rule),
                 families={f: taskset.count(f) for f in taskset.families()})
     return EvalResult(table=table, metrics=metrics, meta=meta)
 
 
-def _protocol(scoring: str, answer_span: str) -> str:
+def _protocol(scoring: str, answer_span: str, answer_rule: str = "tomsparse") -> str:
     if scoring == "likelihood":
         return (f"log P(' ' + answer {'first word' if answer_span == 'word' else 'text'} | "
                 f"prompt), expected vs alternative; correct when expected is more likely")
+    match = ("first word with . , ' \" ; removed, equal (case-sensitive) to the expected "
+             "answer's first word as written (the reference's rule)" if answer_rule == "reference"
+             else "first word, punctuation removed from both, exact match")
     if scoring == "generate":
         return (f"sample {MAX_NEW_TOKENS} new tokens (temperature {TEMPERATURE}, top-p {TOP_P}, "
-                f"no top-k); first word, punctuation removed, exact match")
-    return f"greedy {MAX_NEW_TOKENS} new tokens; first word, punctuation removed, exact match"
+                f"no top-k); {match}")
+    return f"greedy {MAX_NEW_TOKENS} new tokens; {match}"
 
 
 def _row(p: Prompt, rep: int, seed, correct: bool, **values) -> dict:
+    values.setdefault("expected_word", p.expected_word)
     return dict(rep=rep, seed=seed, family=p.family, task_id=p.task_id, task_index=p.task_index,
                 condition=p.condition, reversed=p.reversed, scenario=p.scenario, probe=p.probe,
                 cell=p.cell_id, expected=p.expected, alternative=p.alternative,
-                expected_word=p.expected_word, correct=bool(correct), prompt=p.text, **values)
+                correct=bool(correct), prompt=p.text, **values)
 
 
 # ---------------------------------------------------------------- metrics

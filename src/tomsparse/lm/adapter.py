@@ -231,11 +231,12 @@ def geometry_of(model: nn.Module) -> Geometry:
 def _layer_thetas(cfg) -> dict:
     params = getattr(cfg, "rope_parameters", None)
     out = {}
+    # An entry may hold rope_theta None (transformers 5.0's Gemma 3 config): no base there.
     if isinstance(params, dict):
-        if "rope_theta" in params:
+        if params.get("rope_theta") is not None:
             out["default"] = float(params["rope_theta"])
         for key, value in params.items():
-            if isinstance(value, dict) and "rope_theta" in value:
+            if isinstance(value, dict) and value.get("rope_theta") is not None:
                 out[key] = float(value["rope_theta"])
     if not out and getattr(cfg, "rope_theta", None) is not None:
         out["default"] = float(cfg.rope_theta)

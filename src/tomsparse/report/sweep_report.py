@@ -18,6 +18,7 @@ from tomsparse.report.plots import (
 )
 from tomsparse.report.style import pyplot, save_figure
 from tomsparse.sweep.frontier import family_table, goal
+from tomsparse.sweep.specificity import point_label
 from tomsparse.sweep.summary import side_by_side, tom_column
 
 
@@ -248,7 +249,7 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
     diff = summary[summary["mode"] == "difference"]
     if not diff.empty:
         top = diff["m"].max()
-        mfile = out / "points" / f"difference_s0_m{top:.4e}_masks.csv"
+        mfile = out / "points" / f"{point_label('difference', 0, top)}_masks.csv"
         if mfile.exists():
             plots.append(_plot_masks(pd.read_csv(mfile), top, out / "plot_masks_per_layer.png"))
     text = reading(summary, metric)

@@ -41,13 +41,13 @@ from tomsparse.data.score_samples import ScoreDataset, ScoreSample
 from tomsparse.errors import UserError
 from tomsparse.lm.adapter import describe
 from tomsparse.lm.batching import pad_token_id, progress_bar
+from tomsparse.lm.head import output_head
 from tomsparse.scores.distributed import (
     agree_on_failure,
     all_reduce,
     dist_world,
     shard_of,
 )
-from tomsparse.scores.losses import output_head
 from tomsparse.scores.methods import Accumulators, run_batched, run_loop
 from tomsparse.scores.store import save_scores
 
@@ -58,8 +58,8 @@ METHODS = ("batched", "loop")
 
 @dataclass
 class ScoreResult:
-    """Scores (fp32 CPU tensors keyed by Matrix.name, canonical (out, in) shape) and the
-    statistics the manifest records."""
+    """Scores (fp32 tensors on each matrix's device, keyed by Matrix.name, canonical (out, in)
+    shape) and the statistics the manifest records."""
 
     scores: dict[str, torch.Tensor]
     nsamples: int
@@ -145,7 +145,8 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
 
     ``reference_fp16`` reproduces the reference's fp16 squaring and summation; it always uses
     the plain loop in the samples' order, as the reference does. Returns a ``ScoreResult``
-    with fp32 CPU tensors keyed by ``Matrix.name`` in canonical (out, in) shape.
+    with fp32 tensors keyed by ``Matrix.name`` in canonical (out, in) shape, each on its
+    matrix's device.
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -194,8 +195,14 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
             acc.sums = {k: v.float() for k, v in acc.sums.items()}
         all_reduce(dist, list(acc.sums.values()) + [stats])
     wall = time.perf_counter() - start
-    scores = {name: t.float().cpu() for name, t in acc.sums.items()}
-    bad = [name for name, t in scores.items() if not torch.isfinite(t).all()]
+    # The sums stay where they were accumulated (each matrix's device): a 7B model's 26 GB
+    # of fp32 scores are not copied to the host here; the store is written matrix by matrix.
+    scores = {name: t.float() for name, t in acc.sums.items()}
+    # Finiteness and zero counts on the device, one synchronisation for all matrices.
+    checks = [torch.stack([torch.isfinite(t).all().float(), (t == 0).sum().float()]).cpu()
+              for t in scores.values()] if scores else []
+    zero_counts = {name: int(c[1]) for name, c in zip(scores, checks)}
+    bad = [name for name, c in zip(scores, checks) if not c[0]]
     if bad:
         message = (f"scores of {bad[0]} (and {len(bad) - 1} other matrices) are not finite: the "
                    "gradients overflowed the accumulation dtype")
@@ -209,7 +216,7 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
         mean_loss=loss_total / max(n, 1), wall_time_s=wall, method=method,
         batch_size=1 if method == "loop" else batch_size,
         accumulation_dtype="float16 (reference)" if reference_fp16 else "float32",
-        world_size=world, zero_counts={k: int((v == 0).sum()) for k, v in scores.items()})
+        world_size=world, zero_counts=zero_counts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,15 +10,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import weakref
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from tomsparse.data.score_samples import IGNORE, ScoreSample
 from tomsparse.errors import UserError
-from tomsparse.lm.batching import input_device
+from tomsparse.lm.head import LOGIT_CHUNK_BYTES, OutputHead, first_output
 
 # Fewest positions whose logits are computed. CPU BLAS runs products with fewer than 4 rows on
 # a path that sums the vocabulary-long contraction of the output layer's backward with about 13x
@@ -116,64 +114,6 @@ def _forward(model, ids, mask, positions: torch.Tensor | None = None):
     return logits if positions is None else logits[:, positions.to(logits.device)]
 
 
-@dataclass(frozen=True)
-class OutputHead:
-    """A causal LM split at its output layer: ``body`` maps ids to the final hidden states and
-    the logits are exactly ``F.linear(hidden, weight, bias)``."""
-
-    body: torch.nn.Module
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-
-
-# Per model: whether its logits are its output layer's (structure does not change with weights).
-_PLAIN_HEAD: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
-
-
-def output_head(model) -> OutputHead | None:
-    """The model's body and output layer when its logits are the output layer applied to the
-    body's last hidden state and nothing else, or None (then the loss takes the model's own
-    logits). Checked once per model on a short probe, because some families transform the
-    logits after the output layer (soft-capping, scaling), which only a comparison reveals."""
-    body = getattr(model, "base_model", None)
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if (body is None or body is model or not isinstance(out, torch.nn.Linear)
-            or out.weight.device.type == "meta"):
-        return None
-    head = OutputHead(body, out.weight, out.bias)
-    if model not in _PLAIN_HEAD:
-        _PLAIN_HEAD[model] = _head_gives_the_logits(model, head)
-    return head if _PLAIN_HEAD[model] else None
-
-
-def _head_gives_the_logits(model, head: OutputHead) -> bool:
-    ids = (torch.arange(8) * 7 + 3).remainder(head.weight.shape[0])[None]  # any valid ids
-    ids = ids.to(input_device(model))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            expected = _logits(model(input_ids=ids, use_cache=False))
-            hidden = _logits(head.body(input_ids=ids, use_cache=False))
-            got = F.linear(hidden.to(head.weight.device), head.weight, head.bias)
-        return got.shape == expected.shape and torch.allclose(
-            got.float(), expected.to(got.device).float(), rtol=1e-4, atol=1e-5)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        log.debug("scoring through the model's own logits: %s", exc)
-        return False
-    finally:
-        model.train(was_training)
-
-
-def _logits(out) -> torch.Tensor:
-    # Model outputs (logits) and body outputs (last hidden state) alike: the first field.
-    return out[0] if not isinstance(out, torch.Tensor) else out
-
-
-# Rows of fp32 logits the fused loss forms at a time: a few tens of MB whatever the batch and
-# vocabulary, instead of the (batch, width, vocab) logits, their log-softmax and its gradient.
-LOGIT_CHUNK_BYTES = 32 * 2 ** 20
-
 
 class HeadLoss(torch.autograd.Function):
     """Each sample's mean cross-entropy of the output layer applied to ``hidden`` rows, with the
@@ -223,7 +163,7 @@ class HeadLoss(torch.autograd.Function):
 
 
 def _fused_losses(head: OutputHead, ids, mask, labels) -> torch.Tensor:
-    hidden = _logits(head.body(input_ids=ids, attention_mask=mask, use_cache=False))
+    hidden = first_output(head.body(input_ids=ids, attention_mask=mask, use_cache=False))
     targets = labels[:, 1:].to(hidden.device)
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
     counts = torch.bincount(rows, minlength=labels.shape[0]).clamp_min(1).float()

@@ -10,7 +10,15 @@ Files are either one per layer (``layer_{i:03d}.safetensors``) or size-limited s
 
 Writes are atomic per file and the manifest is written last; the old manifest is removed
 before any tensor is rewritten, so a folder with a manifest is always complete and
-consistent.
+consistent. A write killed half-way leaves hidden temporaries (``atomic_path``'s
+``.layer_000.safetensors.<random>.tmp`` and safetensors' own ``.tmp<random>``); the next write
+into the folder removes them.
+
+Reading is checked: a damaged manifest or safetensors file (truncated, garbage header) and a
+matrix holding NaN or inf are refused with a ``UserError`` naming the file (and the matrix),
+never passed on. The one exception is +inf in a store whose manifest records the reference's
+fp16 sums (``accumulation_dtype`` "float16 (reference)": ``--reference-fp16`` or imported
+chunks), where it is the reference's own overflow and is kept (with a warning).
 
 The reference code's chunk folders (``layer_{i}.pt``: a dict per layer keyed ``q_proj``,
 ``k_proj``, ``v_proj``, ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj`` holding fp16
@@ -23,14 +31,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from tomsparse.errors import UserError
 from tomsparse.lm.adapter import ModelDescription, describe, fingerprint
-from tomsparse.manifest import atomic_path, build_manifest, write_json
+from tomsparse.manifest import atomic_path, build_manifest, check_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,10 @@ LAYOUTS = ("per-layer", "sharded")
 _NAME = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
 _OUR_FILES = re.compile(r"^(layer_\d{3}|scores-\d{5}-of-\d{5})\.safetensors$")
 _REFERENCE_KEYS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Temporaries a killed write leaves: atomic_path's ".<file>.<random>.tmp" for the files a store
+# or a chunk folder holds, and safetensors' own ".tmp<6 random characters>" beside its target.
+_TEMPORARY = re.compile(r"^\.(layer_\d+\.(safetensors|pt)|scores-\d{5}-of-\d{5}\.safetensors|"
+                        r"manifest\.json)\..+\.tmp$|^\.tmp[A-Za-z0-9]{6}$")
 
 
 def _layer_of(name: str) -> int:
@@ -91,23 +106,21 @@ def save_scores(directory, scores: dict[str, torch.Tensor], manifest: dict | Non
         raise UserError("no scores to save")
     dtype = _dtype_name(store_dtype)
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise UserError(f"{directory} is a file; the score store is a folder")
+    fields = dict(manifest or {})
+    # A store must read back: refuse what load_scores would refuse, before touching the folder.
+    allow_inf = _allows_inf(fields)
+    for n, t in scores.items():
+        _check_finite(f"scores to save in {directory}", n, t.detach(), allow_inf)
+    check_destination(directory)
+    existing_store(directory)  # refuses a folder holding another kind of manifest
     directory.mkdir(parents=True, exist_ok=True)
     old_manifest = directory / MANIFEST
     if old_manifest.exists():
-        try:
-            old_kind = json.loads(old_manifest.read_text(encoding="utf-8")).get("kind")
-        except (ValueError, AttributeError):
-            old_kind = None
-        if old_kind != KIND:
-            raise UserError(f"{directory} already holds a {MANIFEST} that is not a score "
-                            f"store's (kind {old_kind!r}); choose another --out")
         # From here on the folder is incomplete until the new manifest lands.
         old_manifest.unlink()
+    remove_temporaries(directory)
     itemsize = torch.empty((), dtype=dtype).element_size()
     plan = _plan_files(scores, layout, int(shard_size_mb) << 20, itemsize)
-    fields = dict(manifest or {})
     fingerprint = fields.get("fingerprint")
     index, sizes = {}, {}
     for filename, names in plan.items():
@@ -133,6 +146,22 @@ def save_scores(directory, scores: dict[str, torch.Tensor], manifest: dict | Non
     return write_json(directory / MANIFEST, build_manifest(KIND, **fields))
 
 
+def _read_json_object(path: Path,
+                      hint: str = "remove it and recompute the store") -> dict:
+    """A manifest's JSON object, or a UserError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise UserError(f"{path}: not valid JSON ({exc}); the manifest is damaged: "
+                        f"{hint}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: holds a JSON {type(data).__name__}, not a manifest object; "
+                        f"the manifest is damaged: {hint}")
+    return data
+
+
 def read_manifest(directory) -> dict:
     path = Path(directory) / MANIFEST
     if not path.is_file():
@@ -142,13 +171,104 @@ def read_manifest(directory) -> dict:
                             "--out DIR`")
         raise UserError(f"{directory}: no {MANIFEST}; not a score store (or an interrupted "
                         "write)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    data = _read_json_object(path)
     if data.get("kind") != KIND:
         raise UserError(f"{path}: kind is {data.get('kind')!r}, not a score store")
+    for field, kind in (("index", dict), ("shapes", dict), ("names", list)):
+        if data.get(field) is not None and not isinstance(data[field], kind):
+            raise UserError(f"{path}: field {field!r} is a {type(data[field]).__name__}, not a "
+                            f"{kind.__name__}; the manifest is damaged: recompute the store")
     return data
+
+
+def existing_store(directory) -> dict | None:
+    """The manifest of the score store already in ``directory``: None when there is none (no
+    folder, or an interrupted write without a manifest); a UserError when the folder holds
+    another kind of output's manifest or a damaged one."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    data = _read_json_object(path)
+    if data.get("kind") != KIND:
+        raise UserError(f"{directory} already holds a {MANIFEST} that is not a score "
+                        f"store's (kind {data.get('kind')!r}); choose another --out")
+    return data
+
+
+def check_destination(directory, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be written (manifest.
+    check_output_dir). Creates nothing."""
+    return check_output_dir(directory, option)
+
+
+def check_store_destination(directory, overwrite: bool = False, fingerprint: str | None = None,
+                            identity: str | None = None, model: str | None = None,
+                            dataset: str | None = None) -> dict | None:
+    """Check, before any scores are computed, that a store may be written to ``directory``:
+    the folder can be written (``check_destination``), holds no other kind of output, and
+    holds no score store of another model (``fingerprint``) or other data (``identity``, the
+    ``samples_sha256`` that ``scores_identity`` returns; ``dataset``, "tom" or "generic",
+    already tells them apart before any sample is built) unless ``overwrite``. What is
+    unknown yet (None) is not compared, so this can run once before the model is loaded and
+    again before computing. Returns the existing store's manifest (or None)."""
+    check_destination(directory)
+    old = existing_store(directory)
+    if old is None or overwrite:
+        return old
+    differs = []
+    if fingerprint and old.get("fingerprint") and old["fingerprint"] != fingerprint:
+        differs.append(f"model {old.get('model', '?')} (fingerprint {old['fingerprint']}), "
+                       f"not {model or '?'} ({fingerprint})")
+    if dataset and old.get("dataset") and old["dataset"] != dataset:
+        differs.append(f"{old['dataset']} data, not {dataset}")
+    elif identity and scores_identity(old) != identity:
+        differs.append(f"other {old.get('dataset') or 'imported'} samples (identity "
+                       f"{scores_identity(old)[:12]}, not {identity[:12]})")
+    if differs:
+        raise UserError(f"{directory} already holds a score store of {'; of '.join(differs)}; "
+                        "choose another --out, or pass --overwrite to replace it")
+    return old
+
+
+def remove_temporaries(directory) -> int:
+    """Remove the temporaries a write killed half-way left in ``directory`` (atomic_path's
+    and safetensors'); returns how many were removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for entry in directory.iterdir():
+        if _TEMPORARY.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by an interrupted write", directory,
+                 removed)
+    return removed
+
+
+def _allows_inf(manifest: dict) -> bool:
+    """Whether +inf is a legitimate score: the reference's fp16 sums overflow to it."""
+    return str(manifest.get("accumulation_dtype") or "").startswith("float16")
+
+
+def _check_finite(where: str, name: str, tensor: torch.Tensor, allow_inf: bool = False) -> int:
+    """A UserError naming ``where`` and the matrix when ``tensor`` holds NaN or inf (+inf is
+    let through, and counted, with ``allow_inf``). Returns the number of +inf entries kept."""
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return 0
+    bad = ~finite
+    posinf = torch.isposinf(tensor) if allow_inf else None
+    if posinf is not None:
+        bad &= ~posinf
+    count = int(bad.sum())
+    if count:
+        nan = int(torch.isnan(tensor).sum())
+        raise UserError(f"{where}: {name} holds {count:,} non-finite entries ({nan:,} NaN, "
+                        f"{count - nan:,} inf) of {tensor.numel():,}; such scores rank nothing: "
+                        "recompute the store")
+    return int(posinf.sum())
 
 
 def scores_identity(manifest: dict) -> str:
@@ -180,13 +300,72 @@ def _describe_target(model):
     raise TypeError(f"cannot validate scores against {type(model).__name__}")
 
 
-def load_scores(directory, model=None, names=None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a score store as fp32 CPU tensors. With ``model`` (a LoadedModel, nn.Module,
-    ModelDescription or fingerprint) the store must belong to that model: same fingerprint
-    where both are known, and every stored matrix must exist in it with the same shape.
-    ``names`` restricts which tensors are read."""
-    from safetensors import safe_open
+class StoredScores(Mapping):
+    """A score store read one matrix at a time: ``store[name]`` reads that matrix (fp32, its
+    finiteness checked) from its safetensors file onto ``device`` (one device, or a mapping of
+    matrix name to device, e.g. each weight's). Nothing is cached, so ranking a 7B model's
+    stores holds two matrices' scores at a time, never two full score sets. Use
+    ``open_scores``; ``load_scores`` reads everything at once."""
 
+    def __init__(self, directory: Path, manifest: dict, names: list[str], device=None):
+        self.directory, self.manifest, self.names = directory, manifest, names
+        self.device = device
+        self._index = manifest.get("index") or {}
+        self._shapes = manifest.get("shapes") or {}
+        self._allow_inf = _allows_inf(manifest)
+        self.inf_kept = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __contains__(self, name) -> bool:
+        return name in self._index and (name in self.names)
+
+    def _device_of(self, name: str):
+        if isinstance(self.device, Mapping):
+            return self.device.get(name, "cpu")
+        return self.device or "cpu"
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if name not in self:
+            raise KeyError(name)
+        filename = self._index[name]
+        if not isinstance(filename, str) or Path(filename).name != filename:
+            raise UserError(f"{self.directory / MANIFEST}: index puts {name} in {filename!r}, "
+                            "not a file of the store; the manifest is damaged")
+        path = self.directory / filename
+        if not path.is_file():
+            raise UserError(f"{path}: missing score file listed in the manifest")
+        shape = self._shapes.get(name)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                if name not in set(handle.keys()):
+                    raise UserError(f"{path}: does not hold {name}, which the manifest puts "
+                                    "there")
+                tensor = handle.get_tensor(name).float()
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            # A truncated file, a garbage header, unreadable bytes: the store is damaged.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"{path}: not a readable safetensors file ({reason}); the store is "
+                            "damaged: recompute it (or restore the file)") from None
+        if shape is not None and list(tensor.shape) != list(shape):
+            raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the manifest "
+                            f"says {tuple(shape)}")
+        self.inf_kept += _check_finite(str(path), name, tensor, self._allow_inf)
+        return tensor.to(self._device_of(name))
+
+
+def open_scores(directory, model=None, names=None, device=None) -> StoredScores:
+    """A score store, checked (manifest, matrices, shapes, fingerprint) but not read: its
+    matrices are read one at a time on access (``StoredScores``). With ``model`` (a
+    LoadedModel, nn.Module, ModelDescription or fingerprint) the store must belong to that
+    model: same fingerprint where both are known, and every stored matrix must exist in it with
+    the same shape. ``names`` restricts the matrices."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     index: dict = manifest.get("index") or {}
@@ -210,30 +389,45 @@ def load_scores(directory, model=None, names=None) -> tuple[dict[str, torch.Tens
             if tuple(shapes.get(n, ())) != tuple(model_shapes[n]):
                 raise UserError(f"{directory}: {n} has shape {tuple(shapes.get(n, ()))} in the "
                                 f"store but {tuple(model_shapes[n])} in this model")
-    by_file: dict[str, list[str]] = {}
-    for n in wanted:
-        by_file.setdefault(index[n], []).append(n)
-    scores = {}
-    for filename, file_names in by_file.items():
-        path = directory / filename
-        if not path.is_file():
-            raise UserError(f"{path}: missing score file listed in the manifest")
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            present = set(handle.keys())
-            for n in file_names:
-                if n not in present:
-                    raise UserError(f"{path}: does not hold {n}, which the manifest puts there")
-                tensor = handle.get_tensor(n).float()
-                if shapes.get(n) is not None and list(tensor.shape) != list(shapes[n]):
-                    raise UserError(f"{path}: {n} has shape {tuple(tensor.shape)}, the manifest "
-                                    f"says {tuple(shapes[n])}")
-                scores[n] = tensor
-    order = {n: i for i, n in enumerate(wanted)}
-    return dict(sorted(scores.items(), key=lambda kv: order[kv[0]])), manifest
+    return StoredScores(directory, manifest, wanted, device)
+
+
+def load_scores(directory, model=None, names=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a whole score store as fp32 CPU tensors (checked as ``open_scores`` checks it;
+    every matrix's finiteness too)."""
+    store = open_scores(directory, model=model, names=names)
+    scores = {name: store[name] for name in store}
+    if store.inf_kept:
+        log.warning("%s: %d score(s) are +inf (the reference's fp16 sums overflowed); they "
+                    "rank first", directory, store.inf_kept)
+    return scores, store.manifest
 
 
 # --------------------------------------------------------------------------------------------
 # reference chunk folders
+
+
+_CHUNK_FORMAT = ("a chunk must be a dict of tensors per layer keyed q_proj ... down_proj, as "
+                 "torch.save({'q_proj': tensor, ...}, 'layer_0.pt') writes it")
+
+
+def _load_chunk(path: Path) -> dict:
+    """One reference chunk, read with ``weights_only`` (a pickle of other objects could run
+    code and is refused, not loaded)."""
+    try:
+        chunk = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        what = f" (it holds {found.group(1)})" if found else ""
+        raise UserError(f"{path}: refused: it pickles Python objects other than tensors{what}, "
+                        f"which are not loaded; {_CHUNK_FORMAT}") from None
+    except Exception as exc:  # a truncated or corrupt file
+        reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: cannot read it ({type(exc).__name__}: {reason}); "
+                        f"{_CHUNK_FORMAT}") from None
+    if not isinstance(chunk, dict):
+        raise UserError(f"{path}: holds a {type(chunk).__name__}, not a dict; {_CHUNK_FORMAT}")
+    return chunk
 
 
 def _reference_keys_for(matrix) -> list[str]:
@@ -282,12 +476,7 @@ def import_reference_chunks(src, out, model, model_name: str | None = None,
     scores = {}
     for layer in range(desc.num_layers):
         path = src / f"layer_{layer}.pt"
-        try:
-            chunk = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a corrupt or non-tensor pickle
-            raise UserError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-        if not isinstance(chunk, dict):
-            raise UserError(f"{path}: expected a dict of tensors, got {type(chunk).__name__}")
+        chunk = _load_chunk(path)
         for m in by_layer.get(layer, []):
             keys = [k for k in _reference_keys_for(m) if k in chunk]
             if not keys:
@@ -308,6 +497,10 @@ def import_reference_chunks(src, out, model, model_name: str | None = None,
                 raise UserError(f"{path}: {keys[0]} has shape {tuple(tensor.shape)}, but "
                                 f"{m.name} of this model is {tuple(m.shape)}; the chunks belong to "
                                 "another model")
+            if torch.isnan(tensor).any():
+                raise UserError(f"{path}: {keys[0]} ({m.name}) holds "
+                                f"{int(torch.isnan(tensor).sum()):,} NaN entries; such scores "
+                                "rank nothing: recompute the chunk")
             scores[m.name] = tensor.float()
     fields = {
         "model": model_name or getattr(model, "name", None) or ref_manifest.get("source_model"),
@@ -320,7 +513,7 @@ def import_reference_chunks(src, out, model, model_name: str | None = None,
     }
     bad = [n for n, t in scores.items() if not torch.isfinite(t).all()]
     if bad:
-        log.warning("%s: %d imported matrices hold inf/NaN entries (fp16 overflow in the "
+        log.warning("%s: %d imported matrices hold inf entries (fp16 overflow in the "
                     "reference), e.g. %s", src, len(bad), bad[0])
     return save_scores(out, scores, fields, store_dtype=store_dtype, layout=layout)
 
@@ -329,10 +522,18 @@ def export_reference_chunks(directory, out, dtype: str = "float16") -> Path:
     """Write a store as a reference chunk folder: ``layer_{i}.pt`` dicts keyed like the
     reference (q_proj ... down_proj) plus its ``manifest.json``. The reference keeps fp16;
     values beyond fp16's range become inf and tiny ones 0, which is reported."""
-    scores, manifest = load_scores(directory)
     target = {"float16": torch.float16, "float32": torch.float32}.get(dtype)
     if target is None:
         raise UserError(f"unknown export dtype {dtype!r}; use float16 or float32")
+    out = Path(out)
+    check_destination(out)
+    old = out / "manifest.json"
+    if old.exists() and (out.resolve() == Path(directory).resolve()
+                         or "kind" in _read_json_object(old, "remove it or export into "
+                                                        "another --out")):
+        raise UserError(f"{out} holds a tomsparse output ({old} has a kind), not a reference "
+                        "chunk folder; export into another --out")
+    scores, manifest = load_scores(directory)
     roles = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
              "up": "up_proj", "down": "down_proj"}
     per_layer: dict[int, dict[str, torch.Tensor]] = {}
@@ -348,10 +549,10 @@ def export_reference_chunks(directory, out, dtype: str = "float16") -> Path:
     if layers != list(range(len(layers))):
         raise UserError(f"{directory}: the store covers layers {layers}; the reference format "
                         "needs every layer from 0")
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "manifest.json").exists():
-        (out / "manifest.json").unlink()  # the folder is incomplete until it is rewritten
+    if old.exists():
+        old.unlink()  # the folder is incomplete until it is rewritten
+    remove_temporaries(out)
     for layer in layers:
         with atomic_path(out / f"layer_{layer}.pt") as tmp:
             torch.save(per_layer[layer], tmp)

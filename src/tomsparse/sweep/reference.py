@@ -40,7 +40,13 @@ def reference_summary(root: str | Path) -> pd.DataFrame:
         except ValueError:
             raise UserError(f"{path}: the folder {m!r} should be an m value "
                             "(layout <rep>/<m>/<task>/results.csv)") from None
-        cells = _cell_columns(pd.read_csv(path), path)
+        try:
+            frame = pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError) as exc:  # pandas' EmptyDataError, ParserError
+            raise UserError(f"{path}: not a readable CSV table ({' '.join(str(exc).split())[:120]}"
+                            "); the file is damaged: restore it, or rerun the evaluation that "
+                            "wrote it") from None
+        cells = _cell_columns(frame, path)
         total = float(cells.to_numpy().sum())
         records.append({"rep": rep, "m": m_value, "task": task, "total": total,
                         "percent": 100.0 * total / cells.size})

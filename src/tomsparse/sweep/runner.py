@@ -4,7 +4,10 @@ undo; then the summary tables.
 Each point (mode, seed, m) is written to ``points/`` atomically as soon as it is done, so a
 killed sweep run again with the same options skips what it has and ends with the same
 tables. A sweep folder remembers its options; running it with different ones is refused
-rather than mixing results.
+rather than mixing results (a folder with no finished point is re-initialised). Several
+processes may share one folder (two shells, or the ranks of ``torchrun``): each point and each
+damage-matched search is claimed before it is computed (``sweep.claims``), so every one is
+computed once and each process ends with the same tables.
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tomsparse.data.corpora import load_corpus
 from tomsparse.data.tasks import load_tasks
 from tomsparse.errors import UserError
+from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.perplexity import PerplexityResult, perplexity, tokenize_corpus
 from tomsparse.evaluate.results import write_reference_results
-from tomsparse.evaluate.tom import SCORINGS, evaluate
+from tomsparse.evaluate.tom import ANSWER_RULES, SCORINGS, evaluate
 from tomsparse.lm.activations import massive_channels
-from tomsparse.lm.batching import pad_token_id, progress_bar
+from tomsparse.lm.batching import context_length, pad_token_id, progress_bar
 from tomsparse.manifest import build_manifest, write_csv, write_json
 from tomsparse.masks import (
     build_rankings,
@@ -36,7 +41,9 @@ from tomsparse.masks import (
     parse_mode,
 )
 from tomsparse.perturb import PERTURBATIONS, perturbed
+from tomsparse.sweep.claims import Claims
 from tomsparse.sweep.matched import FLOOR, search_size
+from tomsparse.sweep.specificity import m_tag, point_label
 from tomsparse.sweep.summary import collect
 
 
@@ -56,6 +63,10 @@ class SweepConfig:
     corpus: str = "wiki-offline:eval"
     ppl_seqlen: int = 2048
     ppl_max_tokens: int | None = 4096
+    # evaluate.perplexity.PROTOCOLS: tomsparse (default) or the reference's
+    ppl_protocol: str = "tomsparse"
+    # how a generated first word is matched (generate/greedy scorings): tomsparse or reference
+    answer_rule: str = "tomsparse"
     batch_size: int = 16
     # Damage-matched controls (sweep.matched): for every difference point, the size of each of
     # these masks whose perplexity change matches it, found in at most match_steps
@@ -77,6 +88,12 @@ class SweepConfig:
                             f"{', '.join(PERTURBATIONS)}")
         if self.scoring not in SCORINGS:
             raise UserError(f"unknown scoring {self.scoring!r}; choose from {', '.join(SCORINGS)}")
+        if self.ppl_protocol not in PPL_PROTOCOLS:
+            raise UserError(f"unknown perplexity protocol {self.ppl_protocol!r}; choose from "
+                            f"{', '.join(PPL_PROTOCOLS)}")
+        if self.answer_rule not in ANSWER_RULES:
+            raise UserError(f"unknown answer rule {self.answer_rule!r}; choose from "
+                            f"{', '.join(ANSWER_RULES)}")
         for name in ("reps", "batch_size", "ppl_seqlen", "match_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got "
@@ -89,11 +106,19 @@ class SweepConfig:
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (or left out for "
                                 f"all), got {value}")
+        if self.seed < 0 or any(x < 0 for x in self.random_seeds):
+            raise UserError(f"seeds must be 0 or more (numpy refuses negative seeds), got "
+                            f"--seed {self.seed}, --random-seeds {self.random_seeds}")
         if "random" in self.modes and not self.random_seeds:
             raise UserError("the random control needs at least one seed (--random-seeds 0,1)")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+# Options added after sweep folders already existed, with the value those folders ran with:
+# a folder whose recorded config lacks one of them resumes as if it had recorded it.
+_ADDED_OPTIONS = {"ppl_protocol": "tomsparse", "answer_rule": "tomsparse"}
 
 
 # Controls whose size can be searched (sweep.matched), with the search's first size (a
@@ -102,11 +127,16 @@ MATCHABLE = {"generic-only": (1.0, 0.05), "random-fraction": (100.0, 0.5)}
 
 
 def m_grid(m_start: float, m_end: float, m_step: float) -> list[float]:
-    """The reference's numpy.arange(start, end + step, step), without float drift."""
-    if m_step <= 0:
+    """The reference's grid, value for value: ``numpy.arange(start, end + step, step)``.
+
+    Floating-point arange keeps its drift and may overshoot ``end``: 0, 5e-5, 2e-6 gives 27
+    values, 9.999999999999999e-06 among them and 5.2e-05 last. The reference names its m
+    folders with ``str()`` of these values, so they are kept exactly, not rounded."""
+    if not m_step > 0:
         raise UserError(f"--m_step must be positive, got {m_step}")
-    n = int(round((m_end - m_start) / m_step)) + 1
-    return [round(m_start + i * m_step, 12) for i in range(max(n, 0))]
+    if m_end < m_start:
+        raise UserError(f"--m_end {m_end:g} is below --m_start {m_start:g}")
+    return [float(x) for x in np.arange(m_start, m_end + m_step, m_step)]
 
 
 def _points(cfg: SweepConfig) -> list[tuple[str, int, float]]:
@@ -118,15 +148,29 @@ def _points(cfg: SweepConfig) -> list[tuple[str, int, float]]:
     return pts
 
 
-def point_name(mode: str, seed: int, m: float) -> str:
-    return f"{mode}_s{seed}_m{m:.4e}"
+# Seconds between looks at points that other processes hold.
+POLL_SECONDS = 2.0
 
 
-def _check_folder(out: Path, manifest: dict) -> None:
+def _check_folder(out: Path, manifest: dict, claims: Claims, log=print) -> bool:
+    """Whether the folder's manifest must be (re)written: refuses a folder written with other
+    options, unless it holds no finished point and nobody is working in it."""
     path = out / "sweep_manifest.json"
     if not path.exists():
-        return
-    old = json.loads(path.read_text())
+        return True
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        if _unused(out, claims):
+            log(f"[tomsparse] {path} is unreadable ({exc}) and no point is finished: "
+                "re-initialising the folder")
+            return True
+        raise UserError(f"{path}: not a readable sweep manifest ({exc}); the folder holds "
+                        "finished points, so use a new --out folder (or restore the file)") from None
+    if isinstance(old.get("config"), dict):
+        old["config"] = {**_ADDED_OPTIONS, **old["config"]}
     keys = ("config", "model_fingerprint", "scores_tom_sha", "scores_generic_sha")
     diff = [k for k in keys if old.get(k) != manifest.get(k)]
     if diff:
@@ -135,9 +179,19 @@ def _check_folder(out: Path, manifest: dict) -> None:
             changed = sorted(k for k in set(old["config"]) | set(manifest["config"])
                              if old["config"].get(k) != manifest["config"].get(k))
             detail = f" (options changed: {', '.join(changed)})"
+        if _unused(out, claims):
+            log(f"[tomsparse] {out} was started with different {', '.join(diff)}{detail} but "
+                "holds no finished point: re-initialising it")
+            return True
         raise UserError(f"sweep folder {out} was written with different "
                         f"{', '.join(diff)}{detail}; use a new --out folder, or the same "
                         "options to resume it")
+    return False
+
+
+def _unused(out: Path, claims: Claims) -> bool:
+    """No finished point and no other live process: the folder may start afresh."""
+    return not any((out / "points").glob("*.json")) and not claims.any_live_other()
 
 
 class _Sweep:
@@ -147,6 +201,7 @@ class _Sweep:
     def __init__(self, lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: Path,
                  log=print):
         self.lm, self.cfg, self.out, self.log = lm, cfg, out, log
+        self.claims = Claims(out / "claims")
         self.tom_scores, self.gen_scores = tom_scores, gen_scores
         self.names = [m.name for m in lm.description.matrices]
         self.factor = max([parse_mode(x).generic_factor for x in cfg.modes] + [1.0])
@@ -157,9 +212,21 @@ class _Sweep:
         taskset = load_tasks(cfg.tasks)
         self.taskset = taskset.head(cfg.task_limit) if cfg.task_limit else taskset
         self.corpus = load_corpus(cfg.corpus)
-        self.ppl_ids = tokenize_corpus(lm.tokenizer, self.corpus, cfg.ppl_max_tokens)
+        self.ppl_ids = tokenize_corpus(lm.tokenizer, self.corpus, cfg.ppl_max_tokens,
+                                       cfg.ppl_protocol)
+        window = min(cfg.ppl_seqlen, context_length(lm.model) or cfg.ppl_seqlen)
+        if self.ppl_ids.numel() < window:
+            raise UserError(f"perplexity corpus {self.corpus.name!r} gives "
+                            f"{self.ppl_ids.numel()} tokens"
+                            f"{' with --ppl-max-tokens' if cfg.ppl_max_tokens else ''}, fewer "
+                            f"than one window of {window}; raise --ppl-max-tokens (or leave it "
+                            "out for the whole corpus) or use a longer --corpus")
         self.sums: dict = {}  # reused by every point: weights are restored after each
-        n = max([parse_mode(x).exclude_channels for x in cfg.modes] + [0])
+        self.channels = None
+
+    def prepare(self) -> None:
+        """What needs the sweep folder: the massive-activation channels of -x masks."""
+        n = max([parse_mode(x).exclude_channels for x in self.cfg.modes] + [0])
         self.channels = self._massive_channels(n) if n else None
 
     def _massive_channels(self, n: int) -> list[int]:
@@ -200,15 +267,38 @@ class _Sweep:
         with perturbed(lm.description.matrices, masks, mode=cfg.perturbation, scale=cfg.scale,
                        totals=self.sums):
             return perplexity(lm.model, lm.tokenizer, self.corpus, seqlen=cfg.ppl_seqlen,
-                              token_ids=self.ppl_ids, batch_size=2)
+                              token_ids=self.ppl_ids, batch_size=2, protocol=cfg.ppl_protocol)
 
-    def point(self, mode: str, seed: int, m: float, extra: dict | None = None) -> dict:
-        """Evaluate one point (ToM and perplexity) unless its record exists; its record."""
+    def point(self, mode: str, seed: int, m: float, extra: dict | None = None,
+              wait: bool = True) -> dict | None:
+        """One point's record: read when it exists, else computed under a claim. A point
+        another process holds is waited for (``wait``) or skipped (None)."""
+        name = point_label(mode, seed, m)
+        done = self.out / "points" / f"{name}.json"
+        return self.claimed(name, done, lambda: self._compute_point(mode, seed, m, done, extra),
+                            wait)
+
+    def claimed(self, item: str, done: Path, compute, wait: bool = True) -> dict | None:
+        """``done``'s record, computing it under a claim on ``item`` when it is missing; while
+        another live process holds the claim, wait for its record (or return None)."""
+        while True:
+            if done.exists():
+                return json.loads(done.read_text())
+            if self.claims.acquire(item):
+                try:
+                    if done.exists():  # finished by its holder just before we claimed it
+                        return json.loads(done.read_text())
+                    return compute()
+                finally:
+                    self.claims.release(item)
+            if not wait:
+                return None
+            time.sleep(POLL_SECONDS)
+
+    def _compute_point(self, mode: str, seed: int, m: float, done: Path,
+                       extra: dict | None) -> dict:
         lm, cfg, out = self.lm, self.cfg, self.out
-        name = point_name(mode, seed, m)
-        done = out / "points" / f"{name}.json"
-        if done.exists():
-            return json.loads(done.read_text())
+        name = done.stem
         t0 = time.time()
         masks = self.masks(mode, seed, m)
         t_mask = time.time()
@@ -217,9 +307,9 @@ class _Sweep:
             t_apply = time.time() - t_mask
             result = evaluate(lm.model, lm.tokenizer, self.taskset, scoring=cfg.scoring,
                               reps=cfg.reps, seed=cfg.seed, batch_size=cfg.batch_size, m=m,
-                              model_name=lm.name)
+                              model_name=lm.name, answer_rule=cfg.answer_rule)
             ppl = perplexity(lm.model, lm.tokenizer, self.corpus, seqlen=cfg.ppl_seqlen,
-                             token_ids=self.ppl_ids, batch_size=2)
+                             token_ids=self.ppl_ids, batch_size=2, protocol=cfg.ppl_protocol)
             t_r = time.time()
         t_restore = time.time() - t_r
         stats = (pd.DataFrame(mask_stats(masks, self.rankings, m,
@@ -240,23 +330,34 @@ class _Sweep:
                   "masked": int(sum(x.numel() for x in masks.values())),
                   "seconds": round(time.time() - t0, 2),
                   "mask_seconds": round(t_mask - t0, 4),
-                  "apply_restore_seconds": round(t_apply + t_restore, 4), **(extra or {})}
+                  "apply_restore_seconds": round(t_apply + t_restore, 4),
+                  "worker": f"{self.claims.me['host']}:{self.claims.me['pid']}", **(extra or {})}
         write_json(done, record)
         return record
 
     def matched_control(self, target: dict, mode: str) -> dict:
         """Search the size of ``mode`` whose perplexity change matches ``target``'s (a point
-        record), evaluate it in full when matched; the control's entry for matched.json."""
+        record), evaluate it in full when matched; the control's entry for matched.json (kept
+        in ``search/``, so a resumed or shared sweep searches once)."""
+        tlabel = point_label(target["mode"], target["seed"], target["m"])
+        done = self.out / "search" / f"{tlabel}_{mode}.result.json"
+        entry = self.claimed(f"search_{tlabel}_{mode}", done,
+                             lambda: self._search(target, mode, done))
+        if entry["matched"]:
+            self.point(mode, 0, entry["m"], extra={"matched_to": tlabel})
+        return entry
+
+    def _search(self, target: dict, mode: str, done: Path) -> dict:
         cfg, out = self.cfg, self.out
-        base = json.loads((out / "points" / f"{point_name('none', 0, 0.0)}.json").read_text())
+        base = json.loads((out / "points" / f"{point_label('none', 0, 0.0)}.json").read_text())
         ppl0 = base["perplexity"]
         start, high = MATCHABLE[mode]
-        tlabel = point_name(target["mode"], target["seed"], target["m"])
+        tlabel = point_label(target["mode"], target["seed"], target["m"])
         cache_dir = out / "search"
         cache_dir.mkdir(exist_ok=True)
 
         def measure(size: float) -> float:
-            path = cache_dir / f"{point_name(mode, 0, size)}.json"
+            path = cache_dir / f"{point_label(mode, 0, size)}.json"
             if path.exists():
                 return json.loads(path.read_text())["perplexity"]
             ppl = self.perplexity(self.masks(mode, 0, size)).perplexity
@@ -266,22 +367,23 @@ class _Sweep:
         res = search_size(measure, baseline=ppl0, target=target["perplexity"] / ppl0 - 1,
                           start=target["m"] * start, low=target["m"] / 100, high=high,
                           tolerance=cfg.match_tolerance, steps=cfg.match_steps)
-        entry = {"mode": mode, "m": res.size, "seed": 0, "label": point_name(mode, 0, res.size),
+        entry = {"mode": mode, "m": res.size, "seed": 0, "label": point_label(mode, 0, res.size),
                  "perplexity": res.perplexity, "ppl_change": res.change,
                  "matched": res.matched, "search": [list(t) for t in res.trace]}
         self.log(f"[tomsparse] damage-matched {mode} for {tlabel} "
                  f"({target['perplexity'] / ppl0 - 1:+.0%} perplexity): m = {res.size:.3g} "
                  f"gives {res.change:+.0%} after {len(res.trace)} perplexity evaluation(s)"
                  + ("" if res.matched else " - not within the tolerance; not evaluated"))
-        if res.matched:
-            self.point(mode, 0, res.size, extra={"matched_to": tlabel})
+        write_json(done, entry)
         return entry
 
 
 def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str | Path,
               scores_ids: tuple[str, str] = ("", ""), export_m: float | None = None,
-              progress: bool = True, log=print, scores_info: dict | None = None) -> pd.DataFrame:
-    """Run (or resume) a sweep; returns the per-point summary frame."""
+              progress: bool = True, log=print, scores_info: dict | None = None,
+              tables: bool = True) -> pd.DataFrame | None:
+    """Run (or resume) a sweep; returns the per-point summary frame (written with the tables
+    when ``tables``; without, None: another process of the same sweep writes them)."""
 
     out = Path(out)
     ms = check_m_values(cfg.m_values)
@@ -298,24 +400,37 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
                               config=cfg.as_dict(), scores_tom_sha=scores_ids[0],
                               scores_generic_sha=scores_ids[1], scores=scores_info or {})
-    _check_folder(out, manifest)
-    (out / "points").mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob(".*.tmp"):  # left by a killed run mid-write (see atomic_path)
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
-    if not (out / "sweep_manifest.json").exists():
-        write_json(out / "sweep_manifest.json", manifest)
-
+    # Every input is read and checked (tasks, corpus, rankings) before anything is written.
     sweep = _Sweep(lm, tom_scores, gen_scores, cfg, out, log=log)
+    claims = sweep.claims
+    fresh = _check_folder(out, manifest, claims, log)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    if not claims.any_live_other():  # else their temporaries are in use
+        for stale in out.rglob(".*.tmp"):  # left by a killed run mid-write (see atomic_path)
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+    if fresh:
+        write_json(out / "sweep_manifest.json", manifest)
+    sweep.prepare()
     points = _points(cfg)
     bar = progress_bar(len(points), "sweep", "point", enabled=progress)
-    records = {}
-    for mode, seed, m in points:
-        records[(mode, seed, m)] = sweep.point(mode, seed, m)
-        bar.update()
-    bar.close()
+    records, held = {}, []
+    try:
+        for key in points:  # points other processes hold are skipped, then waited for
+            records[key] = sweep.point(*key, wait=False)
+            if records[key] is None:
+                held.append(key)
+            else:
+                bar.update()
+        if held:
+            log(f"[tomsparse] waiting for {len(held)} point(s) other processes are computing")
+        for key in held:
+            records[key] = sweep.point(*key)
+            bar.update()
+    finally:  # an error line must not land on the bar's line
+        bar.close()
     targets = [r for (mode, _s, m), r in records.items() if mode == "difference" and m > 0
                and (cfg.match_m is None or any(math.isclose(m, x) for x in cfg.match_m))]
     if cfg.matched_controls and targets and 0.0 not in ms:
@@ -324,18 +439,21 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     elif cfg.matched_controls and targets:
         found = {}
         for target in targets:
-            found[point_name("difference", 0, target["m"])] = {
+            found[point_label("difference", 0, target["m"])] = {
                 "mode": "difference", "m": target["m"], "seed": 0,
                 "perplexity": target["perplexity"],
                 "controls": [sweep.matched_control(target, mode)
                              for mode in cfg.matched_controls]}
         write_json(out / "matched.json", {"tolerance": cfg.match_tolerance,
                                           "floor": FLOOR, "targets": found})
-    if export_m is not None:
-        m = min((x for x in ms if x > 0), key=lambda x: abs(x - export_m))
-        export_perturbed_model(lm, sweep.rankings, cfg, m, out / f"model_m{m:.4e}", sweep.sums,
-                               log)
-    return collect(out)
+    if export_m is not None and claims.acquire("export"):
+        try:
+            m = min((x for x in ms if x > 0), key=lambda x: abs(x - export_m))
+            export_perturbed_model(lm, sweep.rankings, cfg, m, out / f"model_m{m_tag(m)}",
+                                   sweep.sums, log)
+        finally:
+            claims.release("export")
+    return collect(out) if tables else None
 
 
 def export_perturbed_model(lm, rankings, cfg: SweepConfig, m: float, folder: Path,

@@ -603,9 +603,22 @@ class _quiet:
         return self._cm.__exit__(*exc)
 
 
+def m_tag(m: float) -> str:
+    """m in file and label names: 5 significant digits when that is m exactly (the names of
+    earlier sweeps), else its full repr, so that the reference grid's 9.999999999999999e-06
+    and 1e-05 never share a name."""
+    short = f"{m:.4e}"
+    return short if float(short) == m else repr(float(m))
+
+
+def point_label(mode: str, seed: int, m: float) -> str:
+    """Label of one point, the stem of its files under ``points/``."""
+    return f"{mode}_s{seed}_m{m_tag(m)}"
+
+
 def group_label(mode: str, m: float) -> str:
     """Label of the seed group of ``mode`` at ``m`` (all seeds as replicates)."""
-    return f"{mode}_sall_m{m:.4e}"
+    return f"{mode}_sall_m{m_tag(m)}"
 
 
 def _in_group(label: str, units: dict) -> bool:
@@ -678,6 +691,8 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "differen
     averaged over the families whose baseline is above chance; a negative number is damage.
     """
     pts, con, base = tables["points"], tables["contrasts"], tables["baseline"]
+    if pts.empty or "mode" not in pts:  # the baseline alone: nothing to judge
+        return []
     info = tables["info"].iloc[0]
     above = list(base.loc[base["state"] == "above chance", "family"])
     chance_note = ("baseline above chance on the false-belief prompts of: "

@@ -1,5 +1,5 @@
 """The tables of a sweep folder, from its finished points: the tidy per-metric table,
-``perplexity_results.csv``, ``summary.csv`` (one row per mode, seed and m, the reference's
+``perplexity_results.csv`` and ``tom_summary.csv`` (the reference's files), ``summary.csv`` (one row per mode, seed and m, the reference's
 columns plus ours) and ``summary_side_by_side.csv`` (per m: the baseline, the difference mask
 and the controls, random as mean and sd over seeds), and the headline ToM column."""
 
@@ -13,17 +13,67 @@ import pandas as pd
 from tomsparse.errors import UserError
 from tomsparse.manifest import write_csv
 from tomsparse.masks import MODES
+from tomsparse.sweep.reference import reference_summary
 from tomsparse.sweep.specificity import write_specificity
+
+POINT_FIELDS = ("mode", "seed", "m", "perplexity", "masked")
+
+
+def _damaged(path: Path, point: Path, problem: str) -> UserError:
+    """The one line for a damaged point: what is wrong, and how to have it recomputed."""
+    stem = point.stem
+    return UserError(f"{path}: {problem}; the sweep point {stem} is damaged: delete its files "
+                     f"({point.parent}/{stem}.json and {stem}_*.csv) and run the same "
+                     "`tomsparse sweep` again to recompute it (or rerun the whole sweep)")
+
+
+def read_point(path: Path) -> tuple[dict, pd.DataFrame]:
+    """A finished point's record and its metrics table, checked: a damaged or missing file is
+    a UserError naming it and the fix."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _damaged(path, path, "not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise _damaged(path, path, f"not valid JSON ({exc.msg} at line {exc.lineno} column "
+                                   f"{exc.colno})") from None
+    if not isinstance(info, dict):
+        raise _damaged(path, path, f"holds a JSON {type(info).__name__}, not a point record")
+    missing = [k for k in POINT_FIELDS if k not in info]
+    if missing:
+        raise _damaged(path, path, f"not a point record (no {', '.join(missing)})")
+    try:
+        info["m"], info["seed"] = float(info["m"]), int(info["seed"])
+        info["perplexity"], info["masked"] = float(info["perplexity"]), int(info["masked"])
+    except (TypeError, ValueError):
+        raise _damaged(path, path, "a field of the point record is not a number") from None
+    metrics_path = path.with_name(path.stem + "_metrics.csv")
+    if not metrics_path.is_file():
+        raise _damaged(metrics_path, path, "missing (every finished point has its metrics "
+                                           "table)")
+    try:
+        metrics = pd.read_csv(metrics_path)
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' EmptyDataError, ParserError
+        first = " ".join(str(exc).split())[:120]
+        raise _damaged(metrics_path, path, f"not a readable CSV table ({first})") from None
+    for column in ("level", "family"):
+        if column not in metrics.columns:
+            raise _damaged(metrics_path, path, f"not a metrics table (no {column!r} column)")
+    prompts_path = path.with_name(path.stem + "_prompts.csv")
+    if not prompts_path.is_file():  # the specificity tables read it
+        raise _damaged(prompts_path, path, "missing (every finished point has its per-prompt "
+                                           "table)")
+    return info, metrics
 
 
 def collect(out: str | Path) -> pd.DataFrame:
-    """Read every finished point; write the tidy table, perplexity_results.csv and summary."""
+    """Read every finished point; write the tidy table, perplexity_results.csv and summary.
+    Every point is read and checked before anything is written."""
     out = Path(out)
     points, tidy = [], []
-    for path in sorted((out / "points").glob("*.json")):
-        info = json.loads(path.read_text())
+    read = [read_point(path) for path in sorted((out / "points").glob("*.json"))]
+    for info, metrics in read:
         points.append(info)
-        metrics = pd.read_csv(path.with_name(path.stem + "_metrics.csv"))
         fam = metrics[metrics["level"] == "family"]
         for _, row in fam.iterrows():
             for metric in ("reference_percent", "reference_percent_var", "prompt_accuracy",
@@ -41,13 +91,18 @@ def collect(out: str | Path) -> pd.DataFrame:
     if not points:
         raise UserError(f"{out} holds no finished sweep points")
     tidy = pd.DataFrame(tidy).sort_values(["mode", "seed", "m", "family", "metric"])
-    write_csv(out / "sweep_points.csv", tidy)
     pts = pd.DataFrame(points)
     ref = pts[pts["mode"].isin(["none", "difference"])].sort_values("m")
-    write_csv(out / "perplexity_results.csv", ref[["m", "perplexity"]])
+    # the reference's summary CSV of its own layout (read, and checked, before any write)
+    tom_summary = reference_summary(out / "tom") if (out / "tom").is_dir() else None
     summary = summarize(tidy)
+    side = side_by_side(summary)
+    write_csv(out / "sweep_points.csv", tidy)
+    write_csv(out / "perplexity_results.csv", ref[["m", "perplexity"]])
+    if tom_summary is not None:
+        write_csv(out / "tom_summary.csv", tom_summary)
     write_csv(out / "summary.csv", summary)
-    write_csv(out / "summary_side_by_side.csv", side_by_side(summary))
+    write_csv(out / "summary_side_by_side.csv", side)
     if (pts["mode"] == "none").any():  # the specificity tables compare every point with m = 0
         write_specificity(out)
     return summary

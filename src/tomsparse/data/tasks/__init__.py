@@ -1,7 +1,9 @@
 """ToM tasks: the task model, the reference-format loaders, the built-in bank and ToMi.
 
 Public entry points: ``load_tasks(spec)`` (``builtin``, ``builtin:train``, ``tomi`` or a file)
-and ``gradient_prompts(spec)`` (ToM prompts with answers for the sensitivity scores).
+and ``gradient_prompts(spec)`` (ToM prompts with answers for the sensitivity scores). A task
+file in the reference's format renders as the reference renders it unless it declares
+otherwise (``RENDERERS``); generated answers match by one of ``MATCH_RULES``.
 """
 
 from tomsparse.data.tasks.loaders import (
@@ -12,15 +14,18 @@ from tomsparse.data.tasks.loaders import (
 )
 from tomsparse.data.tasks.model import (
                     FAMILIES,
+                    MATCH_RULES,
                     REFERENCE_FAMILIES,
+                    RENDERERS,
                     GradientPrompt,
                     Prompt,
                     Task,
                     TaskSet,
+                    answer_word,
                     first_word,
+                    reference_first_word,
 )
 
-__all__ = ["FAMILIES", "REFERENCE_FAMILIES", "GradientPrompt", "Prompt", "Task", "TaskSet",
-           "first_word", "gradient_prompts", "load_task_file", "load_tasks",
-           "read_prompt_file"]
-
+__all__ = ["FAMILIES", "MATCH_RULES", "REFERENCE_FAMILIES", "RENDERERS", "GradientPrompt",
+           "Prompt", "Task", "TaskSet", "answer_word", "first_word", "gradient_prompts",
+           "load_task_file", "load_tasks", "read_prompt_file", "reference_first_word"]

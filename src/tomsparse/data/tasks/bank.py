@@ -27,6 +27,7 @@ from tomsparse.data.tasks.model import (
     JSON_KEYS,
     PY_NAMES,
     REFERENCE_FAMILIES,
+    RENDERER_KEY,
     TaskSet,
     capitalize_sentences,
     make_task,
@@ -484,7 +485,7 @@ def _unique(make, n: int, rng: random.Random, keys) -> list:
 
 def _answers_stand_alone(family: str, task: dict) -> bool:
     """Whether o1 and o2 occur only as whole words in every prompt the task renders to."""
-    prompts = make_task(family, 0, task, "builtin").render()
+    prompts = make_task(family, 0, task, "builtin", "tomsparse").render()
     return all(_whole_words_only(p.text, (task["o1"], task["o2"])) for p in prompts)
 
 
@@ -567,13 +568,17 @@ def builtin_taskset(split: str = "eval", seed: int = 0) -> TaskSet:
     """The bank's ``eval`` or ``train`` split as a validated TaskSet."""
     raw = generate_split(split, seed)
     source = f"builtin:{split}"
-    tasks = {f: [make_task(f, i, t, source) for i, t in enumerate(raw[f])] for f in raw}
+    tasks = {f: [make_task(f, i, t, source, "tomsparse") for i, t in enumerate(raw[f])]
+             for f in raw}
     return TaskSet(name=source, tasks=tasks)
 
 
 def _py_source(data: dict, split: str) -> str:
     lines = [f'"""tomsparse built-in ToM task bank, {split} split (reference .py format: '
-             f'tsks1 unexpected contents, tsks2 unexpected transfer, tsks3 irony)."""', ""]
+             f'tsks1 unexpected contents, tsks2 unexpected transfer, tsks3 irony)."""', "",
+             "# tomsparse renders these tasks with its own renderer, not the reference's;",
+             "# the reference's evaluation script ignores this name.",
+             f"{RENDERER_KEY} = {data[RENDERER_KEY]!r}", ""]
     for family in REFERENCE_FAMILIES:
         lines.append(f"{PY_NAMES[family]} = "
                      + pprint.pformat(data[JSON_KEYS[family]], width=100, sort_dicts=False))
@@ -584,13 +589,18 @@ def _py_source(data: dict, split: str) -> str:
 def export_bank(out_dir: str | Path, seed: int = 0, splits=SPLITS) -> list[Path]:
     """Write the bank in the reference's formats: per split ``tom_tasks_<split>.json``
     (s1/s2/s3) and ``tom_tasks_<split>.py`` (tsks1/2/3), and the train split's rendered
-    prompts as ``tom_gradient_prompts.json`` (a JSON list of {"txt", "answer"})."""
+    prompts as ``tom_gradient_prompts.json`` (a JSON list of {"txt", "answer"}).
+
+    Both task files declare ``renderer = "tomsparse"`` (a key in .json, a top-level name in
+    .py), so that ``load_task_file`` reloads them with the renderer they were made for;
+    the reference's loader reads only s1/s2/s3 (tsks1/2/3) and ignores it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for split in splits:
         taskset = builtin_taskset(split, seed)
-        data = taskset.to_reference()
+        # Declared first, so that it is the first thing a reader of the file sees.
+        data = {RENDERER_KEY: taskset.renderer, **taskset.to_reference()}
         path = out / f"tom_tasks_{split}.json"
         path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         written.append(path)

@@ -5,6 +5,9 @@
   accepted: a task file is data and must not be able to run code.
 * ``.json`` task files hold an object with keys ``s1``, ``s2``, ``s3``.
 * ``.jsonl`` files in the ToMi format (``input`` / ``target`` per line) load as ToMi items.
+* A ``.py`` / ``.json`` task file renders with the reference's renderer unless it declares
+  another (a top-level ``renderer = "tomsparse"`` in ``.py``, a ``"renderer"`` key in
+  ``.json``, as ``export_bank`` writes); a ``renderer=`` argument overrides both.
 * Gradient-prompt files are a JSON list, or JSONL, of objects with ``txt`` (a full prompt
   ending where the answer starts) and optionally ``answer``.
 """
@@ -21,8 +24,10 @@ from tomsparse.data.tasks.model import (
     JSON_KEYS,
     PY_NAMES,
     REFERENCE_FAMILIES,
+    RENDERER_KEY,
     GradientPrompt,
     TaskSet,
+    check_renderer,
     make_task,
 )
 from tomsparse.data.tasks.tomi import load_tomi
@@ -98,7 +103,7 @@ def read_py_literals(path: Path) -> dict:
     return values
 
 
-def _taskset_from_lists(lists: dict, labels: dict, source: str) -> TaskSet:
+def _taskset_from_lists(lists: dict, labels: dict, source: str, renderer: str) -> TaskSet:
     """Validate the per-family lists of raw task dicts and build a TaskSet; ``labels`` are
     the file's names of the lists (s1 or tsks1 ...), for messages."""
     tasks = {}
@@ -109,7 +114,7 @@ def _taskset_from_lists(lists: dict, labels: dict, source: str) -> TaskSet:
         if not isinstance(raw, list):
             raise UserError(f"{source}: {labels[family]} must be a "
                             f"list of tasks, got {type(raw).__name__}")
-        tasks[family] = [make_task(family, i, t, source) for i, t in enumerate(raw)]
+        tasks[family] = [make_task(family, i, t, source, renderer) for i, t in enumerate(raw)]
     taskset = TaskSet(name=source, tasks=tasks)
     if len(taskset) == 0:
         raise UserError(f"{source}: the task file holds no tasks (expected non-empty "
@@ -117,17 +122,34 @@ def _taskset_from_lists(lists: dict, labels: dict, source: str) -> TaskSet:
     return taskset
 
 
-def load_task_file(path: str | Path) -> TaskSet:
-    """A task file in one of the reference's formats (``.py``, ``.json``) or ToMi ``.jsonl``."""
+def _renderer(path: Path, declared, given: str | None) -> str:
+    """The renderer of a task file: ``given`` (the caller's) if any, else the file's own
+    declaration, else the reference's (a file in its format renders as it renders it)."""
+    if given is not None:
+        return check_renderer(given, str(path))
+    if declared is None:
+        return "reference"
+    return check_renderer(declared, f"{path}, {RENDERER_KEY!r}")
+
+
+def load_task_file(path: str | Path, renderer: str | None = None) -> TaskSet:
+    """A task file in one of the reference's formats (``.py``, ``.json``) or ToMi ``.jsonl``.
+
+    ``renderer`` ("reference" or "tomsparse") says how ``.py`` / ``.json`` tasks render; None:
+    what the file declares, else "reference". ToMi items have one rendering and ignore it.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
+    if renderer is not None:
+        check_renderer(renderer, str(path))
     if suffix == ".py":
         values = read_py_literals(path)
         lists = {f: values[n] for f, n in PY_NAMES.items() if n in values}
         if not any(n in values for n in PY_NAMES.values()):
             raise UserError(f"{path}: the task file defines none of "
                             f"{', '.join(PY_NAMES.values())}")
-        return _taskset_from_lists(lists, PY_NAMES, str(path))
+        chosen = _renderer(path, values.get(RENDERER_KEY), renderer)
+        return _taskset_from_lists(lists, PY_NAMES, str(path), chosen)
     if suffix == ".json":
         try:
             data = json.loads(_read_text(path))
@@ -141,7 +163,8 @@ def load_task_file(path: str | Path) -> TaskSet:
         if not any(k in data for k in JSON_KEYS.values()):
             raise UserError(f"{path}: the task file has none of the keys s1, s2, s3")
         lists = {f: data[k] for f, k in JSON_KEYS.items() if k in data}
-        return _taskset_from_lists(lists, JSON_KEYS, str(path))
+        chosen = _renderer(path, data.get(RENDERER_KEY), renderer)
+        return _taskset_from_lists(lists, JSON_KEYS, str(path), chosen)
     if suffix == ".jsonl":
         return TaskSet(name=str(path), tomi=load_tomi(path))
     raise UserError(f"{path}: unknown task file type {suffix or '(none)'}; use .py (tsks1/2/3), "
@@ -164,25 +187,30 @@ def _merge(sets: list[TaskSet], spec: str) -> TaskSet:
     return merged
 
 
-def load_tasks(spec: str) -> TaskSet:
+def load_tasks(spec: str, renderer: str | None = None) -> TaskSet:
     """Tasks from a spec: ``builtin`` (the bank's eval split), ``builtin:train``, ``tomi``,
     a path to a ``.py`` / ``.json`` / ToMi ``.jsonl`` file, or several joined with commas
-    (for instance ``builtin,tomi``)."""
+    (for instance ``builtin,tomi``). ``renderer``: as in ``load_task_file``, for every part;
+    None renders the bank with ours and a file as it declares (else as the reference)."""
     spec = (spec or "").strip()
     if not spec:
         raise UserError("no task source given; use builtin, builtin:train, tomi or a file path")
+    if renderer is not None:
+        check_renderer(renderer, f"--tasks {spec}")
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) > 1:
-        return _merge([load_tasks(p) for p in parts], spec)
+        return _merge([load_tasks(p, renderer) for p in parts], spec)
     if spec in ("builtin", "builtin:eval", "builtin:train"):
         cached = builtin_taskset("train" if spec.endswith(":train") else "eval")
+        if renderer not in (None, cached.renderer):
+            return cached.with_renderer(renderer)
         # A copy of the lists, so that a caller editing its TaskSet leaves the cache alone.
         return TaskSet(name=cached.name, tasks={f: list(t) for f, t in cached.tasks.items()})
     if spec == "tomi":
         return TaskSet(name="tomi", tomi=load_tomi())
     if spec.startswith("builtin:"):
         raise UserError(f"unknown built-in split {spec!r}; use builtin (eval) or builtin:train")
-    return load_task_file(spec)
+    return load_task_file(spec, renderer)
 
 
 def read_prompt_file(path: str | Path) -> list[GradientPrompt]:

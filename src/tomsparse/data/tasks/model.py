@@ -14,6 +14,17 @@ our own bank render through the same code and export back to the same format:
 
 Families 1 and 2 render 4 conditions x {original, reversed} x 2 probes = 16 prompts per task;
 irony renders 2 prompts. Reversal swaps o1 and o2 in the story and in the expected answers.
+
+Two renderers turn a task into prompt texts (``Task.renderer``):
+
+* ``"tomsparse"`` (ours; the built-in bank): grammatical (POS_PRO cousin), whitespace collapsed,
+  every sentence capitalised, a one-pass o1/o2 swap;
+* ``"reference"`` (the default for a user's .py / .json file): the reference's own renderer,
+  quirks included, so that a file renders character for character as the reference renders it
+  (``render_reference``).
+
+Both give the same conditions, scenario order, probes' wording and expected answers. Generated
+answers are matched by one of two first-word rules (``answer_word``, ``Prompt.matches``).
 """
 
 from __future__ import annotations
@@ -31,6 +42,13 @@ JSON_KEYS = {"unexpected": "s1", "transfer": "s2", "irony": "s3"}
 PY_NAMES = {"unexpected": "tsks1", "transfer": "tsks2", "irony": "tsks3"}
 FAMILY_TITLES = {"unexpected": "unexpected contents", "transfer": "unexpected transfer",
                  "irony": "irony", "tomi": "ToMi"}
+
+# How a task's prompts are written: the reference's renderer or ours (see the module docstring).
+RENDERERS = ("reference", "tomsparse")
+# The name a task file declares its renderer under (``renderer = "..."`` in .py, a key in .json).
+RENDERER_KEY = "renderer"
+# How a generated answer's first word is compared with the expected one (``answer_word``).
+MATCH_RULES = ("tomsparse", "reference")
 
 COMPLETE = "Complete the following story:"
 READ = "Read the following story:"
@@ -78,12 +96,41 @@ _SENTENCE_START_RE = re.compile(r'((?:^|[.!?]["\u201d\']?)\s+|^)([a-z])')
 # removes . , ' " ; anywhere in the word; we also drop : ! ? so "Yes!" counts as "Yes".
 PUNCTUATION = ".,'\";:!?"
 _PUNCT_TABLE = str.maketrans("", "", PUNCTUATION)
+REFERENCE_PUNCTUATION = ".,'\";"
+_REFERENCE_PUNCT_TABLE = str.maketrans("", "", REFERENCE_PUNCTUATION)
 
 
 def first_word(text: str) -> str:
     """The first whitespace-separated word of ``text`` with punctuation removed."""
     words = text.strip().split()
     return words[0].translate(_PUNCT_TABLE) if words else ""
+
+
+def reference_first_word(text: str) -> str:
+    """The reference's first word of a generation: the first whitespace-separated word with
+    only . , ' " ; removed ("Yes!" stays "Yes!", "(Yes" stays "(Yes"); "" if there is none."""
+    words = text.split()
+    return words[0].translate(_REFERENCE_PUNCT_TABLE) if words else ""
+
+
+def _check_rule(rule: str) -> str:
+    if rule not in MATCH_RULES:
+        raise UserError(f"unknown answer-matching rule {rule!r}; use one of "
+                        f"{', '.join(MATCH_RULES)}")
+    return rule
+
+
+def answer_word(text: str, rule: str = "tomsparse") -> str:
+    """The word of a generation that is compared with the expected word under ``rule``."""
+    return reference_first_word(text) if _check_rule(rule) == "reference" else first_word(text)
+
+
+def check_renderer(renderer, where: str) -> str:
+    """``renderer`` if it is one of RENDERERS; a UserError naming ``where`` otherwise."""
+    if renderer not in RENDERERS:
+        raise UserError(f"{where}: unknown renderer {renderer!r}; use one of "
+                        f"{', '.join(repr(r) for r in RENDERERS)}")
+    return renderer
 
 
 def capitalize_sentences(text: str) -> str:
@@ -132,6 +179,22 @@ class Prompt:
     def alternative_word(self) -> str:
         return first_word(self.alternative)
 
+    @property
+    def reference_expected_word(self) -> str:
+        """The reference's expected word: the answer's first word, nothing stripped."""
+        words = self.expected.split()
+        return words[0] if words else ""
+
+    def expected_word_for(self, rule: str = "tomsparse") -> str:
+        return self.reference_expected_word if _check_rule(rule) == "reference" \
+            else self.expected_word
+
+    def matches(self, generated: str, rule: str = "tomsparse") -> bool:
+        """Whether a generation is right: its first word equals the expected word under
+        ``rule`` ("tomsparse": both sides stripped of PUNCTUATION; "reference": only
+        . , ' " ; removed from the generated word, case-sensitive)."""
+        return answer_word(generated, rule) == self.expected_word_for(rule)
+
 
 @dataclass(frozen=True)
 class GradientPrompt:
@@ -150,6 +213,7 @@ class Task:
     index: int
     fields: dict
     source: str = "builtin"
+    renderer: str = "tomsparse"    # one of RENDERERS
 
     @property
     def number(self):
@@ -167,6 +231,8 @@ class Task:
         return text + (f", field '{field_name}'" if field_name else "")
 
     def render(self) -> list[Prompt]:
+        if self.renderer == "reference":
+            return render_reference(self)
         if self.family == "unexpected":
             return _render_contents(self)
         if self.family == "transfer":
@@ -174,14 +240,15 @@ class Task:
         return _render_irony(self)
 
 
-def make_task(family: str, index: int, raw, source: str) -> Task:
+def make_task(family: str, index: int, raw, source: str, renderer: str = "tomsparse") -> Task:
     """Validate one raw task dict of a reference family; raise ``UserError`` naming the file,
     the task and the field on anything the renderer could not use."""
+    check_renderer(renderer, source)
     key = JSON_KEYS[family]
     if not isinstance(raw, dict):
         raise UserError(f"{source}: {FAMILY_TITLES[family]} ({key}) task {index}: expected a "
                         f"dict of fields, got {type(raw).__name__}")
-    task = Task(family=family, index=index, fields=dict(raw), source=source)
+    task = Task(family=family, index=index, fields=dict(raw), source=source, renderer=renderer)
     for name in REQUIRED_FIELDS[family]:
         if name not in raw:
             raise UserError(f"{task.where(name)}: missing field")
@@ -256,7 +323,9 @@ def _render_contents(task: Task) -> list[Prompt]:
     return prompts
 
 
-def _render_transfer(task: Task) -> list[Prompt]:
+def _render_transfer(task: Task, reference: bool = False) -> list[Prompt]:
+    """Ours: whitespace collapsed, probes stripped, one-pass swap; ``reference``: the texts as
+    written, the reference's plain-replacement swap."""
     f = task.fields
     o1, o2 = f["o1"], f["o2"]
     for name in ("txt", "txt_notransfer", "txt_informed", "txt_present", "q1", "q2"):
@@ -271,18 +340,23 @@ def _render_transfer(task: Task) -> list[Prompt]:
                 "informed protagonist": (o1, o1), "present protagonist": (o1, o1)}
     prompts = []
     for condition in TRANSFER_CONDITIONS:
-        story = " ".join(stories[condition].split())
-        prompts += _two_probes(task, condition, story, f["q1"].strip(), f["q2"].strip(),
-                               expected[condition], o1, o2)
+        if reference:
+            prompts += _two_probes(task, condition, stories[condition], f["q1"], f["q2"],
+                                   expected[condition], o1, o2, swap=reference_swap)
+        else:
+            story = " ".join(stories[condition].split())
+            prompts += _two_probes(task, condition, story, f["q1"].strip(), f["q2"].strip(),
+                                   expected[condition], o1, o2)
     return prompts
 
 
 def _two_probes(task: Task, condition: str, story: str, probe_a: str, probe_b: str,
-                expected: tuple[str, str], o1: str, o2: str) -> list[Prompt]:
-    """The original and reversed scenario of one condition, each with both probes."""
+                expected: tuple[str, str], o1: str, o2: str, swap=swap_words) -> list[Prompt]:
+    """The original and reversed scenario of one condition, each with both probes; ``swap``
+    reverses the story (never the probes, never the prefix)."""
     out = []
     for reverse in (False, True):
-        text = swap_words(story, o1, o2) if reverse else story
+        text = swap(story, o1, o2) if reverse else story
         for probe, probe_text, answer in (("a", probe_a, expected[0]),
                                           ("b", probe_b, expected[1])):
             if reverse:
@@ -296,17 +370,133 @@ def _two_probes(task: Task, condition: str, story: str, probe_a: str, probe_b: s
     return out
 
 
-def _render_irony(task: Task) -> list[Prompt]:
+def _render_irony(task: Task, reference: bool = False) -> list[Prompt]:
+    """Ours collapses whitespace; ``reference`` keeps the text as written."""
     f = task.fields
     prompts = []
     for name, condition, answer, other, reverse, scenario in (
             ("txt", IRONY_CONDITIONS[0], "No", "Yes", False, "Irony"),
             ("txt_reverse", IRONY_CONDITIONS[1], "Yes", "No", True, "Irony reversed")):
-        story = " ".join(_check_rendered(task, name, f[name]).split())
+        story = _check_rendered(task, name, f[name])
+        story = story if reference else " ".join(story.split())
         prompts.append(Prompt(
             family="irony", task_id=task.task_id, task_index=task.index, condition=condition,
             reversed=reverse, scenario=scenario, probe="",
             text=f"{READ} {story} Correct Answer:", expected=answer, alternative=other))
+    return prompts
+
+
+# ---------------------------------------------------------------- the reference's renderer
+#
+# The sentences the reference's evaluation script adds to unexpected-contents stories, as it
+# writes them (issue 13 lists them). Kosinski's tasks 1 (a device "connected to") and 17 (a box
+# of CDs) get their own; typos and the trailing space are the reference's.
+REFERENCE_INFORMED = ('A cousin calls XNAM and tells OBJ_PRO that the CX has S1 in it, and that '
+                      'XPRO should ignore the label that says "S2". XNAM believes OBJ_PRO cousin.')
+REFERENCE_ACTIONS = {  # NUMBER -> (closed, open); any other NUMBER: ACTION_CLOSED, ACTION_OPEN
+    "1": ("XNAM does not connect to the CX and does not explore its contents. XNAM reads the "
+          "label on the CX. ",
+          "XNAM connects to the CX and explores its contents. XNAM reads the label on the CX."),
+    "17": ("XNAM does not open the box and does not listen to any of the CDs. XNAM reads the "
+           "label.",
+           "XNAM puts one in a CD player and listens to the songs. XNAM can can clearly hear "
+           "that it is full of S2 music."),
+}
+# Tasks whose belief probe says "received" instead of "found".
+REFERENCE_RECEIVED = ("12", "14")
+# The reference's swap marker (``text.replace(o1, "####")...``).
+SWAP_MARKER = "####"
+
+
+def render_reference(task: Task) -> list[Prompt]:
+    """The task's prompts exactly as the reference's evaluation script writes them.
+
+    It reproduces the reference's quirks on purpose, so that a reference-format file scores on
+    the same prompt texts as in the reference: "XNAM believes OBJ_PRO cousin", Kosinski's
+    tasks 1, 12, 14 and 17 special-cased by NUMBER (with "can can" and the trailing space of
+    task 1's closed sentence, which doubles the space before the next piece), sequential
+    ``str.replace`` of the placeholders, only ". h" / ". s" capitalised, no whitespace
+    collapsed, and a reversal by three plain replaces (so "tea" / "green tea" garble).
+
+    Two things differ from the reference, both where it would fail or misbehave: NUMBER 1 and
+    "1" are the same task (the reference compares with the int only), and a task without
+    NUMBER gets no special case (the reference raises KeyError). Expected answers are ours
+    (o1 / o2 by condition, swapped on reversal), not the reference's text-replaced ones; they
+    differ only when one answer contains the other. The optional fields ``action_closed``,
+    ``action_open``, ``q1`` and ``q2`` of an unexpected-contents task replace the sentence they
+    name (the NUMBER special cases included); a probe override gets the same placeholder
+    replacement as the story and its first letter upper-cased.
+    """
+    if task.family == "unexpected":
+        return _reference_contents(task)
+    if task.family == "transfer":
+        return _render_transfer(task, reference=True)
+    return _render_irony(task, reference=True)
+
+
+def reference_fill(text: str, fields: dict) -> str:
+    """The reference's placeholder replacement: plain replaces in its order, then only ". h"
+    and ". s" capitalised (a pronoun starting a sentence)."""
+    text = (text.replace("S1", fields["o1"]).replace("S2", fields["o2"])
+            .replace("CX", fields["c"]).replace("XNAM", fields["xnam"])
+            .replace("XPRO", fields["xpro"]).replace("OBJ_PRO", fields["obj_pro"])
+            .replace("POS_PRO", fields["pos_pro"]))
+    return text.replace(". h", ". H").replace(". s", ". S")
+
+
+def reference_swap(text: str, o1: str, o2: str) -> str:
+    """The reference's reversal: o1 and o2 swapped by plain replaces through a marker."""
+    return text.replace(o1, SWAP_MARKER).replace(o2, o1).replace(SWAP_MARKER, o2)
+
+
+def _reference_number(task: Task) -> str | None:
+    # 1 in a .py file, "1" in a .json file: the same task (see render_reference).
+    number = task.fields.get("NUMBER")
+    return None if number is None else str(number)
+
+
+def _reference_contents(task: Task) -> list[Prompt]:
+    f = task.fields
+    o1, o2, number = f["o1"], f["o2"], _reference_number(task)
+    closed, opened = REFERENCE_ACTIONS.get(number, (ACTION_CLOSED, ACTION_OPEN))
+    closed, opened = f.get("action_closed", closed), f.get("action_open", opened)
+    # Each piece alone first, so that a placeholder left in it is reported by its field.
+    for name, text in (("txt", f["txt"]), ("txt_correctlabel", f["txt_correctlabel"]),
+                       ("action_closed", closed), ("action_open", opened),
+                       ("informed", REFERENCE_INFORMED)):
+        _check_rendered(task, name, reference_fill(text, f))
+    # The reference joins the raw pieces with one space and fills the whole story at once
+    # (". h" can span a join).
+    stories = {
+        "false belief": f"{f['txt']} {closed}",
+        "correct label": f"{f['txt_correctlabel']} {closed}",
+        "informed protagonist": f"{f['txt']} {closed} {REFERENCE_INFORMED}",
+        "open container": f"{f['txt']} {opened}",
+    }
+    # The reference builds its probes from the fields, not from placeholders; the pronoun
+    # starting a sentence is capitalised with str.capitalize, as it does.
+    pro = f["xpro"].capitalize()
+    probe_a = (f"{pro} opens the {f['c']} and looks inside. {pro} can clearly see that it is "
+               f"full of")
+    if number == "17":
+        probe_a = (f"{pro} puts one in a CD player and listens to the songs. {pro} can clearly "
+                   f"hear that it is full of")
+    probe_b = (f"{f['xnam']} calls a friend to tell them that {f['xpro']} has just found a "
+               f"{f['c']} full of")
+    if number in REFERENCE_RECEIVED:
+        probe_b = probe_b.replace("found", "received")
+    probes = {"q1": probe_a, "q2": probe_b}
+    for name in ("q1", "q2"):
+        if name in f:
+            text = reference_fill(f[name], f)
+            probes[name] = _check_rendered(task, name, text[:1].upper() + text[1:])
+    expected = {"false belief": (o1, o2), "correct label": (o1, o1),
+                "informed protagonist": (o1, o1), "open container": (o1, o1)}
+    prompts = []
+    for condition in CONTENTS_CONDITIONS:
+        story = reference_fill(stories[condition], f)
+        prompts += _two_probes(task, condition, story, probes["q1"], probes["q2"],
+                               expected[condition], o1, o2, swap=reference_swap)
     return prompts
 
 
@@ -317,6 +507,22 @@ class TaskSet:
     name: str
     tasks: dict = field(default_factory=dict)     # family -> list[Task] (reference families)
     tomi: list = field(default_factory=list)      # list[tomi.TomiItem]
+
+    @property
+    def renderer(self) -> str:
+        """The renderer of its tasks: one of RENDERERS, "mixed" for a merge of files
+        rendered differently; "tomsparse" when it has no reference-family tasks."""
+        found = {t.renderer for tasks in self.tasks.values() for t in tasks}
+        if len(found) > 1:
+            return "mixed"
+        return found.pop() if found else "tomsparse"
+
+    def with_renderer(self, renderer: str) -> "TaskSet":
+        """The same tasks rendered by ``renderer`` (validated again, so that a placeholder the
+        other renderer would leave is reported)."""
+        tasks = {family: [make_task(family, t.index, t.fields, t.source, renderer)
+                          for t in ts] for family, ts in self.tasks.items()}
+        return TaskSet(name=self.name, tasks=tasks, tomi=list(self.tomi))
 
     def families(self) -> list[str]:
         out = [f for f in REFERENCE_FAMILIES if self.tasks.get(f)]
