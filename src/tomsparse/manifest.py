@@ -176,6 +176,31 @@ def read_json_object(path: str | os.PathLike, fix: str = "restore it or write it
     return data
 
 
+def read_csv_checked(path: str | os.PathLike, columns: Iterable[str], what: str,
+                     fix: str = "restore it or write it again"):
+    """The table in ``path`` (a pandas DataFrame), which must be ``what`` (e.g. "the sweep's
+    verdict table") with at least ``columns``; a missing, unreadable or damaged file, or one
+    without those columns, is a UserError naming the file, what was expected, and ``fix``."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; expected {what}; {fix}") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # EmptyDataError, ParserError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable CSV table ({first}); expected {what}; "
+                        f"{fix}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns[:6])) + (", ..." if len(frame.columns) > 6
+                                                          else "")
+        raise UserError(f"{path}: lacks the column(s) {', '.join(missing)} of {what} (it has "
+                        f"{found or 'none'}); {fix}")
+    return frame
+
+
 def build_manifest(kind: str, **fields: Any) -> dict[str, Any]:
     """A manifest dict: what was computed, with versions, time and the given fields."""
     return {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

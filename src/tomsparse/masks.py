@@ -71,6 +71,18 @@ class MaskSpec:
         return out
 
 
+# Base modes drawn at random: run once per random seed (every other mode ignores the seed and
+# runs with seed 0). ``mode_seeds`` is the one place a mode is expanded into its seeds.
+SEEDED_MODES = ("random", "random-fraction")
+DEFAULT_RANDOM_SEEDS = (0, 1, 2, 3, 4)
+
+
+def mode_seeds(mode: str, random_seeds) -> list[int]:
+    """The seeds ``mode`` is run with: every one of ``random_seeds`` for a random mask, else
+    [0]."""
+    return [int(s) for s in random_seeds] if parse_mode(mode).base in SEEDED_MODES else [0]
+
+
 _VARIANT_RE = re.compile(r"^(?P<base>[a-z]+(?:-[a-z]+)*?)(?:-p(?P<p>[0-9.]+(?:e[-+]?[0-9]+)?))?"
                          r"(?:-x(?P<x>[0-9]+))?$")
 

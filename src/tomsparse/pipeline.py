@@ -11,22 +11,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
 
 from tomsparse.analysis.run import (
     AnalysisConfig,
     analyze_loaded,
-    read_matched,
+    matched_at,
     select_prompts,
 )
+from tomsparse.data.corpora import check_inputs
 from tomsparse.data.score_samples import ScoreDataConfig, build_dataset
 from tomsparse.errors import UserError
-from tomsparse.lm.registry import load_model, print_model_facts
+from tomsparse.lm.registry import DEFAULT_MODEL, load_model, print_model_facts
 from tomsparse.manifest import build_manifest, write_json
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.compute import METHODS, compute_score_set
-from tomsparse.scores.store import load_scores, read_manifest
+from tomsparse.scores.store import StoredScores, load_scores, open_scores, read_manifest
+from tomsparse.sweep.folder import RunFolder
 from tomsparse.sweep.runner import SweepConfig, run_sweep
 from tomsparse.sweep.summary import print_summary
+from tomsparse.sweep.verdicts import VerdictRules
 
 
 @dataclass
@@ -41,7 +47,7 @@ class RunConfig:
     tom_data: ScoreDataConfig
     generic_data: ScoreDataConfig
     sweep: SweepConfig
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "float32"
     device_map: str | None = None
@@ -50,6 +56,8 @@ class RunConfig:
     score_reference_fp16: bool = False  # the reference's fp16 squares and sums (scores.compute)
     export_m: float | None = None
     analysis_prompts: int = 16  # 0: no analyses
+    take_over: bool = False  # the sweep folder's claims of other processes (sweep.claims)
+    rules: VerdictRules | None = None  # the verdicts' decision rules (None: defaults)
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,14 +68,39 @@ class RunConfig:
             raise UserError(f"unknown score method {self.score_method!r}; use one of "
                             f"{', '.join(METHODS)}")
         if self.score_batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.score_batch_size}")
+            raise UserError(f"--batch-size must be at least 1, got {self.score_batch_size} "
+                            "(--score-batch-size)")
         if self.analysis_prompts < 0:
             raise UserError(f"--analysis-prompts must be 0 or more, got {self.analysis_prompts}")
 
 
-def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log) -> tuple[dict, str]:
-    """Compute (or reuse, when an earlier run used the same samples) one score set."""
-    folder = cfg.out / f"scores_{data.dataset}"
+def stream_scores(lm, store: str | Path) -> StoredScores:
+    """A score store opened for the sweep: read one matrix at a time, onto that weight's
+    device, as the rankings need them (never two full score sets in host memory)."""
+    devices = {m.name: m.module.weight.device if m.module.weight.device.type != "meta"
+               else "cpu" for m in lm.description.matrices}
+    return open_scores(store, model=lm, device=devices)
+
+
+def sweep_and_report(lm, tom, gen, cfg: SweepConfig, out: str | Path, *,
+                     finish: Callable[[pd.DataFrame], tuple[dict, Sequence[tuple[str, str]]]],
+                     log=print, **sweep_options) -> tuple[pd.DataFrame, Path] | None:
+    """Run (or resume) a sweep into ``out``, write its tables (``run_sweep``) and its report.
+    ``finish(summary)`` gives the manifest the report shows and the extra sections it embeds
+    (a run writes its manifest and analyses there first). ``sweep_options`` go to
+    ``run_sweep``; with ``tables=False`` (a torchrun rank other than 0) nothing is written
+    and the result is None."""
+    summary = run_sweep(lm, tom, gen, cfg, out, log=log, **sweep_options)
+    if summary is None:
+        return None
+    manifest, sections = finish(summary)
+    return summary, write_report(out, summary, manifest, sections)
+
+
+def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log) -> tuple[Path, str]:
+    """Compute (or reuse, when an earlier run used the same samples) one score set: its
+    store and the samples' hash."""
+    folder = RunFolder(cfg.out).scores(data.dataset)
     samples = build_dataset(data, lm.tokenizer, lm.model)
     wanted = samples.info["samples_sha256"]
     if (folder / "manifest.json").exists():
@@ -75,54 +108,63 @@ def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log) -> tuple[dict, str]:
         if (old.get("samples_sha256") == wanted and old.get("fingerprint") == lm.fingerprint
                 and bool(old.get("reference_fp16")) == cfg.score_reference_fp16):
             log(f"[tomsparse] reusing {data.dataset} scores in {folder}")
-            return load_scores(folder, model=lm)[0], wanted
+            return folder, wanted
     log(f"[tomsparse] {data.dataset} scores: {len(samples)} samples")
-    result = compute_score_set(lm, samples, out=folder, batch_size=cfg.score_batch_size,
-                               method=cfg.score_method, reference_fp16=cfg.score_reference_fp16)
-    return result.scores, wanted  # the store's identity (scores.store.scores_identity)
+    compute_score_set(lm, samples, out=folder, batch_size=cfg.score_batch_size,
+                      method=cfg.score_method, reference_fp16=cfg.score_reference_fp16)
+    return folder, wanted  # the store's identity (scores.store.scores_identity)
 
 
-def _analysis(lm, cfg: RunConfig, tom: dict, gen: dict) -> None:
+def _analysis(lm, cfg: RunConfig) -> None:
     """The mechanistic analyses at the sweep's largest m: difference mask vs the random
     control and the damage-matched controls, on a few built-in ToM prompts (``tomsparse
     analyze --run`` does more)."""
     print()
     sweep = cfg.sweep
     m = max(sweep.m_values)
-    matched_json = cfg.out / "sweep" / "matched.json"
+    run = RunFolder(cfg.out)
     acfg = AnalysisConfig(m=m, modes=["difference", "random"],
                           random_seeds=list(sweep.random_seeds), perturbation=sweep.perturbation,
                           scale=sweep.scale, reference_ties=sweep.reference_ties,
                           # the same damage-matched controls as the sweep's, each at its own m
-                          matched=read_matched(matched_json, m) if matched_json.exists() else [])
-    stores = {k: cfg.out / f"scores_{k}" for k in ("tom", "generic")}
+                          matched=matched_at(run.sweep.read_matched(), m, where=run.sweep.matched))
+    stores = {k: run.scores(k) for k in ("tom", "generic")}
+    # the analyses need every score matrix at once: loaded whole here, after the sweep
+    tom, gen = (load_scores(stores[k], model=lm)[0] for k in ("tom", "generic"))
     analyze_loaded(lm, (tom, read_manifest(stores["tom"]), stores["tom"]),
                    (gen, read_manifest(stores["generic"]), stores["generic"]), acfg,
-                   select_prompts("builtin", cfg.analysis_prompts), cfg.out / "analysis",
+                   select_prompts("builtin", cfg.analysis_prompts), run.analysis_dir,
                    options={"analysis_prompts": cfg.analysis_prompts, "from": "tomsparse run"},
                    run_dir=cfg.out)
 
 
 def run_main_job(cfg: RunConfig, log=print) -> Path:
     """Scores, sweep, manifest, analyses and report into ``cfg.out``; returns the report."""
+    check_inputs(corpora=[cfg.generic_data.corpus, cfg.sweep.corpus], tasks=[cfg.sweep.tasks],
+                 prompts=[cfg.tom_data.prompts])  # before anything is computed or written
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
     print_model_facts(lm)
     log("")
-    tom, tom_sha = _scores(lm, cfg, cfg.tom_data, log)
-    gen, gen_sha = _scores(lm, cfg, cfg.generic_data, log)
-    summary = run_sweep(lm, tom, gen, cfg.sweep, cfg.out / "sweep", scores_ids=(tom_sha, gen_sha),
-                        export_m=cfg.export_m,
-                        scores_info={"tom": str(cfg.out / "scores_tom"),
-                                     "generic": str(cfg.out / "scores_generic")})
-    manifest = build_manifest("run", model=lm.name, model_fingerprint=lm.fingerprint,
-                              options=cfg.options, scores_tom_sha=tom_sha,
-                              scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1))
-    write_json(cfg.out / "manifest.json", manifest)
-    if cfg.analysis_prompts and any(m > 0 for m in cfg.sweep.m_values):
-        _analysis(lm, cfg, tom, gen)
-    report = write_report(cfg.out / "sweep", summary, manifest)  # with the analyses, if run
+    run = RunFolder(cfg.out)
+    tom_store, tom_sha = _scores(lm, cfg, cfg.tom_data, log)
+    gen_store, gen_sha = _scores(lm, cfg, cfg.generic_data, log)
+
+    def finish(_summary: pd.DataFrame) -> tuple[dict, list[tuple[str, str]]]:
+        manifest = build_manifest("run", model=lm.name, model_fingerprint=lm.fingerprint,
+                                  options=cfg.options, scores_tom_sha=tom_sha,
+                                  scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1))
+        write_json(run.manifest, manifest)
+        if cfg.analysis_prompts and any(m > 0 for m in cfg.sweep.m_values):
+            _analysis(lm, cfg)
+        return manifest, run.read_report_sections()  # with the analyses, if run
+
+    summary, report = sweep_and_report(
+        lm, stream_scores(lm, tom_store), stream_scores(lm, gen_store), cfg.sweep,
+        run.sweep.root, finish=finish, scores_ids=(tom_sha, gen_sha), export_m=cfg.export_m,
+        take_over=cfg.take_over, rules=cfg.rules,
+        scores_info={"tom": str(tom_store), "generic": str(gen_store)})
     log("")
     print_summary(summary, log=log)
     log(f"\nreport: {report.resolve()}  ({time.time() - t0:.0f} s)")

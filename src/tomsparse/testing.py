@@ -59,6 +59,11 @@ def tiny_config(arch: str, **overrides):
                           bos_token_id=0, eos_token_id=1, pad_token_id=1, **common)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose from {ARCHITECTURES}")
+    if arch not in ("gpt2", "opt"):
+        # RoPE reads prompts past the 128 positions (kept for small perplexity windows): the
+        # builtin prompts (up to ~650 characters, one token each) are allowed, longer refused
+        # (evaluate.tom.prompt_token_limit). gpt2 and opt have learned positions: 128 it is.
+        cfg.max_prompt_tokens = 1024
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg

@@ -18,14 +18,15 @@ from tomsparse.analysis.run import (
     analyze,
     build_masks,
     conditions,
+    matched_at,
     ranking_depth,
-    read_matched,
 )
 from tomsparse.cli.analyze import parse_matched
 from tomsparse.errors import UserError
 from tomsparse.lm.adapter import describe
 from tomsparse.masks import build_rankings, k_for, masks_for
 from tomsparse.perturb import perturbed
+from tomsparse.sweep import folder
 from tomsparse.testing import CharTokenizer, tiny_model
 
 PROMPTS = [[5, 9, 14, 3, 22, 7, 31], [8, 2, 40, 11], [17, 6, 25, 12, 4, 19, 27, 33, 2]]
@@ -211,6 +212,11 @@ def _matched_json(path, m=M):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
+
+
+def read_matched(path, m):
+    """The damage-matched controls of a matched.json at m, as the analyses read them."""
+    return matched_at(folder.read_matched(path), m, where=path)
 
 
 def test_read_matched(tmp_path):

@@ -519,7 +519,6 @@ def test_cli_run_folder_end_to_end(tmp_path, capsys, monkeypatch):
     from tomsparse.cli.main import main
     from tomsparse.lm.adapter import fingerprint
     from tomsparse.lm.registry import wrap_model
-    from tomsparse.report import sweep_report as report
     from tomsparse.scores.store import save_scores
     from tomsparse.testing import registered_model
 
@@ -538,9 +537,8 @@ def test_cli_run_folder_end_to_end(tmp_path, capsys, monkeypatch):
     calls = []
     # the command re-renders the run's report through the write_report it imported
     monkeypatch.setattr(analyze_command, "write_report",
-                        lambda out, summary, manifest, extra_sections=None: calls.append(
-                            (out, summary, manifest, report.analysis_sections(out)
-                             if extra_sections is None else list(extra_sections)))
+                        lambda out, summary, manifest, extra_sections=(): calls.append(
+                            (out, summary, manifest, list(extra_sections)))
                         or out / "report.html")
     state = {k: v.clone() for k, v in tiny.state_dict().items()}
     with registered_model("tiny", lambda **_: wrap_model(tiny, CharTokenizer(), "tiny")

@@ -18,7 +18,7 @@ PACKAGE = "tomsparse"
 
 # Low to high: a module may import its own layer (without cycles) and the layers below it.
 LAYERS = [
-    {"errors", "manifest"},
+    {"errors", "manifest", "stats"},
     {"lm", "masks", "perturb"},
     {"data"},
     {"scores", "evaluate"},
@@ -344,3 +344,53 @@ def test_library_imports_are_at_the_top_of_the_file():
     problems = [f"{imp.where()}: imports {imp.module} inside a function or class"
                 for path in src_files() for imp in imports(path) if not imp.top_level]
     report(problems, "function-level tomsparse imports in src")
+
+
+# ------------------------------------------------------------------ (f) folder owners
+FOLDER_OWNER = SRC / PACKAGE / "sweep" / "folder.py"
+# Names shared with folders that are not sweep or run folders (every score store and output
+# folder has a manifest.json), so not owned by sweep/folder.py.
+SHARED_FILE_NAMES = {"manifest.json"}
+
+
+def _string_parts(tree: ast.Module):
+    """(line, text) of every string literal that is not a docstring (f-string parts too)."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in docstrings):
+            yield node.lineno, node.value
+
+
+def owned_file_names() -> set[str]:
+    """The file names (and name endings such as ``_prompts.csv``) sweep/folder.py spells."""
+    names = set()
+    for _line, text in _string_parts(parse(FOLDER_OWNER)):
+        if (text.endswith((".csv", ".json", ".html", ".png")) and not text.startswith(".")
+                and text not in SHARED_FILE_NAMES):
+            names.add(text)
+    return names
+
+
+def test_folder_file_names_live_in_the_folder_owner_only():
+    names = owned_file_names()
+    # the owner spells the layout: the point files, the tables, the report sections
+    assert {"_prompts.csv", "summary.csv", "specificity_verdicts.csv", "matched.json",
+            "sweep_manifest.json", "report_sections.json"} <= names
+    problems = []
+    for path in src_files():
+        if path == FOLDER_OWNER:
+            continue
+        for line, text in _string_parts(parse(path)):
+            # a name ending (``_prompts.csv``) is the tail of an f-string: matched whole, so
+            # another folder's ``tom_prompts.csv`` is not taken for it
+            hits = sorted(name for name in names
+                          if (text == name if name.startswith("_") else name in text))
+            if hits:
+                problems.append(f"{path.relative_to(ROOT)}:{line}: spells {', '.join(hits)}")
+    report(problems, "sweep and run folder file names outside sweep/folder.py (use SweepFolder "
+                     "or RunFolder)")

@@ -234,8 +234,9 @@ def test_touched_but_intact_files_are_kept(offline_tiny):
 
 
 def test_edits_outside_the_sampled_blocks(tmp_path):
-    # The load-time check reads 16 blocks of 64 KiB; an edit between them is caught by the
-    # file's modification time (then hashed in full), and always by verify (full sha256).
+    # The load-time check once read 16 blocks of 64 KiB and missed an edit between them whose
+    # modification time was put back (issue 26); it now hashes every file in full, once per
+    # process while the file's stat (change time included) stays the same.
     folder = tmp_path / "m"
     folder.mkdir()
     big = folder / "blob.bin"
@@ -243,7 +244,8 @@ def test_edits_outside_the_sampled_blocks(tmp_path):
     gguf.write_completion_record(folder, name="m")
     assert gguf.inspect_conversion(folder).ok
     flip(big, 150_000, keep_mtime=True)  # between the first and second sampled blocks
-    assert gguf.inspect_conversion(folder).ok  # the sampled check's known blind spot
+    report = gguf.inspect_conversion(folder)
+    assert report.status == "damaged" and "blob.bin: its content differs" in report.problems[0]
     full = gguf.inspect_conversion(folder, full=True)
     assert full.status == "damaged" and "blob.bin" in full.problems[0]
     flip(big, 150_000, keep_mtime=True)
@@ -333,4 +335,15 @@ def test_cache_verify_command(offline_tiny, capsys):
     flip(weights, weights.stat().st_size // 2)
     assert main(["cache", "verify", "--model", "tiny-offline"]) == 1
     out = capsys.readouterr().out
-    assert "is damaged" in out and "the next load of each rebuilds it" in out
+    assert "is damaged" in out and "cache verify --rebuild" in out and "next load" in out
+    assert len(conversions) == 1  # verify alone changes nothing
+    # what the message promises: the next load rebuilds it ...
+    logs.clear()
+    load_tiny(logs)
+    assert len(conversions) == 2 and any("rebuilding it" in line for line in logs), logs
+    # ... and so does --rebuild, at once
+    flip(weights, weights.stat().st_size // 2)
+    assert main(["cache", "verify", "--model", "tiny-offline", "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "is damaged" in out and "rebuilt 1 converted model(s): tiny-offline" in out
+    assert len(conversions) == 3 and gguf.verify_cache("tiny-offline").ok

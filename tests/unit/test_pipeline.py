@@ -14,6 +14,7 @@ from tomsparse.cli.options import DEFAULTS, QUICK, apply_presets
 from tomsparse.data.score_samples import ScoreDataConfig
 from tomsparse.errors import UserError
 from tomsparse.pipeline import RunConfig
+from tomsparse.stats import OUTCOMES
 from tomsparse.sweep.runner import SweepConfig, m_grid
 from tomsparse.testing import registered_model
 
@@ -88,11 +89,12 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny, capsys):
     assert "Damage-matched controls" in page and "The mask family" in page
     assert (out / "sweep" / "plot_specificity.png").exists()
     # the report leads with the specificity verdicts, written from the sweep's tables
-    assert page.index("Is the effect specific to ToM?") < page.index("Family-level reading")
+    assert page.index("bottom-line") < page.index("Chance gate") < page.index("Claims")
+    assert page.index("Claims") < page.index("Family-level reading")
+    assert "Holm" in page and "family-wise" in page      # the error rate, stated once
     verdicts = pd.read_csv(out / "sweep" / "specificity_verdicts.csv")
-    assert set(verdicts["claim"]) == {"a", "b", "c", "d"}
-    assert set(verdicts["status"]) <= {"holds", "does not hold",
-                                       "cannot be measured on this model"}
+    assert set(verdicts["claim"]) == {"a", "b", "c", "d", "e"}
+    assert set(verdicts["status"]) <= set(OUTCOMES)
     for i in range(1, 6):  # the mechanistic analyses at the largest m
         assert f"Analysis {i}:" in page
     headline = json.loads((out / "analysis" / "analysis_manifest.json").read_text())

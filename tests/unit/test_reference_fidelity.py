@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tomsparse import stats
 from tomsparse.cli.main import build_parser, main
 from tomsparse.cli.options import FAITHFUL, OURS, apply_presets, fill_unset
 from tomsparse.data.corpora import Corpus
@@ -23,8 +24,8 @@ from tomsparse.evaluate import tom
 from tomsparse.evaluate.perplexity import perplexity
 from tomsparse.evaluate.results import reference_results_path
 from tomsparse.sweep.runner import m_grid
-from tomsparse.sweep.specificity import group_label, point_label
-from tomsparse.testing import registered_model, tiny_model
+from tomsparse.sweep.folder import group_label, point_label
+from tomsparse.testing import char_fast_tokenizer, registered_model, tiny_model
 
 DOCS = [" ".join(f"w{d}_{i}" for i in range(n)) for d, n in enumerate((3, 30, 8, 16, 50, 5, 16))]
 VOCAB = {w: i + 1 for i, w in enumerate(sorted({w for d in DOCS for w in d.split()}))}
@@ -183,7 +184,7 @@ def test_answer_rule_in_evaluate(monkeypatch, rule):
     texts = [endings[i % len(endings)].format(w=p.expected.split()[0]) for i, p in
              enumerate(prompts)]
     monkeypatch.setattr(tom, "generate_reps", lambda *a, **k: [list(texts)])
-    result = tom.evaluate(tiny_model("llama"), None, taskset, scoring="greedy",
+    result = tom.evaluate(tiny_model("llama"), char_fast_tokenizer(), taskset, scoring="greedy",
                           answer_rule=rule)
 
     def reference_correct(text, expected):
@@ -301,3 +302,33 @@ def test_scores_reference_protocol_sets_the_score_options(tmp_path):
     assert calls[0]["dtype"] == "float16"  # the reference's model dtype, not given explicitly
     assert json.loads((plain / "manifest.json").read_text())["data"]["window_recipe"] == \
         "tomsparse"
+
+
+def test_reference_protocol_with_a_matched_control_gives_finite_verdicts(tmp_path):
+    """Issue 22.1: the paper's protocol (sampled generation) with its damage-matched control
+    turned on finishes, and every verdict is an outcome with finite numbers or says why it
+    cannot be measured (it once crashed on idxmax over all-NaN margins)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"plain generic text, paragraph number {i}." for i in range(80)))
+    out = tmp_path / "run"
+    argv = ["run", "--reference-protocol", "--model", "tiny", "--device", "cpu",
+            "--dtype", "float32", "--out", str(out), "--nsamples-tom", "3",
+            "--nsamples-generic", "3", "--seqlen", "32", "--generic-corpus", str(corpus),
+            "--corpus", str(corpus), "--m_list", "0,0.05", "--random-seeds", "0,1",
+            "--task-limit", "3", "--reps", "2", "--no-analysis",
+            "--matched-controls", "random-fraction", "--match-m", "0.05", "--match-steps", "2",
+            "--controls", "random"]
+    with registered_model("tiny"):
+        assert main(argv) == 0
+    verdicts = pd.read_csv(out / "sweep" / "specificity_verdicts.csv")
+    assert set(verdicts["claim"]) == {"a", "b", "c", "d", "e"}
+    assert set(verdicts["status"]) <= set(stats.OUTCOMES)
+    judged = verdicts[verdicts["status"] != stats.CANNOT_BE_MEASURED]
+    assert np.isfinite(judged[["value", "lo", "hi"]].to_numpy()).all()
+    cannot = verdicts[verdicts["status"] == stats.CANNOT_BE_MEASURED]
+    assert cannot["reason"].fillna("").str.len().gt(0).all()
+    assert not verdicts["sentence"].str.contains(r"\bnan\b").any()
+    # generation scoring: the ToM claims are judged on correctness, never on NaN margins
+    abc = verdicts[verdicts["claim"].isin(["a", "b", "c"]) & (verdicts["metric"] != "")]
+    assert set(abc["metric"].dropna()) <= {"tom_accuracy_change", "belief_gap_accuracy"}
+    assert "Chance gate" in (out / "sweep" / "report.html").read_text()

@@ -702,8 +702,8 @@ def test_perplexity_records_the_batch_size_it_used(base, tiny, tmp_path, capsys)
     assert read_json_object(out)["options"]["batch_size"] == 2
     capsys.readouterr()
     before = snapshot(out)
-    code, err = run_cli([*argv, "--protocol", "reference", "--batch-size", "3"], capsys)
-    assert_one_line_error(code, err, ["--protocol reference", "--batch-size 3"], usage=False)
+    code, err = run_cli([*argv, "--protocol", "reference", "--ppl-batch-size", "3"], capsys)
+    assert_one_line_error(code, err, ["--protocol reference", "--ppl-batch-size 3"], usage=False)
     assert snapshot(out) == before
 
 

@@ -14,7 +14,9 @@ from matplotlib.container import ErrorbarContainer
 from tomsparse.report import plots, style
 from tomsparse.report.sweep_report import line_plots, write_report
 from tomsparse.sweep import specificity as sp
-from tomsparse.sweep.summary import tom_column
+from tomsparse.sweep.folder import group_label
+from tomsparse.sweep.specificity_tables import write_specificity
+from tomsparse.sweep.summary import with_tom_columns
 
 CONTENTS = {"false belief": ("o1", "o2"), "correct label": ("o1", "o1"),
             "informed protagonist": ("o1", "o1"), "open container": ("o1", "o1")}
@@ -77,7 +79,7 @@ def make_sweep(folder, points=POINTS, base_ppl=BASE_PPL, base_margin=None, draws
     write("none_s0_m0.0000e+00", "none", 0, 0.0, base_ppl, base_margin)
     for label, (mode, seed, m, ppl, delta) in points.items():
         write(label, mode, seed, m, ppl, base_margin + np.where(tom, delta, 0.0))
-    sp.write_specificity(folder, draws=draws)
+    write_specificity(folder, draws=draws)
     return folder
 
 
@@ -130,7 +132,7 @@ def test_specificity_plot_one_error_bar_per_point_at_log_ppl_ratio(sweep):
     # the interval drawn is the table's
     table = points[(points["family"] == sp.POOL_ABOVE)
                    & (points["metric"] == "tom_margin_change_adj")].set_index("label")
-    group = table.loc[sp.group_label("random", 1e-4)]
+    group = table.loc[group_label("random", 1e-4)]
     x, y, lo, hi = bars[0]
     assert (lo, hi) == pytest.approx((group["lo"], group["hi"]))
     assert (lo, hi) == pytest.approx((-0.3, -0.1))    # the seeds resampled
@@ -197,7 +199,7 @@ def test_level_intervals_are_the_summary_level_with_paired_change_intervals(swee
     # the change is the same in every task: the paired interval has no width, the level's has
     assert (diff["change_lo"], diff["change_hi"]) == pytest.approx((diff["change"],) * 2)
     assert diff["hi"] - diff["lo"] > 0.1
-    group = levels.loc[sp.group_label("random", 1e-4)]
+    group = levels.loc[group_label("random", 1e-4)]
     assert group["n_seeds"] == 2
     assert group["value"] == pytest.approx(base["value"] - 0.2 * TOM_FRACTION)
     assert (group["change_lo"], group["change_hi"]) == pytest.approx(
@@ -219,7 +221,7 @@ def test_tom_lines_have_intervals_and_perplexity_a_log_axis(sweep, monkeypatch):
 
     monkeypatch.setattr(plots, "save_figure", capture)
     summary = summary_of(sweep)
-    metric, label = tom_column(summary)
+    summary, metric, label = with_tom_columns(summary)
     paths, caption = line_plots(sweep, summary, metric, label)
     assert [p.name for p in paths] == ["plot_tom_metric.png", "plot_tom_accuracy.png",
                                        "plot_perplexity.png"]
@@ -241,7 +243,7 @@ def test_tom_lines_without_prompt_tables_fall_back_to_seed_ranges(sweep, monkeyp
     for path in (sweep / "points").glob("*_prompts.csv"):
         path.unlink()
     summary = summary_of_without_prompts(sweep)
-    metric, label = tom_column(summary)
+    summary, metric, label = with_tom_columns(summary)
     paths, caption = line_plots(sweep, summary, metric, label)
     assert all(p.is_file() for p in paths)
     assert "no intervals" in caption

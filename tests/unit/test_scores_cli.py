@@ -113,7 +113,8 @@ def test_bad_invocations(stand_in, argv, message, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     # values out of range are refused by the parser, never replaced by a default
-    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--score-batch-size", "0"], "argument --score-batch-size/--batch-size: must be at least 1, "
+                                  "got 0"),
     (["--nsamples", "0"], "argument --nsamples: must be at least 1, got 0"),
     (["--seqlen", "-1"], "argument --seqlen: must be 0 or more, got -1"),
 ])

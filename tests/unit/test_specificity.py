@@ -1,15 +1,22 @@
-"""Specificity statistics (issue 15): synthetic per-prompt tables whose answer is known by
-construction; the bootstrap is checked against a plain loop restatement."""
+"""Specificity statistics and verdicts (issues 15, 22): synthetic per-prompt tables whose
+answer is known by construction; the intervals are checked against a plain restatement
+(cluster means in a loop, scipy.stats.t quantiles), the gate against shortcut baselines."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from tomsparse.data.tasks import load_tasks
+from tomsparse import stats
 from tomsparse.errors import UserError
 from tomsparse.sweep import specificity as sp
+from tomsparse.sweep import roles
+from tomsparse.sweep import verdicts as vd
+from tomsparse.sweep.folder import group_label
+from tomsparse.sweep.specificity_tables import write_specificity
 
 CONTENTS = ("false belief", "correct label", "informed protagonist", "open container")
 # Expected (probe a, probe b) before reversal, restated from the task definitions (method.md 5).
@@ -62,16 +69,21 @@ def with_margin(frame, margin):
     return out
 
 
-def build(points, base_margin=1.0, n_tasks=6, families=("unexpected", "irony")):
-    """points: label -> (mode, seed, m, perplexity, delta array or float)."""
+BASE_LOSSES = [2.30, 2.25, 2.35, 2.28, 2.32, 2.31, 2.27, 2.29]   # per-window NLL, ppl ~ 10
+
+
+def build(points, base_margin=1.0, n_tasks=6, families=("unexpected", "irony"), losses=None):
+    """points: label -> (mode, seed, m, perplexity, delta array or float); ``losses``: label ->
+    per-window NLLs (the baseline's are BASE_LOSSES)."""
     frame = synthetic_prompts(n_tasks, families)
     base = np.broadcast_to(np.asarray(base_margin, dtype=float), len(frame)).copy()
+    losses = losses or {}
     infos = [dict(label="none_s0_m0", mode="none", seed=0, m=0.0, perplexity=10.0,
-                  masked=0, ppl_windows=2)]
+                  masked=0, ppl_windows=8, ppl_unit_losses=BASE_LOSSES)]
     prompts = {"none_s0_m0": with_margin(frame, base)}
     for label, (mode, seed, m, ppl, delta) in points.items():
         infos.append(dict(label=label, mode=mode, seed=seed, m=m, perplexity=ppl,
-                          masked=100, ppl_windows=2))
+                          masked=100, ppl_windows=8, ppl_unit_losses=losses.get(label)))
         prompts[label] = with_margin(frame, base + delta)
     return pd.DataFrame(infos), prompts, frame
 
@@ -96,7 +108,7 @@ def test_roles_follow_the_rendered_tasks():
     same scenario); controls are belief probes whose answer is reality."""
     prompts = load_tasks("builtin").head(3).prompts()
     frame = pd.DataFrame([p.__dict__ for p in prompts])
-    frame["role"] = [sp.prompt_role(p.family, p.condition, p.probe, p.scenario)
+    frame["role"] = [roles.prompt_role(p.family, p.condition, p.probe, p.scenario)
                      for p in prompts]
     assert (frame["role"] != "").all()
     for fam in ("unexpected", "transfer"):
@@ -110,40 +122,88 @@ def test_roles_follow_the_rendered_tasks():
     irony = frame[frame["family"] == "irony"]
     assert set(irony.loc[irony["role"] == "tom", "expected"]) == {"No"}
     assert set(irony.loc[irony["role"] == "control", "expected"]) == {"Yes"}
-    assert sp.prompt_role("tomi", "first-order", "", "first-order (false belief)") == "tom"
-    assert sp.prompt_role("tomi", "second-order", "", "second-order (true belief)") == "control"
-    assert sp.prompt_role("tomi", "reality", "", "reality") == "fact"
+    assert roles.prompt_role("tomi", "first-order", "", "first-order (false belief)") == "tom"
+    assert roles.prompt_role("tomi", "second-order", "", "second-order (true belief)") == "control"
+    assert roles.prompt_role("tomi", "reality", "", "reality") == "fact"
+
+
+def t_bounds(values, level=0.95):
+    """A plain restatement of the t-interval over independent unit values."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    half = sps.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return values.mean() - half, values.mean() + half
+
+
+def per_task_means(frame, values, select):
+    """Mean of ``values`` over the selected prompts of each task, in a plain loop."""
+    out = []
+    for task in sorted(frame["task_index"].astype(int).unique()):
+        sel = select & (frame["task_index"].astype(int) == task).to_numpy()
+        if sel.any():
+            out.append(values[sel].mean())
+    return np.array(out)
+
+
+def unexpected(frame):
+    return (frame["family"] == "unexpected").to_numpy()
 
 
 # ----------------------------------------------------------------------------- effects
 
 def test_control_only_damage_is_not_a_belief_loss():
     frame = synthetic_prompts()
-    ctrl = is_control(frame) & (frame["family"] == "unexpected").to_numpy()
-    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.2,
-                                                    np.where(ctrl, -1.0, 0.0))})
-    tables = sp.compute_specificity(infos, prompts, draws=300)
+    ctrl = is_control(frame) & unexpected(frame)
+    infos, prompts, _ = build({
+        "difference_s0_m1": ("difference", 0, 1e-4, 10.2, np.where(ctrl, -1.0, 0.0)),
+        "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.2, 0.0)})
+    tables = sp.compute_specificity(infos, prompts,
+                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
     gap = row(tables, "difference_s0_m1", "unexpected", "belief_gap_margin")
     assert gap["value"] == pytest.approx(1.0)            # ToM 0 minus control -1
     assert row(tables, "difference_s0_m1", "unexpected", "tom_margin_change")["value"] == 0
     assert row(tables, "difference_s0_m1", "unexpected",
                "control_margin_change")["value"] == pytest.approx(-1.0)
-    c = verdict(sp.verdicts(tables), "c")
-    assert c["status"] == sp.FAILS
+    vs = vd.verdicts(tables)
+    c = [v for v in vs if v["claim"] == "c" and v["family"] == "unexpected"][0]
+    assert c["status"] == stats.OPPOSITE                # the gap moved the other way
 
 
-def test_false_belief_only_damage_is_a_belief_loss():
+def test_false_belief_only_damage_is_a_belief_loss_beyond_matched_damage():
     frame = synthetic_prompts(n_tasks=8)
-    tom = is_tom(frame) & (frame["family"] == "unexpected").to_numpy()
+    tom = is_tom(frame) & unexpected(frame)
     rng = np.random.default_rng(1)
     delta = np.where(tom, -1.0 + 0.2 * rng.standard_normal(len(frame)), 0.0)
-    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.2, delta)},
-                              n_tasks=8)
-    tables = sp.compute_specificity(infos, prompts, draws=300)
-    gap = row(tables, "difference_s0_m1", sp.POOL_ABOVE, "belief_gap_margin")
+    # the matched control shrinks every margin by 30%: a belief gap of 0 (equal baselines)
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.2, delta),
+                               "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.2,
+                                                         -0.3)}, n_tasks=8)
+    tables = sp.compute_specificity(infos, prompts,
+                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
+    gap = row(tables, "difference_s0_m1", "unexpected", "belief_gap_margin")
     assert gap["hi"] < 0
-    assert gap["value"] == pytest.approx(delta[tom].mean())
-    assert verdict(sp.verdicts(tables), "c")["status"] == sp.HOLDS
+    assert gap["value"] == pytest.approx(per_task_means(frame, delta, tom).mean())
+    c = [v for v in vd.verdicts(tables) if v["claim"] == "c" and v["family"] == "unexpected"][0]
+    assert c["status"] == stats.SHOWN and c["hi"] < 0 and c["lo"] <= c["lo_raw"]
+
+
+def test_a_uniform_shrink_gives_no_belief_gap_against_its_matched_control():
+    """Issue 22.4: every margin shrunk by a fraction e gives a raw belief gap of
+    -e x (false-belief baseline - control baseline); against a control doing the same the
+    difference in differences is 0, so claim (c) is not shown."""
+    frame = synthetic_prompts(n_tasks=8, families=("unexpected",))
+    base = np.where(is_tom(frame), 3.0, 1.0)                 # unequal baseline margins
+    shrink = -0.5 * base
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, shrink),
+                               "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.0,
+                                                         shrink)},
+                              base_margin=base, n_tasks=8, families=("unexpected",))
+    tables = sp.compute_specificity(infos, prompts,
+                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
+    raw_gap = row(tables, "difference_s0_m1", "unexpected", "belief_gap_margin")["value"]
+    assert raw_gap == pytest.approx(-0.5 * (3.0 - 1.0))      # the confound, by construction
+    c = [v for v in vd.verdicts(tables) if v["claim"] == "c"][0]
+    assert c["value"] == pytest.approx(0.0) and c["status"] != stats.SHOWN
 
 
 def test_pure_answer_bias_is_a_bias_shift_not_a_tom_loss():
@@ -153,7 +213,7 @@ def test_pure_answer_bias_is_a_bias_shift_not_a_tom_loss():
     # log P(Yes) - log P(No) rises by 0.8 on every irony prompt.
     delta = np.where(irony, np.where(says_yes, 0.8, -0.8), 0.0)
     infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta)})
-    tables = sp.compute_specificity(infos, prompts, draws=300)
+    tables = sp.compute_specificity(infos, prompts)
     label = "difference_s0_m1"
     assert row(tables, label, "irony", "tom_margin_change")["value"] == pytest.approx(-0.8)
     assert row(tables, label, "irony", "control_margin_change")["value"] == pytest.approx(0.8)
@@ -166,136 +226,227 @@ def test_pure_answer_bias_is_a_bias_shift_not_a_tom_loss():
     assert base.loc["irony", "gap_confounded"] and not base.loc["unexpected", "gap_confounded"]
 
 
-def test_baseline_at_chance_is_flagged_and_blocks_the_tom_verdicts():
-    frame = synthetic_prompts(n_tasks=10)
-    tom = is_tom(frame)
-    # 6 of 10 tasks get their false-belief prompts right: above 0.5, but not beyond chance
-    task = frame["task_index"].astype(int).to_numpy()
-    base = np.where(tom, np.where(task % 5 < 3, 1.0, -1.0), 1.0)
-    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0,
-                                                    np.where(tom, -1.0, 0.0)),
-                               "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0)},
-                              base_margin=base, n_tasks=10)
-    tables = sp.compute_specificity(infos, prompts, draws=500)
-    b = tables["baseline"].set_index("family")
-    assert b.loc["unexpected", "tom_accuracy"] == pytest.approx(0.6)
-    assert b.loc["unexpected", "tom_accuracy_lo"] <= 0.5 <= b.loc["unexpected", "tom_accuracy_hi"]
-    assert b["at_chance"].all()
-    vs = sp.verdicts(tables)
-    assert verdict(vs, "a")["status"] == sp.CANNOT
-    assert verdict(vs, "c")["status"] == sp.CANNOT
-    assert "at chance" in verdict(vs, "a")["sentence"]
-
-
-def test_a_loss_whose_interval_covers_zero_does_not_hold():
-    frame = synthetic_prompts(n_tasks=10, families=("unexpected",))
-    tom = is_tom(frame)
-    task = frame["task_index"].astype(int).to_numpy()
-    delta = np.where(tom, np.where(task % 2 == 0, -1.0, 0.9), 0.0)   # mean -0.05
-    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta),
-                               "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0)}, n_tasks=10,
-                              families=("unexpected",))
-    tables = sp.compute_specificity(infos, prompts, draws=500)
-    vs = sp.verdicts(tables)
-    for claim in ("a", "c"):
-        v = verdict(vs, claim)
-        assert v["value"] == pytest.approx(-0.05)
-        assert v["lo"] < 0 < v["hi"] and v["status"] == sp.FAILS
-
-
-# ----------------------------------------------------------------------------- bootstrap
-
-def test_bootstrap_matches_a_plain_loop():
-    n_tasks, draws, seed = 5, 200, 3
-    frame = synthetic_prompts(n_tasks, families=("unexpected",))
-    rng = np.random.default_rng(7)
+def test_irony_resamples_scenarios_not_tasks():
+    """Irony tasks sharing a ``cluster`` (the story scenario) are one unit of resampling."""
+    frame = synthetic_prompts(n_tasks=12, families=("irony",))
+    frame["cluster"] = "irony scenario " + (frame["task_index"].astype(int) // 3).astype(str)
+    rng = np.random.default_rng(3)
     delta = rng.standard_normal(len(frame))
+    base = with_margin(frame, np.ones(len(frame)))
+    infos = pd.DataFrame([dict(label="none_s0_m0", mode="none", seed=0, m=0.0, perplexity=10.0,
+                               masked=0, ppl_windows=1),
+                          dict(label="difference_s0_m1", mode="difference", seed=0, m=1e-4,
+                               perplexity=10.0, masked=10, ppl_windows=1)])
+    tables = sp.compute_specificity(infos, {"none_s0_m0": base,
+                                            "difference_s0_m1": with_margin(frame, 1 + delta)})
+    got = row(tables, "difference_s0_m1", "irony", "tom_margin_change")
+    tom = is_tom(frame)
+    scen = frame["cluster"].to_numpy()
+    means = [delta[tom & (scen == c)].mean() for c in sorted(set(scen))]
+    assert got["n_clusters"] == 4
+    assert (got["lo"], got["hi"]) == pytest.approx(t_bounds(means))
+    assert tables["baseline"].set_index("family").loc["irony", "cluster_unit"] == "scenario"
+
+
+# ----------------------------------------------------------------------------- chance gate
+
+def test_a_shortcut_model_does_not_pass_its_own_controls():
+    """False-belief prompts all right but every true-belief control wrong (an "answer the
+    label" heuristic): accuracy 1.0 on false belief, yet the gate fails and nothing on that
+    family is judged."""
+    frame = synthetic_prompts(n_tasks=10, families=("unexpected",))
+    base = np.where(is_control(frame), -1.0, 1.0)
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0,
+                                                    np.where(is_tom(frame), -2.0, 0.0)),
+                               "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0)},
+                              base_margin=base, n_tasks=10, families=("unexpected",))
+    tables = sp.compute_specificity(infos, prompts)
+    b = tables["baseline"].set_index("family").loc["unexpected"]
+    assert b["tom_accuracy"] == pytest.approx(1.0)
+    assert b["gate_passed"] == 0 and b["state"] == sp.NOT_ABOVE
+    vs = vd.verdicts(tables)
+    a = [v for v in vs if v["claim"] == "a" and v["family"] == "unexpected"][0]
+    assert a["status"] == stats.CANNOT_BE_MEASURED and vd.FAILS_GATE in a["sentence"]
+    pooled = [v for v in vs if v["claim"] == "a" and v["family"] == sp.POOL_ABOVE][0]
+    assert "no family passes" in pooled["reason"]
+
+
+def test_gate_is_the_exact_binomial_test_over_clusters():
+    frame = synthetic_prompts(n_tasks=10, families=("unexpected",))
+    task = frame["task_index"].astype(int).to_numpy()
+    # tasks 0-2 fully right; the others miss one control each
+    wrong = (is_control(frame) & (frame["condition"] == "open container").to_numpy()
+             & (task >= 3))
+    base = np.where(wrong, -1.0, 1.0)
+    infos, prompts, _ = build({}, base_margin=base, n_tasks=10, families=("unexpected",))
+    b = sp.compute_specificity(infos, prompts)["baseline"].iloc[0]
+    chance = 0.5 ** 8                       # 2 false-belief + 6 control prompts per task
+    assert b["gate_passed"] == 3 and b["gate_clusters"] == 10
+    assert b["chance"] == pytest.approx(chance)
+    assert b["gate_p"] == pytest.approx(sps.binom.sf(2, 10, chance))
+    assert b["state"] == sp.ABOVE
+
+
+# ----------------------------------------------------------------------------- intervals
+
+def test_point_interval_is_a_t_interval_over_task_means():
+    n_tasks = 7
+    frame = synthetic_prompts(n_tasks, families=("unexpected",))
+    delta = np.random.default_rng(7).standard_normal(len(frame))
     infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta)},
                               n_tasks=n_tasks, families=("unexpected",))
-    tables = sp.compute_specificity(infos, prompts, draws=draws, seed=seed)
-    got = row(tables, "difference_s0_m1", "unexpected", "tom_margin_change")
-
-    tom = is_tom(frame)
-    task = frame["task_index"].astype(int).to_numpy()
-    loop_rng = np.random.default_rng(seed)
-    idx = loop_rng.integers(0, n_tasks, size=(draws, n_tasks))
-    stats = []
-    for b in range(draws):
-        values = []
-        for t in idx[b]:
-            values.extend(delta[tom & (task == t)])
-        stats.append(np.mean(values))
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    assert got["value"] == pytest.approx(delta[tom].mean())
-    assert got["lo"] == pytest.approx(lo) and got["hi"] == pytest.approx(hi)
-    assert got["n_tasks"] == n_tasks and got["n_prompts"] == 2 * n_tasks
+    got = row(sp.compute_specificity(infos, prompts), "difference_s0_m1", "unexpected",
+              "tom_margin_change")
+    means = per_task_means(frame, delta, is_tom(frame))
+    assert got["value"] == pytest.approx(means.mean())
+    assert (got["lo"], got["hi"]) == pytest.approx(t_bounds(means))
+    assert got["n_clusters"] == n_tasks and got["n_prompts"] == 2 * n_tasks
+    assert got["df"] == n_tasks - 1
 
 
-def test_bootstrap_interval_covers_the_true_mean():
-    true = -0.5
-    covered = 0
-    for rep in range(30):
+def test_interval_covers_the_true_mean_at_six_clusters():
+    true, covered, reps = -0.5, 0, 60
+    for rep in range(reps):
         rng = np.random.default_rng(100 + rep)
-        frame = synthetic_prompts(30, families=("unexpected",))
+        frame = synthetic_prompts(6, families=("unexpected",))
         task = frame["task_index"].astype(int).to_numpy()
-        per_task = true + rng.standard_normal(30)     # one shift per task (clustered)
-        delta = per_task[task]
+        delta = (true + rng.standard_normal(6))[task] + 0.3 * rng.standard_normal(len(frame))
         infos, prompts, _ = build({"d_s0_m1": ("difference", 0, 1e-4, 10.0, delta)},
-                                  n_tasks=30, families=("unexpected",))
-        tables = sp.compute_specificity(infos, prompts, draws=400, seed=rep)
-        got = row(tables, "d_s0_m1", "unexpected", "tom_margin_change")
+                                  n_tasks=6, families=("unexpected",))
+        got = row(sp.compute_specificity(infos, prompts), "d_s0_m1", "unexpected",
+                  "tom_margin_change")
         covered += got["lo"] <= true <= got["hi"]
-    assert covered >= 24                               # nominal 95%: 28.5 of 30
+    assert covered >= 52                 # nominal 57 of 60; P(fewer than 52) < 1% at 95%
 
 
-# ----------------------------------------------------------------------------- seeds, verdicts
-
-def test_random_seeds_are_replicates_and_difference_minus_random():
-    frame = synthetic_prompts()
-    tom = is_tom(frame) & (frame["family"] == "unexpected").to_numpy()
-    infos, prompts, _ = build({
-        "difference_s0_m1": ("difference", 0, 1e-4, 10.0, np.where(tom, -1.0, 0.0)),
-        "random_s0_m1": ("random", 0, 1e-4, 10.0, np.where(tom, -0.1, 0.0)),
-        "random_s1_m1": ("random", 1, 1e-4, 10.0, np.where(tom, -0.3, 0.0))})
-    tables = sp.compute_specificity(infos, prompts, draws=500)
-    group = sp.group_label("random", 1e-4)
-    g = row(tables, group, "unexpected", "tom_margin_change")
-    assert g["value"] == pytest.approx(-0.2) and g["n_seeds"] == 2
-    assert g["lo"] == pytest.approx(-0.3) and g["hi"] == pytest.approx(-0.1)
+def test_random_seeds_add_their_spread_and_the_contrast_subtracts_their_mean():
+    frame = synthetic_prompts(n_tasks=8, families=("unexpected",))
+    tom = is_tom(frame)
+    rng = np.random.default_rng(5)
+    seeds = {s: np.where(tom, -0.1 * (s + 1) + 0.05 * rng.standard_normal(len(frame)), 0.0)
+             for s in range(4)}
+    target = np.where(tom, -1.0 + 0.1 * rng.standard_normal(len(frame)), 0.0)
+    pts = {"difference_s0_m1": ("difference", 0, 1e-4, 10.0, target)}
+    pts.update({f"random_s{s}_m1": ("random", s, 1e-4, 10.0, d) for s, d in seeds.items()})
+    infos, prompts, _ = build(pts, n_tasks=8, families=("unexpected",))
+    tables = sp.compute_specificity(infos, prompts)
+    group = group_label("random", 1e-4)
+    # plain restatement: per-task seed means, cluster variance + mask variance, WS df
+    per_seed = np.array([per_task_means(frame, d, tom) for d in seeds.values()])   # 4 x 8
+    d = per_task_means(frame, target, tom) - per_seed.mean(axis=0)
+    v_c, v_m = d.var(ddof=1) / 8, per_seed.mean(axis=1).var(ddof=1) / 4
+    df = (v_c + v_m) ** 2 / (v_c ** 2 / 7 + v_m ** 2 / 3)
+    half = sps.t.ppf(0.975, df) * np.sqrt(v_c + v_m)
     c = tables["contrasts"]
     c = c[(c["label"] == "difference_s0_m1") & (c["family"] == "unexpected")
           & (c["metric"] == "tom_margin_change")].iloc[0]
-    assert c["reference"] == group and c["value"] == pytest.approx(-0.8)
-    assert c["lo"] == pytest.approx(-0.9) and c["hi"] == pytest.approx(-0.7)
-    vs = sp.verdicts(tables)
-    assert verdict(vs, "a")["status"] == sp.HOLDS
-    assert verdict(vs, "b")["status"] == sp.CANNOT     # no matched controls given
+    assert c["reference"] == group and c["value"] == pytest.approx(d.mean())
+    assert (c["lo"], c["hi"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert c["rank_p"] == pytest.approx(1 / 5)        # more damage than all 4 masks
+    g = row(tables, group, "unexpected", "tom_margin_change")
+    one = row(tables, "random_s0_m1", "unexpected", "tom_margin_change")
+    assert g["n_seeds"] == 4 and g["hi"] - g["lo"] > one["hi"] - one["lo"]
+    a = [v for v in vd.verdicts(tables) if v["claim"] == "a" and v["family"] == "unexpected"][0]
+    assert a["status"] == stats.SHOWN and a["n_clusters"] == 8
 
 
-def test_matched_controls_and_perplexity_threshold():
+def test_outcomes_not_shown_ruled_out_and_opposite():
+    frame = synthetic_prompts(n_tasks=10, families=("unexpected",))
+    tom, task = is_tom(frame), frame["task_index"].astype(int).to_numpy()
+    covers = np.where(tom, np.where(task % 2 == 0, -1.0, 0.9), 0.0)     # mean -0.05, wide
+    tiny = np.where(tom, 0.01 * np.where(task % 2 == 0, -1.0, 1.0), 0.0)  # within 0.25 nats
+    helps = np.where(tom, 1.0 + 0.05 * (task % 3), 0.0)
+    for delta, outcome in ((covers, stats.NOT_SHOWN), (tiny, stats.RULED_OUT),
+                           (helps, stats.OPPOSITE)):
+        infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta),
+                                   "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0)},
+                                  n_tasks=10, families=("unexpected",))
+        vs = vd.verdicts(sp.compute_specificity(infos, prompts))
+        a = [v for v in vs if v["claim"] == "a"][0]
+        assert a["status"] == outcome, (outcome, a["sentence"])
+    with pytest.raises(UserError, match="equivalence-nats"):
+        vd.VerdictRules(margin_nats=0)
+
+
+def test_holm_adjusts_every_claim_of_the_run_together():
+    frame = synthetic_prompts(n_tasks=8)
+    tom = is_tom(frame)
+    rng = np.random.default_rng(2)
+    pts, losses = {}, {}
+    for i, m in enumerate((1e-5, 3e-5, 1e-4)):
+        pts[f"difference_s0_m{i}"] = ("difference", 0, m, 10.0,
+                                      np.where(tom, -0.3 * (i + 1) + 0.3 *
+                                               rng.standard_normal(len(frame)), 0.0))
+        pts[f"random_s0_m{i}"] = ("random", 0, m, 10.0, 0.0)
+        losses[f"difference_s0_m{i}"] = [x + 0.01 * (i + 1) for x in BASE_LOSSES]
+    infos, prompts, _ = build(pts, n_tasks=8, losses=losses)
+    vs = pd.DataFrame(vd.verdicts(sp.compute_specificity(infos, prompts)))
+    tested = vs[np.isfinite(vs["p_raw"])]
+    p = tested["p_raw"].to_numpy()
+    # Holm, restated: sorted p times (k - i), running maximum, capped at 1
+    order = np.argsort(p)
+    adj = np.maximum.accumulate(np.minimum(1, (len(p) - np.arange(len(p))) * p[order]))
+    expected = np.empty_like(p)
+    expected[order] = adj
+    assert tested["p_holm"].to_numpy() == pytest.approx(expected)
+    assert set(tested["claim"]) >= {"a", "d", "e"} and len(tested) >= 9
+    assert ((tested["hi"] - tested["lo"]) >= (tested["hi_raw"] - tested["lo_raw"]) - 1e-12).all()
+    shown = tested[tested["status"] == stats.SHOWN]
+    assert (shown["p_holm"] <= 0.05).all()
+    d = vs[vs["claim"] == "d"].iloc[0]
+    assert d["status"] == stats.SHOWN                     # +1% to +3%, well below x1.10
+
+
+def test_perplexity_claim_has_an_interval_over_windows():
     frame = synthetic_prompts()
-    tom = is_tom(frame) & (frame["family"] == "unexpected").to_numpy()
-    hurt = np.where(tom, -1.0, 0.0)
+    losses = {"difference_s0_m1": [x + 0.3 + 0.01 * k for k, x in enumerate(BASE_LOSSES)]}
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 13.5, 0.0)},
+                              losses=losses)
+    tables = sp.compute_specificity(infos, prompts)
+    r = row(tables, "difference_s0_m1", "unexpected", "tom_margin_change")
+    diffs = np.array(losses["difference_s0_m1"]) - np.array(BASE_LOSSES)
+    lo, hi = t_bounds(diffs)
+    assert r["ppl_ratio"] == pytest.approx(np.exp(diffs.mean()))
+    assert (r["ppl_ratio_lo"], r["ppl_ratio_hi"]) == pytest.approx((np.exp(lo), np.exp(hi)))
+    d = [v for v in vd.verdicts(tables) if v["claim"] == "d"][0]
+    assert d["status"] == stats.OPPOSITE                  # ~x1.4: surely above 1.10
+    old = infos.copy()
+    old["ppl_unit_losses"] = None                          # records from before the losses
+    d = [v for v in vd.verdicts(sp.compute_specificity(old, prompts)) if v["claim"] == "d"][0]
+    assert d["status"] == stats.CANNOT_BE_MEASURED and "per-window" in d["reason"]
+
+
+def test_generation_scoring_is_judged_on_accuracy_and_never_nan():
+    """Issue 22.1: under generation every margin is NaN; claims are judged on correctness,
+    and a matched control does not crash the verdicts."""
+    frame = synthetic_prompts(n_tasks=8, families=("unexpected",))
+    tom, task = is_tom(frame), frame["task_index"].astype(int).to_numpy()
     infos, prompts, _ = build({
-        "difference_s0_m1": ("difference", 0, 1e-4, 10.5, hurt),
-        "generic-only_s0_m3": ("generic-only", 0, 3e-4, 10.5, hurt)})
-    tables = sp.compute_specificity(
-        infos, prompts, draws=300, matched={"difference_s0_m1": ["generic-only_s0_m3"]})
-    vs = sp.verdicts(tables, ppl_threshold=0.10)
-    b = verdict(vs, "b", "difference_s0_m1")
-    assert b["value"] == pytest.approx(0.0) and b["status"] == sp.FAILS
-    d = verdict(vs, "d", "difference_s0_m1")
-    assert d["value"] == pytest.approx(0.05) and d["status"] == sp.HOLDS
-    assert verdict(sp.verdicts(tables, ppl_threshold=0.02), "d")["status"] == sp.FAILS
-    with pytest.raises(UserError):
+        "difference_s0_m1": ("difference", 0, 1e-4, 10.0, np.where(tom & (task < 6), -2.0, 0.0)),
+        "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0),
+        "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.0, 0.0)},
+        n_tasks=8, families=("unexpected",))
+    for label in prompts:
+        prompts[label] = prompts[label].assign(margin=np.nan)
+    tables = sp.compute_specificity(infos, prompts,
+                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
+    assert tables["info"].iloc[0]["scoring"] == "generation"
+    vs = vd.verdicts(tables)
+    judged = [v for v in vs if v["claim"] in "abc" and v["family"] == "unexpected"]
+    assert {v["metric"] for v in judged} <= {"tom_accuracy_change", "belief_gap_accuracy"}
+    assert all(v["status"] in stats.OUTCOMES and "nan" not in v["sentence"] for v in judged)
+    a = [v for v in judged if v["claim"] == "a"][0]
+    assert a["value"] == pytest.approx(-0.75) and a["status"] == stats.SHOWN
+
+
+def test_matched_controls_unknown_label_and_unpaired_points_are_refused():
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, 0.0),
+                               "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0)})
+    with pytest.raises(UserError, match="unknown point label"):
         sp.compute_specificity(infos, prompts, matched={"difference_s0_m1": ["nope"]})
-
-
-def test_unpaired_points_are_refused():
-    infos, prompts, _ = build({"random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0)})
     prompts["random_s0_m1"] = prompts["random_s0_m1"].iloc[1:]
     with pytest.raises(UserError, match="not paired"):
-        sp.compute_specificity(infos, prompts, draws=10)
+        sp.compute_specificity(infos, prompts)
 
 
 def test_write_specificity_from_a_sweep_folder(tmp_path):
@@ -303,18 +454,23 @@ def test_write_specificity_from_a_sweep_folder(tmp_path):
     tom = is_tom(frame)
     infos, prompts, _ = build({
         "difference_s0_m1.0000e-04": ("difference", 0, 1e-4, 12.0, np.where(tom, -1.0, 0.0)),
-        "random_s0_m1.0000e-04": ("random", 0, 1e-4, 10.0, 0.0)})
+        "random_s0_m1.0000e-04": ("random", 0, 1e-4, 10.0, 0.0)},
+        losses={"difference_s0_m1.0000e-04": [x + 0.18 for x in BASE_LOSSES]})
     points = tmp_path / "points"
     points.mkdir()
     for info in infos.to_dict("records"):
         label = info.pop("label")
-        (points / f"{label.replace('_m0', '_m0.0000e+00')}.json").write_text(json.dumps(info))
-        prompts[label].to_csv(points / f"{label.replace('_m0', '_m0.0000e+00')}_prompts.csv",
-                              index=False)
-    paths = sp.write_specificity(tmp_path, draws=100)
-    assert set(paths) >= {"points", "contrasts", "baseline", "verdicts"}
+        name = label.replace("_m0", "_m0.0000e+00")
+        info = {k: v for k, v in info.items() if v is not None}
+        (points / f"{name}.json").write_text(json.dumps(info))
+        prompts[label].to_csv(points / f"{name}_prompts.csv", index=False)
+    paths = write_specificity(tmp_path, rules=vd.VerdictRules(alpha=0.1))
+    assert set(paths) >= {"points", "contrasts", "baseline", "verdicts", "dose", "rules"}
     table = pd.read_csv(tmp_path / "specificity.csv")
     assert set(table["family"]) >= {"unexpected", "irony", sp.POOL_ALL}
     verdicts = pd.read_csv(tmp_path / "specificity_verdicts.csv")
-    assert list(verdicts["claim"]) == ["a", "b", "c", "d"]
-    assert (verdicts.loc[verdicts["claim"] == "d", "status"] == sp.FAILS).all()  # +20%
+    assert set(verdicts["claim"]) == {"a", "b", "c", "d", "e"}
+    assert (verdicts.loc[verdicts["claim"] == "d", "status"] == stats.OPPOSITE).all()  # +20%
+    assert json.loads((tmp_path / "verdict_rules.json").read_text())["alpha"] == 0.1
+    write_specificity(tmp_path)                 # no rules given: the kept ones are used again
+    assert json.loads((tmp_path / "verdict_rules.json").read_text())["alpha"] == 0.1

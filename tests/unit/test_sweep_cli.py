@@ -85,6 +85,43 @@ def test_sweep_grid_controls_and_summarize(stores, tmp_path, capsys):
             "avg_percent_unexpected_transfer"} <= set(written.columns)
 
 
+def test_a_baseline_only_sweep_writes_its_tables(stores, tmp_path, capsys):
+    """Issue 26: ``sweep --m_list 0`` writes the baseline tables and a verdict per claim that
+    says it cannot be measured; ``summarize`` of that folder succeeds, and a damaged derived
+    table (a 1-byte verdicts file) is rewritten from the points, not reported as damage."""
+    paths, corpus = stores
+    out = tmp_path / "sweep"
+    assert main(_sweep_args(paths, corpus, out, "--m_list", "0")) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["mode"]) == ["none"] and list(summary["m"]) == [0.0]
+    baseline = pd.read_csv(out / "specificity_baseline.csv")
+    # the tiny model's one task per family: each family of the ToM prompts is in the table
+    assert {"unexpected", "transfer", "irony"} <= set(baseline["family"])
+    assert (baseline["n_prompts"] > 0).all()
+    for name in ("specificity.csv", "specificity_conditions.csv", "specificity_contrasts.csv"):
+        table = pd.read_csv(out / name)  # a header and no rows, not an empty file
+        assert table.empty and {"label", "family", "value"} <= set(table.columns)
+
+    def check_verdicts():
+        verdicts = pd.read_csv(out / "specificity_verdicts.csv")
+        assert list(verdicts["claim"]) == ["a", "b", "c", "d", "e"]
+        assert set(verdicts["label"]) == {"none_s0_m0.0000e+00"}
+        assert verdicts["sentence"].str.contains("cannot be measured: no perturbed point").all()
+        assert verdicts["value"].isna().all()
+
+    check_verdicts()
+    capsys.readouterr()
+    assert main(["summarize", str(out)]) == 0
+    check_verdicts()
+    (out / "specificity_verdicts.csv").write_text("\n")  # damaged: 1 byte
+    (out / "specificity.csv").write_text("x")
+    assert main(["summarize", str(out)]) == 0
+    assert "error" not in capsys.readouterr().err
+    check_verdicts()
+    assert pd.read_csv(out / "specificity.csv").empty
+    assert "no perturbed point" in (out / "report.html").read_text()
+
+
 def test_reference_summary_by_hand(tmp_path):
     """Two reps of a hand-written tom/ folder: totals, percentages, sample variance."""
     for rep, (a, b) in {"1": ([[1, 0], [1, 1]], [[1, 0]]), "2": ([[0, 0], [1, 1]], [[1, 1]])}.items():

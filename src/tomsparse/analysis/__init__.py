@@ -8,13 +8,13 @@
 * ``tables``: analyses 2-5 as tables (dominant frequencies, attention sinks, q-k geometry,
   massive activations) from the probes of baseline and perturbed models;
 * ``plots`` and ``run``: PNGs, ``analysis.html``, the run-report sections and the command;
-  ``AnalysisConfig.matched`` adds damage-matched controls, each at its own m (``read_matched``
-  takes them from a sweep's ``matched.json``).
+  ``AnalysisConfig.matched`` adds damage-matched controls, each at its own m (``matched_at``
+  takes them from a sweep's ``SweepFolder.read_matched``).
 """
 
 from tomsparse.analysis.anatomy import mask_anatomy, mask_rank
 from tomsparse.analysis.probe import Probe, capture, measure
-from tomsparse.analysis.run import AnalysisConfig, analyze, read_matched
+from tomsparse.analysis.run import AnalysisConfig, analyze, matched_at
 
 __all__ = ["AnalysisConfig", "Probe", "analyze", "mask_anatomy", "capture",
-           "mask_rank", "measure", "read_matched"]
+           "mask_rank", "matched_at", "measure"]

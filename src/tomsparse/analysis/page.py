@@ -1,5 +1,5 @@
 """The analyses' outputs: CSVs, ``headline.json``, plots, ``analysis.html`` and the sections
-the run's sweep report embeds (``report_sections.json``)."""
+the run's sweep report embeds (``RunFolder.REPORT_SECTIONS``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pandas as pd
 from tomsparse.analysis import plots as P
 from tomsparse.manifest import write_csv, write_json
 from tomsparse.report.html import embed_png, write_page
-
-REPORT_SECTIONS = "report_sections.json"
+from tomsparse.sweep.folder import RunFolder
 
 
 NOT_APPLICABLE = ("does not apply: the model has no rotary position embedding (absolute or "
@@ -90,12 +89,29 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
     for name, frame in tables.items():
         files.append(write_csv(out / f"{name}.csv", frame))
     files.append(write_json(out / "headline.json", headline))
-    h = headline
-    esc = html.escape
-    sections = []
-
     # one colour per condition, the same in every plot
     colors = P.condition_colors(tables["attention_sinks_by_layer"]["mode"])
+    sections = (_structure_sections(out, tables, headline, desc, cfg, colors, files)
+                + _activation_sections(out, tables, headline, desc, cfg, colors, files))
+    esc = html.escape
+    body = "\n".join(f"<h2>{esc(t)}</h2>\n{x}" for t, x in sections)
+    lines = "".join(f"<li>{esc(x)}</li>" for x in headline_lines(headline))
+    files.append(write_page(out / "analysis.html", "tomsparse analysis",
+                            f"<h1>tomsparse mechanistic analyses</h1><h2>Headline</h2>"
+                            f"<ul>{lines}</ul>\n{body}"))
+    sections = [("Mechanistic analyses: headline", f"<ul>{lines}</ul>")] + sections
+    # The run's report shows these whenever it is re-rendered (RunFolder.read_report_sections
+    # hands them to report.write_report).
+    files.append(write_json(out / RunFolder.REPORT_SECTIONS, [list(x) for x in sections]))
+    return files, sections
+
+
+def _structure_sections(out: Path, tables: dict, h: dict, desc, cfg, colors, files: list
+                        ) -> list[tuple[str, str]]:
+    """Analyses 1 and 2 (where the mask lands, the dominant rotary frequencies); their plots
+    are appended to ``files``."""
+    esc = html.escape
+    sections = []
     img = P.plot_anatomy(tables["mask_anatomy_matrices"], tables["mask_anatomy_qk_pairs"],
                          desc.rope, out / "plot_mask_anatomy.png", colors)
     files.append(img)
@@ -135,7 +151,15 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
             + _table_html(tables["dominant_pairs"]))))
     else:
         sections.append(("Analysis 2: dominant rotary frequencies", f"<p>{esc(NOT_APPLICABLE)}.</p>"))
+    return sections
 
+
+def _activation_sections(out: Path, tables: dict, h: dict, desc, cfg, colors, files: list
+                         ) -> list[tuple[str, str]]:
+    """Analyses 3 to 5 (attention sinks, query-key geometry, massive activations); their
+    plots are appended to ``files``."""
+    esc = html.escape
+    sections = []
     img = P.plot_sinks(tables["attention_sinks_by_layer"], cfg.sink_threshold,
                        out / "plot_attention_sinks.png", colors)
     files.append(img)
@@ -172,13 +196,4 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
         + _table_html(top[[c for c in ("mode", "seed", "m", "layer", "magnitude", "position",
                                        "dim", "token", "median_abs", "ratio_to_median")
                            if c in top.columns]]) + embed_png(img))))
-
-    body = "\n".join(f"<h2>{esc(t)}</h2>\n{x}" for t, x in sections)
-    lines = "".join(f"<li>{esc(x)}</li>" for x in headline_lines(headline))
-    files.append(write_page(out / "analysis.html", "tomsparse analysis",
-                            f"<h1>tomsparse mechanistic analyses</h1><h2>Headline</h2>"
-                            f"<ul>{lines}</ul>\n{body}"))
-    sections = [("Mechanistic analyses: headline", f"<ul>{lines}</ul>")] + sections
-    # The run's report picks these up whenever it is re-rendered (report.write_report).
-    files.append(write_json(out / REPORT_SECTIONS, [list(x) for x in sections]))
-    return files, sections
+    return sections

@@ -13,7 +13,6 @@ with a ``mode`` column also has an ``m`` column (the baseline's is 0).
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import time
@@ -30,9 +29,10 @@ from tomsparse.data.tasks import load_tasks
 from tomsparse.errors import UserError
 from tomsparse.lm.activations import massive_channels
 from tomsparse.manifest import build_manifest, sha256_file, sha256_texts, write_json
-from tomsparse.masks import build_rankings, masks_for, parse_mode
+from tomsparse.masks import SEEDED_MODES, build_rankings, masks_for, mode_seeds, parse_mode
 from tomsparse.perturb import perturbed
 from tomsparse.scores.store import scores_identity
+from tomsparse.sweep.folder import SweepFolder
 
 
 @dataclass
@@ -130,18 +130,12 @@ class Condition:
         return (self.label, self.seed)
 
 
-SEEDED = ("random", "random-fraction")   # base modes with one condition per random seed
-
-
 def conditions(cfg: AnalysisConfig) -> list[Condition]:
     """The perturbed conditions, in order: the modes at ``cfg.m`` (seeded ones once per random
     seed), then the matched controls at their own m."""
     out = []
     for mode in cfg.modes:
-        if parse_mode(mode).base in SEEDED:
-            out += [Condition(mode, int(s), cfg.m, mode) for s in cfg.random_seeds]
-        else:
-            out.append(Condition(mode, 0, cfg.m, mode))
+        out += [Condition(mode, s, cfg.m, mode) for s in mode_seeds(mode, cfg.random_seeds)]
     # Enough digits of m that distinct matched controls of one mode get distinct labels.
     pairs = list(dict.fromkeys((mode, m) for mode, m, _ in cfg.matched))
     digits = 2
@@ -187,20 +181,11 @@ def add_m_column(tables: dict, m_of: dict) -> dict:
     return tables
 
 
-def read_matched(path: Path, m: float, rel_tol: float = 1e-6) -> list[tuple[str, float, int]]:
-    """The damage-matched controls a sweep wrote (``matched.json``) for the difference mask at
-    ``m``: (mode, m, seed) triples of the controls marked ``"matched": true``; [] when the
-    file has no difference target at that m."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the matched controls ({exc})") from None
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    targets = data.get("targets") if isinstance(data, dict) else None
-    if not isinstance(targets, dict):
-        raise UserError(f"{path}: no \"targets\" object; not a sweep's matched.json")
+def matched_at(targets: dict[str, dict], m: float, rel_tol: float = 1e-6,
+               where: str | Path = SweepFolder.MATCHED) -> list[tuple[str, float, int]]:
+    """The damage-matched controls of a sweep (the targets of its ``matched.json``, read by
+    ``SweepFolder.read_matched``) for the difference mask at ``m``: (mode, m, seed) triples of
+    the controls marked ``"matched": true``; [] when there is no difference target at that m."""
     out = []
     for label, t in targets.items():
         try:
@@ -210,7 +195,7 @@ def read_matched(path: Path, m: float, rel_tol: float = 1e-6) -> list[tuple[str,
             controls = [c for c in t.get("controls", []) if c.get("matched") is True]
             out += [(c["mode"], float(c["m"]), int(c.get("seed", 0))) for c in controls]
         except (AttributeError, KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: target {label!r} is malformed (each target needs mode "
+            raise UserError(f"{where}: target {label!r} is malformed (each target needs mode "
                             "and m, each control mode, m, seed and matched)") from None
     return check_matched(out)
 
@@ -257,7 +242,7 @@ def analyze(model, tokenizer, desc, tom_scores, gen_scores, tokenized: list[list
         n = sum(int(x.numel()) for x in masks.get(cond, {}).values())
         c = by_key.get(cond)
         label = cond[0] if c is None else (
-            f"{c.label} seed {c.seed}" if parse_mode(c.mode).base in SEEDED else c.label)
+            f"{c.label} seed {c.seed}" if parse_mode(c.mode).base in SEEDED_MODES else c.label)
         log(f"[analyze] {label:>15s}: {n:>7,} weights perturbed, "
             f"{len(tokenized)} prompts measured in {time.time() - t0:.1f} s")
 

@@ -7,16 +7,15 @@ import argparse
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from tomsparse.analysis.run import (
     AnalysisConfig,
     analyze_loaded,
     check_matched,
-    read_matched,
+    matched_at,
     select_prompts,
 )
 from tomsparse.cli.options import (
+    add_batch_size,
     add_model_args,
     finite_float,
     nonneg_int,
@@ -27,11 +26,11 @@ from tomsparse.cli.options import (
 )
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import DEFAULT_MODEL, load_model
-from tomsparse.manifest import check_output_dir, read_json_object
+from tomsparse.manifest import check_output_dir, read_csv_checked, read_json_object
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.store import load_scores
+from tomsparse.sweep.folder import RunFolder, SweepFolder
 
-MATCHED_FILE = Path("sweep") / "matched.json"
 
 
 def parse_matched(text: str) -> list[tuple[str, float, int]]:
@@ -88,7 +87,8 @@ def add_parser(sub) -> None:
                    help="damage-matched controls, each at its own m: mode:m[:seed], comma-"
                         "separated, e.g. generic-only:2.31e-4,random-fraction:1.2e-2 (seed 0 "
                         "unless given); none for no matched controls (default with --run: the "
-                        "controls RUN_DIR/sweep/matched.json matched to the difference mask at "
+                        f"controls RUN_DIR/sweep/{SweepFolder.MATCHED} matched to the difference "
+                        "mask at "
                         "this m, else none)")
     p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
                    help="default: the run's, else mean")
@@ -104,8 +104,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sink-threshold", dest="sink_threshold", type=finite_float, default=0.01)
     p.add_argument("--top-pairs", dest="top_pairs", type=positive_int, default=4,
                    help="dominant rotary pairs per (layer, head), >= 1 (default 4)")
-    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8,
-                   help="prompts per forward pass, >= 1 (default 8)")
+    add_batch_size(p, "probe", "batch_size", 8, "prompts per forward pass, >= 1 (default 8)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/analysis)")
     p.set_defaults(handler=cmd_analyze)
 
@@ -114,11 +113,18 @@ def _run_options(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"--run {run_dir}: no such folder (give the --out folder of a finished "
                         "`tomsparse run`)")
-    path = run_dir / "manifest.json"
+    path = RunFolder(run_dir).manifest
     if not path.is_file():
         raise UserError(f"--run {run_dir}: no manifest.json; not a finished `tomsparse run` folder")
-    return read_json_object(path, "restore it, or give the scores with --scores-tom and "
-                                  "--scores-generic instead of --run")
+    fix = "restore it, or give the scores with --scores-tom and --scores-generic instead of --run"
+    manifest = read_json_object(path, fix)
+    options = manifest.get("options") or {}
+    m_list = options.get("m_list") if isinstance(options, dict) else None
+    if not isinstance(options, dict) or not (m_list is None or (
+            isinstance(m_list, list) and all(isinstance(x, (int, float)) for x in m_list))):
+        raise UserError(f"{path}: its \"options\" should be an object whose m_list is a list "
+                        f"of numbers; the file is damaged: {fix}")
+    return manifest
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -127,14 +133,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     run_manifest, run_opts = {}, {}
     if run_dir is not None:
         run_manifest = _run_options(run_dir)
-        run_opts = run_manifest.get("options", {})
-    out = Path(args.out) if args.out else (run_dir / "analysis" if run_dir else Path("runs/analysis"))
+        run_opts = run_manifest.get("options") or {}
+    run = RunFolder(run_dir) if run_dir else None
+    out = Path(args.out) if args.out else (run.analysis_dir if run else Path("runs/analysis"))
     check_output_dir(out)  # before the model is loaded
     pick = lambda name, default: (getattr(args, name) if getattr(args, name) is not None  # noqa: E731
                                   else run_opts.get(name, default))
     model_name = args.model or run_manifest.get("model") or DEFAULT_MODEL
-    scores_tom = args.scores_tom or (run_dir / "scores_tom" if run_dir else None)
-    scores_gen = args.scores_generic or (run_dir / "scores_generic" if run_dir else None)
+    scores_tom = args.scores_tom or (run.scores("tom") if run else None)
+    scores_gen = args.scores_generic or (run.scores("generic") if run else None)
     if scores_tom is None or scores_gen is None:
         raise UserError("give --run RUN_DIR, or both --scores-tom and --scores-generic")
     m = args.m
@@ -144,9 +151,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise UserError("give --m (the fraction of each matrix to perturb)")
         m = max(ms)
     matched = args.matched
-    if matched is None and run_dir is not None and (run_dir / MATCHED_FILE).is_file():
-        matched = read_matched(run_dir / MATCHED_FILE, float(m))
-        print(f"[analyze] {run_dir / MATCHED_FILE}: " + (
+    if matched is None and run is not None and run.sweep.matched.is_file():
+        matched = matched_at(run.sweep.read_matched(), float(m), where=run.sweep.matched)
+        print(f"[analyze] {run.sweep.matched}: " + (
             f"{len(matched)} damage-matched control(s) for the difference mask at m = "
             f"{float(m):g}" if matched else
             f"no damage-matched controls for the difference mask at m = {float(m):g}"))
@@ -176,10 +183,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _add_to_run_report(run_dir: Path, run_manifest: dict) -> None:
     """Re-render the run's report: it picks up the sections written to RUN_DIR/analysis."""
 
-    summary_csv = run_dir / "sweep" / "summary.csv"
+    run = RunFolder(run_dir)
+    summary_csv = run.sweep.table("summary")
     if not summary_csv.is_file():
         print(f"[analyze] {summary_csv} missing: the run's report was not re-rendered")
         return
-    summary = pd.read_csv(summary_csv)
-    path = write_report(run_dir / "sweep", summary, run_manifest)
+    try:  # the analysis is written: a damaged table costs the re-render only
+        summary = read_csv_checked(summary_csv, ("mode", "m"), "the sweep's summary table",
+                                   f"run `tomsparse summarize {run.sweep.root}`")
+    except UserError as exc:
+        print(f"[analyze] {exc}; the run's report was not re-rendered")
+        return
+    path = write_report(run.sweep.root, summary, run_manifest, run.read_report_sections())
     print(f"[analyze] added the analyses to {path}")

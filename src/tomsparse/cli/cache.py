@@ -1,23 +1,36 @@
 """``tomsparse cache verify``: check the converted offline models in full (every file's
-sha256 against its completion record). Loading a model checks a sample of each file; this
-checks all of it."""
+sha256 against its completion record), and with ``--rebuild`` convert again the ones found
+damaged. Loading a model hashes each file in full once per process; this reads every byte
+again, whatever the process saw."""
 
 from __future__ import annotations
 
 import argparse
 
-from tomsparse.lm.gguf import OFFLINE_MODELS, verify_cache
+from tomsparse.lm.gguf import OFFLINE_MODELS, convert_offline_model, verify_cache
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
     names = [args.model] if args.model else list(OFFLINE_MODELS)
-    damaged = 0
+    damaged = []
     for name in names:
         report = verify_cache(name)
         print(report.summary())
-        damaged += report.status in ("damaged", "incomplete")
+        if report.status in ("damaged", "incomplete"):
+            damaged.append(name)
+    if damaged and args.rebuild:
+        for name in damaged:  # the load path's own check finds the damage and rebuilds
+            convert_offline_model(name)
+            after = verify_cache(name)
+            print(after.summary())
+            if not after.ok:
+                return 1
+        print(f"rebuilt {len(damaged)} converted model(s): {', '.join(damaged)}")
+        return 0
     if damaged:
-        print(f"{damaged} converted model(s) are damaged; the next load of each rebuilds it")
+        print(f"{len(damaged)} converted model(s) are damaged ({', '.join(damaged)}); run "
+              "`tomsparse cache verify --rebuild` to rebuild them now, or the next load of "
+              "each will (every load hashes the converted files in full)")
     return 1 if damaged else 0
 
 
@@ -26,4 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("action", choices=["verify"])
     p.add_argument("--model", default=None, choices=list(OFFLINE_MODELS),
                    help="one offline model (default: all)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="convert again, now, every model found damaged (needs its GGUF "
+                        "package installed)")
     p.set_defaults(handler=cmd_cache)

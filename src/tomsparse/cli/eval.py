@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tomsparse.cli.options import (
+    add_batch_size,
     add_model_args,
     load_model_from,
     positive_int,
@@ -53,8 +54,7 @@ def add_parser(sub) -> None:
                    help="repetitions of generate scoring, >= 1 (default: 5 for generate, as the "
                         "reference; likelihood and greedy run once)")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=16,
-                   help="prompts per forward pass, >= 1 (default 16)")
+    add_batch_size(p, "eval", "batch_size", 16, "prompts per forward pass, >= 1 (default 16)")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"],
                    help="generation backend (vllm: optional extra; auto: vllm on a GPU if installed)")
     p.add_argument("--answer-span", dest="answer_span", default="word", choices=["word", "full"],

@@ -9,14 +9,17 @@ import time
 from pathlib import Path
 
 from tomsparse.cli.options import (
+    FRONTIER_DEFAULTS,
+    OURS,
+    add_batch_size,
+    add_evaluation_args,
     add_model_args,
+    fill_unset,
     finite_float,
     load_model_from,
     parse_m_list,
-    positive_int,
     recorded_options,
 )
-from tomsparse.data.corpora import DEFAULT_EVAL
 from tomsparse.errors import UserError
 from tomsparse.manifest import (
     build_manifest,
@@ -25,10 +28,12 @@ from tomsparse.manifest import (
     write_csv,
     write_json,
 )
-from tomsparse.scores.store import load_scores, scores_identity
+from tomsparse.pipeline import stream_scores, sweep_and_report
+from tomsparse.scores.store import scores_identity
+from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.sweep.frontier import family_table, format_front, goal
-from tomsparse.sweep.runner import SweepConfig, run_sweep
-from tomsparse.sweep.specificity import specificity_tables
+from tomsparse.sweep.runner import SweepConfig
+from tomsparse.sweep.specificity_tables import specificity_tables
 
 
 def family_modes(p_factors: list[float], left_out: list[int]) -> list[str]:
@@ -61,14 +66,14 @@ def _factor_list(text: str) -> list[float]:
 def _stores(args) -> tuple[Path, Path, str]:
     """Score stores and model: from --run RUN_DIR, or --scores-tom/--scores-generic/--model."""
     if args.run:
-        run = Path(args.run)
-        manifest = run / "manifest.json"
+        run = RunFolder(args.run)
+        manifest = run.manifest
         if not manifest.exists():
             raise UserError(f"{manifest}: missing; --run takes a folder written by `tomsparse "
                             "run` (with manifest.json, scores_tom/, scores_generic/)")
         model = args.model or read_json_object(
             manifest, "give a folder written by `tomsparse run`").get("model")
-        return run / "scores_tom", run / "scores_generic", model
+        return run.scores("tom"), run.scores("generic"), model
     if not (args.scores_tom and args.scores_generic and args.model):
         raise UserError("frontier needs --run RUN_DIR, or --scores-tom DIR --scores-generic DIR "
                         "--model NAME")
@@ -77,6 +82,7 @@ def _stores(args) -> tuple[Path, Path, str]:
 
 def cmd_frontier(args: argparse.Namespace) -> int:
     t0 = time.time()
+    fill_unset(args, {**OURS, **FRONTIER_DEFAULTS})
     tom_dir, gen_dir, model = _stores(args)
     out = Path(args.out) if args.out else (Path(args.run) / "frontier" if args.run else None)
     if out is None:
@@ -84,30 +90,31 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     check_output_dir(out)  # before the model is loaded
     args.model = model
     lm = load_model_from(args)
-    tom, tom_manifest = load_scores(tom_dir, model=lm)
-    gen, gen_manifest = load_scores(gen_dir, model=lm)
+    tom, gen = stream_scores(lm, tom_dir), stream_scores(lm, gen_dir)
     cfg = SweepConfig(m_values=[0.0] + sorted(set(args.q)),
                       modes=family_modes(args.p_factors, args.left_out), random_seeds=[],
                       perturbation=args.perturbation, tasks=args.tasks,
                       task_limit=args.task_limit, corpus=args.corpus,
                       ppl_max_tokens=args.ppl_max_tokens, batch_size=args.eval_batch_size)
-    ids = (scores_identity(tom_manifest), scores_identity(gen_manifest))
+    ids = (scores_identity(tom.manifest), scores_identity(gen.manifest))
     print(f"[tomsparse] frontier: {len(cfg.modes)} members x {len(args.q)} q values "
           f"+ the baseline, into {out}")
-    run_sweep(lm, tom, gen, cfg, out, scores_ids=ids,
-              scores_info={"tom": str(tom_dir), "generic": str(gen_dir)})
+    folder = SweepFolder(out)
+    sweep_and_report(lm, tom, gen, cfg, out, scores_ids=ids,
+                     scores_info={"tom": str(tom_dir), "generic": str(gen_dir)},
+                     finish=lambda _summary: (folder.read_manifest(), ()))
     tables = specificity_tables(out)
     frame = family_table(tables)
     reached = goal(frame, ppl_limit=args.ppl_limit)
-    write_csv(out / "frontier.csv", frame)
-    write_json(out / "frontier.json", build_manifest(
+    write_csv(folder.frontier_table, frame)
+    write_json(folder.frontier_manifest, build_manifest(
         "frontier", model=lm.name, model_fingerprint=lm.fingerprint,
         options=recorded_options(args), goal=reached, seconds=round(time.time() - t0, 1)))
     print()
     print(format_front(frame))
     print(f"\ngoal (a member with at least half the plain difference mask's belief-gap damage "
           f"at perplexity <= {args.ppl_limit:+.0%}): {reached['sentence']}")
-    print(f"\nwrote {out / 'frontier.csv'} and {out / 'frontier.json'} "
+    print(f"\nwrote {folder.frontier_table} and {folder.frontier_manifest} "
           f"({time.time() - t0:.0f} s)")
     return 0
 
@@ -131,15 +138,9 @@ def add_parser(sub) -> None:
                    help="massive-activation channels left out of the mask (default 0,3)")
     p.add_argument("--ppl-limit", dest="ppl_limit", type=finite_float, default=0.05,
                    help="perplexity change allowed by the goal (default 0.05 = +5%%)")
-    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default="mean")
-    p.add_argument("--tasks", default="builtin")
-    p.add_argument("--task-limit", dest="task_limit", type=positive_int, default=6,
-                   help="tasks per family, >= 1 (default 6, as the default run)")
-    p.add_argument("--corpus", default=DEFAULT_EVAL, help="perplexity corpus")
-    p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=positive_int, default=4096,
-                   help="perplexity on the first N tokens of the corpus, at least one window "
-                        "(default 4096)")
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=positive_int, default=16,
-                   help="prompts per forward pass of the ToM evaluation, >= 1 (default 16)")
+    # the sweep's definitions; unset ones are filled as the default run's (FRONTIER_DEFAULTS)
+    add_evaluation_args(p)
+    add_batch_size(p, "eval", "eval_batch_size", 16,
+                   "prompts per forward pass of the ToM evaluation, >= 1 (default 16)", old=False)
     p.add_argument("--out", default=None, help="folder (an existing one is resumed)")
     p.set_defaults(handler=cmd_frontier)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,11 +21,13 @@ from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.tom import ANSWER_RULES
 from tomsparse.lm.registry import DEFAULT_MODEL, LoadedModel, load_model
-from tomsparse.masks import check_m_values, parse_mode
-from tomsparse.sweep.runner import MATCHABLE, SweepConfig, m_grid
+from tomsparse.masks import DEFAULT_RANDOM_SEEDS, check_m_values, parse_mode
+from tomsparse.sweep.matched import MATCHABLE
+from tomsparse.sweep.runner import SweepConfig, m_grid
+from tomsparse.sweep.verdicts import VerdictRules
 
 # Sweep options whose default depends on the command (run's presets) are None in the parser.
-SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=[0, 1, 2, 3, 4],
+SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=list(DEFAULT_RANDOM_SEEDS),
                       controls=["difference", "random", "tom-only"],
                       matched_controls=["generic-only", "random-fraction"])
 
@@ -140,13 +143,18 @@ def sweep_config(args: argparse.Namespace, m_values: list[float]) -> SweepConfig
                        batch_size=args.eval_batch_size,
                        matched_controls=list(args.matched_controls),
                        match_tolerance=args.match_tolerance, match_steps=args.match_steps,
-                       match_m=None if args.match_m is None else list(args.match_m))
+                       match_m=None if args.match_m is None else list(args.match_m),
+                       allow_overlap=bool(getattr(args, "allow_overlap", False)))
 
+
+# What `tomsparse frontier` evaluates each member on unless told: the default run's tasks and
+# perplexity tokens (so its points are comparable with the run's).
+FRONTIER_DEFAULTS = dict(task_limit=6, ppl_max_tokens=4096)
 
 # Defaults sized so `make run` finishes within ~20 minutes on 2 CPU cores.
 DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
-                m_list=[0.0, 3e-5, 1e-4], random_seeds=[0, 1, 2, 3, 4], task_limit=6,
-                ppl_max_tokens=4096, analysis_prompts=16,
+                m_list=[0.0, 3e-5, 1e-4], random_seeds=list(DEFAULT_RANDOM_SEEDS),
+                **FRONTIER_DEFAULTS, analysis_prompts=16,
                 # two members of the mask family beside the paper's difference mask
                 controls=["difference", "random", "tom-only", "difference-p16", "difference-x3"],
                 matched_controls=["generic-only", "random-fraction"])
@@ -163,7 +171,7 @@ QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
 # and the damage-matched controls, only at m = 5e-5 (each search costs up to 8 perplexity
 # evaluations of the whole corpus).
 REFERENCE = dict(FAITHFUL, nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0,
-                 m_end=5e-5, m_step=2e-6, random_seeds=[0, 1, 2, 3, 4], task_limit=None,
+                 m_end=5e-5, m_step=2e-6, random_seeds=list(DEFAULT_RANDOM_SEEDS), task_limit=None,
                  ppl_max_tokens=None, analysis_prompts=64,
                  matched_controls=["generic-only", "random-fraction"], match_m=[5e-5])
 
@@ -214,6 +222,11 @@ def seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 0,1") from None
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers >= 0, e.g. 0,1")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # a repeated seed would count one random mask twice as two replicates
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: seed {', '.join(map(str, repeated))} is given more than once; each "
+            "seed is one replicate, so give distinct seeds, e.g. 0,1")
     return values
 
 
@@ -229,6 +242,10 @@ def add_model_args(p: argparse.ArgumentParser, dtype_default: str | None = "floa
                            else ")"))
     p.add_argument("--device-map", dest="device_map", default=None,
                    help="passed to from_pretrained, e.g. 'auto' to spread a big model over GPUs")
+    p.add_argument("--revision", default=None,
+                   help="hub id only: the branch, tag or commit to load (default: main)")
+    p.add_argument("--cache-dir", dest="cache_dir", default=None,
+                   help="hub id only: the Hugging Face hub cache (default: $HF_HUB_CACHE)")
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -246,7 +263,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "random,tom-only; tomsparse run adds difference-p16,difference-x3)")
     p.add_argument("--random-seeds", dest="random_seeds",
                    type=seed_list, default=None,
-                   help="seeds of the random control (default: 0,1,2,3,4)")
+                   help="seeds of the random control (default: "
+                        f"{','.join(map(str, DEFAULT_RANDOM_SEEDS))})")
     p.add_argument("--matched-controls", dest="matched_controls", type=parse_matched,
                    default=None,
                    help="damage-matched controls: for each difference point, the size of these "
@@ -259,10 +277,10 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="perplexity evaluations per search at most (>= 1; default 8)")
     p.add_argument("--match-m", dest="match_m", type=parse_m_list, default=None,
                    help="match only the difference points at these m values (default: all)")
-    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
-                   help="mean (default): masked entries become the mean of the matrix's other "
-                        "entries; reference-mean: the reference's (W * not mask).mean() over all "
-                        "entries (the --reference-protocol default); zero")
+    p.add_argument("--take-over", dest="take_over", action="store_true",
+                   help="take over at once the sweep folder's claims of other processes (use "
+                        "when their holders are known to be gone; otherwise a claim is taken "
+                        "over once its heartbeat is 3 minutes old)")
     p.add_argument("--scale", type=finite_float, default=0.0,
                    help="s in mean + s * (w - mean)")
     p.add_argument("--reference-ties", dest="reference_ties",
@@ -283,6 +301,49 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=positive_int, default=None,
                    help="repetitions of generate scoring (>= 1; default: 1, 5 with "
                         "--reference-protocol)")
+    add_evaluation_args(p)
+    p.add_argument("--export-model", dest="export_model", type=finite_float, default=None,
+                   help="write the perturbed model (difference mask) for this m")
+    p.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
+                   help="evaluate on tasks whose stories the ToM scores were computed on (refused "
+                        "by default: the verdicts would judge the mask on the stories it was "
+                        "chosen on); recorded in the sweep manifest")
+    add_verdict_args(p)
+
+
+def add_verdict_args(p: argparse.ArgumentParser) -> None:
+    """The decision rules of the verdicts (``sweep.verdicts.VerdictRules``); left unset, a
+    sweep folder keeps the ones its last verdicts used (else the defaults)."""
+    p.add_argument("--alpha", type=finite_float, default=None,
+                   help="family-wise error rate of the verdicts, Holm-corrected over every "
+                        f"claim of the run (default {VerdictRules.alpha})")
+    p.add_argument("--equivalence-nats", dest="margin_nats", type=finite_float, default=None,
+                   help="a claim is 'ruled out' when the effect lies within +- this many nats "
+                        f"of margin (two one-sided tests; default {VerdictRules.margin_nats})")
+    p.add_argument("--equivalence-accuracy", dest="margin_accuracy", type=finite_float,
+                   default=None,
+                   help="the same margin for accuracy under generation scoring, as a fraction "
+                        f"(default {VerdictRules.margin_accuracy}: 5 points)")
+    p.add_argument("--ppl-threshold", dest="ppl_threshold", type=finite_float, default=None,
+                   help="claim (d) holds when the perplexity ratio's upper bound is below "
+                        f"this (default {VerdictRules.ppl_threshold}: +10%%)")
+
+
+def verdict_rules(args: argparse.Namespace) -> VerdictRules | None:
+    """The rules given on the command line (unset ones at their defaults), or None when
+    none was given."""
+    given = {k: getattr(args, k) for k in VerdictRules.__dataclass_fields__
+             if getattr(args, k, None) is not None}
+    return VerdictRules(**given) if given else None
+
+
+def add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    """What each point evaluates and how it perturbs: shared by ``sweep``, ``run`` and
+    ``frontier`` (their defaults are filled by ``fill_unset`` from OURS and the presets)."""
+    p.add_argument("--perturbation", choices=["mean", "reference-mean", "zero"], default=None,
+                   help="mean (default): masked entries become the mean of the matrix's other "
+                        "entries; reference-mean: the reference's (W * not mask).mean() over all "
+                        "entries (the --reference-protocol default); zero")
     p.add_argument("--tasks", default="builtin")
     p.add_argument("--task-limit", dest="task_limit", type=positive_int, default=None,
                    help="evaluate the first N >= 1 tasks per family (default: all)")
@@ -293,14 +354,15 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="perplexity on the first N tokens of the corpus only, at least one "
                         "window (2048 tokens, or the model's context if shorter) (default: the "
                         "whole corpus; tomsparse run: 4096, --quick 2048)")
-    p.add_argument("--export-model", dest="export_model", type=finite_float, default=None,
-                   help="write the perturbed model (difference mask) for this m")
 
 
 def load_model_from(args: argparse.Namespace, **overrides) -> LoadedModel:
     """The model ``--model/--device/--dtype/--device-map`` name (``overrides`` win)."""
     options = dict(device=args.device, dtype=args.dtype or "float32",
                    device_map=args.device_map)
+    # --revision / --cache-dir, where the command has them (add_model_args)
+    options.update({k: getattr(args, k) for k in ("revision", "cache_dir")
+                    if getattr(args, k, None) is not None})
     options.update(overrides)
     return load_model(args.model, **options)
 
@@ -309,3 +371,33 @@ def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options as a manifest records them (paths as text, the handler left out)."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
             if not callable(v)}
+
+
+# ------------------------------------------------------------------ batch sizes
+# Each batch size has its own name, the same in every subcommand: --score-batch-size (samples
+# per backward pass of the scores), --eval-batch-size (prompts per forward pass of the ToM
+# evaluation), --probe-batch-size (prompts per pass of the analyses' probe),
+# --ppl-batch-size (perplexity windows per pass). The old --batch-size, which meant a different
+# one in each subcommand, is still accepted where the subcommand has only one of them.
+OLD_BATCH_SIZE = "--batch-size"
+
+
+class RenamedOption(argparse.Action):
+    """Stores the value; given by an old spelling, it says so in one line on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.old_spellings:
+            print(f"note: {option_string} is now {self.option_strings[0]} (the old spelling "
+                  "still works, for now)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+    old_spellings: tuple = (OLD_BATCH_SIZE,)
+
+
+def add_batch_size(p: argparse.ArgumentParser, kind: str, dest: str, default, help: str,
+                   old: bool = True) -> None:
+    """``--<kind>-batch-size`` (kind: score, eval, probe, ppl), with the old ``--batch-size``
+    as a deprecated spelling when ``old``."""
+    names = [f"--{kind}-batch-size"] + ([OLD_BATCH_SIZE] if old else [])
+    p.add_argument(*names, dest=dest, type=positive_int, default=default, action=RenamedOption,
+                   help=help)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from tomsparse.cli.options import (
+    add_batch_size,
     add_model_args,
     load_model_from,
     positive_int,
@@ -28,8 +29,8 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     if args.protocol == "reference":
         if args.batch_size not in (None, REFERENCE_BATCH):
             raise UserError(f"--protocol reference averages over batches of {REFERENCE_BATCH} "
-                            f"windows, so --batch-size {args.batch_size} would change its "
-                            "number; leave --batch-size out")
+                            f"windows, so --ppl-batch-size {args.batch_size} would change "
+                            "its number; leave --ppl-batch-size out")
         args.batch_size = REFERENCE_BATCH
     elif args.batch_size is None:
         args.batch_size = DEFAULT_BATCH  # recorded as it ran
@@ -57,9 +58,9 @@ def add_parser(sub) -> None:
                    help="window length, >= 2, capped at the model's context (default 2048)")
     p.add_argument("--max-tokens", dest="max_tokens", type=positive_int, default=None,
                    help="use only the first N tokens, at least one window (quick runs)")
-    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None,
-                   help=f"windows per forward pass, >= 1 (default {DEFAULT_BATCH}; "
-                        f"--protocol reference: {REFERENCE_BATCH}, its own)")
+    add_batch_size(p, "ppl", "batch_size", None,
+                   f"windows per forward pass, >= 1 (default {DEFAULT_BATCH}; "
+                   f"--protocol reference: {REFERENCE_BATCH}, its own)")
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="tomsparse",
                    help="tomsparse (default): blank records dropped, no special tokens, mean over "
                         "windows; reference: every record, default special tokens, mean over "

@@ -10,6 +10,7 @@ from tomsparse.cli.options import (
     DEFAULTS,
     OURS,
     REFERENCE,
+    add_batch_size,
     add_model_args,
     add_sweep_args,
     apply_presets,
@@ -18,6 +19,7 @@ from tomsparse.cli.options import (
     recorded_options,
     seed_int,
     sweep_config,
+    verdict_rules,
     window_len,
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
@@ -51,7 +53,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                                      windows=windows, **common),
         sweep=sweep_config(args, m_values), score_batch_size=args.batch_size,
         score_method=args.method, score_reference_fp16=args.reference_fp16,
-        export_m=args.export_model,
+        export_m=args.export_model, take_over=args.take_over, rules=verdict_rules(args),
         analysis_prompts=args.analysis_prompts if args.analysis else 0, options=options)
 
 
@@ -102,8 +104,8 @@ def add_parser(sub) -> None:
                    help="scores as the reference computes them: per-sample squares rounded "
                         "to fp16 and summed in fp16, one sample per backward (the "
                         "--reference-protocol default)")
-    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8,
-                   help="samples per backward pass of the batched score method")
+    add_batch_size(p, "score", "batch_size", 8,
+                   "samples per backward pass of the batched score method (default 8)")
     p.add_argument("--method", choices=list(METHODS), default="batched",
                    help="score method (see `tomsparse scores --help`)")
     p.add_argument("--eval-batch-size", dest="eval_batch_size", type=positive_int, default=16,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tomsparse.cli.options import (
+    add_batch_size,
     add_model_args,
     load_model_from,
     nonneg_int,
@@ -82,7 +83,8 @@ def _compute(args: argparse.Namespace) -> int:
         # The reference runs its model in fp16; that is part of reproducing its numbers.
         dtype = args.dtype or ("float16" if args.reference_fp16 else "float32")
         device = rank_device(args.device)
-        lm = load_model(args.model, device=device, dtype=dtype, device_map=args.device_map)
+        lm = load_model(args.model, device=device, dtype=dtype, device_map=args.device_map,
+                        revision=args.revision, cache_dir=args.cache_dir)
         dataset = build_dataset(data, lm.tokenizer, lm.model)
         # ... and a store of another model or other samples, now that both are known.
         check_store_destination(args.out, overwrite=args.overwrite, fingerprint=lm.fingerprint,
@@ -164,7 +166,8 @@ def add_parser(sub) -> None:
                    help="the reference's score set for every option left unset: "
                         "--reference-fp16, --reference-windows, --corpus c4 (README: "
                         "tomsparse and the reference)")
-    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8)
+    add_batch_size(p, "score", "batch_size", 8,
+                   "samples per backward pass of the batched method, >= 1 (default 8)")
     p.add_argument("--method", choices=list(METHODS), default="batched",
                    help="batched (default): B samples per backward pass, holding B samples' "
                         "activations; loop: one sample per pass, holding one sample's "

@@ -12,8 +12,11 @@ from tomsparse.cli.options import (
     OURS,
     REFERENCE,
     SWEEP_DEFAULTS,
+    add_batch_size,
     add_model_args,
     add_sweep_args,
+    add_verdict_args,
+    verdict_rules,
     fill_unset,
     load_model_from,
     positive_int,
@@ -22,19 +25,20 @@ from tomsparse.cli.options import (
     seed_int,
     sweep_config,
 )
+from tomsparse.data.corpora import check_inputs
 from tomsparse.errors import UserError
 from tomsparse.manifest import (
     build_manifest,
     check_output_dir,
     check_output_file,
-    read_json_object,
     write_csv,
 )
+from tomsparse.pipeline import stream_scores, sweep_and_report
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.distributed import dist_world, process_group, rank_device
-from tomsparse.scores.store import open_scores, scores_identity
+from tomsparse.scores.store import scores_identity
+from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.sweep.reference import reference_summary
-from tomsparse.sweep.runner import run_sweep
 from tomsparse.sweep.summary import collect, print_summary
 
 
@@ -51,33 +55,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # first-word rule, perplexity) for every option left unset.
     fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **(REFERENCE if args.reference_protocol else {})})
     ms = resolve_m_values(args)
+    check_inputs(corpora=[args.corpus], tasks=[args.tasks])  # before the model is loaded
     t0 = time.time()
     # Under torchrun each rank loads the model on its own device and the ranks split the
     # points through the folder's claims; rank 0 writes the tables and report at the end.
     with process_group():
         rank, world = dist_world()[1:]
         lm = load_model_from(args, device=rank_device(args.device))
-        # The stores are read one matrix at a time, onto that weight's device, as the
-        # rankings need them: never two full score sets in host memory.
-        devices = {m.name: m.module.weight.device if m.module.weight.device.type != "meta"
-                   else "cpu" for m in lm.description.matrices}
-        tom = open_scores(args.scores_tom, model=lm, device=devices)
-        gen = open_scores(args.scores_generic, model=lm, device=devices)
+        tom = stream_scores(lm, args.scores_tom)
+        gen = stream_scores(lm, args.scores_generic)
         cfg = sweep_config(args, ms)
         ids = (scores_identity(tom.manifest), scores_identity(gen.manifest))
-        summary = run_sweep(lm, tom, gen, cfg, args.out, scores_ids=ids,
-                            export_m=args.export_model, progress=rank == 0,
-                            scores_info={"tom": str(args.scores_tom),
-                                         "generic": str(args.scores_generic)},
-                            tables=rank == 0)
-        if rank != 0:
+
+        def finish(_summary):
+            manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
+                                      options=recorded_options(args), scores_tom_sha=ids[0],
+                                      scores_generic_sha=ids[1], world_size=world,
+                                      seconds=round(time.time() - t0, 1))
+            # a sweep folder inside a run folder keeps the run's analyses in its report
+            return manifest, RunFolder(Path(args.out).parent).read_report_sections()
+
+        done = sweep_and_report(lm, tom, gen, cfg, args.out, finish=finish, scores_ids=ids,
+                                export_m=args.export_model, progress=rank == 0,
+                                scores_info={"tom": str(args.scores_tom),
+                                             "generic": str(args.scores_generic)},
+                                tables=rank == 0, take_over=args.take_over,
+                                rules=verdict_rules(args))
+        if done is None:
             print(f"rank {rank} of {world}: done; rank 0 writes the tables and report")
             return 0
-        manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
-                                  options=recorded_options(args), scores_tom_sha=ids[0],
-                                  scores_generic_sha=ids[1], world_size=world,
-                                  seconds=round(time.time() - t0, 1))
-        report = write_report(args.out, summary, manifest)
+        summary, report = done
     print()
     print_summary(summary)
     print(f"\nreport: {Path(report).resolve()}  ({time.time() - t0:.0f} s)")
@@ -93,27 +100,27 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; give a sweep folder (with points/) or the "
                         "reference's tom/ folder")
-    if (folder / "points").is_dir():
+    sweep = SweepFolder(folder)
+    if sweep.points_dir.is_dir():
         # Everything checked before anything is written.
         check_output_dir(folder, "summarize")
         if args.out_csv:
-            check_output_file(args.out_csv, "--out_csv", example="summary.csv")
-        manifest_path = folder / "sweep_manifest.json"
-        manifest = (read_json_object(manifest_path, "restore it, or delete it (the report then "
-                                                    "shows no options)")
-                    if manifest_path.exists() else {})
-        summary = collect(folder)
-        report = write_report(folder, summary, manifest)
+            check_output_file(args.out_csv, "--out_csv", example=SweepFolder.TABLES["summary"])
+        manifest = sweep.read_manifest()
+        summary = collect(folder, rules=verdict_rules(args))
+        report = write_report(folder, summary, manifest,
+                              RunFolder(folder.parent).read_report_sections())
         if args.out_csv:
             write_csv(args.out_csv, summary)
         print_summary(summary)
-        print(f"\nwrote {folder / 'summary.csv'}, {folder / 'summary_side_by_side.csv'}, "
-              f"{folder / 'sweep_points.csv'}, {folder / 'perplexity_results.csv'}"
+        print(f"\nwrote {sweep.table('summary')}, {sweep.table('side_by_side')}, "
+              f"{sweep.table('sweep_points')}, {sweep.table('perplexity')}"
               + (f", {args.out_csv}" if args.out_csv else "") + f"\nreport: {report.resolve()}")
         return 0
-    root = folder / "tom" if (folder / "tom").is_dir() else folder
-    out_csv = Path(args.out_csv) if args.out_csv else root.parent / "tom_summary.csv"
-    check_output_file(out_csv, "--out_csv", example="tom_summary.csv")
+    root = sweep.tom_dir if sweep.tom_dir.is_dir() else folder
+    out_csv = (Path(args.out_csv) if args.out_csv
+               else SweepFolder(root.parent).table("tom_summary"))
+    check_output_file(out_csv, "--out_csv", example=SweepFolder.TABLES["tom_summary"])
     summary = reference_summary(root)
     if args.reps is not None:
         found = len({p.parts[-4] for p in root.glob("*/*/*/results.csv")})
@@ -136,8 +143,8 @@ def add_sweep_parser(sub) -> None:
                    help="generic score store (from `tomsparse scores --dataset generic`)")
     add_sweep_args(p)
     p.add_argument("--seed", type=seed_int, default=0, help="seed of generate scoring (>= 0)")
-    p.add_argument("--batch-size", dest="eval_batch_size", type=positive_int, default=16,
-                   help="evaluation batch size (>= 1)")
+    add_batch_size(p, "eval", "eval_batch_size", 16,
+                   "prompts per forward pass of the ToM evaluation, >= 1 (default 16)")
     p.add_argument("--reference-protocol", dest="reference_protocol", action="store_true",
                    help="the reference's sweep for every option left unset: fp16 model, its "
                         "m grid (27 values), strict ties, reference-mean perturbation, sampled "
@@ -157,5 +164,6 @@ def add_summarize_parser(sub) -> None:
                    help="expected reps, >= 1 (checked, reference layout)")
     p.add_argument("--out_csv", "--out-csv", dest="out_csv", default=None,
                    help="also write the summary here (reference layout default: "
-                        "<folder>/tom_summary.csv)")
+                        f"<folder>/{SweepFolder.TABLES['tom_summary']})")
+    add_verdict_args(p)
     p.set_defaults(handler=cmd_summarize)

@@ -10,6 +10,7 @@ from collections import Counter
 
 from tomsparse.cli.options import seed_int
 from tomsparse.data.tasks.bank import builtin_taskset, export_bank
+from tomsparse.data.tasks.lm_eval_export import ANSWER_SPANS, export_lm_eval
 from tomsparse.data.tasks.loaders import load_tasks
 from tomsparse.data.tasks.model import FAMILY_TITLES
 from tomsparse.errors import UserError
@@ -46,6 +47,17 @@ def _export(out: str, seed: int) -> None:
         print(f"wrote {path}")
 
 
+def _export_lm_eval(out: str, spec: str, answer_span: str) -> None:
+    taskset = load_tasks(spec)
+    paths = export_lm_eval(taskset, out, answer_span=answer_span)
+    print(f"{taskset.summary()}: {(len(paths) - 1) // 2} lm-eval tasks")
+    for path in paths:
+        print(f"wrote {path}")
+    group = paths[-1].stem
+    print(f"run: lm_eval --model hf --model_args pretrained=MODEL --include_path {out} "
+          f"--tasks {group}")
+
+
 SHOWN_PER_FAMILY = 3
 
 
@@ -54,7 +66,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         if not args.out:
             raise UserError("tasks export needs --out DIR")
         check_output_dir(args.out)  # before anything is built or written
-        _export(args.out, args.seed)
+        if args.format == "lm-eval":
+            _export_lm_eval(args.out, args.tasks, args.answer_span)
+        else:
+            _export(args.out, args.seed)
     else:
         if args.n < 0:  # a one-line error (tests/unit/test_evaluate_cli.py), not argparse's
             raise UserError(f"tasks show -n {args.n}: give the number of prompts to show per "
@@ -69,6 +84,12 @@ def add_parser(sub) -> None:
     p.add_argument("action", choices=["export", "show"])
     p.add_argument("--tasks", default="builtin", help="builtin, builtin:train, tomi or a file")
     p.add_argument("--out", default=None, help="export folder")
+    p.add_argument("--format", choices=["reference", "lm-eval"], default="reference",
+                   help="export: the bank in the reference's .json/.py formats (default), or "
+                        "--tasks as lm-evaluation-harness task YAMLs + JSONL")
+    p.add_argument("--answer-span", choices=list(ANSWER_SPANS), default="word",
+                   help="lm-eval export: score the answer's first word (default, as our "
+                        "likelihood scoring) or all of it")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("-n", dest="n", type=int, default=SHOWN_PER_FAMILY,
                    help=f"prompts to show per family (default {SHOWN_PER_FAMILY}), 0 or more")

@@ -17,7 +17,9 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
+from tomsparse.data.tasks import gradient_prompts, load_tasks
 from tomsparse.errors import UserError
 from tomsparse.manifest import sha256_texts
 
@@ -98,7 +100,8 @@ def _wiki(part: str | None) -> Corpus:
                   "data/summaries_en-us.json", licence="CC BY-SA 4.0")
 
 
-def _hub(name: str) -> Corpus:
+def _hub_dataset(name: str):
+    """The hub corpus ``name`` as a ``datasets`` table (downloaded once into its cache)."""
     from datasets import load_dataset
 
     try:
@@ -111,7 +114,11 @@ def _hub(name: str) -> Corpus:
         raise UserError(f"corpus {name!r} must be downloaded from the Hugging Face hub, which "
                         f"cannot be reached ({type(exc).__name__}); use wiki-offline or a local "
                         "file") from None
-    return Corpus(name=name, texts=list(ds["text"]), source=REGISTERED[name])
+    return ds
+
+
+def _hub(name: str) -> Corpus:
+    return Corpus(name=name, texts=list(_hub_dataset(name)["text"]), source=REGISTERED[name])
 
 
 def _local(path: Path) -> Corpus:
@@ -144,6 +151,25 @@ def _local(path: Path) -> Corpus:
         raise UserError(f"cannot read corpus file {path}: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     return Corpus(name=str(path), texts=[t for t in texts if isinstance(t, str)], source=str(path))
+
+
+def check_inputs(corpora: Iterable[str] = (), tasks: Iterable[str] = (),
+                 prompts: Iterable[str] = ()) -> None:
+    """Refuse, before any work, an input a run or sweep will need and cannot have: a corpus
+    (unknown, a missing file or package, a hub corpus that cannot be downloaded; a downloaded
+    one stays in the datasets cache for the real load), a task set or a ToM prompt source.
+    ``run --reference-protocol`` offline once computed 88 s of ToM scores, then refused c4."""
+    for name in dict.fromkeys(corpora):
+        if name in ("c4", "wikitext2"):
+            _hub_dataset(name)
+        elif name in REGISTERED:
+            _wiki_file()
+        else:
+            load_corpus(name)
+    for spec in dict.fromkeys(tasks):
+        load_tasks(spec)
+    for spec in dict.fromkeys(prompts):
+        gradient_prompts(spec)
 
 
 def load_corpus(name: str) -> Corpus:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from tomsparse.data.corpora import DEFAULT_GENERIC, load_corpus
+from tomsparse.data.overlap import story_hashes
 from tomsparse.data.tasks import gradient_prompts
 from tomsparse.errors import UserError
 from tomsparse.lm.batching import context_length, encode
@@ -191,6 +192,9 @@ def build_tom_samples(tokenizer, prompts: Sequence, nsamples: int = 100, seed: i
         "nsamples_requested": int(nsamples),
         "selection": "reference: random.seed(seed), shuffle record indices, first nsamples",
         "selected_records": chosen,
+        # Per selected record, in that order: its story, for the overlap check against the
+        # evaluation prompts (tomsparse.data.overlap).
+        "story_sha256": story_hashes(prompts[i].txt for i in chosen),
         "supervision": supervision,
         "add_special_tokens": False,
         "max_length": max_length,
@@ -243,6 +247,7 @@ def build_generic_samples(tokenizer, corpus, nsamples: int = 100, seqlen: int = 
     if max_length is not None and seqlen > max_length:
         raise UserError(f"--seqlen {seqlen} is longer than the model's context ({max_length} "
                         "tokens)")
+    _check_window_pool(texts, name, nsamples, seqlen)
     rng = random.Random(seed)
     special = add_special_tokens and recipe == "tomsparse"
     cache: dict[int, list[int]] = {}
@@ -288,6 +293,18 @@ def build_generic_samples(tokenizer, corpus, nsamples: int = 100, seqlen: int = 
         "truncated": 0,
     }
     return _finish(samples, info, seed)
+
+
+def _check_window_pool(texts: list[str], name: str, nsamples: int, seqlen: int) -> None:
+    """Refuse, before any window is drawn, more windows than the corpus holds. A window starts
+    at a token, and no tokenizer makes more tokens of a text than it has UTF-8 bytes plus a
+    few special tokens, so ``bytes + 2 per text`` bounds the distinct windows from above
+    without tokenizing anything (``--nsamples 1000000000`` once grew memory for minutes)."""
+    pool = sum(len(t.encode("utf-8", "surrogatepass")) + 2 for t in texts)
+    if nsamples > pool:
+        raise UserError(f"--nsamples {nsamples:,}: corpus {name!r} can give at most {pool:,} "
+                        f"distinct windows of {seqlen} tokens (one per token of its "
+                        f"{len(texts):,} texts); ask for fewer samples or use a larger corpus")
 
 
 def _tomsparse_window(rng: random.Random, n_docs: int, tokens, seqlen: int, name: str):

@@ -1,8 +1,9 @@
 """Generation backends for the ``generate`` and ``greedy`` scorings: our own decoding loop on
 the Hugging Face model (batched by length, left padding, the reps sharing one prefill, one
-seeded generator per rep) and vLLM when installed (the in-memory weights saved to a temporary
-folder first). The distribution is the reference protocol's (temperature 0.6, top-p 0.9, no
-top-k, no repetition penalty, 5 new tokens), whatever the model's own generation_config says."""
+seeded generator per rep) and vLLM when installed (one engine per model, built from the
+in-memory weights saved to a temporary folder and kept in step with them: ``VLLMGenerator``).
+The distribution is the reference protocol's (temperature 0.6, top-p 0.9, no top-k, no
+repetition penalty, 5 new tokens), whatever the model's own generation_config says."""
 
 from __future__ import annotations
 
@@ -101,12 +102,18 @@ def generate_reps(model, tokenizer, texts: list[str], seeds: list[int | None],
             cache, logits = output_cache(out), out.logits[:, -1]
         new = torch.stack(steps, 1).tolist()
         for row, tokens in enumerate(new):
-            cut = next((j for j, t in enumerate(tokens) if t in eos), len(tokens))
             rep, b = divmod(row, len(batch))
-            results[rep][batch[b]] = tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+            results[rep][batch[b]] = decode_continuation(tokenizer, tokens, eos)
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def decode_continuation(tokenizer, tokens: list[int], eos: set[int]) -> str:
+    """The new tokens as text, cut before the first end-of-sequence token (both backends
+    decode through this, so their words can be compared token for token)."""
+    cut = next((j for j, t in enumerate(tokens) if t in eos), len(tokens))
+    return tokenizer.decode(tokens[:cut], skip_special_tokens=True)
 
 
 def next_tokens(logits: torch.Tensor, generators: list, per_rep: int) -> torch.Tensor:
@@ -128,10 +135,26 @@ def _keeps_last_logits(model) -> dict:
 
 
 class VLLMGenerator:
-    """Generation through vLLM (optional). The in-memory model and tokenizer are saved to a
-    temporary folder and loaded by vLLM from there, so any perturbation is included."""
+    """Generation through vLLM (optional), on an engine that mirrors the in-memory HF model.
 
-    def __init__(self, model, tokenizer, dtype: str = "auto"):
+    The engine is built once, from the model and tokenizer saved to a temporary folder. vLLM
+    then holds its own copy of the weights (on the CPU it even repacks each linear layer's
+    weight for its GEMM kernel and drops the original), so a later in-place change of the HF
+    model, a sweep point's perturbation or its restore, would not reach it by itself: before
+    every ``generate`` the decoder blocks whose parameters changed since the engine last saw
+    them are sent to its workers through vLLM's in-place reload (``Worker.reload_weights``,
+    which reruns each reloaded layer's weight processing), and the prefix cache is dropped,
+    since its KV blocks were computed with the old weights. A block is sent whole because vLLM
+    fuses several HF matrices into one layer (q, k and v into ``qkv_proj``, gate and up into
+    ``gate_up_proj``) and reloads a layer only from all of its parts.
+
+    A change is seen through each parameter's version counter (bumped by every in-place write
+    through the parameter or a view of it, which is how ``tomsparse.perturb`` writes) and its
+    data pointer. A write through ``param.data`` bypasses the counter: call
+    ``sync_weights(force=True)`` after one.
+    """
+
+    def __init__(self, model, tokenizer, dtype: str | None = None):
         try:
             import vllm
         except ImportError:
@@ -139,25 +162,99 @@ class VLLMGenerator:
                             "'tomsparse[vllm]'); use --backend hf") from None
         import tempfile
         self._vllm = vllm
+        self.model = model
+        self.tokenizer = tokenizer
+        self._eos = _eos_ids(model, tokenizer)
+        # The HF model's own dtype unless asked otherwise, so greedy words agree with it.
+        dtype = dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
+        # Kept while the engine lives: vLLM may read the folder's configs again later.
         self._dir = tempfile.TemporaryDirectory(prefix="tomsparse-vllm-")
         try:
             model.save_pretrained(self._dir.name)
             tokenizer.save_pretrained(self._dir.name)
         except Exception as exc:  # noqa: BLE001 - any save failure means vLLM cannot load it
             raise UserError(f"cannot hand the model to vLLM: saving it failed ({exc})") from None
+        self._synced = parameter_states(model)
         self.llm = vllm.LLM(model=self._dir.name, tokenizer=self._dir.name, dtype=dtype,
                             enforce_eager=True, gpu_memory_utilization=0.5)
-        self.tokenizer = tokenizer
+        self.tensors_sent = 0  # parameters pushed to the engine since it was built
+
+    def sync_weights(self, force: bool = False) -> int:
+        """Send the engine every decoder block holding a parameter changed since the last
+        sync (all of them when ``force``); returns how many parameters were sent."""
+        states = parameter_states(self.model)
+        changed = {block_of(n) for n, state in states.items()
+                   if force or self._synced.get(n) != state}
+        if not changed:
+            return 0
+        named = [(n, p.detach().to("cpu").contiguous())
+                 for n, p in self.model.named_parameters() if block_of(n) in changed]
+        self.llm.collective_rpc("reload_weights", kwargs={
+            "weights_iterator": named, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        self._synced = states
+        self.tensors_sent += len(named)
+        return len(named)
 
     def generate(self, texts: list[str], sample: bool, seed: int | None) -> list[str]:
+        """One rep: ``MAX_NEW_TOKENS`` new tokens after each text, decoded as the HF backend
+        decodes them. Sampled at the reference protocol's settings, request i seeded with
+        ``seed * 1_000_003 + i`` (vLLM draws per request, so a request's words depend on its
+        seed only, not on what runs beside it), or greedy when not ``sample``."""
+        self.sync_weights()
         base = 0 if seed is None else seed * 1_000_003
         params = [self._vllm.SamplingParams(
             max_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE if sample else 0.0,
-            top_p=TOP_P if sample else 1.0, seed=base + i) for i in range(len(texts))]
+            top_p=TOP_P if sample else 1.0, top_k=0, seed=base + i if sample else None,
+            detokenize=False) for i in range(len(texts))]
         # Token ids, so vLLM sees exactly the tokens the HF backend would.
         inputs = [{"prompt_token_ids": encode(self.tokenizer, t)} for t in texts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [o.outputs[0].text for o in outputs]
+        return [decode_continuation(self.tokenizer, list(o.outputs[0].token_ids), self._eos)
+                for o in outputs]
+
+    def close(self) -> None:
+        """Stop the engine's processes now (they stop at exit otherwise)."""
+        engine = getattr(getattr(self, "llm", None), "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        self._dir.cleanup()
+
+
+def parameter_states(model) -> dict[str, tuple[int, int]]:
+    """(data pointer, version counter) of each parameter: what changes when it is written."""
+    return {n: (p.data_ptr(), p._version) for n, p in model.named_parameters()}
+
+
+def block_of(name: str) -> str:
+    """The decoder block a parameter belongs to (``model.layers.3`` for
+    ``model.layers.3.mlp.up_proj.weight``): its name up to the first numeric part, or the
+    whole name outside the numbered blocks (embeddings, final norm)."""
+    parts = name.split(".")
+    numbered = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    return name if numbered is None else ".".join(parts[:numbered + 1])
+
+
+_SHARED: list[VLLMGenerator] = []  # the one live engine: vLLM engines are too big to keep two
+
+
+def vllm_generator(model, tokenizer) -> VLLMGenerator:
+    """The ``VLLMGenerator`` for ``model``: built on first use (an engine takes minutes to
+    start) and reused by every later evaluation of the same model object, such as a sweep's
+    points, its weights synced before each generate. A different model replaces it."""
+    if _SHARED and _SHARED[0].model is model and _SHARED[0].tokenizer is tokenizer:
+        return _SHARED[0]
+    while _SHARED:
+        _SHARED.pop().close()
+    _SHARED.append(VLLMGenerator(model, tokenizer))
+    return _SHARED[0]
+
+
+def close_vllm_generator() -> None:
+    """Stop the engine ``vllm_generator`` keeps, if any."""
+    while _SHARED:
+        _SHARED.pop().close()
 
 
 def vllm_available() -> bool:

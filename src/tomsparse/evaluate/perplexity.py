@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -52,6 +52,9 @@ class PerplexityResult:
     seconds: float
     protocol: str = "tomsparse"
     protocol_text: str = PROTOCOLS["tomsparse"]
+    # the mean token NLL of each window (tomsparse) or batch (reference), in order: the units
+    # of the perplexity interval (stats.perplexity_ratio_interval)
+    unit_losses: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -135,7 +138,8 @@ def perplexity(model, tokenizer, corpus, seqlen: int = 2048, max_tokens: int | N
         loss = window_losses(model, windows[start:start + batch_size].to(device), head)
         losses.append(loss.mean().reshape(1) if protocol == "reference" else loss)
     # tomsparse: the mean over windows; reference: the mean over batches of batch means.
-    mean_loss = float(torch.cat(losses).cpu().mean())
+    unit_losses = torch.cat(losses).float().cpu()
+    mean_loss = float(unit_losses.mean())
     if not math.isfinite(mean_loss):
         raise UserError(f"perplexity on {corpus.name!r} is not finite (mean loss {mean_loss}); "
                         "the model produces NaN/inf logits (try --dtype float32)")
@@ -145,4 +149,5 @@ def perplexity(model, tokenizer, corpus, seqlen: int = 2048, max_tokens: int | N
                             corpus_sha256=(corpus.rows_sha256 if protocol == "reference"
                                            else corpus.sha256),
                             max_tokens=max_tokens, seconds=round(time.time() - t0, 2),
-                            protocol=protocol, protocol_text=PROTOCOLS[protocol])
+                            protocol=protocol, protocol_text=PROTOCOLS[protocol],
+                            unit_losses=[float(x) for x in unit_losses])

@@ -63,6 +63,7 @@ from tomsparse.evaluate.metrics import compute_metrics
 from tomsparse.evaluate.results import EvalResult
 from tomsparse.lm.batching import (
     cache_keyword,
+    context_length,
     encode,
     input_device,
     left_pad,
@@ -81,13 +82,39 @@ DEFAULT_REPS = 5
 
 
 TABLE_COLUMNS = ["model", "scoring", "m", "rep", "seed", "family", "task_id", "task_index",
-                 "condition", "reversed", "scenario", "probe", "cell", "expected", "alternative",
-                 "expected_word", "generated", "answer_word", "logprob_expected",
+                 "condition", "reversed", "scenario", "probe", "cell", "cluster", "expected",
+                 "alternative", "expected_word", "generated", "answer_word", "logprob_expected",
                  "logprob_alternative", "margin", "tokens_expected", "tokens_alternative",
                  "correct", "prompt"]
 
 
 # ---------------------------------------------------------------- tokenization helpers
+
+def prompt_token_limit(model) -> int | None:
+    """The most tokens a prompt and its answer may have: the config's ``max_prompt_tokens``
+    where it sets one (tomsparse.testing's tiny RoPE models declare 128 positions, which keeps
+    their perplexity windows small, yet read longer prompts), else the model's context."""
+    config = getattr(model, "config", None)
+    explicit = getattr(config, "max_prompt_tokens", None)
+    return explicit if isinstance(explicit, int) and explicit > 0 else context_length(model)
+
+
+def check_prompt_lengths(model, prompts: list[Prompt], lengths: list[int], what: str) -> None:
+    """Refuse, before any forward pass, a prompt whose ``lengths`` (its tokens and ``what``
+    follows it) exceed the model's context: it would be read past the positions the model
+    knows, or exhaust memory on its attention (a 50k-token story asked for 41 GB)."""
+    limit = prompt_token_limit(model)
+    if limit is None:
+        return
+    worst = max(range(len(prompts)), key=lengths.__getitem__, default=None)
+    if worst is not None and lengths[worst] > limit:
+        p = prompts[worst]
+        over = sum(n > limit for n in lengths)
+        raise UserError(f"task {p.task_id} ({p.family}, {p.condition}): a prompt and {what} "
+                        f"take {lengths[worst]} tokens, more than the model's context of "
+                        f"{limit} tokens ({over} prompt(s) too long); shorten the story or "
+                        "use a model with a longer context")
+
 
 
 def answer_text(answer: str, span: str) -> str:
@@ -237,6 +264,9 @@ def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 
             pair.append(cont)
         prompt_ids.append(ids)
         conts.append(pair)
+    check_prompt_lengths(model, prompts, [len(ids) + max(map(len, pair))
+                                          for ids, pair in zip(prompt_ids, conts)],
+                         "its longer answer")
     if fallbacks:
         log.warning("%d answer continuation(s) did not extend the prompt's tokens; they were "
                     "tokenized on their own", fallbacks)
@@ -343,6 +373,9 @@ def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", re
                 sample = scoring == "generate"
                 generator = VLLMGenerator(model, tokenizer) if use_vllm else None
                 texts = [p.text for p in prompts]
+                check_prompt_lengths(model, prompts, [len(encode(tokenizer, t)) + MAX_NEW_TOKENS
+                                                      for t in texts],
+                                     f"{MAX_NEW_TOKENS} generated tokens")
                 seeds = [seed + rep - 1 if sample else None for rep in range(1, reps + 1)]
                 if generator is not None:
                     by_rep = [generator.generate(texts, sample, s) for s in seeds]
@@ -393,8 +426,8 @@ def _row(p: Prompt, rep: int, seed, correct: bool, **values) -> dict:
     values.setdefault("expected_word", p.expected_word)
     return dict(rep=rep, seed=seed, family=p.family, task_id=p.task_id, task_index=p.task_index,
                 condition=p.condition, reversed=p.reversed, scenario=p.scenario, probe=p.probe,
-                cell=p.cell_id, expected=p.expected, alternative=p.alternative,
-                correct=bool(correct), prompt=p.text, **values)
+                cell=p.cell_id, cluster=p.cluster or f"task {p.task_id}",
+                expected=p.expected, alternative=p.alternative, correct=bool(correct), prompt=p.text, **values)
 
 
 # ---------------------------------------------------------------- metrics

@@ -444,9 +444,12 @@ def select_matrices(desc: ModelDescription, roles=None, layers=None) -> list[Mat
     return out
 
 
-def fingerprint(model: nn.Module, desc: ModelDescription | None = None) -> str:
-    """A short hash of the config and the target matrices' shapes: score files, masks and
-    sweeps carry it so they are never applied to another model."""
+def fingerprint(model: nn.Module, desc: ModelDescription | None = None,
+                weights: str | None = None) -> str:
+    """A short hash of the config, the target matrices' shapes and (``weights``, a digest of
+    the weight files it was read from: ``gguf.weights_digest``) their content: score files,
+    masks and sweeps carry it so they are never applied to another model, nor to damaged
+    weights. A model built in memory has no weights digest: config and shapes only."""
     desc = desc or describe(model)
     cfg = _config_of(model).to_dict()
     for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype",
@@ -454,6 +457,8 @@ def fingerprint(model: nn.Module, desc: ModelDescription | None = None) -> str:
                      "use_cache", "_commit_hash", "attn_implementation",
                      "_attn_implementation"):
         cfg.pop(volatile, None)
-    payload = json.dumps({"config": cfg, "shapes": {k: list(v) for k, v in desc.shapes().items()}},
-                         sort_keys=True, default=str)
+    facts = {"config": cfg, "shapes": {k: list(v) for k, v in desc.shapes().items()}}
+    if weights:
+        facts["weights"] = weights
+    payload = json.dumps(facts, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -5,8 +5,10 @@ plain fp32 Hugging Face folder in the cache (``$TOMSPARSE_CACHE``, default
 ``~/.cache/tomsparse``); later loads read that folder (about 1.5 s instead of 20 s). The
 conversion is written to a temporary folder and renamed into place with a completion
 record, so a conversion killed half-way is detected and redone, never loaded; the record's
-content hashes are checked at every load (sampled; in full for a file modified since), so a
-damaged folder is rebuilt too (``gguf.inspect_conversion``, ``gguf.verify_cache``).
+content hashes are checked in full (once per process while a file's stat stays the same), so a
+damaged folder is rebuilt too (``gguf.inspect_conversion``, ``gguf.verify_cache``). The
+fingerprint of a model read from a folder (offline or local) covers its weight files' content
+(``gguf.weights_digest``), so score stores of other or damaged weights are refused.
 
 Any other name is a Hugging Face hub id or a local folder, loaded through the ordinary
 ``from_pretrained`` path (``device_map="auto"`` spreads a big model over GPUs).
@@ -23,7 +25,7 @@ from safetensors import SafetensorError
 
 from tomsparse.errors import UserError
 from tomsparse.lm import adapter
-from tomsparse.lm.gguf import OFFLINE_MODELS, convert_offline_model
+from tomsparse.lm.gguf import OFFLINE_MODELS, convert_offline_model, weights_digest
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,6 +39,10 @@ class LoadedModel:
     source: str  # where the weights were read from
     fingerprint: str
     description: object  # adapter.ModelDescription
+    # A hub id's snapshot: the revision asked for (None: the default branch) and the commit
+    # it resolved to (the hub-cache snapshot read); None for folders and offline models.
+    revision: str | None = None
+    commit: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -65,16 +71,20 @@ def _offline_hint() -> str:
     return "offline models: " + ", ".join(OFFLINE_MODELS)
 
 
-def _from_pretrained(source: str, dtype, device_map, attn_implementation, local: bool):
+def _from_pretrained(source: str, dtype, device_map, attn_implementation, local: bool,
+                     hub: dict | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"dtype": dtype}
+    # ``hub``: revision and cache_dir of a hub id (none for a folder), for both from_pretrained
+    # calls, so that the tokenizer comes from the same snapshot as the weights.
+    hub = {k: v for k, v in (hub or {}).items() if v is not None}
+    kwargs = {"dtype": dtype, **hub}
     if device_map:
         kwargs["device_map"] = device_map
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         text = str(exc)
@@ -84,14 +94,26 @@ def _from_pretrained(source: str, dtype, device_map, attn_implementation, local:
         offline = any(s in text.lower() for s in ("connect", "offline", "resolve", "network",
                                                    "couldn't", "could not", "internet"))
         why = "the Hugging Face hub cannot be reached" if offline else text.splitlines()[0]
-        raise UserError(f"cannot load model {source!r}: {why}. Use a local folder or one of "
-                        f"the {_offline_hint()}") from None
+        where = "".join(f", {k.replace('_', '-')} {v}" for k, v in hub.items())
+        raise UserError(f"cannot load model {source!r}{where}: {why}. Use a local folder, a "
+                        f"snapshot in the hub cache (--cache-dir), or one of the "
+                        f"{_offline_hint()}") from None
     except ValueError as exc:
         raise UserError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
     except SafetensorError as exc:  # a truncated weight file, a garbage header
         raise UserError(f"cannot load model {source!r}: a weight file is damaged "
                         f"({str(exc).splitlines()[0]})") from None
     return model, tokenizer
+
+
+def _snapshot_commit(repo: str, hub: dict) -> str | None:
+    """The commit of the hub-cache snapshot a hub id's config.json was read from (the
+    snapshot folder's name), or None when it is not in the cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo, "config.json", cache_dir=hub.get("cache_dir"),
+                                  revision=hub.get("revision"))
+    return Path(path).parent.name if isinstance(path, str) else None
 
 
 # Models registered in code: a lab's own model class, or a test's tiny stand-in. A registered
@@ -120,9 +142,18 @@ def wrap_model(model: torch.nn.Module, tokenizer, name: str, source: str = "memo
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype="float32",
                device_map: str | None = None, attn_implementation: str | None = None,
-               log=print) -> LoadedModel:
-    """Load a registered offline model, a local Hugging Face folder or a hub id."""
+               log=print, revision: str | None = None, cache_dir: str | None = None
+               ) -> LoadedModel:
+    """Load a registered offline model, a local Hugging Face folder or a hub id.
 
+    ``revision`` (a branch, tag or commit) and ``cache_dir`` (the hub cache, default
+    ``$HF_HUB_CACHE``) apply to a hub id only; with ``HF_HUB_OFFLINE=1`` the id is read from
+    that cache's snapshot (``models--owner--name/snapshots/<commit>``, ``refs/<revision>``)."""
+
+    if (revision or cache_dir) and (name in _LOADERS or name in OFFLINE_MODELS
+                                    or Path(name).expanduser().exists()):
+        raise UserError(f"--revision/--cache-dir apply to a hub id (owner/name); {name!r} is "
+                        "a registered name or a local folder: leave them out")
     if name in _LOADERS:
         return _LOADERS[name](device=device, dtype=dtype, device_map=device_map,
                               attn_implementation=attn_implementation)
@@ -141,16 +172,21 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype="float32",
     else:
         raise UserError(f"unknown model {name!r}: not a registered name, an existing folder, or "
                         f"a hub id of the form owner/name; {_offline_hint()}")
+    hub = None if local else {"revision": revision,
+                              "cache_dir": str(Path(cache_dir).expanduser()) if cache_dir else None}
     model, tokenizer = _from_pretrained(source, torch_dtype, device_map, attn_implementation,
-                                        local)
+                                        local, hub)
     if not device_map:
         model.to(resolve_device(device))
     model.eval()
     if getattr(tokenizer, "pad_token_id", None) is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     desc = adapter.describe(model)
+    weights = weights_digest(Path(source)) if local else None  # hub ids: config and shapes
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source,
-                       fingerprint=adapter.fingerprint(model, desc), description=desc)
+                       fingerprint=adapter.fingerprint(model, desc, weights=weights),
+                       description=desc, revision=None if local else revision,
+                       commit=None if local else _snapshot_commit(source, hub))
 
 
 def print_model_facts(lm) -> None:

@@ -12,7 +12,6 @@ of every run) and returns a plain-text rendering.
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.errors import UserError
-from tomsparse.manifest import write_csv
+from tomsparse.manifest import read_csv_checked, read_json_object, write_csv
 from tomsparse.report.html import embed_png, write_page
 from tomsparse.report.plots import (
     baseline_perplexity,
@@ -31,9 +30,18 @@ from tomsparse.report.plots import (
     specificity_pool,
 )
 from tomsparse.report.style import pyplot, save_figure
+from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.sweep.specificity import POOL_ABOVE
 
-TABLES = ("specificity_baseline.csv", "specificity_verdicts.csv", "specificity.csv")
+# The specificity tables compare reads (``SweepFolder.SPECIFICITY`` roles), what it reads of
+# each (and what the table is), checked before anything is written.
+TABLES = ("baseline", "verdicts", "points")
+TABLE_COLUMNS = {
+    "baseline": (("family",), "the sweep's baseline table"),
+    "verdicts": (("claim", "m", "value", "lo", "hi", "status"), "the sweep's verdict table"),
+    "points": (("family", "metric", "mode", "m", "value", "lo", "hi", "n_tasks", "n_prompts",
+                "perplexity"), "the sweep's specificity table"),
+}
 CHANGE_METRICS = ("tom_margin_change_adj", "belief_gap_margin")
 COLUMNS = ("run", "model", "fingerprint", "section", "family", "quantity", "claim", "mode", "m",
            "value", "lo", "hi", "state", "n_tasks", "n_prompts", "pool")
@@ -64,29 +72,24 @@ def read_run(run_dir: str | Path) -> RunTables:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such folder; give run folders written by `tomsparse run`")
-    if (run_dir / "manifest.json").is_file() or (run_dir / "sweep").is_dir():
-        manifest_path, sweep_dir = run_dir / "manifest.json", run_dir / "sweep"
-    elif (run_dir / "sweep_manifest.json").is_file() or (run_dir / "points").is_dir():
-        manifest_path, sweep_dir = run_dir / "sweep_manifest.json", run_dir
+    run, as_sweep = RunFolder(run_dir), SweepFolder(run_dir)
+    if run.manifest.is_file() or run.sweep.root.is_dir():
+        manifest_path, sweep = run.manifest, run.sweep
+    elif as_sweep.manifest.is_file() or as_sweep.points_dir.is_dir():
+        manifest_path, sweep = as_sweep.manifest, as_sweep
     else:
-        raise UserError(f"{run_dir / 'manifest.json'}: missing; give a folder written by "
+        raise UserError(f"{run.manifest}: missing; give a folder written by "
                         f"`tomsparse run` (or a sweep folder of `tomsparse sweep`)")
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: missing; give a folder written by `tomsparse run` "
                         f"(or a sweep folder of `tomsparse sweep`)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{manifest_path}: cannot read ({exc})") from None
+    manifest = read_json_object(manifest_path, "give a folder written by `tomsparse run` (or "
+                                               "a sweep folder), or restore the file")
+    sweep_dir = sweep.root
     frames = []
     for name in TABLES:
-        path = sweep_dir / name
-        if not path.is_file():
-            raise UserError(f"{path}: missing; {_fix(sweep_dir)}")
-        try:
-            frames.append(pd.read_csv(path))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: cannot read ({exc}); {_fix(sweep_dir)}") from None
+        columns, what = TABLE_COLUMNS[name]
+        frames.append(read_csv_checked(sweep.specificity(name), columns, what, _fix(sweep_dir)))
     model = str(manifest.get("model") or run_dir.name)
     return RunTables(path=run_dir, sweep_dir=sweep_dir, name=model, model=model,
                      fingerprint=str(manifest.get("model_fingerprint") or ""),
@@ -134,9 +137,10 @@ def compare_table(runs: Sequence[RunTables]) -> pd.DataFrame:
                                  n_tasks=_num(getattr(b, "n_tasks", math.nan)),
                                  n_prompts=_num(getattr(b, "n_prompts", math.nan))))
         for v in run.verdicts.itertuples():
+            family = getattr(v, "family", "")
             rows.append(dict(ident, section="verdict", claim=str(v.claim), m=_num(v.m),
-                             quantity="perplexity change" if str(v.claim) == "d" else
-                             "ToM margin change" if str(v.claim) in "ab" else "belief gap",
+                             family="" if pd.isna(family) else str(family),
+                             quantity=VERDICT_QUANTITY.get(str(v.claim), "ToM change"),
                              value=_num(v.value), lo=_num(v.lo), hi=_num(v.hi),
                              state=str(v.status), n_tasks=_num(getattr(v, "n_tasks", math.nan)),
                              n_prompts=_num(getattr(v, "n_prompts", math.nan))))
@@ -152,6 +156,12 @@ def compare_table(runs: Sequence[RunTables]) -> pd.DataFrame:
                                  state=_change_note(p)))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return table
+
+
+# what each claim's number is (sweep.verdicts)
+VERDICT_QUANTITY = {"a": "ToM change minus random masks'", "b": "ToM change minus matched "
+                    "controls'", "c": "belief gap minus matched controls'",
+                    "d": "log perplexity ratio", "e": "slope of the ToM change on log m"}
 
 
 def _change_note(p) -> str:
@@ -193,10 +203,10 @@ def side_by_side_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     table["cell"] = [_cell(r) for _, r in table.iterrows()]
     runs = list(dict.fromkeys(table["run"]))
     out = {}
-    specs = (("baseline", "Baseline on the false-belief prompts (95% task-bootstrap interval; "
-                          "chance state)", ["family", "quantity"]),
-             ("verdict", "Verdicts per claim and m (value [95% interval], status)",
-              ["claim", "m", "quantity"]),
+    specs = (("baseline", "Baseline on the false-belief prompts (95% t-interval over clusters; "
+                          "chance gate)", ["family", "quantity"]),
+             ("verdict", "Verdicts per claim, m and family (value [Holm-adjusted interval], "
+                         "outcome)", ["claim", "m", "family", "quantity"]),
              ("change", "ToM change and belief gap per mask and m (paired, 95% interval, pooled "
                         "over the families above chance, else all; perplexity ratio)",
               ["quantity", "mode", "m"]))
@@ -239,10 +249,10 @@ def write_compare(run_dirs: Sequence[str | Path], out: str | Path = "compare"
     """Read the runs, write ``out/compare.csv``, ``out/compare.html`` and
     ``out/plot_compare_specificity.png``; return (long table, text, paths)."""
     runs = read_runs(run_dirs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     table = compare_table(runs)
     text = compare_text(table, runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has been read
     paths = {"csv": write_csv(out / "compare.csv", table)}
     paths["plot"] = plot_compare(runs, out / "plot_compare_specificity.png")
     head = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.model)}</td>"

@@ -1,7 +1,7 @@
 """The plots of a sweep against m and against perplexity, with their intervals.
 
 * ``level_intervals``: the headline ToM level of every point (the mean over the reference
-  families of each family's mean prompt margin or accuracy, as ``sweep.summary.tom_column``)
+  families of each family's mean prompt margin or accuracy, as ``sweep.summary.with_tom_columns``)
   with a 95% task-cluster bootstrap interval; seeds of one mode and m are replicates (the
   seed group ``<mode>_sall_m<m>``).
 * ``draw_levels`` / ``plot_levels``: one line per mode over m, a shaded interval band.
@@ -14,7 +14,6 @@ writes a PNG.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -31,16 +30,10 @@ from tomsparse.report.style import (
     pyplot,
     save_figure,
 )
-from tomsparse.sweep.specificity import (
-    BASELINE_MODE,
-    POOL_ABOVE,
-    POOL_ALL,
-    group_label,
-    natural_key,
-    point_label,
-    read_sweep,
-    task_weights,
-)
+from tomsparse.stats.bootstrap import family_weights, percentile_interval, seed_weights
+from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, group_label, point_label
+from tomsparse.sweep.roles import natural_key
+from tomsparse.sweep.specificity import POOL_ABOVE, POOL_ALL
 
 # The modes drawn first (and in this order); any other mode follows, sorted by name.
 PLOT_MODES = ("difference", "tom-only", "generic-only", "random")
@@ -90,11 +83,11 @@ def level_intervals(sweep_dir: str | Path, kind: str = "margin", *, draws: int =
     ``cell_accuracy`` (a cell is right when all its probes are). The level is the unweighted
     mean over ``families`` (those present) of each family's mean over its prompts (all reps),
     which is the summary's ``tom_margin`` / ``tom_accuracy``. Interval: tasks are resampled
-    with replacement within each family (``task_weights``; one set of ``draws`` made up front
-    with ``numpy.random.default_rng(seed)``, families in order, shared by every point), the
+    with replacement within each family (``stats.bootstrap.family_weights``; one set of
+    ``draws`` made up front, families in order, shared by every point), the
     statistic recomputed as a ratio of sums, and its 2.5 / 97.5 percentiles taken. A seed
     group (label ``<mode>_sall_m<m>``, one per mode and m with several seeds) is the mean of
-    its seeds; each draw also resamples the seeds (``default_rng([seed, 1])``).
+    its seeds; each draw also resamples the seeds (``stats.bootstrap.seed_weights``).
 
     ``change`` is the level minus the baseline's (mode ``none``), and ``change_lo`` /
     ``change_hi`` its paired interval: the same draw's statistic minus the baseline's (the
@@ -107,7 +100,7 @@ def level_intervals(sweep_dir: str | Path, kind: str = "margin", *, draws: int =
     """
     if kind not in LEVEL_KINDS:
         raise ValueError(f"kind must be one of {LEVEL_KINDS}, not {kind!r}")
-    infos, prompts = read_sweep(sweep_dir)
+    infos, prompts = SweepFolder(sweep_dir).read_sweep()
     values = {label: _unit_values(frame, kind) for label, frame in prompts.items()}
     present = set().union(*(set(v["family"]) for v in values.values()))
     fams = [f for f in families if f in present]
@@ -117,57 +110,59 @@ def level_intervals(sweep_dir: str | Path, kind: str = "margin", *, draws: int =
     for f in fams:
         ids = set().union(*(set(v.loc[v["family"] == f, "task_id"]) for v in values.values()))
         tasks[f] = {t: i for i, t in enumerate(sorted(ids, key=natural_key))}
-    rng = np.random.default_rng(seed)
-    weights = {f: task_weights(len(tasks[f]), draws, rng) for f in fams}
-
-    def stats(frame):
-        est, dr = [], []
-        for f in fams:
-            sub = frame[(frame["family"] == f) & frame["value"].notna()]
-            idx = sub["task_id"].map(tasks[f]).to_numpy(int)
-            s = np.bincount(idx, weights=sub["value"].to_numpy(float), minlength=len(tasks[f]))
-            c = np.bincount(idx, minlength=len(tasks[f])).astype(float)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                est.append(s.sum() / c.sum() if c.sum() else math.nan)
-                dr.append((weights[f] @ s) / (weights[f] @ c))
-        with np.errstate(invalid="ignore"):
-            return float(np.mean(est)), np.mean(np.vstack(dr), axis=0)
-
-    def interval(dr):
-        if not np.isfinite(dr).any():
-            return math.nan, math.nan
-        lo, hi = np.nanpercentile(dr, [2.5, 97.5])
-        return float(lo), float(hi)
-
+    weights = family_weights({f: len(tasks[f]) for f in fams}, draws, seed)
     n_tasks = sum(len(t) for t in tasks.values())
     per = {}
     for info in infos.itertuples():
-        est, dr = stats(values[info.label])
+        est, dr = _level_statistic(values[info.label], fams, tasks, weights)
         if math.isfinite(est):
             per[info.label] = (info.mode, info.seed, info.m, 1, est, dr)
     done = infos[infos["label"].isin(per)]
-    for (mode, m), grp in done.groupby(["mode", "m"], sort=True):
-        if len(grp) < 2:
-            continue
-        members = list(grp.sort_values("seed")["label"])
-        v = task_weights(len(members), draws, np.random.default_rng([seed, 1]))
-        mat = np.vstack([per[label][5] for label in members]).T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dr = np.nansum(mat * v, axis=1) / v.sum(axis=1)
-        per[group_label(mode, m)] = (mode, pd.NA, m, len(members),
-                                     float(np.mean([per[label][4] for label in members])), dr)
+    _add_seed_groups(per, done, draws, seed)
     base = done[done["mode"] == BASELINE_MODE].sort_values("seed")["label"]
     base_est, base_dr = (per[base.iloc[0]][4], per[base.iloc[0]][5]) if len(base) else (
         math.nan, np.full(draws, np.nan))
     rows = []
     for label, (mode, point_seed, m, k, est, dr) in per.items():
-        lo, hi = interval(dr)
-        clo, chi = interval(dr - base_dr)
+        lo, hi = percentile_interval(dr)
+        clo, chi = percentile_interval(dr - base_dr)
         rows.append({"label": label, "mode": mode, "seed": point_seed, "m": m, "n_seeds": k,
                      "value": est, "lo": lo, "hi": hi, "change": est - base_est,
                      "change_lo": clo, "change_hi": chi, "n_tasks": n_tasks,
                      "families": ",".join(fams)})
     return pd.DataFrame(rows, columns=list(LEVEL_COLUMNS))
+
+
+def _level_statistic(frame: pd.DataFrame, fams: list[str], tasks: dict, weights: dict
+                     ) -> tuple[float, np.ndarray]:
+    """One point's level (the mean over ``fams`` of each family's mean value) and its
+    resampled values (a ratio of per-task sums for each draw)."""
+    est, dr = [], []
+    for f in fams:
+        sub = frame[(frame["family"] == f) & frame["value"].notna()]
+        idx = sub["task_id"].map(tasks[f]).to_numpy(int)
+        s = np.bincount(idx, weights=sub["value"].to_numpy(float), minlength=len(tasks[f]))
+        c = np.bincount(idx, minlength=len(tasks[f])).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est.append(s.sum() / c.sum() if c.sum() else math.nan)
+            dr.append((weights[f] @ s) / (weights[f] @ c))
+    with np.errstate(invalid="ignore"):
+        return float(np.mean(est)), np.mean(np.vstack(dr), axis=0)
+
+
+def _add_seed_groups(per: dict, done: pd.DataFrame, draws: int, seed: int) -> None:
+    """A seed group per mode and m with several seeds: the seeds' mean, each draw resampling
+    the seeds too."""
+    for (mode, m), grp in done.groupby(["mode", "m"], sort=True):
+        if len(grp) < 2:
+            continue
+        members = list(grp.sort_values("seed")["label"])
+        v = seed_weights(len(members), draws, seed)
+        mat = np.vstack([per[label][5] for label in members]).T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dr = np.nansum(mat * v, axis=1) / v.sum(axis=1)
+        per[group_label(mode, m)] = (mode, pd.NA, m, len(members),
+                                     float(np.mean([per[label][4] for label in members])), dr)
 
 
 def levels_from_summary(summary: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -286,13 +281,8 @@ def specificity_pool(baseline: pd.DataFrame | None) -> str:
 
 
 def baseline_perplexity(sweep_dir: str | Path) -> float:
-    """The perplexity of the sweep's m = 0 point (``points/none_*.json``), NaN if none."""
-    for path in sorted((Path(sweep_dir) / "points").glob(f"{BASELINE_MODE}_s*.json")):
-        try:
-            return float(json.loads(path.read_text()).get("perplexity", math.nan))
-        except (OSError, ValueError, TypeError):
-            continue
-    return math.nan
+    """The perplexity of the sweep's m = 0 point, NaN if none."""
+    return SweepFolder(sweep_dir).baseline_perplexity()
 
 
 def specificity_points(points: pd.DataFrame, metric: str, pool: str,
@@ -389,16 +379,16 @@ def plot_specificity(sweep_dir: str | Path, path: str | Path | None = None) -> P
     """Draw ``draw_specificity`` from ``sweep_dir``'s specificity.csv and
     specificity_baseline.csv into ``path`` (default ``sweep_dir/plot_specificity.png``);
     None when the sweep has no specificity.csv."""
-    sweep_dir = Path(sweep_dir)
-    points_csv = sweep_dir / "specificity.csv"
+    folder = SweepFolder(sweep_dir)
+    points_csv = folder.specificity("points")
     if not points_csv.is_file():
         return None
     points = pd.read_csv(points_csv)
-    base_csv = sweep_dir / "specificity_baseline.csv"
+    base_csv = folder.specificity("baseline")
     baseline = pd.read_csv(base_csv) if base_csv.is_file() else None
     fig, axes = pyplot().subplots(1, 2, figsize=(12.0, 4.6), dpi=110)
-    draw_specificity(axes, points, baseline, baseline_perplexity(sweep_dir))
-    return save_figure(fig, path or sweep_dir / "plot_specificity.png")
+    draw_specificity(axes, points, baseline, folder.baseline_perplexity())
+    return save_figure(fig, path or folder.plot("specificity"))
 
 
 def safe_level_intervals(sweep_dir: str | Path, kind: str, **options) -> pd.DataFrame | None:

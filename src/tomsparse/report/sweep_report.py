@@ -5,9 +5,11 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
+from tomsparse.report.claims import claims_section
 from tomsparse.report.html import embed_png, write_page
 from tomsparse.report.plots import (
     LEVEL_DRAWS,
@@ -17,9 +19,9 @@ from tomsparse.report.plots import (
     safe_level_intervals,
 )
 from tomsparse.report.style import pyplot, save_figure
+from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
 from tomsparse.sweep.frontier import family_table, goal
-from tomsparse.sweep.specificity import point_label
-from tomsparse.sweep.summary import side_by_side, tom_column
+from tomsparse.sweep.summary import side_by_side, with_tom_columns
 
 
 def bars_per_layer_and_role(ax, masks: pd.DataFrame, title: str) -> None:
@@ -43,7 +45,7 @@ def _plot_masks(masks: pd.DataFrame, m: float, path):
 
 def reading(summary: pd.DataFrame, metric: str) -> str:
     """One paragraph written from the numbers."""
-    base = summary[summary["mode"] == "none"]
+    base = summary[summary["mode"] == BASELINE_MODE]
     if base.empty:
         return "No m = 0 baseline point was run, so changes cannot be read against the unperturbed model."
     b = base.iloc[0]
@@ -101,22 +103,14 @@ def _side_table(summary: pd.DataFrame, metric: str) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def analysis_sections(out: str | Path) -> list[tuple[str, str]]:
-    """The sections ``tomsparse analyze`` left for this run's report (RUN_DIR/analysis), if any."""
-    path = Path(out).parent / "analysis" / "report_sections.json"
-    if not path.is_file():
-        return []
-    return [(str(title), str(body)) for title, body in json.loads(path.read_text(encoding="utf-8"))]
-
-
 GAP_METRICS = ("belief_gap_margin", "belief_gap_accuracy", "bias_shift")
 SPECIFICITY_CAPTION = (
     "Every point and seed group of the sweep: x = log(perplexity / baseline perplexity) "
     "(0 = unchanged, 0.69 = doubled); left, the false-belief margin change (bias-adjusted), "
     "right, the belief gap (false-belief minus true-belief control margin change), both paired "
     "per prompt against the unperturbed model and averaged over the families named in the "
-    "title (those above chance at baseline, else all). Error bars: 95% task-cluster bootstrap "
-    "intervals (seeds resampled too for a seed group); labels: m. Below 0 = damage; a "
+    "title (those that pass their own controls, else all). Error bars: 95% t-intervals over "
+    "clusters (with the seed-to-seed variance for a seed group); labels: m. Below 0 = damage; a "
     "ToM-specific mask sits low on the left, near x = 0, and low on the right.")
 
 
@@ -128,11 +122,12 @@ def line_plots(out: Path, summary: pd.DataFrame, metric: str, label: str
     seeds; perplexity is drawn on a log axis."""
     kinds = (("margin", "accuracy") if metric == "tom_margin"
              else ("cell_accuracy", "cell_accuracy"))
-    specs = ((metric, label, "ToM vs m", "plot_tom_metric.png", kinds[0]),
+    folder = SweepFolder(out)
+    specs = ((metric, label, "ToM vs m", folder.plot("tom_metric"), kinds[0]),
              ("tom_accuracy", "ToM accuracy" if metric != "tom_margin" else
-              "ToM prompt accuracy", "ToM accuracy vs m", "plot_tom_accuracy.png", kinds[1]))
+              "ToM prompt accuracy", "ToM accuracy vs m", folder.plot("tom_accuracy"), kinds[1]))
     plots, notes = [], []
-    for column, ylabel, title, name, kind in specs:
+    for column, ylabel, title, path, kind in specs:
         levels = safe_level_intervals(out, kind)
         if levels is not None and not levels.empty:
             n, k = int(levels["n_tasks"].max()), int(levels["n_seeds"].max())
@@ -156,10 +151,10 @@ def line_plots(out: Path, summary: pd.DataFrame, metric: str, label: str
             if not notes:
                 notes.append("ToM plots: no per-prompt tables in points/, so no intervals of "
                              "the level; the shaded band is the min-max over seeds.")
-        plots.append(plot_levels(levels, out / name, ylabel=ylabel,
+        plots.append(plot_levels(levels, path, ylabel=ylabel,
                                  title=title, band=band, interval=interval))
     ppl = levels_from_summary(summary, "perplexity")
-    plots.append(plot_levels(ppl, out / "plot_perplexity.png", ylabel="perplexity (log axis)",
+    plots.append(plot_levels(ppl, folder.plot("perplexity"), ylabel="perplexity (log axis)",
                              title="Perplexity vs m", log_y=True, band="min-max over seeds"))
     notes.append("Perplexity: one value per point (no interval), on a log axis; the band is "
                  "the min-max over seeds.")
@@ -170,25 +165,24 @@ def specificity_section(out: Path) -> str:
     """The verdicts on whether the effect is specific to ToM (from the sweep's
     specificity_*.csv, see ``tomsparse.sweep.specificity``), with the chance check and the
     belief gaps behind them; empty when the sweep has no baseline point."""
-    verdicts_csv, baseline_csv = out / "specificity_verdicts.csv", out / "specificity_baseline.csv"
+    folder = SweepFolder(out)
+    verdicts_csv, baseline_csv = folder.specificity("verdicts"), folder.specificity("baseline")
     if not verdicts_csv.is_file():
         return ""
-    verdicts = pd.read_csv(verdicts_csv)
-    items = "".join(f"<li><b>{html.escape(str(v.status))}</b>: {html.escape(str(v.sentence))}</li>"
-                    for v in verdicts.itertuples())
-    parts = [f"<ul>{items}</ul>"]
+    parts = []
     plot = plot_specificity(out)
     if plot is not None:
         parts.append(embed_png(plot) + f"<p>{html.escape(SPECIFICITY_CAPTION)}</p>")
     if baseline_csv.is_file():
         base = pd.read_csv(baseline_csv)
-        cols = [c for c in ("family", "n_tasks", "n_prompts", "tom_accuracy", "tom_accuracy_lo",
-                            "tom_accuracy_hi", "control_accuracy", "state", "weak_controls")
+        cols = [c for c in ("family", "n_tasks", "n_prompts", "n_clusters", "tom_accuracy",
+                            "tom_accuracy_lo", "tom_accuracy_hi", "tom_margin", "tom_margin_lo",
+                            "tom_margin_hi", "control_accuracy", "weak_controls", "gate_reason")
                 if c in base]
-        parts.append("<h3>Baseline on the false-belief prompts (chance check)</h3>"
+        parts.append("<h3>Baseline levels (95% t-intervals over clusters)</h3>"
                      + base[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}",
                                           na_rep=""))
-    matched_csv = out / "specificity_matched.csv"
+    matched_csv = folder.specificity("matched")
     if matched_csv.is_file():
         matched = pd.read_csv(matched_csv)
         if not matched.empty:
@@ -198,14 +192,15 @@ def specificity_section(out: Path) -> str:
     family = family_section(out)
     if family:
         parts.append(family)
-    points_csv = out / "specificity.csv"
+    points_csv = folder.specificity("points")
     if points_csv.is_file():
         table = pd.read_csv(points_csv)
         table = table[table["metric"].isin(GAP_METRICS)]
         cols = [c for c in ("label", "family", "metric", "value", "lo", "hi", "n_tasks",
                             "n_prompts", "ppl_change") if c in table]
         parts.append("<h3>Belief gap (false-belief change minus true-belief control change, "
-                     "paired per prompt; 95% task-bootstrap interval) and answer-bias shift</h3>"
+                     "paired per prompt; 95% t-interval over clusters, not corrected for "
+                     "multiplicity) and answer-bias shift</h3>"
                      + table[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}",
                                            na_rep=""))
     return "\n".join(parts)
@@ -214,10 +209,11 @@ def specificity_section(out: Path) -> str:
 def family_section(out: Path) -> str:
     """The mask family (difference variants with p >= q and massive channels left out) as a
     table with its Pareto front and the goal's answer; empty with fewer than two members."""
-    if not (out / "specificity.csv").is_file():
+    folder = SweepFolder(out)
+    if not folder.specificity("points").is_file():
         return ""
-    tables = {"points": pd.read_csv(out / "specificity.csv"),
-              "baseline": pd.read_csv(out / "specificity_baseline.csv")}
+    tables = {"points": pd.read_csv(folder.specificity("points")),
+              "baseline": pd.read_csv(folder.specificity("baseline"))}
     frame = family_table(tables)
     if len(frame) < 2 or frame["mode"].nunique() < 2:
         return ""
@@ -237,21 +233,20 @@ def family_section(out: Path) -> str:
 
 
 def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
-                 extra_sections=None) -> Path:
-    """Render ``out/report.html``. ``extra_sections`` ((title, html) pairs) default to the
-    mechanistic analyses written beside the sweep folder, so a re-rendered report keeps them."""
+                 extra_sections: Sequence[tuple[str, str]] = ()) -> Path:
+    """Render the sweep folder's report (``SweepFolder.report``). ``extra_sections`` ((title,
+    html) pairs, e.g. the mechanistic analyses of a run: ``RunFolder.read_report_sections``)
+    are handed in by the caller and shown after the tables."""
     out = Path(out)
-    if extra_sections is None:
-        extra_sections = analysis_sections(out)
-    summary = summary.copy()
-    metric, label = tom_column(summary)
+    folder = SweepFolder(out)
+    summary, metric, label = with_tom_columns(summary)
     plots, caption = line_plots(out, summary, metric, label)
     diff = summary[summary["mode"] == "difference"]
     if not diff.empty:
         top = diff["m"].max()
-        mfile = out / "points" / f"{point_label('difference', 0, top)}_masks.csv"
+        mfile = folder.point_masks(point_label("difference", 0, top))
         if mfile.exists():
-            plots.append(_plot_masks(pd.read_csv(mfile), top, out / "plot_masks_per_layer.png"))
+            plots.append(_plot_masks(pd.read_csv(mfile), top, folder.plot("masks")))
     text = reading(summary, metric)
     cols = [c for c in ["mode", "seed", "m", "masked", "perplexity", "tom_margin", "tom_accuracy",
                         "unexpected_percent_mean", "transfer_percent_mean", "irony_percent_mean",
@@ -261,9 +256,12 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
     side = _side_table(summary, metric)
     opts = html.escape(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     sections = "\n".join(f"<h3>{html.escape(t)}</h3>\n{h}" for t, h in extra_sections)
+    model = str(manifest.get("model", ""))
+    claims = claims_section(out, model)
     verdict = specificity_section(out)
-    verdict = f"<h2>Is the effect specific to ToM?</h2>{verdict}" if verdict else ""
-    body = f"""<h1>tomsparse report: {html.escape(str(manifest.get('model', '')))}</h1>
+    verdict = f"<h2>Is the effect specific to ToM? The evidence</h2>{verdict}" if verdict else ""
+    body = f"""<h1>tomsparse report: {html.escape(model)}</h1>
+{claims}
 {verdict}
 <h2>Family-level reading (all conditions pooled; not a specificity test)</h2>
 <p>{html.escape(text)}</p>
@@ -272,4 +270,4 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
 <h2>Summary table</h2>{table}
 {sections}
 <h2>Run options and manifest</h2><pre>{opts}</pre>"""
-    return write_page(out / "report.html", "tomsparse report", body)
+    return write_page(folder.report, "tomsparse report", body)

@@ -281,6 +281,26 @@ def scores_identity(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def story_hashes(manifest: dict) -> list[str] | None:
+    """The story hashes of a ToM score store's prompts (``tomsparse.data.overlap``), one per
+    score sample in selection order, from ``manifest["data"]["story_sha256"]``; None when the
+    store has none (written before they were recorded, imported reference chunks, generic
+    windows). A value that is not a list of SHA-256 hex strings is a damaged manifest."""
+    data = manifest.get("data")
+    value = data.get("story_sha256") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and _SHA256_HEX.match(v)
+                                              for v in value):
+        raise UserError(f"score store of {manifest.get('model', '?')}: field "
+                        f"data.story_sha256 of its {MANIFEST} is not a list of SHA-256 hex "
+                        f"strings; the manifest is damaged: recompute the store")
+    return list(value)
+
+
 def _describe_target(model):
     """(ModelDescription | None, fingerprint | None) from a LoadedModel, an nn.Module, a
     ModelDescription or a fingerprint string."""

@@ -18,12 +18,20 @@ digits, so a point's label (``<mode>_s0_m<m:.4e>``) names it exactly.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
+
+from tomsparse.manifest import write_json
+from tomsparse.sweep.folder import BASELINE_LABEL, point_label
 
 FLOOR = 0.005  # a perplexity change of half a percent is as close as any match needs to be
 GROWTH = 4.0
+# Controls whose size can be searched, with the search's first size (a multiple of the
+# target's m) and its bounds (fractions of each matrix).
+MATCHABLE = {"generic-only": (1.0, 0.05), "random-fraction": (100.0, 0.5)}
 
 
 def round_size(x: float) -> float:
@@ -123,3 +131,66 @@ def search_size(measure: Callable[[float], float], *, baseline: float, target: f
                 fb /= 2
             side = 1
     return result()
+
+
+# ----------------------------------------------------------------------------- in a sweep
+# ``sweep`` below is the runner's shared state (``sweep.runner``): its folder, config, log,
+# claims, ``masks(mode, seed, m)``, ``perplexity(masks)`` and ``point(mode, seed, m, extra)``.
+
+def match_controls(sweep, targets: list[dict]) -> dict:
+    """For every target point (a difference point's record), each control of
+    ``cfg.matched_controls`` searched and, when matched, evaluated; written to the folder's
+    ``SweepFolder.matched`` and returned."""
+    cfg, found = sweep.cfg, {}
+    for target in targets:
+        found[point_label("difference", 0, target["m"])] = {
+            "mode": "difference", "m": target["m"], "seed": 0,
+            "perplexity": target["perplexity"],
+            "controls": [_matched_control(sweep, target, mode)
+                         for mode in cfg.matched_controls]}
+    data = {"tolerance": cfg.match_tolerance, "floor": FLOOR, "targets": found}
+    write_json(sweep.folder.matched, data)
+    return data
+
+
+def _matched_control(sweep, target: dict, mode: str) -> dict:
+    """Search the size of ``mode`` whose perplexity change matches ``target``'s, evaluate it
+    in full when matched; the control's entry (kept in ``search/``, so a resumed or shared
+    sweep searches once)."""
+    tlabel = point_label(target["mode"], target["seed"], target["m"])
+    done = sweep.folder.search_result(tlabel, mode)
+    entry = sweep.claims.compute_once(f"search_{tlabel}_{mode}", done,
+                                      lambda: _search(sweep, target, mode, done))
+    if entry["matched"]:
+        sweep.point(mode, 0, entry["m"], extra={"matched_to": tlabel})
+    return entry
+
+
+def _search(sweep, target: dict, mode: str, done: Path) -> dict:
+    cfg, folder = sweep.cfg, sweep.folder
+    base = json.loads(folder.point_record(BASELINE_LABEL).read_text())
+    ppl0 = base["perplexity"]
+    start, high = MATCHABLE[mode]
+    tlabel = point_label(target["mode"], target["seed"], target["m"])
+    folder.search_dir.mkdir(exist_ok=True)
+
+    def measure(size: float) -> float:
+        path = folder.search_point(mode, size)
+        if path.exists():
+            return json.loads(path.read_text())["perplexity"]
+        ppl = sweep.perplexity(sweep.masks(mode, 0, size)).perplexity
+        write_json(path, {"mode": mode, "seed": 0, "m": size, "perplexity": ppl})
+        return ppl
+
+    res = search_size(measure, baseline=ppl0, target=target["perplexity"] / ppl0 - 1,
+                      start=target["m"] * start, low=target["m"] / 100, high=high,
+                      tolerance=cfg.match_tolerance, steps=cfg.match_steps)
+    entry = {"mode": mode, "m": res.size, "seed": 0, "label": point_label(mode, 0, res.size),
+             "perplexity": res.perplexity, "ppl_change": res.change,
+             "matched": res.matched, "search": [list(t) for t in res.trace]}
+    sweep.log(f"[tomsparse] damage-matched {mode} for {tlabel} "
+              f"({target['perplexity'] / ppl0 - 1:+.0%} perplexity): m = {res.size:.3g} "
+              f"gives {res.change:+.0%} after {len(res.trace)} perplexity evaluation(s)"
+              + ("" if res.matched else " - not within the tolerance; not evaluated"))
+    write_json(done, entry)
+    return entry

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.data.corpora import load_corpus
+from tomsparse.data.overlap import check_overlap
 from tomsparse.data.tasks import load_tasks
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
@@ -34,16 +35,20 @@ from tomsparse.lm.activations import massive_channels
 from tomsparse.lm.batching import context_length, pad_token_id, progress_bar
 from tomsparse.manifest import build_manifest, write_csv, write_json
 from tomsparse.masks import (
+    DEFAULT_RANDOM_SEEDS,
+    SEEDED_MODES,
     build_rankings,
     check_m_values,
     mask_stats,
     masks_for,
+    mode_seeds,
     parse_mode,
 )
 from tomsparse.perturb import PERTURBATIONS, perturbed
+from tomsparse.scores.store import story_hashes
 from tomsparse.sweep.claims import Claims
-from tomsparse.sweep.matched import FLOOR, search_size
-from tomsparse.sweep.specificity import m_tag, point_label
+from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
+from tomsparse.sweep.matched import MATCHABLE, match_controls
 from tomsparse.sweep.summary import collect
 
 
@@ -51,7 +56,7 @@ from tomsparse.sweep.summary import collect
 class SweepConfig:
     m_values: list[float]
     modes: list[str] = field(default_factory=lambda: ["difference", "random", "tom-only"])
-    random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    random_seeds: list[int] = field(default_factory=lambda: list(DEFAULT_RANDOM_SEEDS))
     perturbation: str = "mean"
     scale: float = 0.0
     reference_ties: bool = False
@@ -75,6 +80,8 @@ class SweepConfig:
     match_tolerance: float = 0.10
     match_steps: int = 8
     match_m: list[float] | None = None  # the difference points to match (None: all)
+    # evaluate on tasks that share stories with the ToM score prompts (data.overlap)
+    allow_overlap: bool = False
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -94,10 +101,11 @@ class SweepConfig:
         if self.answer_rule not in ANSWER_RULES:
             raise UserError(f"unknown answer rule {self.answer_rule!r}; choose from "
                             f"{', '.join(ANSWER_RULES)}")
-        for name in ("reps", "batch_size", "ppl_seqlen", "match_steps"):
+        options = {"reps": "--reps", "batch_size": "--batch-size",
+                   "ppl_seqlen": "--ppl-seqlen", "match_steps": "--match-steps"}
+        for name, option in options.items():
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got "
-                                f"{getattr(self, name)}")
+                raise UserError(f"{option} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.match_tolerance < 1:
             raise UserError(f"--match-tolerance must lie in (0, 1) (a fraction of the "
                             f"perplexity change), got {self.match_tolerance}")
@@ -109,8 +117,26 @@ class SweepConfig:
         if self.seed < 0 or any(x < 0 for x in self.random_seeds):
             raise UserError(f"seeds must be 0 or more (numpy refuses negative seeds), got "
                             f"--seed {self.seed}, --random-seeds {self.random_seeds}")
-        if "random" in self.modes and not self.random_seeds:
-            raise UserError("the random control needs at least one seed (--random-seeds 0,1)")
+        seeded = [m for m in self.modes if parse_mode(m).base in SEEDED_MODES]
+        if seeded and not self.random_seeds:
+            raise UserError(f"the random control {seeded[0]} needs at least one seed "
+                            "(--random-seeds 0,1)")
+        self.m_values = check_m_values(self.m_values)
+        if self.matched_controls and self.match_m is not None:
+            positive = [m for m in self.m_values if m > 0]
+            missing = [x for x in self.match_m if not any(math.isclose(x, m) for m in positive)]
+            if missing:
+                raise UserError(f"--match-m {', '.join(f'{x:g}' for x in missing)} is not "
+                                f"among the sweep's m values > 0 "
+                                f"({', '.join(f'{m:g}' for m in positive)})")
+
+    def check_export(self, export_m: float | None) -> None:
+        """``--export-model`` must name one of the sweep's m values > 0."""
+        ms = self.m_values
+        if export_m is not None and not any(m > 0 and abs(m - export_m) <= 1e-12 * max(m, 1e-30)
+                                            for m in ms):
+            raise UserError(f"--export-model {export_m:g} is not one of the sweep's m values "
+                            f"> 0 ({', '.join(f'{m:g}' for m in ms if m > 0) or 'none'})")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -118,12 +144,9 @@ class SweepConfig:
 
 # Options added after sweep folders already existed, with the value those folders ran with:
 # a folder whose recorded config lacks one of them resumes as if it had recorded it.
-_ADDED_OPTIONS = {"ppl_protocol": "tomsparse", "answer_rule": "tomsparse"}
+_ADDED_OPTIONS = {"ppl_protocol": "tomsparse", "answer_rule": "tomsparse",
+                  "allow_overlap": False}
 
-
-# Controls whose size can be searched (sweep.matched), with the search's first size (a
-# multiple of the target's m) and its bounds (fractions of each matrix).
-MATCHABLE = {"generic-only": (1.0, 0.05), "random-fraction": (100.0, 0.5)}
 
 
 def m_grid(m_start: float, m_end: float, m_step: float) -> list[float]:
@@ -140,22 +163,17 @@ def m_grid(m_start: float, m_end: float, m_step: float) -> list[float]:
 
 
 def _points(cfg: SweepConfig) -> list[tuple[str, int, float]]:
-    pts = [("none", 0, 0.0)] if 0.0 in cfg.m_values else []
+    pts = [(BASELINE_MODE, 0, 0.0)] if 0.0 in cfg.m_values else []
     for m in (m for m in cfg.m_values if m > 0):
         for mode in cfg.modes:
-            seeds = cfg.random_seeds if parse_mode(mode).base == "random" else [0]
-            pts += [(mode, s, m) for s in seeds]
+            pts += [(mode, s, m) for s in mode_seeds(mode, cfg.random_seeds)]
     return pts
-
-
-# Seconds between looks at points that other processes hold.
-POLL_SECONDS = 2.0
 
 
 def _check_folder(out: Path, manifest: dict, claims: Claims, log=print) -> bool:
     """Whether the folder's manifest must be (re)written: refuses a folder written with other
     options, unless it holds no finished point and nobody is working in it."""
-    path = out / "sweep_manifest.json"
+    path = SweepFolder(out).manifest
     if not path.exists():
         return True
     try:
@@ -191,7 +209,7 @@ def _check_folder(out: Path, manifest: dict, claims: Claims, log=print) -> bool:
 
 def _unused(out: Path, claims: Claims) -> bool:
     """No finished point and no other live process: the folder may start afresh."""
-    return not any((out / "points").glob("*.json")) and not claims.any_live_other()
+    return not SweepFolder(out).has_points() and not claims.any_live_other()
 
 
 class _Sweep:
@@ -199,9 +217,10 @@ class _Sweep:
     rankings (deepened on demand), the massive-activation channels and the matrices' sums."""
 
     def __init__(self, lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: Path,
-                 log=print):
+                 log=print, take_over: bool = False):
         self.lm, self.cfg, self.out, self.log = lm, cfg, out, log
-        self.claims = Claims(out / "claims")
+        self.folder = SweepFolder(out)
+        self.claims = Claims(self.folder.claims_dir, take_over=take_over, log=log)
         self.tom_scores, self.gen_scores = tom_scores, gen_scores
         self.names = [m.name for m in lm.description.matrices]
         self.factor = max([parse_mode(x).generic_factor for x in cfg.modes] + [1.0])
@@ -211,6 +230,12 @@ class _Sweep:
                                        generic_factor=self.factor)
         taskset = load_tasks(cfg.tasks)
         self.taskset = taskset.head(cfg.task_limit) if cfg.task_limit else taskset
+        # score prompts and evaluation prompts must not share a story (refused unless allowed)
+        manifest = getattr(tom_scores, "manifest", None)
+        self.overlap = check_overlap(story_hashes(manifest) if isinstance(manifest, dict)
+                                     else None, self.taskset.prompts(),
+                                     allow=cfg.allow_overlap,
+                                     where=f"--tasks {cfg.tasks} vs the ToM score store")
         self.corpus = load_corpus(cfg.corpus)
         self.ppl_ids = tokenize_corpus(lm.tokenizer, self.corpus, cfg.ppl_max_tokens,
                                        cfg.ppl_protocol)
@@ -227,28 +252,9 @@ class _Sweep:
     def prepare(self) -> None:
         """What needs the sweep folder: the massive-activation channels of -x masks."""
         n = max([parse_mode(x).exclude_channels for x in self.cfg.modes] + [0])
-        self.channels = self._massive_channels(n) if n else None
-
-    def _massive_channels(self, n: int) -> list[int]:
-        """Found once per sweep folder (a forward pass over 8 windows of the perplexity
-        tokens) and kept in massive_channels.json beside the points."""
-        path = self.out / "massive_channels.json"
-        if path.exists():
-            found = json.loads(path.read_text())["channels"]
-            if len(found) >= n:
-                return [c["channel"] for c in found][:n]
-        ids = self.ppl_ids.tolist()
-        bos = getattr(self.lm.tokenizer, "bos_token_id", None)
-        windows = [([bos] if bos is not None else []) + ids[i:i + 255]
-                   for i in range(0, min(len(ids), 8 * 255), 255)]
-        found = massive_channels(self.lm.model, self.lm.description, windows,
-                                 pad_token_id(self.lm.tokenizer), n)
-        write_json(path, {"channels": found, "windows": len(windows), "tokens_per_window": 256,
-                          "how": "largest |h| of a channel over tokens / the block's median "
-                                 "|h|, maximum over blocks (lm.activations)"})
-        self.log("[tomsparse] massive-activation channels left out by -x masks: "
-                 + ", ".join(f"{c['channel']} ({c['score']:.0f}x median)" for c in found))
-        return [c["channel"] for c in found]
+        self.channels = (cached_massive_channels(self.lm, self.ppl_ids,
+                                                 self.folder.massive_channels, n, self.log)
+                         if n else None)
 
     def rankings_for(self, m: float) -> dict:
         if m > self.depth:  # a damage-matched search went past the sweep's m values
@@ -263,37 +269,26 @@ class _Sweep:
                          reference_ties=self.cfg.reference_ties, channels=self.channels)
 
     def perplexity(self, masks: dict) -> PerplexityResult:
+        """The perplexity of the model perturbed with ``masks`` (restored afterwards)."""
         lm, cfg = self.lm, self.cfg
         with perturbed(lm.description.matrices, masks, mode=cfg.perturbation, scale=cfg.scale,
                        totals=self.sums):
-            return perplexity(lm.model, lm.tokenizer, self.corpus, seqlen=cfg.ppl_seqlen,
-                              token_ids=self.ppl_ids, batch_size=2, protocol=cfg.ppl_protocol)
+            return self._perplexity_as_is()
+
+    def _perplexity_as_is(self) -> PerplexityResult:
+        """The one perplexity call of a sweep: the model as it is now."""
+        lm, cfg = self.lm, self.cfg
+        return perplexity(lm.model, lm.tokenizer, self.corpus, seqlen=cfg.ppl_seqlen,
+                          token_ids=self.ppl_ids, batch_size=2, protocol=cfg.ppl_protocol)
 
     def point(self, mode: str, seed: int, m: float, extra: dict | None = None,
               wait: bool = True) -> dict | None:
         """One point's record: read when it exists, else computed under a claim. A point
         another process holds is waited for (``wait``) or skipped (None)."""
         name = point_label(mode, seed, m)
-        done = self.out / "points" / f"{name}.json"
-        return self.claimed(name, done, lambda: self._compute_point(mode, seed, m, done, extra),
-                            wait)
-
-    def claimed(self, item: str, done: Path, compute, wait: bool = True) -> dict | None:
-        """``done``'s record, computing it under a claim on ``item`` when it is missing; while
-        another live process holds the claim, wait for its record (or return None)."""
-        while True:
-            if done.exists():
-                return json.loads(done.read_text())
-            if self.claims.acquire(item):
-                try:
-                    if done.exists():  # finished by its holder just before we claimed it
-                        return json.loads(done.read_text())
-                    return compute()
-                finally:
-                    self.claims.release(item)
-            if not wait:
-                return None
-            time.sleep(POLL_SECONDS)
+        done = self.folder.point_record(name)
+        return self.claims.compute_once(
+            name, done, lambda: self._compute_point(mode, seed, m, done, extra), wait)
 
     def _compute_point(self, mode: str, seed: int, m: float, done: Path,
                        extra: dict | None) -> dict:
@@ -308,25 +303,24 @@ class _Sweep:
             result = evaluate(lm.model, lm.tokenizer, self.taskset, scoring=cfg.scoring,
                               reps=cfg.reps, seed=cfg.seed, batch_size=cfg.batch_size, m=m,
                               model_name=lm.name, answer_rule=cfg.answer_rule)
-            ppl = perplexity(lm.model, lm.tokenizer, self.corpus, seqlen=cfg.ppl_seqlen,
-                             token_ids=self.ppl_ids, batch_size=2, protocol=cfg.ppl_protocol)
+            ppl = self._perplexity_as_is()
             t_r = time.time()
         t_restore = time.time() - t_r
         stats = (pd.DataFrame(mask_stats(masks, self.rankings, m,
                                          parse_mode(mode).generic_factor))
                  if masks else pd.DataFrame())
         # The prompt text is the same at every point: only the baseline keeps it.
-        table = result.table if mode == "none" else result.table.drop(columns=["prompt"],
-                                                                      errors="ignore")
-        write_csv(out / "points" / f"{name}_prompts.csv", table)
-        write_csv(out / "points" / f"{name}_metrics.csv", result.metrics)
+        table = (result.table if mode == BASELINE_MODE
+                 else result.table.drop(columns=["prompt"], errors="ignore"))
+        write_csv(self.folder.point_prompts(name), table)
+        write_csv(self.folder.point_metrics(name), result.metrics)
         if not stats.empty:
-            write_csv(out / "points" / f"{name}_masks.csv", stats)
-        if mode in ("difference", "none"):
+            write_csv(self.folder.point_masks(name), stats)
+        if mode in ("difference", BASELINE_MODE):
             # The reference's layout, for its summarize step: tom/<rep>/<m>/<task>/results.csv
-            write_reference_results(out / "tom", result.reference_results(), m)
+            write_reference_results(self.folder.tom_dir, result.reference_results(), m)
         record = {"mode": mode, "seed": seed, "m": m, "perplexity": ppl.perplexity,
-                  "ppl_windows": ppl.windows,
+                  "ppl_windows": ppl.windows, "ppl_unit_losses": ppl.unit_losses,
                   "masked": int(sum(x.numel() for x in masks.values())),
                   "seconds": round(time.time() - t0, 2),
                   "mask_seconds": round(t_mask - t0, 4),
@@ -335,76 +329,50 @@ class _Sweep:
         write_json(done, record)
         return record
 
-    def matched_control(self, target: dict, mode: str) -> dict:
-        """Search the size of ``mode`` whose perplexity change matches ``target``'s (a point
-        record), evaluate it in full when matched; the control's entry for matched.json (kept
-        in ``search/``, so a resumed or shared sweep searches once)."""
-        tlabel = point_label(target["mode"], target["seed"], target["m"])
-        done = self.out / "search" / f"{tlabel}_{mode}.result.json"
-        entry = self.claimed(f"search_{tlabel}_{mode}", done,
-                             lambda: self._search(target, mode, done))
-        if entry["matched"]:
-            self.point(mode, 0, entry["m"], extra={"matched_to": tlabel})
-        return entry
 
-    def _search(self, target: dict, mode: str, done: Path) -> dict:
-        cfg, out = self.cfg, self.out
-        base = json.loads((out / "points" / f"{point_label('none', 0, 0.0)}.json").read_text())
-        ppl0 = base["perplexity"]
-        start, high = MATCHABLE[mode]
-        tlabel = point_label(target["mode"], target["seed"], target["m"])
-        cache_dir = out / "search"
-        cache_dir.mkdir(exist_ok=True)
-
-        def measure(size: float) -> float:
-            path = cache_dir / f"{point_label(mode, 0, size)}.json"
-            if path.exists():
-                return json.loads(path.read_text())["perplexity"]
-            ppl = self.perplexity(self.masks(mode, 0, size)).perplexity
-            write_json(path, {"mode": mode, "seed": 0, "m": size, "perplexity": ppl})
-            return ppl
-
-        res = search_size(measure, baseline=ppl0, target=target["perplexity"] / ppl0 - 1,
-                          start=target["m"] * start, low=target["m"] / 100, high=high,
-                          tolerance=cfg.match_tolerance, steps=cfg.match_steps)
-        entry = {"mode": mode, "m": res.size, "seed": 0, "label": point_label(mode, 0, res.size),
-                 "perplexity": res.perplexity, "ppl_change": res.change,
-                 "matched": res.matched, "search": [list(t) for t in res.trace]}
-        self.log(f"[tomsparse] damage-matched {mode} for {tlabel} "
-                 f"({target['perplexity'] / ppl0 - 1:+.0%} perplexity): m = {res.size:.3g} "
-                 f"gives {res.change:+.0%} after {len(res.trace)} perplexity evaluation(s)"
-                 + ("" if res.matched else " - not within the tolerance; not evaluated"))
-        write_json(done, entry)
-        return entry
+def cached_massive_channels(lm, ppl_ids, path: Path, n: int, log=print) -> list[int]:
+    """The ``n`` massive-activation channels, found once per sweep folder (a forward pass over
+    8 windows of the perplexity tokens) and kept in ``path`` beside the points."""
+    if path.exists():
+        found = json.loads(path.read_text())["channels"]
+        if len(found) >= n:
+            return [c["channel"] for c in found][:n]
+    ids = ppl_ids.tolist()
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    windows = [([bos] if bos is not None else []) + ids[i:i + 255]
+               for i in range(0, min(len(ids), 8 * 255), 255)]
+    found = massive_channels(lm.model, lm.description, windows,
+                             pad_token_id(lm.tokenizer), n)
+    write_json(path, {"channels": found, "windows": len(windows), "tokens_per_window": 256,
+                      "how": "largest |h| of a channel over tokens / the block's median "
+                             "|h|, maximum over blocks (lm.activations)"})
+    log("[tomsparse] massive-activation channels left out by -x masks: "
+        + ", ".join(f"{c['channel']} ({c['score']:.0f}x median)" for c in found))
+    return [c["channel"] for c in found]
 
 
 def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str | Path,
               scores_ids: tuple[str, str] = ("", ""), export_m: float | None = None,
               progress: bool = True, log=print, scores_info: dict | None = None,
-              tables: bool = True) -> pd.DataFrame | None:
+              tables: bool = True, take_over: bool = False, rules=None
+              ) -> pd.DataFrame | None:
     """Run (or resume) a sweep; returns the per-point summary frame (written with the tables
-    when ``tables``; without, None: another process of the same sweep writes them)."""
+    when ``tables``; without, None: another process of the same sweep writes them).
+    ``rules``: the verdicts' decision rules (``sweep.verdicts.VerdictRules``; None: the
+    folder's kept ones, else the defaults)."""
 
     out = Path(out)
-    ms = check_m_values(cfg.m_values)
-    cfg.m_values = ms
-    if export_m is not None and not any(m > 0 and abs(m - export_m) <= 1e-12 * max(m, 1e-30)
-                                        for m in ms):
-        raise UserError(f"--export-model {export_m:g} is not one of the sweep's m values > 0 "
-                        f"({', '.join(f'{m:g}' for m in ms if m > 0) or 'none'})")
-    if cfg.matched_controls and cfg.match_m is not None:
-        missing = [x for x in cfg.match_m if not any(math.isclose(x, m) for m in ms if m > 0)]
-        if missing:
-            raise UserError(f"--match-m {', '.join(f'{x:g}' for x in missing)} is not among "
-                            f"the sweep's m values > 0 ({', '.join(f'{m:g}' for m in ms if m > 0)})")
+    ms = cfg.m_values = check_m_values(cfg.m_values)  # a config changed after it was made
+    cfg.check_export(export_m)
     manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
                               config=cfg.as_dict(), scores_tom_sha=scores_ids[0],
                               scores_generic_sha=scores_ids[1], scores=scores_info or {})
     # Every input is read and checked (tasks, corpus, rankings) before anything is written.
-    sweep = _Sweep(lm, tom_scores, gen_scores, cfg, out, log=log)
+    sweep = _Sweep(lm, tom_scores, gen_scores, cfg, out, log=log, take_over=take_over)
+    manifest["overlap"] = sweep.overlap
     claims = sweep.claims
     fresh = _check_folder(out, manifest, claims, log)
-    (out / "points").mkdir(parents=True, exist_ok=True)
+    sweep.folder.points_dir.mkdir(parents=True, exist_ok=True)
     if not claims.any_live_other():  # else their temporaries are in use
         for stale in out.rglob(".*.tmp"):  # left by a killed run mid-write (see atomic_path)
             if stale.is_dir():
@@ -412,7 +380,7 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
             else:
                 stale.unlink()
     if fresh:
-        write_json(out / "sweep_manifest.json", manifest)
+        write_json(sweep.folder.manifest, manifest)
     sweep.prepare()
     points = _points(cfg)
     bar = progress_bar(len(points), "sweep", "point", enabled=progress)
@@ -424,8 +392,7 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
                 held.append(key)
             else:
                 bar.update()
-        if held:
-            log(f"[tomsparse] waiting for {len(held)} point(s) other processes are computing")
+        claims.wait_for([point_label(*key) for key in held], log)
         for key in held:
             records[key] = sweep.point(*key)
             bar.update()
@@ -437,23 +404,15 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
         log("[tomsparse] no damage-matched controls: they are matched to the baseline's "
             "perplexity change, and the m values have no 0 (the baseline)")
     elif cfg.matched_controls and targets:
-        found = {}
-        for target in targets:
-            found[point_label("difference", 0, target["m"])] = {
-                "mode": "difference", "m": target["m"], "seed": 0,
-                "perplexity": target["perplexity"],
-                "controls": [sweep.matched_control(target, mode)
-                             for mode in cfg.matched_controls]}
-        write_json(out / "matched.json", {"tolerance": cfg.match_tolerance,
-                                          "floor": FLOOR, "targets": found})
+        match_controls(sweep, targets)
     if export_m is not None and claims.acquire("export"):
         try:
             m = min((x for x in ms if x > 0), key=lambda x: abs(x - export_m))
-            export_perturbed_model(lm, sweep.rankings, cfg, m, out / f"model_m{m_tag(m)}",
+            export_perturbed_model(lm, sweep.rankings, cfg, m, sweep.folder.export_dir(m),
                                    sweep.sums, log)
         finally:
             claims.release("export")
-    return collect(out) if tables else None
+    return collect(out, rules=rules) if tables else None
 
 
 def export_perturbed_model(lm, rankings, cfg: SweepConfig, m: float, folder: Path,

@@ -5,7 +5,6 @@ and the controls, random as mean and sd over seeds), and the headline ToM column
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,65 +12,19 @@ import pandas as pd
 from tomsparse.errors import UserError
 from tomsparse.manifest import write_csv
 from tomsparse.masks import MODES
+from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder
 from tomsparse.sweep.reference import reference_summary
-from tomsparse.sweep.specificity import write_specificity
-
-POINT_FIELDS = ("mode", "seed", "m", "perplexity", "masked")
+from tomsparse.sweep.specificity_tables import write_specificity
 
 
-def _damaged(path: Path, point: Path, problem: str) -> UserError:
-    """The one line for a damaged point: what is wrong, and how to have it recomputed."""
-    stem = point.stem
-    return UserError(f"{path}: {problem}; the sweep point {stem} is damaged: delete its files "
-                     f"({point.parent}/{stem}.json and {stem}_*.csv) and run the same "
-                     "`tomsparse sweep` again to recompute it (or rerun the whole sweep)")
-
-
-def read_point(path: Path) -> tuple[dict, pd.DataFrame]:
-    """A finished point's record and its metrics table, checked: a damaged or missing file is
-    a UserError naming it and the fix."""
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise _damaged(path, path, "not valid JSON (not UTF-8 text)") from None
-    except json.JSONDecodeError as exc:
-        raise _damaged(path, path, f"not valid JSON ({exc.msg} at line {exc.lineno} column "
-                                   f"{exc.colno})") from None
-    if not isinstance(info, dict):
-        raise _damaged(path, path, f"holds a JSON {type(info).__name__}, not a point record")
-    missing = [k for k in POINT_FIELDS if k not in info]
-    if missing:
-        raise _damaged(path, path, f"not a point record (no {', '.join(missing)})")
-    try:
-        info["m"], info["seed"] = float(info["m"]), int(info["seed"])
-        info["perplexity"], info["masked"] = float(info["perplexity"]), int(info["masked"])
-    except (TypeError, ValueError):
-        raise _damaged(path, path, "a field of the point record is not a number") from None
-    metrics_path = path.with_name(path.stem + "_metrics.csv")
-    if not metrics_path.is_file():
-        raise _damaged(metrics_path, path, "missing (every finished point has its metrics "
-                                           "table)")
-    try:
-        metrics = pd.read_csv(metrics_path)
-    except (ValueError, UnicodeDecodeError) as exc:  # pandas' EmptyDataError, ParserError
-        first = " ".join(str(exc).split())[:120]
-        raise _damaged(metrics_path, path, f"not a readable CSV table ({first})") from None
-    for column in ("level", "family"):
-        if column not in metrics.columns:
-            raise _damaged(metrics_path, path, f"not a metrics table (no {column!r} column)")
-    prompts_path = path.with_name(path.stem + "_prompts.csv")
-    if not prompts_path.is_file():  # the specificity tables read it
-        raise _damaged(prompts_path, path, "missing (every finished point has its per-prompt "
-                                           "table)")
-    return info, metrics
-
-
-def collect(out: str | Path) -> pd.DataFrame:
-    """Read every finished point; write the tidy table, perplexity_results.csv and summary.
+def collect(out: str | Path, rules=None) -> pd.DataFrame:
+    """Read every finished point; write the tidy table, perplexity_results.csv and summary,
+    and the specificity tables with verdicts judged by ``rules`` (a
+    ``sweep.verdicts.VerdictRules``; None: the ones the folder kept, else the defaults).
     Every point is read and checked before anything is written."""
-    out = Path(out)
+    folder = SweepFolder(out)
     points, tidy = [], []
-    read = [read_point(path) for path in sorted((out / "points").glob("*.json"))]
+    read = [folder.read_point(path) for path in folder.record_paths()]
     for info, metrics in read:
         points.append(info)
         fam = metrics[metrics["level"] == "family"]
@@ -89,22 +42,25 @@ def collect(out: str | Path) -> pd.DataFrame:
         tidy.append({"m": info["m"], "mode": info["mode"], "seed": info["seed"],
                      "family": "", "metric": "masked", "value": info["masked"]})
     if not points:
-        raise UserError(f"{out} holds no finished sweep points")
+        raise UserError(f"{folder.root} holds no finished sweep points")
     tidy = pd.DataFrame(tidy).sort_values(["mode", "seed", "m", "family", "metric"])
     pts = pd.DataFrame(points)
-    ref = pts[pts["mode"].isin(["none", "difference"])].sort_values("m")
+    ref = pts[pts["mode"].isin([BASELINE_MODE, "difference"])].sort_values("m")
     # the reference's summary CSV of its own layout (read, and checked, before any write)
-    tom_summary = reference_summary(out / "tom") if (out / "tom").is_dir() else None
+    tom_summary = reference_summary(folder.tom_dir) if folder.tom_dir.is_dir() else None
     summary = summarize(tidy)
     side = side_by_side(summary)
-    write_csv(out / "sweep_points.csv", tidy)
-    write_csv(out / "perplexity_results.csv", ref[["m", "perplexity"]])
+    write_csv(folder.table("sweep_points"), tidy)
+    write_csv(folder.table("perplexity"), ref[["m", "perplexity"]])
     if tom_summary is not None:
-        write_csv(out / "tom_summary.csv", tom_summary)
-    write_csv(out / "summary.csv", summary)
-    write_csv(out / "summary_side_by_side.csv", side)
-    if (pts["mode"] == "none").any():  # the specificity tables compare every point with m = 0
-        write_specificity(out)
+        write_csv(folder.table("tom_summary"), tom_summary)
+    write_csv(folder.table("summary"), summary)
+    write_csv(folder.table("side_by_side"), side)
+    # The specificity tables compare every point with m = 0; with the baseline alone they
+    # are its chance check and verdicts that cannot be measured. Always rewritten from the
+    # points, so a damaged one is repaired, never read.
+    if (pts["mode"] == BASELINE_MODE).any():
+        write_specificity(folder.root, rules=rules)
     return summary
 
 
@@ -154,15 +110,14 @@ def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per m > 0: the baseline, the difference mask, the random control (mean and
     sample sd over its seeds) and the other masks next to each other."""
 
-    summary = summary.copy()
-    tom_column(summary)  # adds the headline tom_margin / tom_accuracy columns
+    summary = with_tom_columns(summary)[0]  # the headline tom_margin / tom_accuracy columns
     metrics = [c for c in SIDE_METRICS if c in summary]
     metrics += [c for c in summary.columns
                 if any(c.endswith("_" + s) for s in SIDE_FAMILY_METRICS)
                 and not c.startswith(("tom_", "avg_"))]
-    base = summary[summary["mode"] == "none"]
+    base = summary[summary["mode"] == BASELINE_MODE]
     rows = []
-    for m, group in summary[summary["mode"] != "none"].groupby("m", sort=True):
+    for m, group in summary[summary["mode"] != BASELINE_MODE].groupby("m", sort=True):
         row = {"m": m}
         for c in metrics:
             if not base.empty and c != "masked":
@@ -182,12 +137,14 @@ def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def tom_column(summary: pd.DataFrame) -> tuple[str, str]:
-    """The headline ToM metric: the likelihood margin averaged over families if present."""
+def with_tom_columns(summary: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
+    """A copy of ``summary`` with the headline ToM columns added, the headline metric's column
+    and its label: the likelihood margin averaged over families if present, else accuracy."""
+    summary = summary.copy()
     fams = [f for f in ("unexpected", "transfer", "irony") if f"{f}_margin" in summary]
     if fams and summary[[f"{f}_margin" for f in fams]].notna().all().all():
         summary["tom_margin"] = summary[[f"{f}_margin" for f in fams]].mean(axis=1)
         summary["tom_accuracy"] = summary[[f"{f}_accuracy" for f in fams]].mean(axis=1)
-        return "tom_margin", "mean log-prob margin, expected - alternative (nats)"
+        return summary, "tom_margin", "mean log-prob margin, expected - alternative (nats)"
     summary["tom_accuracy"] = summary[[f"{f}_percent_mean" for f in fams]].mean(axis=1) / 100
-    return "tom_accuracy", "ToM accuracy"
+    return summary, "tom_accuracy", "ToM accuracy"

@@ -529,7 +529,8 @@ def _transfer_task(rng: random.Random, lex: Lexicon) -> dict | None:
 
 
 def _irony_task(rng: random.Random, lex: Lexicon) -> dict:
-    scenario = IRONY_SCENARIOS[rng.choice(lex.irony)]
+    index = rng.choice(lex.irony)
+    scenario = IRONY_SCENARIOS[index]
     v = _people(rng, lex)
     v["remark"] = scenario["remark"]
     v["meaning"] = scenario["meaning"].format(**v)
@@ -538,7 +539,9 @@ def _irony_task(rng: random.Random, lex: Lexicon) -> dict:
     return dict(txt=_fill(" ".join((setup, rng.choice(scenario["contradict"]), speech,
                                     question)), v),
                 txt_reverse=_fill(" ".join((setup, rng.choice(scenario["agree"]), speech,
-                                            question)), v))
+                                            question)), v),
+                # the tasks of one scenario share a story: they resample as one cluster
+                SCENARIO=index)
 
 
 def generate_split(split: str, seed: int = 0, sizes=None) -> dict:

@@ -58,6 +58,8 @@ CONTENTS_CONDITIONS = ("false belief", "correct label", "informed protagonist", 
 TRANSFER_CONDITIONS = ("false belief", "no transfer", "informed protagonist", "present protagonist")
 IRONY_CONDITIONS = ("irony", "irony reversed")
 
+# Optional irony field: which of the bank's story scenarios a task was drawn from.
+SCENARIO_FIELD = "SCENARIO"
 REQUIRED_FIELDS = {
     "unexpected": ("txt", "txt_correctlabel", "o1", "o2", "c", "xnam", "xpro", "obj_pro",
                    "pos_pro"),
@@ -166,6 +168,8 @@ class Prompt:
     alternative: str     # the competing answer (o1 vs o2, Yes vs No, ToMi's other location)
     cell: str = ""       # prompts of a task with the same cell must all be right for the cell
                          # to count; empty = the scenario (the two probes of families 1-2)
+    cluster: str = ""    # the unit of resampling this prompt belongs to, where it is wider than
+                         # its task (irony: the story scenario several tasks reuse); "" = task
 
     @property
     def cell_id(self) -> str:
@@ -370,6 +374,13 @@ def _two_probes(task: Task, condition: str, story: str, probe_a: str, probe_b: s
     return out
 
 
+def _irony_cluster(task: Task) -> str:
+    """The scenario an irony task was written from (the bank's ``SCENARIO`` field), so that the
+    tasks reusing one scenario resample together; "" (the task alone) when the file has none."""
+    scenario = task.fields.get(SCENARIO_FIELD)
+    return f"irony scenario {scenario}" if scenario not in (None, "") else ""
+
+
 def _render_irony(task: Task, reference: bool = False) -> list[Prompt]:
     """Ours collapses whitespace; ``reference`` keeps the text as written."""
     f = task.fields
@@ -382,7 +393,8 @@ def _render_irony(task: Task, reference: bool = False) -> list[Prompt]:
         prompts.append(Prompt(
             family="irony", task_id=task.task_id, task_index=task.index, condition=condition,
             reversed=reverse, scenario=scenario, probe="",
-            text=f"{READ} {story} Correct Answer:", expected=answer, alternative=other))
+            text=f"{READ} {story} Correct Answer:", expected=answer, alternative=other,
+            cluster=_irony_cluster(task)))
     return prompts
 
 

@@ -1,0 +1,143 @@
+"""The top of a sweep's report: the bottom line, the chance gate and the claims table, from
+the sweep's ``specificity_verdicts.csv`` and ``specificity_baseline.csv`` (``sweep.verdicts``
+and ``sweep.specificity`` write them; ``SweepFolder`` knows their names)."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+import pandas as pd
+
+from tomsparse.sweep.folder import SweepFolder
+from tomsparse.sweep.specificity import ABOVE, POOL_ABOVE
+from tomsparse.sweep.verdicts import CANNOT, CLAIM_TEXT, VerdictRules
+
+FAMILY_NAMES = {"unexpected": "unexpected contents", "transfer": "unexpected transfer",
+                "irony": "irony", "tomi": "ToMi"}
+_SHORT = {"a": "ToM hurt more than by random masks of the same count",
+          "b": "ToM hurt more than by damage-matched controls",
+          "c": "false-belief gap beyond damage-matched controls",
+          "d": "perplexity nearly unchanged", "e": "ToM damage grows with m"}
+
+
+def _family(name: str, passing: list[str]) -> str:
+    if name == POOL_ABOVE:
+        return "pooled: " + ", ".join(FAMILY_NAMES.get(f, f) for f in passing)
+    return FAMILY_NAMES.get(name, name) or "-"
+
+
+def _num(x, digits: int = 2) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def _ratio(r: float) -> str:
+    """A perplexity ratio as a reader takes it in: +8% below doubling, x3.1 above."""
+    if not np.isfinite(r):
+        return ""
+    return f"{(r - 1) * 100:+.1f}%" if r < 2 else f"x{r:.3g}"
+
+
+def _primary_scope(passing: list[str]) -> str | None:
+    return POOL_ABOVE if len(passing) > 1 else (passing[0] if passing else None)
+
+
+def bottom_line(verdicts: pd.DataFrame, baseline: pd.DataFrame, model: str) -> str:
+    """One plain sentence: what the run shows about ToM-specific weights on ``model``."""
+    passing = list(baseline.loc[baseline["state"] == ABOVE, "family"])
+    if not passing:
+        return (f"No ToM-specific effect can be measured on {model}: it does not pass its own "
+                f"controls in any family (see the chance gate below), so none of its "
+                f"ToM claims is judged.")
+    scope = _primary_scope(passing)
+    rows = verdicts[(verdicts["family"] == scope) & verdicts["claim"].isin(["a", "b", "c"])]
+    where = _family(scope, passing)
+    if rows.empty or "m" not in rows:
+        return f"{model} passes its own controls in {where}; the sweep has no judged claim."
+    m = rows["m"].max()
+    at = rows[rows["m"] == m].set_index("claim")["status"].to_dict()
+    specific = all(at.get(c) == "shown" for c in ("a", "b", "c"))
+    head = ("A ToM-specific effect is shown" if specific
+            else "No ToM-specific effect is shown")
+    parts = "; ".join(f"({c}) {at[c]}" for c in ("a", "b", "c") if c in at)
+    return (f"{head} on {model} at m = {m:.3g} ({where}; the families that pass their own "
+            f"controls): {parts}. Specific means (a), (b) and (c) all shown.")
+
+
+def gate_table(baseline: pd.DataFrame) -> str:
+    """Per family: clusters passed / judged, chance, exact binomial p, passes or not."""
+    rows = []
+    for r in baseline.itertuples():
+        unit = getattr(r, "cluster_unit", "cluster")
+        passed = getattr(r, "gate_passed", math.nan)
+        total = getattr(r, "gate_clusters", math.nan)
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            FAMILY_NAMES.get(r.family, r.family), f"{passed} of {total} {unit}s",
+            f"{r.chance:.3g}" if np.isfinite(r.chance) else "",
+            f"{r.gate_p:.2g}" if np.isfinite(getattr(r, "gate_p", math.nan)) else "",
+            f"{r.tom_accuracy:.2f} [{r.tom_accuracy_lo:.2f}, {r.tom_accuracy_hi:.2f}]"
+            if np.isfinite(r.tom_accuracy_lo) else f"{r.tom_accuracy:.2f}",
+            "passes" if r.state == ABOVE else "does not pass")) + "</tr>")
+    head = ("<tr><th>family</th><th>passed (false belief and every true-belief control "
+            "right)</th><th>chance</th><th>exact binomial p</th><th>false-belief accuracy "
+            "[95%]</th><th>gate</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
+    """The judged claims (claim x m x family): estimate, Holm-adjusted interval, clusters,
+    outcome, effect size; claims that cannot be measured are counted below it."""
+    judged = verdicts[verdicts["status"] != CANNOT]
+    rows = []
+    for r in judged.itertuples():
+        effect = ""
+        if r.claim in ("a", "b") and np.isfinite(r.tom_margin_removed):
+            effect = (f"{r.tom_margin_removed:.0%} of the ToM margin removed, accuracy "
+                      f"{r.tom_accuracy_change_pp:+.0f} points")
+        m = "all" if r.claim == "e" else f"{r.m:.3g}"
+        estimate = _num(r.value)
+        interval = (f"[{_num(r.lo)}, {_num(r.hi)}] at {r.level:.1%}"
+                    if np.isfinite(r.lo) else "")
+        if r.claim == "d":      # judged on the log ratio; shown as the perplexity ratio
+            estimate = f"ratio {_ratio(math.exp(r.value))}"
+            interval = (f"[{_ratio(math.exp(r.lo))}, {_ratio(math.exp(r.hi))}] at {r.level:.1%}"
+                        if np.isfinite(r.lo) else "")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            f"({r.claim}) {_SHORT[r.claim]}", m, _family(r.family, passing) if r.claim != "d"
+            else "(perplexity text)", estimate, interval,
+            f"{int(r.n_clusters)}{' windows' if r.claim == 'd' else ''}",
+            r.status, effect)) + "</tr>")
+    head = ("<tr><th>claim</th><th>m</th><th>family</th><th>estimate</th><th>Holm-adjusted "
+            "interval</th><th>clusters</th><th>outcome</th><th>effect size</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def claims_section(out, model: str) -> str:
+    """Bottom line, chance gate, claims table, decision rules, and every verdict's sentence
+    (folded); empty when the sweep has no verdicts yet."""
+    folder = SweepFolder(out)
+    vpath, bpath = folder.specificity("verdicts"), folder.specificity("baseline")
+    if not vpath.is_file() or not bpath.is_file():
+        return ""
+    verdicts, baseline = pd.read_csv(vpath), pd.read_csv(bpath)
+    if "state" not in baseline or baseline.empty:
+        return ""
+    passing = list(baseline.loc[baseline["state"] == ABOVE, "family"])
+    rules = VerdictRules(**{k: float(v) for k, v in folder.read_verdict_rules().items()
+                            if k in VerdictRules.__dataclass_fields__})
+    n_tests = int(np.isfinite(verdicts["p_raw"]).sum()) if "p_raw" in verdicts else 0
+    cannot = verdicts[verdicts["status"] == CANNOT]
+    why = cannot.groupby("reason", sort=False).size() if len(cannot) else pd.Series(dtype=int)
+    cannot_text = "".join(f"<li>{n} claim(s): {html.escape(str(reason))}</li>"
+                          for reason, n in why.items())
+    sentences = "".join(f"<li>{html.escape(str(s))}</li>" for s in verdicts["sentence"])
+    claims = "".join(f"<li>({c}) {html.escape(t)}</li>" for c, t in CLAIM_TEXT.items())
+    return (f"<p class='bottom-line'><b>{html.escape(bottom_line(verdicts, baseline, model))}"
+            f"</b></p>"
+            f"<h3>Chance gate: does the model pass its own controls?</h3>{gate_table(baseline)}"
+            f"<h3>Claims</h3><ul>{claims}</ul>{claims_table(verdicts, passing)}"
+            + (f"<p>Not judged:</p><ul>{cannot_text}</ul>" if cannot_text else "")
+            + f"<p><i>How to read this.</i> {html.escape(rules.describe(n_tests))}</p>"
+            f"<details><summary>Every verdict in one sentence</summary><ul>{sentences}</ul>"
+            f"</details>")

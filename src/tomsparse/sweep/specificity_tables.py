@@ -1,0 +1,81 @@
+"""The specificity tables of a sweep folder: its points read (``SweepFolder``), the statistics
+computed (``sweep.specificity``), the verdicts worded (``sweep.verdicts``), and every table
+written beside the points. Called by ``sweep.summary.collect`` whenever the sweep has its
+baseline, so a derived table is always rewritten from the points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tomsparse.errors import UserError
+from tomsparse.manifest import write_csv, write_json
+from tomsparse.sweep.folder import SweepFolder
+from tomsparse.sweep.specificity import compute_specificity
+from tomsparse.sweep.verdicts import VERDICT_COLUMNS, VerdictRules, verdicts
+
+MATCHED_COLUMNS = ("target", "target_m", "target_perplexity", "mode", "m", "perplexity",
+                   "ppl_change", "matched", "evaluations", "label")
+
+
+def matched_controls(targets: dict[str, dict]) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """From the targets of ``matched.json`` (``SweepFolder.read_matched``): {target label:
+    [labels of its matched, evaluated controls]} and a table of every search (matched or
+    not). Both empty when the sweep had no damage-matched controls."""
+    mapping, rows = {}, []
+    for target, t in targets.items():
+        for c in t["controls"]:
+            rows.append({"target": target, "target_m": t["m"],
+                         "target_perplexity": t.get("perplexity"), "mode": c["mode"],
+                         "m": c["m"], "perplexity": c.get("perplexity"),
+                         "ppl_change": c.get("ppl_change"), "matched": bool(c["matched"]),
+                         "evaluations": len(c.get("search", [])), "label": c.get("label")})
+            if c["matched"]:
+                mapping.setdefault(target, []).append(c["label"])
+    return mapping, pd.DataFrame(rows, columns=list(MATCHED_COLUMNS))
+
+
+def specificity_tables(sweep_dir: str | Path, **options) -> dict[str, pd.DataFrame]:
+    """``compute_specificity`` on a finished sweep folder (with its damage-matched controls,
+    when ``matched.json`` lists some, unless ``matched`` is given)."""
+    folder = SweepFolder(sweep_dir)
+    points, prompts = folder.read_sweep()
+    mapping, searches = matched_controls(folder.read_matched())
+    options.setdefault("matched", mapping)
+    tables = compute_specificity(points, prompts, **options)
+    tables["matched"] = searches
+    return tables
+
+
+def verdict_rules(folder: SweepFolder, rules: VerdictRules | None) -> VerdictRules:
+    """``rules`` when given, else the ones the folder's last verdicts used, else defaults."""
+    if rules is not None:
+        return rules
+    kept = folder.read_verdict_rules()
+    try:
+        return VerdictRules(**{k: float(v) for k, v in kept.items()
+                               if k in VerdictRules.__dataclass_fields__})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{folder.verdict_rules}: not a set of verdict rules ({exc}); delete "
+                        "it to judge by the defaults") from None
+
+
+def write_specificity(sweep_dir: str | Path, rules: VerdictRules | None = None,
+                      target_mode: str = "difference", **options) -> dict[str, Path]:
+    """Write every specificity table (``SweepFolder.SPECIFICITY``: per point, family and
+    metric; contrasts; baseline; conditions; roles; matched searches; dose-response;
+    verdicts) into the sweep folder, and the verdict ``rules`` used (``verdict_rules``).
+    The other options go to ``compute_specificity``."""
+    folder = SweepFolder(sweep_dir)
+    rules = verdict_rules(folder, rules)
+    tables = specificity_tables(sweep_dir, target_mode=target_mode, **options)
+    paths = {name: write_csv(folder.specificity(name), tables[name])
+             for name in ("points", "contrasts", "baseline", "conditions", "roles", "matched",
+                          "dose")}
+    paths["verdicts"] = write_csv(folder.specificity("verdicts"),
+                                  pd.DataFrame(verdicts(tables, target_mode=target_mode,
+                                                        rules=rules),
+                                               columns=list(VERDICT_COLUMNS)))
+    paths["rules"] = write_json(folder.verdict_rules, rules.as_dict())
+    return paths

@@ -1,0 +1,426 @@
+"""The verdicts on a sweep's specificity tables (``sweep.specificity``) and their wording.
+
+For every point (or seed group) of the mask under test, claims (a)-(d), and one dose-response
+claim (e) per family, each judged in every family that passes its own controls and pooled
+over them. A claim gets one of the outcomes of ``tomsparse.stats.classify``: "shown",
+"ruled out", "opposite direction", "not shown", or "cannot be measured" (with the reason: a
+family that fails the chance gate, no control of the kind the claim needs, no interval).
+
+Decision rules (``VerdictRules.describe`` says them in plain words, and the report prints
+that): every claim with a p-value is one hypothesis of one family of tests, the whole run;
+Holm's procedure over that family sets each claim's confidence level (``stats.holm_levels``),
+so the family-wise error rate of the "shown" and "opposite direction" outcomes is at most
+``alpha``; "ruled out" uses two one-sided tests within the equivalence margin, their p-values
+Holm-adjusted over the same claims. The CSV holds the raw and the adjusted interval and p.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from tomsparse.errors import UserError
+from tomsparse.stats import (CANNOT_BE_MEASURED, MARGIN_ACCURACY, MARGIN_NATS,
+                             PERPLEXITY_THRESHOLD, classify, equivalence_from_interval, holm,
+                             holm_levels, t_interval)
+from tomsparse.stats.intervals import Interval, check_level
+from tomsparse.sweep.specificity import ABOVE, POOL_ABOVE
+
+CANNOT = CANNOT_BE_MEASURED
+CLAIMS = (("a", "ToM hurt more than by random masks of the same count"),
+          ("b", "ToM hurt more than by damage-matched controls"),
+          ("c", "false belief hurt more than its true-belief controls, beyond what "
+                "damage-matched controls do to that gap"),
+          ("d", "perplexity nearly unchanged"),
+          ("e", "ToM damage grows with m (dose-response)"))
+CLAIM_TEXT = dict(CLAIMS)
+NO_PERTURBED_POINT = "no perturbed point"
+FAILS_GATE = "it does not pass its own controls"
+VERDICT_COLUMNS = ("claim", "label", "m", "family", "metric", "status", "value", "lo", "hi",
+                   "lo_raw", "hi_raw", "p_raw", "p_holm", "tost_p", "tost_p_holm", "level",
+                   "n_clusters", "n_tasks", "n_prompts", "reference", "rank_p",
+                   "tom_margin_removed", "tom_accuracy_change_pp", "reason", "sentence")
+
+
+@dataclass(frozen=True)
+class VerdictRules:
+    """The numbers the verdicts are decided by: ``alpha`` the family-wise error rate (Holm);
+    ``margin_nats`` / ``margin_accuracy`` the equivalence margins of "ruled out" (likelihood
+    margins in nats; accuracy as a fraction); ``ppl_threshold`` the perplexity ratio claim
+    (d) must stay below."""
+
+    alpha: float = 0.05
+    margin_nats: float = MARGIN_NATS
+    margin_accuracy: float = MARGIN_ACCURACY
+    ppl_threshold: float = PERPLEXITY_THRESHOLD
+
+    def __post_init__(self):
+        check_level(self.alpha, "alpha")
+        for name, option in (("margin_nats", "--equivalence-nats"),
+                             ("margin_accuracy", "--equivalence-accuracy")):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{option} must be positive (got {getattr(self, name)}); "
+                                f"the defaults are {MARGIN_NATS} nats and {MARGIN_ACCURACY}")
+        if not self.ppl_threshold > 1:
+            raise UserError(f"--ppl-threshold is a perplexity ratio and must exceed 1 (got "
+                            f"{self.ppl_threshold}); e.g. {PERPLEXITY_THRESHOLD} for +10%")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self, n_tests: int | None = None) -> str:
+        """The decision rules and the error rate, in plain words."""
+        count = f" ({n_tests} of them in this run)" if n_tests is not None else ""
+        return (f"Every claim below with a number is one test{count}; together they are one "
+                f"family, corrected by Holm's method: the family-wise error rate (the chance "
+                f"that one or more of the \u201cshown\u201d or \u201copposite direction\u201d "
+                f"outcomes is wrong) is at most {self.alpha:.0%}. A claim is \u201cshown\u201d when its Holm-adjusted "
+                f"interval lies wholly on the claimed side of zero, \u201copposite "
+                f"direction\u201d when it lies wholly on the other side, \u201cruled out\u201d "
+                f"when two one-sided tests (Holm-adjusted) put the effect within "
+                f"\u00b1{self.margin_nats:g} nats of margin (\u00b1{self.margin_accuracy * 100:g}"
+                f" accuracy points under generation scoring), and \u201cnot shown\u201d "
+                f"otherwise: an interval that covers zero is not evidence of no effect. "
+                f"Intervals are Student t-intervals over clusters (tasks; story scenarios for "
+                f"irony), with the mask-to-mask variance added where several seeds stand "
+                f"behind a control. Claim (d) holds when the upper bound of the perplexity ratio "
+                f"is below {self.ppl_threshold:g}; claim (e) is the mean per-cluster slope of "
+                f"the ToM change on log m. A family that does not pass its own controls "
+                f"(the chance gate: a cluster counts only when its false-belief prompts and "
+                f"all its true-belief controls are right; one-sided exact binomial test at "
+                f"{self.alpha:.0%}) is not judged.")
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "nan" if x is None or not np.isfinite(x) else f"{x:+.{digits}f}"
+
+
+@dataclass
+class _Candidate:
+    """One claim in one scope, before the Holm step."""
+
+    claim: str
+    label: str
+    m: float
+    family: str
+    metric: str
+    interval: Interval | None       # raw, two-sided, at the sweep's level
+    null: float = 0.0
+    margin: float = math.nan        # equivalence margin (NaN: no "ruled out")
+    reason: str = ""                # why it cannot be measured
+    reference: str = ""
+    rank_p: float = math.nan
+    n_tasks: int = 0
+    n_prompts: int = 0
+    detail: str = ""
+
+    @property
+    def p(self) -> float:
+        iv = self.interval
+        return iv.p_value if iv is not None and iv.measurable else math.nan
+
+
+def _as_interval(row, level: float, null: float = 0.0) -> Interval | None:
+    """The two-sided interval of a table row (value, se, df, n_clusters) around ``null``."""
+    if row is None or not np.isfinite(row["se"]) or not np.isfinite(row["df"]):
+        return None
+    return t_interval(float(row["value"]), float(row["se"]), float(row["df"]),
+                      int(row["n_clusters"]), level, null=null)
+
+
+def _pick(frame: pd.DataFrame, **eq) -> pd.Series | None:
+    sel = frame
+    for k, v in eq.items():
+        sel = sel[sel[k] == v]
+    return None if sel.empty else sel.iloc[0]
+
+
+def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "difference",
+             rules: VerdictRules | None = None) -> list[dict]:
+    """Every verdict of a sweep (columns ``VERDICT_COLUMNS``), Holm-corrected together.
+
+    "ToM change" is the bias-adjusted margin change of the false-belief prompts under
+    likelihood scoring, the accuracy change under generation scoring; negative is damage. A
+    sweep holding only its baseline gets every claim as "cannot be measured: no perturbed
+    point"."""
+    rules = rules or VerdictRules()
+    pts, con, base = tables["points"], tables["contrasts"], tables["baseline"]
+    if pts.empty or "mode" not in pts:  # the baseline alone: nothing to judge
+        return _baseline_only_verdicts(tables)
+    info = tables["info"].iloc[0]
+    ctx = _Context(tables, rules, target_mode)
+    cands: list[_Candidate] = []
+    for t in ctx.targets.itertuples():
+        for scope in ctx.scopes:
+            cands += [_random_claim(ctx, t, scope), _matched_claim(ctx, t, scope, "b"),
+                      _matched_claim(ctx, t, scope, "c")]
+        cands.append(_perplexity_claim(ctx, t, float(info["perplexity"])))
+    cands += [_dose_claim(ctx, scope) for scope in ctx.scopes]
+    return _decide(ctx, cands)
+
+
+class _Context:
+    """What every claim of one sweep shares: tables, rules, metric, scopes and targets."""
+
+    def __init__(self, tables, rules: VerdictRules, target_mode: str):
+        self.pts, self.con, self.base = tables["points"], tables["contrasts"], tables["baseline"]
+        self.dose = tables.get("dose")
+        self.searches = tables.get("matched")
+        info = tables["info"].iloc[0]
+        self.level = float(info.get("level", 0.95))
+        self.rules, self.target_mode = rules, target_mode
+        generation = str(info.get("scoring", "likelihood")) == "generation"
+        self.metric = "tom_accuracy_change" if generation else "tom_margin_change_adj"
+        self.gap_metric = "belief_gap_accuracy" if generation else "belief_gap_margin"
+        self.margin = rules.margin_accuracy if generation else rules.margin_nats
+        self.unit = "accuracy" if generation else "nats"
+        self.passing = list(self.base.loc[self.base["state"] == ABOVE, "family"])
+        self.gate = {r.family: r for r in self.base.itertuples()}
+        # every family, and the pool of the passing ones when two or more pass
+        self.scopes = list(self.base["family"]) + ([POOL_ABOVE] if len(self.passing) > 1
+                                                   or not self.passing else [])
+        targets = self.pts[self.pts["mode"] == target_mode][
+            ["label", "m", "n_seeds"]].drop_duplicates("label")
+        grouped_ms = set(targets.loc[targets["n_seeds"] > 1, "m"])   # a group replaces its seeds
+        self.targets = targets[(targets["n_seeds"] > 1) | ~targets["m"].isin(grouped_ms)
+                               ].sort_values("m")
+
+    def unjudged(self, scope: str) -> str:
+        """Why a scope is not judged ("" when it is)."""
+        if scope == POOL_ABOVE:
+            return "" if len(self.passing) > 1 else "no family passes its own controls"
+        if scope in self.passing:
+            return ""
+        gate = self.gate[scope]
+        return f"{FAILS_GATE} ({gate.gate_reason})"
+
+    def scope_text(self, scope: str) -> str:
+        """A family's name, or the pool's families in words."""
+        if scope != POOL_ABOVE:
+            return scope
+        return ("pooled over " + ", ".join(self.passing) if self.passing
+                else "pooled over the families that pass their controls (none)")
+
+    def where(self, t, scope: str) -> str:
+        return f"{self.target_mode} m={t.m:.3g}, {self.scope_text(scope)}"
+
+
+def _random_claim(ctx: _Context, t, scope: str) -> _Candidate:
+    """Claim (a): the target's ToM change minus the mean of the random masks of its count."""
+    cand = _Candidate("a", t.label, t.m, scope, ctx.metric, None, margin=ctx.margin)
+    cand.reason = ctx.unjudged(scope)
+    row = _pick(ctx.con, label=t.label, kind="random", family=scope, metric=ctx.metric)
+    if row is None:
+        cand.reason = cand.reason or "no random-mask points at this m"
+        return cand
+    cand.interval = _as_interval(row, ctx.level)
+    cand.reference = f"random masks, same count, {int(row['reference_seeds'])} seed(s)"
+    cand.rank_p = float(row["rank_p"])
+    cand.n_tasks, cand.n_prompts = int(row["n_tasks"]), int(row["n_prompts"])
+    if cand.interval is None and not cand.reason:
+        cand.reason = f"no interval ({int(row['n_clusters'])} clusters with a value)"
+    return cand
+
+
+def _matched_claim(ctx: _Context, t, scope: str, claim: str) -> _Candidate:
+    """Claims (b) and (c) against each kind of damage-matched control (an intersection-union
+    test: the claim is judged on the least favourable kind, the one with the largest one-sided
+    p-value in the claimed direction)."""
+    metric = ctx.metric if claim == "b" else ctx.gap_metric
+    cand = _Candidate(claim, t.label, t.m, scope, metric, None, margin=ctx.margin)
+    cand.reason = ctx.unjudged(scope)
+    if claim == "c" and scope != POOL_ABOVE and bool(ctx.gate[scope].gap_confounded):
+        cand.reason = cand.reason or ("its belief gap is confounded with the Yes/No answer "
+                                      "bias (ToM and control prompts expect opposite answers)")
+    rows = ctx.con[(ctx.con["label"] == t.label) & (ctx.con["kind"] == "matched")
+                   & (ctx.con["family"] == scope) & (ctx.con["metric"] == metric)] \
+        if not ctx.con.empty else ctx.con
+    if rows.empty:
+        unmatched = []
+        if ctx.searches is not None and not ctx.searches.empty:
+            for s in ctx.searches[(ctx.searches["target"] == t.label)
+                                  & ~ctx.searches["matched"].astype(bool)].itertuples():
+                unmatched.append(f"{s.mode} not matched (closest: m={s.m:.3g}, perplexity "
+                                 f"{s.ppl_change:+.0%} after {s.evaluations} evaluations)")
+        need = ("a belief gap alone is confounded by the baseline margins, so it is judged "
+                "only against damage-matched controls; " if claim == "c" else "")
+        cand.reason = cand.reason or (need + ("; ".join(unmatched) if unmatched else
+                                              "the sweep had no damage-matched controls "
+                                              "(--matched-controls)"))
+        return cand
+    judged = []
+    for _, r in rows.iterrows():
+        iv = _as_interval(r, ctx.level)
+        if iv is None:
+            cand.reason = cand.reason or f"no interval against {r['reference']}"
+            return cand
+        judged.append((iv.one_sided_p(-1), iv, r))
+    _, cand.interval, worst = max(judged, key=lambda x: (np.nan_to_num(x[0], nan=2.0)))
+    cand.reference = f"{worst['reference_mode']} ({int(worst['reference_seeds'])} seed(s))"
+    cand.n_tasks, cand.n_prompts = int(worst["n_tasks"]), int(worst["n_prompts"])
+    if len(judged) > 1:
+        cand.detail = "least favourable of: " + ", ".join(
+            f"{r['reference_mode']} {_fmt(iv.estimate)} [{_fmt(iv.lo)}, {_fmt(iv.hi)}]"
+            for _, iv, r in judged)
+    return cand
+
+
+def _perplexity_claim(ctx: _Context, t, ppl0: float) -> _Candidate:
+    """Claim (d): the perplexity ratio to the baseline stays below the threshold (tested on
+    the log ratio, per window)."""
+    row = _pick(ctx.pts, label=t.label)
+    null = math.log(ctx.rules.ppl_threshold)
+    cand = _Candidate("d", t.label, t.m, "", "log perplexity ratio", None, null=null)
+    windows = int(row["ppl_windows"]) if row is not None and pd.notna(row["ppl_windows"]) else 0
+    if row is not None and 0 < windows < 2:
+        cand.reason = (f"{windows} perplexity window: an interval needs at least 2 (raise "
+                       f"--ppl-max-tokens)")
+        return cand
+    if row is None or not np.isfinite(row.get("ppl_log_se", math.nan)):
+        cand.reason = ("no per-window perplexity losses in the point records (points written "
+                       "before they were recorded: recompute them), so no interval")
+        return cand
+    cand.interval = t_interval(math.log(float(row["ppl_ratio"])), float(row["ppl_log_se"]),
+                               float(row["ppl_log_df"]), int(row["ppl_log_df"]) + 1,
+                               ctx.level, null=null)
+    cand.n_prompts = int(row["ppl_windows"]) if pd.notna(row["ppl_windows"]) else 0
+    cand.detail = (f"perplexity {float(row['perplexity']):.2f} vs {ppl0:.2f} at baseline, "
+                   f"ratio {_ratio(float(row['ppl_ratio']))}")
+    return cand
+
+
+def _dose_claim(ctx: _Context, scope: str) -> _Candidate:
+    """Claim (e): the mean per-cluster slope of the ToM change on log m is negative."""
+    cand = _Candidate("e", "", math.nan, scope, ctx.metric, None)
+    cand.reason = ctx.unjudged(scope)
+    row = None
+    if ctx.dose is not None and not ctx.dose.empty:
+        row = _pick(ctx.dose, mode=ctx.target_mode, family=scope, metric=ctx.metric)
+    if row is None or not np.isfinite(row["se"]):
+        n_m = int(row["n_m"]) if row is not None else 0
+        cand.reason = cand.reason or (f"{n_m} value(s) of m > 0 for {ctx.target_mode}: a "
+                                      f"slope needs 2 or more")
+        return cand
+    cand.interval = _as_interval(row, ctx.level)
+    cand.detail = f"m = {row['m_values']}"
+    return cand
+
+
+def _ratio(r: float) -> str:
+    """A perplexity ratio as a reader takes it in: +8% below doubling, x3.1 above."""
+    if not np.isfinite(r):
+        return "nan"
+    return f"{(r - 1) * 100:+.0f}%" if r < 2 else f"x{r:.3g}"
+
+
+def _decide(ctx: _Context, cands: list[_Candidate]) -> list[dict]:
+    """Holm over every claim with a p-value; outcomes from the adjusted intervals."""
+    for c in cands:
+        if c.reason:
+            c.interval = None
+    p = np.array([c.p if not c.reason else math.nan for c in cands])
+    levels = holm_levels(p, ctx.rules.alpha)
+    p_holm = holm(p)
+    tost = np.array([equivalence_from_interval(c.interval, c.margin)
+                     if c.interval is not None and np.isfinite(c.margin) else math.nan
+                     for c in cands])
+    tost_holm = holm(tost)
+    out = []
+    for i, c in enumerate(cands):
+        adj = None
+        if c.interval is not None and c.interval.measurable and np.isfinite(levels[i]):
+            iv = c.interval
+            adj = t_interval(iv.estimate, iv.se, iv.df, iv.n_clusters, float(levels[i]),
+                             null=c.null)
+        status = (classify(adj, -1, tost_holm[i], ctx.rules.alpha, null=c.null)
+                  if adj is not None else CANNOT)
+        reason = c.reason or ("" if adj is not None else
+                              (c.interval.reason if c.interval is not None else "no interval"))
+        out.append(_row(ctx, c, adj, status, reason, p_holm[i], tost[i], tost_holm[i],
+                        levels[i]))
+    return out
+
+
+def _effects(ctx: _Context, c: _Candidate) -> tuple[float, float]:
+    """(share of the baseline ToM margin the target removed, ToM accuracy change in points)
+    of the target point in the claim's scope."""
+    if not c.label or not c.family:
+        return math.nan, math.nan
+    change = _pick(ctx.pts, label=c.label, family=c.family, metric="tom_margin_change_adj")
+    acc = _pick(ctx.pts, label=c.label, family=c.family, metric="tom_accuracy_change")
+    fams = ctx.passing if c.family == POOL_ABOVE else [c.family]
+    base = ctx.base[ctx.base["family"].isin(fams)]
+    level = (float(np.average(base["tom_margin"], weights=base["n_clusters"]))
+             if len(base) and np.isfinite(base["tom_margin"]).all() else math.nan)
+    removed = (-float(change["value"]) / level if change is not None and level > 0
+               else math.nan)
+    return removed, float(acc["value"]) * 100 if acc is not None else math.nan
+
+
+def _row(ctx, c: _Candidate, adj, status, reason, p_holm, tost, tost_holm, level) -> dict:
+    raw = c.interval
+    removed, acc_pp = _effects(ctx, c)
+    est = raw.estimate if raw is not None else math.nan
+    row = {"claim": c.claim, "label": c.label, "m": c.m, "family": c.family,
+           "metric": c.metric, "status": status, "value": est,
+           "lo": adj.lo if adj is not None else math.nan,
+           "hi": adj.hi if adj is not None else math.nan,
+           "lo_raw": raw.lo if raw is not None else math.nan,
+           "hi_raw": raw.hi if raw is not None else math.nan, "p_raw": c.p if raw else math.nan,
+           "p_holm": p_holm, "tost_p": tost, "tost_p_holm": tost_holm, "level": level,
+           "n_clusters": raw.n_clusters if raw is not None else 0, "n_tasks": c.n_tasks,
+           "n_prompts": c.n_prompts, "reference": c.reference, "rank_p": c.rank_p,
+           "tom_margin_removed": removed, "tom_accuracy_change_pp": acc_pp, "reason": reason}
+    row["sentence"] = _sentence(ctx, c, row)
+    return row
+
+
+def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
+    """One sentence: the claim, where, the estimate with its adjusted interval, the outcome."""
+    if c.claim == "e":
+        where = f"{ctx.target_mode}, {ctx.scope_text(c.family)}"
+    elif c.claim == "d":
+        where = f"{ctx.target_mode} m={c.m:.3g}"
+    else:
+        where = ctx.where(c, c.family)
+    head = f"({c.claim}) {CLAIM_TEXT[c.claim]} ({where})"
+    if row["status"] == CANNOT:
+        return f"{head}: {CANNOT}: {row['reason']}."
+    if c.claim == "d":
+        num = (f"{c.detail}; log ratio {_fmt(row['value'], 3)} against log "
+               f"{ctx.rules.ppl_threshold:g} = {c.null:+.3f} [Holm-adjusted "
+               f"{row['level']:.1%}: {_fmt(row['lo'], 3)}, {_fmt(row['hi'], 3)}], "
+               f"{row['n_prompts']} windows")
+    else:
+        what = {"a": "ToM change minus the random masks'", "b": "ToM change minus the "
+                "control's", "c": "belief gap minus the control's", "e": "slope per unit log m"}
+        unit = ctx.unit if c.claim != "e" else f"{ctx.unit} per log m"
+        num = (f"{what[c.claim]} ({c.reference or c.detail}) = {_fmt(row['value'])} {unit} "
+               f"[Holm-adjusted {row['level']:.1%}: {_fmt(row['lo'])}, {_fmt(row['hi'])}; raw "
+               f"95%: {_fmt(row['lo_raw'])}, {_fmt(row['hi_raw'])}], {row['n_clusters']} "
+               f"clusters")
+        if c.claim == "a" and np.isfinite(c.rank_p):
+            num += f", rank p among the random masks {c.rank_p:.2g}"
+        if c.detail and c.claim in "bc":
+            num += f" ({c.detail})"
+        if c.claim in "ab" and np.isfinite(row["tom_margin_removed"]):
+            num += (f"; the mask removed {row['tom_margin_removed']:.0%} of the baseline ToM "
+                    f"margin, accuracy {row['tom_accuracy_change_pp']:+.0f} points")
+    return f"{head}: {num}: {row['status']}."
+
+
+def _baseline_only_verdicts(tables: Mapping[str, pd.DataFrame]) -> list[dict]:
+    """A sweep holding only its m = 0 point: every claim, said to be unmeasurable."""
+    info = tables["info"]
+    label = str(info["label"].iloc[0]) if not info.empty else ""
+    reason = (f"{NO_PERTURBED_POINT} (the sweep holds only its m = 0 baseline {label}; add "
+              f"values m > 0 to --m_list)")
+    return [{**{k: math.nan for k in VERDICT_COLUMNS}, "claim": claim, "label": label,
+             "m": 0.0, "family": "", "metric": "", "status": CANNOT, "n_clusters": 0,
+             "n_tasks": 0, "n_prompts": 0, "reference": "", "reason": reason,
+             "sentence": f"({claim}) {what}: {CANNOT}: {reason}."}
+            for claim, what in CLAIMS]
