@@ -9,7 +9,7 @@ Every stage reuses what an earlier, identical run left in the output folder.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,12 +25,13 @@ from tomsparse.data.corpora import check_inputs
 from tomsparse.data.score_samples import ScoreDataConfig, build_dataset
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import DEFAULT_MODEL, load_model, print_model_facts
-from tomsparse.manifest import build_manifest, write_json
+from tomsparse.manifest import build_manifest, write_csv, write_json
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.compute import METHODS, compute_score_set
 from tomsparse.scores.store import StoredScores, load_scores, open_scores, read_manifest
 from tomsparse.sweep.folder import RunFolder
 from tomsparse.sweep.runner import SweepConfig, run_sweep
+from tomsparse.sweep.replicates import mask_overlap, replicate_section, replicate_verdicts
 from tomsparse.sweep.summary import print_summary
 from tomsparse.sweep.verdicts import VerdictRules
 
@@ -58,6 +59,7 @@ class RunConfig:
     analysis_prompts: int = 16  # 0: no analyses
     take_over: bool = False  # the sweep folder's claims of other processes (sweep.claims)
     rules: VerdictRules | None = None  # the verdicts' decision rules (None: defaults)
+    score_replicates: int = 1  # independent score sets (sweep.replicates); 1 = none
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,10 +99,12 @@ def sweep_and_report(lm, tom, gen, cfg: SweepConfig, out: str | Path, *,
     return summary, write_report(out, summary, manifest, sections)
 
 
-def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log) -> tuple[Path, str]:
+def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log, replicate: int = 1
+            ) -> tuple[Path, str]:
     """Compute (or reuse, when an earlier run used the same samples) one score set: its
-    store and the samples' hash."""
-    folder = RunFolder(cfg.out).scores(data.dataset)
+    store and the samples' hash. Score replicate r draws its samples with seed + r - 1."""
+    folder = RunFolder(cfg.out).scores(data.dataset, replicate)
+    data = replace(data, seed=data.seed + replicate - 1)
     samples = build_dataset(data, lm.tokenizer, lm.model)
     wanted = samples.info["samples_sha256"]
     if (folder / "manifest.json").exists():
@@ -113,6 +117,40 @@ def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log) -> tuple[Path, str]:
     compute_score_set(lm, samples, out=folder, batch_size=cfg.score_batch_size,
                       method=cfg.score_method, reference_fp16=cfg.score_reference_fp16)
     return folder, wanted  # the store's identity (scores.store.scores_identity)
+
+
+def _replicates(lm, cfg: RunConfig, first: tuple[Path, Path], replicas: dict[int, tuple],
+                log) -> list[tuple[str, str]]:
+    """Score replicates 2..N: the Jaccard overlap of their difference masks with replicate
+    1's (``mask_overlap.csv``), each replicate's difference mask evaluated at the primary m
+    (its own small sweep folder) and the claims judged again with it
+    (``replicate_verdicts.csv``); the report section of both."""
+    run, sweep = RunFolder(cfg.out), cfg.sweep
+    positive = [m for m in sweep.m_values if m > 0]
+    if not positive:
+        return []
+    stores = [first, *replicas.values()]
+    overlap = mask_overlap(lm, [(stream_scores(lm, t), stream_scores(lm, g)) for t, g in stores],
+                           positive)
+    write_csv(run.mask_overlap, overlap)
+    primary = max(positive)
+    folders = {}
+    for r, (tom, gen) in replicas.items():
+        rcfg = replace(sweep, m_values=[primary], modes=["difference"], matched_controls=[],
+                       match_m=None)
+        folders[r] = run.replicate_sweep(r).root
+        log(f"[tomsparse] score replicate {r}: its difference mask at m = {primary:g}")
+        run_sweep(lm, stream_scores(lm, tom), stream_scores(lm, gen), rcfg, folders[r],
+                  progress=False, log=log, take_over=cfg.take_over)
+    table = replicate_verdicts(run.sweep.root, folders, primary)
+    write_csv(run.replicate_verdicts, table)
+    shown = overlap[(overlap["role"] == "all") & (overlap["m"] == primary)]
+    if not shown.empty:
+        log("[tomsparse] difference-mask overlap with score replicate 1 at m = "
+            f"{primary:g}: " + ", ".join(f"replicate {int(r.replicate)} Jaccard {r.jaccard:.3f}"
+                                         for r in shown.itertuples()))
+    body = replicate_section(overlap, table)
+    return [("Score replicates: is the mask, and the verdict, stable?", body)] if body else []
 
 
 def _analysis(lm, cfg: RunConfig) -> None:
@@ -138,27 +176,85 @@ def _analysis(lm, cfg: RunConfig) -> None:
                    run_dir=cfg.out)
 
 
+class _Stages:
+    """Wall-clock seconds per stage of a run (recorded in its manifest, printed at the end)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._open: tuple[str, float] | None = None
+
+    def start(self, name: str) -> None:
+        self._open = (name, time.time())
+
+    def stop(self) -> None:
+        if self._open is not None:
+            name, t = self._open
+            self.seconds[name] = round(time.time() - t, 1)
+            self._open = None
+
+    def __call__(self, name: str):
+        stages = self
+
+        class _Block:
+            def __enter__(self):
+                stages.start(name)
+
+            def __exit__(self, *exc):
+                stages.stop()
+                return False
+        return _Block()
+
+    def split_sweep(self, folder) -> None:
+        """The sweep's point evaluations by kind of point (their records' seconds); the rest
+        of the sweep stage is the matched searches, rankings and tables."""
+        for record in folder.read_records():
+            kind = "sweep: " + ("baseline" if record.mode == "none" else
+                                "matched controls" if "matched_to" in record.fields
+                                else record.mode)
+            secs = float(record.fields.get("seconds", 0.0) or 0.0)
+            self.seconds[kind] = round(self.seconds.get(kind, 0.0) + secs, 1)
+
+
 def run_main_job(cfg: RunConfig, log=print) -> Path:
     """Scores, sweep, manifest, analyses and report into ``cfg.out``; returns the report."""
     check_inputs(corpora=[cfg.generic_data.corpus, cfg.sweep.corpus], tasks=[cfg.sweep.tasks],
                  prompts=[cfg.tom_data.prompts])  # before anything is computed or written
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
+    stages = _Stages()
+    with stages("load model"):
+        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
     print_model_facts(lm)
     log("")
     run = RunFolder(cfg.out)
-    tom_store, tom_sha = _scores(lm, cfg, cfg.tom_data, log)
-    gen_store, gen_sha = _scores(lm, cfg, cfg.generic_data, log)
+    with stages("ToM scores"):
+        tom_store, tom_sha = _scores(lm, cfg, cfg.tom_data, log)
+    with stages("generic scores"):
+        gen_store, gen_sha = _scores(lm, cfg, cfg.generic_data, log)
+    replicas = {}
+    if cfg.score_replicates > 1:
+        with stages("score replicates"):
+            for r in range(2, cfg.score_replicates + 1):
+                replicas[r] = (_scores(lm, cfg, cfg.tom_data, log, r)[0],
+                               _scores(lm, cfg, cfg.generic_data, log, r)[0])
+    stages.start("sweep (points, matched searches, tables)")
 
     def finish(_summary: pd.DataFrame) -> tuple[dict, list[tuple[str, str]]]:
+        stages.stop()
+        stages.split_sweep(run.sweep)
+        extra = []
+        if replicas:
+            with stages("score replicates: overlap and verdicts"):
+                extra = _replicates(lm, cfg, (tom_store, gen_store), replicas, log)
+        if cfg.analysis_prompts and any(m > 0 for m in cfg.sweep.m_values):
+            with stages("analyses"):
+                _analysis(lm, cfg)
         manifest = build_manifest("run", model=lm.name, model_fingerprint=lm.fingerprint,
                                   options=cfg.options, scores_tom_sha=tom_sha,
-                                  scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1))
+                                  scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1),
+                                  stage_seconds=stages.seconds)
         write_json(run.manifest, manifest)
-        if cfg.analysis_prompts and any(m > 0 for m in cfg.sweep.m_values):
-            _analysis(lm, cfg)
-        return manifest, run.read_report_sections()  # with the analyses, if run
+        return manifest, extra + run.read_report_sections()  # with the analyses, if run
 
     summary, report = sweep_and_report(
         lm, stream_scores(lm, tom_store), stream_scores(lm, gen_store), cfg.sweep,
@@ -167,5 +263,6 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
         scores_info={"tom": str(tom_store), "generic": str(gen_store)})
     log("")
     print_summary(summary, log=log)
+    log("\ntime per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.seconds.items()))
     log(f"\nreport: {report.resolve()}  ({time.time() - t0:.0f} s)")
     return report

@@ -135,7 +135,7 @@ def test_matched_sweep_on_a_tiny_model(tmp_path):
                       random_seeds=[0, 1], task_limit=1, corpus=corpus, ppl_seqlen=32,
                       ppl_max_tokens=256, batch_size=8, perturbation="zero",
                       matched_controls=["generic-only", "random-fraction"], match_steps=6,
-                      match_tolerance=0.2)
+                      match_tolerance=0.2, match_seeds=2)
     before = [p.detach().clone() for p in model.parameters()]
     run_sweep(lm, tom, generic, cfg, tmp_path / "sweep", progress=False)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
@@ -148,13 +148,27 @@ def test_matched_sweep_on_a_tiny_model(tmp_path):
         assert len(control["search"]) <= 6
         assert len(list((out / "search").glob(f"{control['mode']}_s0_*.json"))) == \
             len(control["search"])
-        change = control["perplexity"] / base - 1
+        # the search's perplexities are on its own split, against the baseline's there
+        change = control["perplexity"] / control["search_baseline_perplexity"] - 1
         assert abs(change - control["ppl_change"]) < 1e-12
         if control["matched"]:
             point = json.loads((out / "points" / f"{control['label']}.json").read_text())
             assert point["matched_to"] == "difference_s0_m5.0000e-02"
-            assert abs(point["perplexity"] - control["perplexity"]) < 1e-6 * base
+            if control["search_split"] == "reported tokens":
+                assert abs(point["perplexity"] - control["perplexity"]) < 1e-6 * base
+            else:   # searched on held-apart tokens: the point reports the other split
+                assert control["search_baseline_perplexity"] != base
+            # a seeded control is evaluated with --match-seeds seeds at the matched size
+            seeds = [0, 1] if control["mode"] == "random-fraction" else [0]
+            assert control["seeds"] == seeds
+            for label in control["labels"]:
+                assert json.loads((out / "points" / f"{label}.json").read_text())["m"] == \
+                    control["m"]
     assert (out / "massive_channels.json").exists()
+    # issue 23: the searches ran on tokens held apart from the reported perplexity
+    assert {c["search_split"] for c in target["controls"]} == {"held apart"}
+    held = json.loads((out / "search" / "none_s0_m0.0000e+00.json").read_text())
+    assert held["split"] == "search" and held["perplexity"] != base
     tables = specificity_tables(out)
     assert len(tables["matched"]) == 2
     claims = {v["claim"]: v for v in verdicts(tables) if v["m"] == 0.05}
@@ -162,7 +176,7 @@ def test_matched_sweep_on_a_tiny_model(tmp_path):
     if any(c["matched"] for c in target["controls"]):
         con = tables["contrasts"]
         assert set(con.loc[con["kind"] == "matched", "reference"]) == {
-            c["label"] for c in target["controls"] if c["matched"]}
+            "+".join(c["labels"]) for c in target["controls"] if c["matched"]}
 
 
 def test_analysis_finds_the_channels_an_x_mode_leaves_out():

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from tomsparse.cli.main import build_parser, main
-from tomsparse.cli.options import DEFAULTS, QUICK, apply_presets
+from tomsparse.cli.options import DEFAULTS, QUICK, apply_presets, sweep_config
 from tomsparse.data.score_samples import ScoreDataConfig
 from tomsparse.errors import UserError
 from tomsparse.pipeline import RunConfig
 from tomsparse.stats import OUTCOMES
-from tomsparse.sweep.runner import SweepConfig, m_grid
+from tomsparse.sweep.runner import SweepConfig, m_grid, sweep_points
 from tomsparse.testing import registered_model
 
 
@@ -30,10 +30,20 @@ def test_presets():
         DEFAULTS["nsamples_tom"], "likelihood", 1, DEFAULTS["random_seeds"])
     assert len(args.random_seeds) >= 5  # issue 15: at least 5 seeds in the default run
     assert args.matched_controls == ["generic-only", "random-fraction"]
-    assert {"difference-p16", "difference-x3"} <= set(args.controls)
-    args = _args("--controls", "random")  # the user's controls replace the preset's
-    apply_presets(args)
+    # issue 23: the points the verdicts use; the mask family is `tomsparse frontier`'s
     assert args.controls == ["difference", "random"]
+    assert (args.clusters, args.task_limit, args.secondary_seeds, args.match_seeds,
+            args.match_m) == (10, None, 1, 3, [1e-4])
+    cfg = sweep_config(args, DEFAULTS["m_list"])
+    points = sweep_points(cfg)
+    assert sum(1 for mode, _s, m in points if mode == "random" and m == 1e-4) == 5
+    assert sum(1 for mode, _s, m in points if mode == "random" and m == 3e-5) == 1
+    args = _args("--controls", "random,tom-only")  # the user's controls replace the preset's
+    apply_presets(args)
+    assert args.controls == ["difference", "random", "tom-only"]
+    args = _args("--task-limit", "3")       # the user's task count replaces the preset's
+    apply_presets(args)
+    assert (args.task_limit, args.clusters) == (3, None)
     args = _args("--quick")
     assert apply_presets(args) == QUICK["m_list"] and args.task_limit == QUICK["task_limit"]
     args = _args("--reference-protocol")
@@ -65,21 +75,26 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny, capsys):
     argv = ["run", "--model", "tiny", "--device", "cpu", "--out", str(out), "--nsamples-tom", "3",
             "--nsamples-generic", "3", "--seqlen", "32", "--generic-corpus", str(corpus),
             "--corpus", str(corpus), "--m_list", "0,0.05", "--random-seeds", "0",
-            "--task-limit", "1", "--ppl-max-tokens", "256", "--analysis-prompts", "3"]
+            "--task-limit", "1", "--ppl-max-tokens", "256", "--analysis-prompts", "3",
+            "--controls", "random,tom-only,difference-p16,difference-x3"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "report:" in printed and "tom scores: 3 samples" in printed
     summary = pd.read_csv(out / "sweep" / "summary.csv")
-    # the default controls: random, tom-only, two members of the mask family, and the
-    # damage-matched controls that could be matched
+    # the controls asked for: random, tom-only, two members of the mask family, and the
+    # default damage-matched controls that could be matched (random-fraction: 3 seeds)
     matched = json.loads((out / "sweep" / "matched.json").read_text())
     found = [c["mode"] for t in matched["targets"].values() for c in t["controls"]
-             if c["matched"]]
+             if c["matched"] for _ in c["seeds"]]
     assert sorted(summary["mode"]) == sorted(["difference", "none", "random", "tom-only",
                                               "difference-p16", "difference-x3", *found])
     assert (out / "sweep" / "massive_channels.json").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["options"]["nsamples_tom"] == 3 and manifest["options"]["m_list"] == [0.0, 0.05]
+    stages = manifest["stage_seconds"]       # issue 23: where the time goes, per stage
+    assert {"load model", "ToM scores", "generic scores", "sweep (points, matched searches, "
+            "tables)", "analyses", "sweep: baseline", "sweep: difference"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
     for kind in ("tom", "generic"):
         store = json.loads((out / f"scores_{kind}" / "manifest.json").read_text())
         assert store["nsamples"] == 3 and store["model_type"] == "llama"

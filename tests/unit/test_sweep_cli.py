@@ -217,3 +217,31 @@ def test_matched_and_family_options_are_checked(stores, tmp_path, capsys, extra,
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert words in err.strip().splitlines()[-1]  # one error line (after argparse's usage)
+
+
+def test_score_prompts_sharing_a_story_with_the_evaluation_are_refused(tmp_path, capsys):
+    """Issue 22.9: a ToM score store whose prompts' stories are evaluation stories is refused
+    (one line naming the tasks) unless --allow-overlap; the check is in the sweep manifest."""
+    import json
+
+    from tomsparse.data.overlap import story_hashes
+    from tomsparse.data.tasks import load_tasks
+
+    with registered_model("tiny"):
+        paths, corpus = write_stores(tmp_path)
+        shared = [p.text for p in load_tasks("builtin").head(1).prompts()
+                  if p.family == "transfer"][:2]
+        manifest_path = paths["tom"] / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["data"] = {"story_sha256": story_hashes(shared)}
+        manifest_path.write_text(json.dumps(manifest))
+        out = tmp_path / "sweep"
+        args = _sweep_args(paths, corpus, out, "--m_list", "0", "--matched-controls", "none")
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "transfer:1" in err[0] and "--allow-overlap" in err[0]
+        assert "Traceback" not in err[0] and not out.exists()
+        assert main([*args, "--allow-overlap"]) == 0
+    record = json.loads((out / "sweep_manifest.json").read_text())["overlap"]
+    assert record["checked"] and record["allowed"] and record["overlapping_tasks"] == ["transfer:1"]

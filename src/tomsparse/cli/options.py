@@ -29,7 +29,8 @@ from tomsparse.sweep.verdicts import VerdictRules
 # Sweep options whose default depends on the command (run's presets) are None in the parser.
 SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=list(DEFAULT_RANDOM_SEEDS),
                       controls=["difference", "random", "tom-only"],
-                      matched_controls=["generic-only", "random-fraction"])
+                      matched_controls=["generic-only", "random-fraction"], match_seeds=3,
+                      match_search_tokens=4096, ppl_seqlen=2048)
 
 # Where tomsparse's defaults and the reference's protocol part (README, "tomsparse and the
 # reference"). --reference-protocol fills every option the user left unset from FAITHFUL;
@@ -138,31 +139,44 @@ def sweep_config(args: argparse.Namespace, m_values: list[float]) -> SweepConfig
                        scale=args.scale, reference_ties=args.reference_ties,
                        scoring=args.scoring, reps=args.reps, seed=args.seed, tasks=args.tasks,
                        task_limit=args.task_limit, corpus=args.corpus,
+                       cluster_limit=getattr(args, "clusters", None),
+                       secondary_seeds=getattr(args, "secondary_seeds", None),
                        ppl_max_tokens=args.ppl_max_tokens, ppl_protocol=args.ppl_protocol,
                        answer_rule=args.answer_rule,
                        batch_size=args.eval_batch_size,
                        matched_controls=list(args.matched_controls),
                        match_tolerance=args.match_tolerance, match_steps=args.match_steps,
                        match_m=None if args.match_m is None else list(args.match_m),
-                       allow_overlap=bool(getattr(args, "allow_overlap", False)))
+                       allow_overlap=bool(getattr(args, "allow_overlap", False)),
+                       **{k: SWEEP_DEFAULTS[k] if getattr(args, k, None) is None
+                          else getattr(args, k)
+                          for k in ("match_seeds", "match_search_tokens", "ppl_seqlen")})
 
 
 # What `tomsparse frontier` evaluates each member on unless told: the default run's tasks and
 # perplexity tokens (so its points are comparable with the run's).
-FRONTIER_DEFAULTS = dict(task_limit=6, ppl_max_tokens=4096)
+FRONTIER_DEFAULTS = dict(clusters=10, ppl_max_tokens=4096, ppl_seqlen=1024)
 
-# Defaults sized so `make run` finishes within ~20 minutes on 2 CPU cores.
+# Defaults sized so `make run` finishes in about 20 minutes on 2 CPU cores, with the points the
+# verdicts use: at the primary m (the largest, 1e-4) the difference mask, 5 random masks and
+# the damage-matched controls (generic-only; random-fraction with 3 seeds), at 3e-5 the
+# difference mask and one random mask (for the dose-response claim). The mask family members
+# are `tomsparse frontier`'s. 10 clusters per family (irony: 10 story scenarios); the
+# perplexity over 4 windows of 1024 tokens (an interval for claim d), the searches on 4096
+# tokens held apart.
 DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
                 m_list=[0.0, 3e-5, 1e-4], random_seeds=list(DEFAULT_RANDOM_SEEDS),
-                **FRONTIER_DEFAULTS, analysis_prompts=16,
-                # two members of the mask family beside the paper's difference mask
-                controls=["difference", "random", "tom-only", "difference-p16", "difference-x3"],
-                matched_controls=["generic-only", "random-fraction"])
+                secondary_seeds=1, **FRONTIER_DEFAULTS, analysis_prompts=16,
+                controls=["difference", "random"],
+                matched_controls=["generic-only", "random-fraction"], match_m=[1e-4],
+                match_seeds=3, match_search_tokens=4096, score_replicates=2)
 
 
 QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
              random_seeds=[0, 1], task_limit=4, ppl_max_tokens=2048, analysis_prompts=8,
-             matched_controls=["random-fraction"])
+             matched_controls=["random-fraction"], match_seeds=2,
+             # 4 windows of 512 tokens: an interval for the perplexity claim at the same cost
+             ppl_seqlen=512, match_search_tokens=2048, score_replicates=1)
 
 
 # The reference's protocol, end to end (a GPU job): its options (FAITHFUL), 100 + 100
@@ -173,16 +187,22 @@ QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
 REFERENCE = dict(FAITHFUL, nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0,
                  m_end=5e-5, m_step=2e-6, random_seeds=list(DEFAULT_RANDOM_SEEDS), task_limit=None,
                  ppl_max_tokens=None, analysis_prompts=64,
-                 matched_controls=["generic-only", "random-fraction"], match_m=[5e-5])
+                 matched_controls=["generic-only", "random-fraction"], match_m=[5e-5],
+                 # the reference's perplexity is over the whole corpus: nothing can be held
+                 # apart from it, so the searches use the reported tokens
+                 match_search_tokens=0, score_replicates=1)
 
 
 def fill_unset(args: argparse.Namespace, preset: dict) -> None:
     """Set every option of ``args`` the user left unset (argparse's None) from ``preset``;
     options the command does not have are skipped, the user's m values are kept whole."""
     m_given = any(getattr(args, k, None) is not None for k in M_OPTIONS)
+    sized = any(getattr(args, k, None) is not None for k in ("task_limit", "clusters"))
     for key, value in preset.items():
         if key in (*M_OPTIONS, "match_m") and m_given:
             continue  # the user's m values replace the preset's, whichever way given
+        if key in ("task_limit", "clusters") and sized:
+            continue  # the user's task count replaces the preset's, whichever way given
         if hasattr(args, key) and getattr(args, key) is None:
             setattr(args, key, value)
 
@@ -260,7 +280,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "random-fraction, or a variant of the mask family such as "
                         "difference-p4 (generic set = top 4m) or difference-x3 (3 massive-"
                         "activation channels left out); comma-separated, or none (default: "
-                        "random,tom-only; tomsparse run adds difference-p16,difference-x3)")
+                        "random,tom-only; tomsparse run: random, the members of the mask "
+                        "family are tomsparse frontier's)")
+    p.add_argument("--secondary-seeds", dest="secondary_seeds", type=positive_int,
+                   default=None,
+                   help="random masks at the m values below the largest get only the first "
+                        "this many of --random-seeds (the largest m, where the verdicts are "
+                        "decided, gets them all; default: all at every m)")
     p.add_argument("--random-seeds", dest="random_seeds",
                    type=seed_list, default=None,
                    help="seeds of the random control (default: "
@@ -275,6 +301,19 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "fraction of the target's (default 0.10)")
     p.add_argument("--match-steps", dest="match_steps", type=positive_int, default=8,
                    help="perplexity evaluations per search at most (>= 1; default 8)")
+    p.add_argument("--match-seeds", dest="match_seeds", type=positive_int, default=None,
+                   help="seeds each matched random-fraction control is evaluated with at its "
+                        "matched size, so its seed-to-seed variance enters the claims (>= 1; "
+                        "default 3)")
+    p.add_argument("--match-search-tokens", dest="match_search_tokens", type=nonneg_int,
+                   default=None,
+                   help="tokens of the perplexity corpus after the reported ones, held apart "
+                        "for the matched searches so that a control is not matched on the "
+                        "numbers it is judged by (0: search on the reported tokens; default "
+                        "4096)")
+    p.add_argument("--ppl-seqlen", dest="ppl_seqlen", type=positive_int, default=None,
+                   help="tokens per perplexity window (>= 1; default 2048, or the model's "
+                        "context when shorter); the perplexity interval is over windows")
     p.add_argument("--match-m", dest="match_m", type=parse_m_list, default=None,
                    help="match only the difference points at these m values (default: all)")
     p.add_argument("--take-over", dest="take_over", action="store_true",
@@ -347,6 +386,10 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="builtin")
     p.add_argument("--task-limit", dest="task_limit", type=positive_int, default=None,
                    help="evaluate the first N >= 1 tasks per family (default: all)")
+    p.add_argument("--clusters", dest="clusters", type=positive_int, default=None,
+                   help="evaluate the first tasks of each family that cover N >= 1 clusters, "
+                        "the unit the verdicts resample (a task; for irony the story scenario "
+                        "its tasks share); instead of --task-limit (tomsparse run: 20)")
     p.add_argument("--corpus", default=None,
                    help=f"perplexity corpus (default: {DEFAULT_EVAL}; wikitext2 with "
                         "--reference-protocol)")

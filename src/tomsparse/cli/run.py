@@ -24,6 +24,7 @@ from tomsparse.cli.options import (
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
 from tomsparse.data.score_samples import ScoreDataConfig
+from tomsparse.data.tasks.loaders import SCORE_PROMPTS
 from tomsparse.manifest import check_output_dir
 from tomsparse.pipeline import RunConfig, run_main_job
 from tomsparse.scores.compute import METHODS
@@ -47,13 +48,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         # seqlen 0: ToM prompts are scored whole (up to the model's context).
         tom_data=ScoreDataConfig(dataset="tom", nsamples=args.nsamples_tom, seqlen=0,
                                  prompts=args.data_path or "builtin", corpus=args.generic_corpus,
-                                 **common),
+                                 select=args.score_prompts, **common),
         generic_data=ScoreDataConfig(dataset="generic", nsamples=args.nsamples_generic,
                                      seqlen=args.seqlen, corpus=args.generic_corpus,
                                      windows=windows, **common),
         sweep=sweep_config(args, m_values), score_batch_size=args.batch_size,
         score_method=args.method, score_reference_fp16=args.reference_fp16,
         export_m=args.export_model, take_over=args.take_over, rules=verdict_rules(args),
+        score_replicates=args.score_replicates,
         analysis_prompts=args.analysis_prompts if args.analysis else 0, options=options)
 
 
@@ -83,6 +85,16 @@ def add_parser(sub) -> None:
                         "reference)")
     p.add_argument("--out", default="runs/default", help="output folder (default: runs/default)")
     p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--score-prompts", dest="score_prompts", choices=list(SCORE_PROMPTS),
+                   default="all",
+                   help="ToM scores: draw the samples from all rendered prompts (default; the "
+                        "reference's) or only the false-belief ones")
+    p.add_argument("--score-replicates", dest="score_replicates", type=positive_int,
+                   default=None,
+                   help="independent score sets (replicate r draws its samples with seed + r - "
+                        "1); the report gives the overlap of their difference masks and the "
+                        "verdicts at the primary m under each (>= 1; tomsparse run: 2, --quick "
+                        "and --reference-protocol: 1)")
     p.add_argument("--nsamples-tom", dest="nsamples_tom", type=positive_int, default=None)
     p.add_argument("--nsamples-generic", dest="nsamples_generic", type=positive_int,
                    default=None)

@@ -18,6 +18,7 @@ from tomsparse.cli.options import (
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
 from tomsparse.data.score_samples import ScoreDataConfig, ScoreDataset, build_dataset
+from tomsparse.data.tasks.loaders import SCORE_PROMPTS
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import load_model
 from tomsparse.scores.compute import METHODS, ScoreResult, compute_score_set
@@ -63,7 +64,8 @@ def data_config(args: argparse.Namespace) -> ScoreDataConfig:
     return ScoreDataConfig(dataset=args.dataset, nsamples=args.nsamples, seed=args.seed,
                            seqlen=args.seqlen, prompts=args.data_path or "builtin",
                            supervision=supervision, corpus=args.corpus,
-                           windows="reference" if args.reference_windows else "tomsparse")
+                           windows="reference" if args.reference_windows else "tomsparse",
+                           select=args.score_prompts)
 
 
 def _compute(args: argparse.Namespace) -> int:
@@ -140,6 +142,11 @@ def add_parser(sub) -> None:
     p.add_argument("action", nargs="?", default="compute", choices=["compute", "import", "export"])
     add_model_args(p)
     p.add_argument("--dataset", choices=["tom", "generic"], default="tom")
+    p.add_argument("--score-prompts", dest="score_prompts", choices=list(SCORE_PROMPTS),
+                   default="all",
+                   help="ToM scores: draw the samples from all rendered prompts (default; the "
+                        "reference's) or only the false-belief ones (the belief probes under "
+                        "false belief, the ironic remarks, ToMi's false-belief questions)")
     p.add_argument("--data_path", "--data-path", dest="data_path", default=None,
                    help="ToM prompt file (JSON list / JSONL of {txt, answer}); default: built-in train split")
     p.add_argument("--corpus", default=None,

@@ -371,6 +371,7 @@ class ScoreDataConfig:
     supervision: str = "answer"
     corpus: str = DEFAULT_GENERIC
     windows: str = "tomsparse"  # generic window recipe: tomsparse or reference
+    select: str = "all"  # ToM: "all" rendered prompts, or only the "false-belief" ones
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -396,11 +397,12 @@ def build_dataset(cfg: ScoreDataConfig, tokenizer, model) -> ScoreDataset:
     if cfg.dataset == "tom":
         # seqlen 0 (the reference's value for ToM) keeps prompts whole, up to the context.
         limit = cfg.seqlen if cfg.seqlen else context
-        dataset = build_tom_samples(tokenizer, gradient_prompts(cfg.prompts),
+        dataset = build_tom_samples(tokenizer, gradient_prompts(cfg.prompts, select=cfg.select),
                                     nsamples=cfg.nsamples, seed=cfg.seed,
                                     supervision=cfg.supervision, max_length=limit,
                                     source=cfg.prompts)
         dataset.info["seqlen"] = cfg.seqlen or 0
+        dataset.info["select"] = cfg.select
         return dataset
     corpus = load_corpus(cfg.corpus)
     return build_generic_samples(tokenizer, corpus, nsamples=cfg.nsamples,

@@ -370,24 +370,9 @@ def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", re
                 fallbacks = s.boundary_fallbacks
             else:
                 fallbacks = 0
-                sample = scoring == "generate"
-                generator = VLLMGenerator(model, tokenizer) if use_vllm else None
-                texts = [p.text for p in prompts]
-                check_prompt_lengths(model, prompts, [len(encode(tokenizer, t)) + MAX_NEW_TOKENS
-                                                      for t in texts],
-                                     f"{MAX_NEW_TOKENS} generated tokens")
-                seeds = [seed + rep - 1 if sample else None for rep in range(1, reps + 1)]
-                if generator is not None:
-                    by_rep = [generator.generate(texts, sample, s) for s in seeds]
-                else:  # the reps share each prompt's prefill
-                    by_rep = generate_reps(model, tokenizer, texts, seeds, batch_size, sample,
-                                           device, progress)
-                for rep, (rep_seed, outputs) in enumerate(zip(seeds, by_rep), start=1):
-                    for p, text in zip(prompts, outputs):
-                        rows.append(_row(p, rep=rep, seed=rep_seed, generated=text,
-                                         answer_word=answer_word(text, answer_rule),
-                                         correct=p.matches(text, answer_rule),
-                                         expected_word=p.expected_word_for(answer_rule)))
+                seeds, rows = _generation_rows(model, tokenizer, prompts, scoring, reps, seed,
+                                               batch_size, device, progress, answer_rule,
+                                               use_vllm)
     finally:
         if was_training:
             model.train()
@@ -407,6 +392,32 @@ def evaluate(model, tokenizer, taskset: TaskSet, scoring: str = "likelihood", re
                 protocol=_protocol(scoring, answer_span, answer_rule),
                 families={f: taskset.count(f) for f in taskset.families()})
     return EvalResult(table=table, metrics=metrics, meta=meta)
+
+
+def _generation_rows(model, tokenizer, prompts, scoring: str, reps: int, seed: int,
+                     batch_size: int, device, progress: bool, answer_rule: str,
+                     use_vllm: bool) -> tuple[list, list[dict]]:
+    """(per-rep seeds, table rows) of the generate / greedy scorings: every prompt generated
+    ``reps`` times (sampled with seed + rep - 1 under ``generate``), its first word matched."""
+    sample = scoring == "generate"
+    generator = VLLMGenerator(model, tokenizer) if use_vllm else None
+    texts = [p.text for p in prompts]
+    check_prompt_lengths(model, prompts, [len(encode(tokenizer, t)) + MAX_NEW_TOKENS
+                                          for t in texts], f"{MAX_NEW_TOKENS} generated tokens")
+    seeds = [seed + rep - 1 if sample else None for rep in range(1, reps + 1)]
+    if generator is not None:
+        by_rep = [generator.generate(texts, sample, s) for s in seeds]
+    else:  # the reps share each prompt's prefill
+        by_rep = generate_reps(model, tokenizer, texts, seeds, batch_size, sample, device,
+                               progress)
+    rows = []
+    for rep, (rep_seed, outputs) in enumerate(zip(seeds, by_rep), start=1):
+        for p, text in zip(prompts, outputs):
+            rows.append(_row(p, rep=rep, seed=rep_seed, generated=text,
+                             answer_word=answer_word(text, answer_rule),
+                             correct=p.matches(text, answer_rule),
+                             expected_word=p.expected_word_for(answer_rule)))
+    return seeds, rows
 
 
 def _protocol(scoring: str, answer_span: str, answer_rule: str = "tomsparse") -> str:

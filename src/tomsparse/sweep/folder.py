@@ -362,6 +362,7 @@ class RunFolder:
 
     MANIFEST = "manifest.json"
     REPORT_SECTIONS = "report_sections.json"
+    MASK_OVERLAP, REPLICATE_VERDICTS = "mask_overlap.csv", "replicate_verdicts.csv"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -383,9 +384,25 @@ class RunFolder:
         """The sections ``tomsparse analyze`` leaves for the run's report."""
         return self.analysis_dir / self.REPORT_SECTIONS
 
-    def scores(self, dataset: str) -> Path:
-        """The score store of ``dataset`` (tom or generic)."""
-        return self.root / f"scores_{dataset}"
+    def scores(self, dataset: str, replicate: int = 1) -> Path:
+        """The score store of ``dataset`` (tom or generic); score replicate r > 1 (an
+        independent draw of the samples) is ``scores_<dataset>_r<r>``."""
+        return self.root / (f"scores_{dataset}" if replicate == 1
+                            else f"scores_{dataset}_r{replicate}")
+
+    def replicate_sweep(self, replicate: int) -> SweepFolder:
+        """The small sweep of score replicate r > 1 (its difference mask at the primary m)."""
+        return SweepFolder(self.root / f"sweep_r{replicate}")
+
+    @property
+    def mask_overlap(self) -> Path:
+        """The Jaccard overlap of the replicates' difference masks (sweep.replicates)."""
+        return self.root / self.MASK_OVERLAP
+
+    @property
+    def replicate_verdicts(self) -> Path:
+        """The primary verdicts under each score replicate (sweep.replicates)."""
+        return self.root / self.REPLICATE_VERDICTS
 
     def read_report_sections(self) -> list[tuple[str, str]]:
         """The (title, html) sections the analyses left for the report; [] when none."""

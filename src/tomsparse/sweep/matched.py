@@ -32,6 +32,7 @@ GROWTH = 4.0
 # Controls whose size can be searched, with the search's first size (a multiple of the
 # target's m) and its bounds (fractions of each matrix).
 MATCHABLE = {"generic-only": (1.0, 0.05), "random-fraction": (100.0, 0.5)}
+SEEDED_MATCHABLE = ("random-fraction",)  # drawn at random: evaluated with several seeds
 
 
 def round_size(x: float) -> float:
@@ -161,35 +162,66 @@ def _matched_control(sweep, target: dict, mode: str) -> dict:
     done = sweep.folder.search_result(tlabel, mode)
     entry = sweep.claims.compute_once(f"search_{tlabel}_{mode}", done,
                                       lambda: _search(sweep, target, mode, done))
+    entry = dict(entry)
     if entry["matched"]:
-        sweep.point(mode, 0, entry["m"], extra={"matched_to": tlabel})
+        # a seeded control is evaluated at the matched size with several seeds, so that its
+        # mask-to-mask variance enters the claims (stats.contrast_with_controls)
+        seeds = match_seeds(mode, sweep.cfg.match_seeds)
+        for seed in seeds:
+            sweep.point(mode, seed, entry["m"], extra={"matched_to": tlabel})
+        entry["seeds"] = seeds
+        entry["labels"] = [point_label(mode, seed, entry["m"]) for seed in seeds]
     return entry
 
 
+def match_seeds(mode: str, n: int) -> list[int]:
+    """The seeds a matched control is evaluated with: 0 .. n-1 for a seeded mask
+    (random-fraction), 0 alone for a deterministic one (generic-only)."""
+    return list(range(n)) if mode in SEEDED_MATCHABLE else [0]
+
+
 def _search(sweep, target: dict, mode: str, done: Path) -> dict:
+    """The size search of one control for one target, on the held-apart search split of the
+    perplexity text (``SweepConfig.match_search_tokens``): the baseline's and the target's
+    perplexity on that split are measured once (and kept in ``search/``), the control's at
+    each step; the points' reported perplexities never enter the search."""
     cfg, folder = sweep.cfg, sweep.folder
-    base = json.loads(folder.point_record(BASELINE_LABEL).read_text())
-    ppl0 = base["perplexity"]
+    held_apart = sweep.search_ids is not sweep.ppl_ids
     start, high = MATCHABLE[mode]
     tlabel = point_label(target["mode"], target["seed"], target["m"])
     folder.search_dir.mkdir(exist_ok=True)
 
-    def measure(size: float) -> float:
-        path = folder.search_point(mode, size)
+    def measure_mode(kind: str, size: float) -> float:
+        path = folder.search_point(kind, size)
         if path.exists():
             return json.loads(path.read_text())["perplexity"]
-        ppl = sweep.perplexity(sweep.masks(mode, 0, size)).perplexity
-        write_json(path, {"mode": mode, "seed": 0, "m": size, "perplexity": ppl})
+        masks = sweep.masks(kind, 0, size) if size > 0 else {}
+        ppl = sweep.perplexity(masks, split="search").perplexity
+        write_json(path, {"mode": kind, "seed": 0, "m": size, "perplexity": ppl,
+                          "split": "search" if held_apart else "report"})
         return ppl
 
-    res = search_size(measure, baseline=ppl0, target=target["perplexity"] / ppl0 - 1,
+    if held_apart:
+        ppl0, ppl_target = measure_mode("none", 0.0), measure_mode(target["mode"], target["m"])
+    else:   # searched on the reported tokens (--match-search-tokens 0)
+        ppl0 = json.loads(folder.point_record(BASELINE_LABEL).read_text())["perplexity"]
+        ppl_target = target["perplexity"]
+
+    def measure(size: float) -> float:
+        return measure_mode(mode, size)
+
+    res = search_size(measure, baseline=ppl0, target=ppl_target / ppl0 - 1,
                       start=target["m"] * start, low=target["m"] / 100, high=high,
                       tolerance=cfg.match_tolerance, steps=cfg.match_steps)
     entry = {"mode": mode, "m": res.size, "seed": 0, "label": point_label(mode, 0, res.size),
              "perplexity": res.perplexity, "ppl_change": res.change,
-             "matched": res.matched, "search": [list(t) for t in res.trace]}
+             "matched": res.matched, "search": [list(t) for t in res.trace],
+             "search_split": "held apart" if held_apart else "reported tokens",
+             "search_baseline_perplexity": ppl0, "search_target_perplexity": ppl_target}
     sweep.log(f"[tomsparse] damage-matched {mode} for {tlabel} "
-              f"({target['perplexity'] / ppl0 - 1:+.0%} perplexity): m = {res.size:.3g} "
+              f"({ppl_target / ppl0 - 1:+.0%} perplexity on the "
+              f"{'held-apart search tokens' if held_apart else 'reported tokens'}): "
+              f"m = {res.size:.3g} "
               f"gives {res.change:+.0%} after {len(res.trace)} perplexity evaluation(s)"
               + ("" if res.matched else " - not within the tolerance; not evaluated"))
     write_json(done, entry)

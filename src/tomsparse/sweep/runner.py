@@ -65,6 +65,8 @@ class SweepConfig:
     seed: int = 0
     tasks: str = "builtin"
     task_limit: int | None = None
+    # tasks of each family until this many clusters (irony: story scenarios); None: task_limit
+    cluster_limit: int | None = None
     corpus: str = "wiki-offline:eval"
     ppl_seqlen: int = 2048
     ppl_max_tokens: int | None = 4096
@@ -80,6 +82,15 @@ class SweepConfig:
     match_tolerance: float = 0.10
     match_steps: int = 8
     match_m: list[float] | None = None  # the difference points to match (None: all)
+    # seeds of the random masks at the m values below the largest (the primary m gets every
+    # one of random_seeds); None: every seed at every m
+    secondary_seeds: int | None = None
+    # seeds each matched random-fraction control is evaluated with (its mask-to-mask variance)
+    match_seeds: int = 3
+    # tokens of the perplexity corpus after the reported ones, held apart for the matched
+    # searches (so a control is not matched on the numbers it is then judged by); 0 = search
+    # on the reported tokens themselves (folders written before the split)
+    match_search_tokens: int = 4096
     # evaluate on tasks that share stories with the ToM score prompts (data.overlap)
     allow_overlap: bool = False
 
@@ -102,14 +113,21 @@ class SweepConfig:
             raise UserError(f"unknown answer rule {self.answer_rule!r}; choose from "
                             f"{', '.join(ANSWER_RULES)}")
         options = {"reps": "--reps", "batch_size": "--batch-size",
-                   "ppl_seqlen": "--ppl-seqlen", "match_steps": "--match-steps"}
+                   "ppl_seqlen": "--ppl-seqlen", "match_steps": "--match-steps",
+                   "match_seeds": "--match-seeds"}
+        if self.match_search_tokens < 0:
+            raise UserError(f"--match-search-tokens must be 0 or more, got "
+                            f"{self.match_search_tokens}")
         for name, option in options.items():
             if getattr(self, name) < 1:
                 raise UserError(f"{option} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.match_tolerance < 1:
             raise UserError(f"--match-tolerance must lie in (0, 1) (a fraction of the "
                             f"perplexity change), got {self.match_tolerance}")
-        for name in ("task_limit", "ppl_max_tokens"):
+        if self.task_limit is not None and self.cluster_limit is not None:
+            raise UserError("give --task-limit or --clusters, not both (--clusters counts "
+                            "irony's story scenarios, --task-limit its tasks)")
+        for name in ("task_limit", "ppl_max_tokens", "cluster_limit", "secondary_seeds"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (or left out for "
@@ -145,7 +163,8 @@ class SweepConfig:
 # Options added after sweep folders already existed, with the value those folders ran with:
 # a folder whose recorded config lacks one of them resumes as if it had recorded it.
 _ADDED_OPTIONS = {"ppl_protocol": "tomsparse", "answer_rule": "tomsparse",
-                  "allow_overlap": False}
+                  "allow_overlap": False, "match_seeds": 1, "match_search_tokens": 0,
+                  "cluster_limit": None, "secondary_seeds": None}
 
 
 
@@ -162,11 +181,17 @@ def m_grid(m_start: float, m_end: float, m_step: float) -> list[float]:
     return [float(x) for x in np.arange(m_start, m_end + m_step, m_step)]
 
 
-def _points(cfg: SweepConfig) -> list[tuple[str, int, float]]:
+def sweep_points(cfg: SweepConfig) -> list[tuple[str, int, float]]:
+    """Every (mode, seed, m) of the sweep: the baseline, then per m > 0 each mode with its
+    seeds (``secondary_seeds`` of them below the largest m, the primary one)."""
     pts = [(BASELINE_MODE, 0, 0.0)] if 0.0 in cfg.m_values else []
-    for m in (m for m in cfg.m_values if m > 0):
+    positive = [m for m in cfg.m_values if m > 0]
+    for m in positive:
         for mode in cfg.modes:
-            pts += [(mode, s, m) for s in mode_seeds(mode, cfg.random_seeds)]
+            seeds = mode_seeds(mode, cfg.random_seeds)
+            if cfg.secondary_seeds is not None and m < max(positive):
+                seeds = seeds[:cfg.secondary_seeds]
+            pts += [(mode, s, m) for s in seeds]
     return pts
 
 
@@ -229,7 +254,8 @@ class _Sweep:
                                        reference_ties=cfg.reference_ties,
                                        generic_factor=self.factor)
         taskset = load_tasks(cfg.tasks)
-        self.taskset = taskset.head(cfg.task_limit) if cfg.task_limit else taskset
+        self.taskset = (taskset.head_clusters(cfg.cluster_limit) if cfg.cluster_limit
+                        else taskset.head(cfg.task_limit) if cfg.task_limit else taskset)
         # score prompts and evaluation prompts must not share a story (refused unless allowed)
         manifest = getattr(tom_scores, "manifest", None)
         self.overlap = check_overlap(story_hashes(manifest) if isinstance(manifest, dict)
@@ -237,8 +263,7 @@ class _Sweep:
                                      allow=cfg.allow_overlap,
                                      where=f"--tasks {cfg.tasks} vs the ToM score store")
         self.corpus = load_corpus(cfg.corpus)
-        self.ppl_ids = tokenize_corpus(lm.tokenizer, self.corpus, cfg.ppl_max_tokens,
-                                       cfg.ppl_protocol)
+        self.ppl_ids, self.search_ids = _perplexity_splits(lm, self.corpus, cfg, log)
         window = min(cfg.ppl_seqlen, context_length(lm.model) or cfg.ppl_seqlen)
         if self.ppl_ids.numel() < window:
             raise UserError(f"perplexity corpus {self.corpus.name!r} gives "
@@ -268,18 +293,20 @@ class _Sweep:
         return masks_for(self.rankings_for(m), m, mode, seed=seed,
                          reference_ties=self.cfg.reference_ties, channels=self.channels)
 
-    def perplexity(self, masks: dict) -> PerplexityResult:
-        """The perplexity of the model perturbed with ``masks`` (restored afterwards)."""
+    def perplexity(self, masks: dict, split: str = "report") -> PerplexityResult:
+        """The perplexity of the model perturbed with ``masks`` (restored afterwards), on the
+        reported tokens or on the ``"search"`` split the matched searches use."""
         lm, cfg = self.lm, self.cfg
         with perturbed(lm.description.matrices, masks, mode=cfg.perturbation, scale=cfg.scale,
                        totals=self.sums):
-            return self._perplexity_as_is()
+            return self._perplexity_as_is(split)
 
-    def _perplexity_as_is(self) -> PerplexityResult:
+    def _perplexity_as_is(self, split: str = "report") -> PerplexityResult:
         """The one perplexity call of a sweep: the model as it is now."""
         lm, cfg = self.lm, self.cfg
+        ids = self.search_ids if split == "search" else self.ppl_ids
         return perplexity(lm.model, lm.tokenizer, self.corpus, seqlen=cfg.ppl_seqlen,
-                          token_ids=self.ppl_ids, batch_size=2, protocol=cfg.ppl_protocol)
+                          token_ids=ids, batch_size=2, protocol=cfg.ppl_protocol)
 
     def point(self, mode: str, seed: int, m: float, extra: dict | None = None,
               wait: bool = True) -> dict | None:
@@ -328,6 +355,31 @@ class _Sweep:
                   "worker": f"{self.claims.me['host']}:{self.claims.me['pid']}", **(extra or {})}
         write_json(done, record)
         return record
+
+
+def _perplexity_splits(lm, corpus, cfg: SweepConfig, log=print):
+    """(reported token ids, held-apart search token ids): the first ``ppl_max_tokens`` of the
+    corpus are reported, up to ``match_search_tokens`` after them are only searched on. When
+    the whole corpus is reported (``ppl_max_tokens`` None), its last quarter at most is held
+    apart instead. Too little text for one window apart (or 0, or no matched controls): the
+    searches use the reported tokens, and the log and ``matched.json`` say so."""
+    search = cfg.match_search_tokens if cfg.matched_controls else 0
+    wanted = None if cfg.ppl_max_tokens is None else cfg.ppl_max_tokens + search
+    ids = tokenize_corpus(lm.tokenizer, corpus, wanted, cfg.ppl_protocol)
+    if not search:
+        return ids, ids
+    window = min(cfg.ppl_seqlen, context_length(lm.model) or cfg.ppl_seqlen)
+    if cfg.ppl_max_tokens is None:
+        apart = min(search, ids.numel() // 4)
+        report, held = ids[:ids.numel() - apart], ids[ids.numel() - apart:]
+    else:
+        report, held = ids[:cfg.ppl_max_tokens], ids[cfg.ppl_max_tokens:wanted]
+    if held.numel() < window:
+        log(f"[tomsparse] perplexity corpus {corpus.name!r}: {held.numel()} tokens left to hold "
+            f"apart for the matched searches, less than one window of {window}; the searches "
+            "use the reported tokens")
+        return report, report
+    return report, held
 
 
 def cached_massive_channels(lm, ppl_ids, path: Path, n: int, log=print) -> list[int]:
@@ -382,7 +434,7 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     if fresh:
         write_json(sweep.folder.manifest, manifest)
     sweep.prepare()
-    points = _points(cfg)
+    points = sweep_points(cfg)
     bar = progress_bar(len(points), "sweep", "point", enabled=progress)
     records, held = {}, []
     try:

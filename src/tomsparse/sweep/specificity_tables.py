@@ -31,8 +31,8 @@ def matched_controls(targets: dict[str, dict]) -> tuple[dict[str, list[str]], pd
                          "m": c["m"], "perplexity": c.get("perplexity"),
                          "ppl_change": c.get("ppl_change"), "matched": bool(c["matched"]),
                          "evaluations": len(c.get("search", [])), "label": c.get("label")})
-            if c["matched"]:
-                mapping.setdefault(target, []).append(c["label"])
+            if c["matched"]:   # every seed it was evaluated with (older folders: one label)
+                mapping.setdefault(target, []).extend(c.get("labels") or [c["label"]])
     return mapping, pd.DataFrame(rows, columns=list(MATCHED_COLUMNS))
 
 

@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 
 from tomsparse.data.tasks.bank import builtin_taskset
+from tomsparse.data.tasks.roles import TOM, prompt_role
 from tomsparse.data.tasks.model import (
     JSON_KEYS,
     PY_NAMES,
@@ -267,8 +268,11 @@ def _is_prompt_file(path: Path) -> bool:
     return False
 
 
+SCORE_PROMPTS = ("all", "false-belief")   # which rendered prompts the ToM scores draw from
+
+
 def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int = 0,
-                     families=None) -> list["GradientPrompt"]:
+                     families=None, select: str = "all") -> list["GradientPrompt"]:
     """ToM prompts for sensitivity scores, each with its expected answer where known.
 
     ``builtin``: the bank's train split (disjoint from the eval tasks) rendered as prompts;
@@ -276,13 +280,22 @@ def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int
     (``tomi``, ``builtin:eval``, a task file): its tasks rendered as prompts. ``families``
     restricts rendered tasks to some families; ``sample`` draws that many prompts without
     replacement with ``random.Random(seed)`` (the reference samples 100 with seed 0).
+    ``select`` "false-belief" keeps only the ToM prompts of rendered tasks (``roles.TOM``: the
+    false-belief belief probes, the ironic remarks, ToMi's false-belief questions); the
+    reference draws from "all".
     """
+    if select not in SCORE_PROMPTS:
+        raise UserError(f"--score-prompts {select!r}: choose from {', '.join(SCORE_PROMPTS)}")
     spec = (spec or "builtin").strip()
     path = Path(spec)
     if spec not in ("builtin", "builtin:train", "builtin:eval", "tomi") \
             and path.suffix.lower() in (".json", ".jsonl") and _is_prompt_file(path):
         if families:
             raise UserError(f"{path}: a gradient-prompt file has no families to select")
+        if select != "all":
+            raise UserError(f"{path}: a gradient-prompt file has no conditions, so "
+                            f"--score-prompts {select} cannot select from it; give a task file "
+                            "or builtin, or --score-prompts all")
         prompts = read_prompt_file(path)
     else:
         taskset = load_tasks("builtin:train" if spec == "builtin" else spec)
@@ -295,6 +308,9 @@ def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int
                                 f" {', '.join(sorted(unknown))}; it has "
                                 f"{', '.join(taskset.families())}")
             rendered = [p for p in rendered if p.family in wanted]
+        if select == "false-belief":
+            rendered = [p for p in rendered
+                        if prompt_role(p.family, p.condition, p.probe, p.scenario) == TOM]
         prompts = [GradientPrompt(txt=p.text, answer=p.expected) for p in rendered]
     if sample is not None:
         if sample <= 0:

@@ -374,6 +374,11 @@ def _two_probes(task: Task, condition: str, story: str, probe_a: str, probe_b: s
     return out
 
 
+def _task_cluster(task: Task) -> str:
+    """The cluster a task's prompts resample in (``Prompt.cluster``, else the task)."""
+    return (_irony_cluster(task) if task.family == "irony" else "") or f"task {task.task_id}"
+
+
 def _irony_cluster(task: Task) -> str:
     """The scenario an irony task was written from (the bank's ``SCENARIO`` field), so that the
     tasks reusing one scenario resample together; "" (the task alone) when the file has none."""
@@ -566,6 +571,26 @@ class TaskSet:
             tomi = [item for item in self.tomi if item.story_index in keep]
         return TaskSet(name=f"{self.name}[:{n}]",
                        tasks={f: list(ts[:n]) for f, ts in self.tasks.items()}, tomi=tomi)
+
+    def head_clusters(self, n: int | None) -> "TaskSet":
+        """The first tasks of each family that cover ``n`` clusters (the unit the verdicts
+        resample: a task, or for irony the story scenario several tasks share; ToMi: the first
+        ``n`` stories)."""
+        if n is None:
+            return self
+        kept = {}
+        for family, tasks in self.tasks.items():
+            seen: set = set()
+            out = []
+            for task in tasks:
+                key = _task_cluster(task)
+                if key not in seen and len(seen) >= n:
+                    break
+                seen.add(key)
+                out.append(task)
+            kept[family] = out
+        tomi = self.head(n).tomi
+        return TaskSet(name=f"{self.name}[:{n} clusters]", tasks=kept, tomi=tomi)
 
     def to_reference(self) -> dict:
         """The tasks in the reference's .json layout (``{"s1": [...], "s2": [...], ...}``)."""

@@ -1,0 +1,136 @@
+"""Score replicates (issue 23, part 1): how stable is the difference mask, and the verdict,
+when the score samples are drawn again?
+
+A run with ``--score-replicates N`` computes N independent score sets (replicate r draws its
+samples with seed + r - 1). Two things are measured from them:
+
+* the **mask overlap**: per m, the Jaccard index |A & B| / |A | B| between the difference
+  masks of replicate 1 and of replicate r, over every weight and per role (q, k, v, o, gate,
+  up, down);
+* the **primary verdict under each replicate**: replicate r's difference mask is evaluated at
+  the primary m (the largest) into its own small sweep folder, and the verdicts of the main
+  sweep are judged again with that point in place of replicate 1's difference point (the
+  baseline, the random masks and the damage-matched controls are the main sweep's: they do not
+  depend on the scores, except that the controls were matched to replicate 1's perplexity).
+  The verdict is called stable only when every replicate gives the same outcome.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from tomsparse.masks import build_rankings, masks_for
+from tomsparse.sweep.folder import SweepFolder, point_label
+from tomsparse.sweep.specificity import POOL_ABOVE, compute_specificity
+from tomsparse.sweep.specificity_tables import matched_controls, verdict_rules
+from tomsparse.sweep.verdicts import verdicts
+
+OVERLAP_COLUMNS = ("replicate", "m", "role", "jaccard", "masked_1", "masked_r", "shared")
+VERDICT_COLUMNS = ("replicate", "m", "claim", "family", "status", "value", "lo", "hi",
+                   "n_clusters", "stable")
+
+
+def _jaccard(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int]:
+    """(|a|, |b|, |a & b|) of two sets of flat indices."""
+    shared = int(torch.isin(a, b).sum()) if a.numel() and b.numel() else 0
+    return int(a.numel()), int(b.numel()), shared
+
+
+def mask_overlap(lm, scores: list[tuple], m_values: list[float]) -> pd.DataFrame:
+    """The Jaccard overlap of the difference masks of replicate 1 and each other replicate,
+    per m > 0, overall and per role. ``scores``: [(ToM scores, generic scores)] per replicate
+    (mappings of matrix name to tensor, e.g. streamed stores)."""
+    names = [m.name for m in lm.description.matrices]
+    role = {m.name: m.role for m in lm.description.matrices}
+    positive = sorted(m for m in m_values if m > 0)
+    if not positive or len(scores) < 2:
+        return pd.DataFrame(columns=list(OVERLAP_COLUMNS))
+    rankings = [build_rankings(tom, gen, names, m_max=max(positive)) for tom, gen in scores]
+    rows = []
+    for r, ranking in enumerate(rankings[1:], start=2):
+        for m in positive:
+            first, other = masks_for(rankings[0], m, "difference"), masks_for(ranking, m,
+                                                                               "difference")
+            totals: dict[str, list[int]] = {}
+            for name in names:
+                counts = _jaccard(first[name].cpu(), other[name].cpu())
+                for key in ("all", role[name]):
+                    acc = totals.setdefault(key, [0, 0, 0])
+                    for i, c in enumerate(counts):
+                        acc[i] += c
+            for key, (n1, nr, both) in totals.items():
+                union = n1 + nr - both
+                rows.append({"replicate": r, "m": m, "role": key,
+                             "jaccard": both / union if union else math.nan,
+                             "masked_1": n1, "masked_r": nr, "shared": both})
+    return pd.DataFrame(rows, columns=list(OVERLAP_COLUMNS))
+
+
+def replicate_verdicts(main: str | Path, replicates: dict[int, str | Path], m: float
+                       ) -> pd.DataFrame:
+    """Claims (a)-(c) at ``m`` in every judged scope, under replicate 1 (the main sweep) and
+    under each replicate's difference point (``replicates``: {r: its sweep folder}), with
+    ``stable`` True on a row when every replicate gives that claim and scope the same outcome.
+    Judged by the main folder's verdict rules."""
+    folder = SweepFolder(main)
+    points, prompts = folder.read_sweep()
+    mapping, searches = matched_controls(folder.read_matched())
+    rules = verdict_rules(folder, None)
+    label = point_label("difference", 0, m)
+    runs = {1: (points, prompts)}
+    for r, path in replicates.items():
+        rep_points, rep_prompts = SweepFolder(path).read_sweep()
+        row = rep_points[rep_points["label"] == label]
+        if row.empty:
+            continue
+        swapped = pd.concat([points[points["label"] != label], row], ignore_index=True)
+        runs[r] = (swapped, {**prompts, label: rep_prompts[label]})
+    rows = []
+    for r, (pts, prm) in runs.items():
+        tables = compute_specificity(pts, prm, matched=mapping)
+        tables["matched"] = searches
+        for v in verdicts(tables, rules=rules):
+            if v["claim"] in ("a", "b", "c") and math.isclose(v["m"], m):
+                rows.append({"replicate": r, "m": m, "claim": v["claim"], "family": v["family"],
+                             "status": v["status"], "value": v["value"], "lo": v["lo"],
+                             "hi": v["hi"], "n_clusters": v["n_clusters"]})
+    out = pd.DataFrame(rows, columns=[c for c in VERDICT_COLUMNS if c != "stable"])
+    if out.empty:
+        return pd.DataFrame(columns=list(VERDICT_COLUMNS))
+    same = out.groupby(["claim", "family"])["status"].transform("nunique") == 1
+    full = out.groupby(["claim", "family"])["replicate"].transform("nunique") == len(runs)
+    return out.assign(stable=same & full & (len(runs) > 1))
+
+
+def replicate_section(overlap: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The report's section: the mask overlap per m and role, and the verdicts per replicate
+    in the primary scope."""
+    if overlap.empty and table.empty:
+        return ""
+    parts = []
+    if not overlap.empty:
+        wide = overlap.pivot_table(index=["replicate", "m"], columns="role", values="jaccard",
+                                   sort=False).reset_index()
+        parts.append("<p>Jaccard overlap |A &amp; B| / |A | B| of the difference masks of score "
+                     "replicate 1 and replicate r (independent draws of the score samples), "
+                     "over every weight and per role; 1 = the same weights.</p>"
+                     + wide.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep=""))
+    if not table.empty:
+        primary = table[table["family"] == POOL_ABOVE] if (table["family"] == POOL_ABOVE
+                                                            ).any() else table
+        wide = primary.pivot_table(index=["claim", "family"], columns="replicate",
+                                   values="status", aggfunc="first").reset_index()
+        wide.columns = [f"replicate {c}" if isinstance(c, (int, float)) else c
+                        for c in wide.columns]
+        stable = (primary.groupby(["claim", "family"])["stable"].all().reset_index())
+        wide = wide.merge(stable, on=["claim", "family"], how="left")
+        wide["stable"] = wide["stable"].map({True: "yes", False: "no"})
+        parts.append(f"<p>Claims (a)-(c) at m = {table['m'].iloc[0]:.3g} with each replicate's "
+                     "difference mask (the other points are shared): a verdict is stable only "
+                     "when every replicate gives it.</p>"
+                     + wide.to_html(index=False, na_rep="", escape=True))
+    return "\n".join(parts)
