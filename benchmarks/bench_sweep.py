@@ -30,7 +30,9 @@ Stages, in order (medians of ``--repeats`` for the cheap ones; the model-running
    random windows of ``--ppl-seqlen`` tokens;
 7. the reference protocol projected: 200 score samples (2 sets of 100), rankings once, 131
    points (baseline + 26 m values x (difference + 3 random seeds + tom-only)), each point =
-   masks + apply/restore + generate with 5 reps on 664 prompts + perplexity on ~340k tokens.
+   masks + apply/restore + generate with 5 reps on 664 prompts + perplexity on ~340k tokens;
+8. ``tomsparse run --preset paper-7b`` projected the same way (likelihood scoring on every
+   prompt of the bank, the damage-matched controls and the score replicate included).
 
     .venv/bin/python benchmarks/bench_sweep.py --shape tiny
     .venv/bin/python benchmarks/bench_sweep.py --shape llama-1b --score-samples 4 \\
@@ -426,6 +428,48 @@ def bench_perplexity(lm, args, device):
 # ------------------------------------------------------------------------------ main
 
 
+def project_paper_7b(args, b, fixed, rk, lik_rate, tok_rate) -> None:
+    """8. ``tomsparse run --preset paper-7b`` projected from the rates measured above: its
+    points counted by the sweep's own expansion (``sweep_points``) plus the matched controls
+    and the replicate's difference point, each a likelihood evaluation of every prompt of the
+    bank and a perplexity over the preset's tokens; the matched searches at most
+    ``match_steps`` + 2 perplexities of the held-apart tokens each."""
+    from tomsparse.cli.main import build_parser
+    from tomsparse.cli.options import apply_presets, sweep_config
+    from tomsparse.data.tasks import load_tasks
+    from tomsparse.sweep.matched import match_seeds
+    from tomsparse.sweep.runner import sweep_points
+
+    a = build_parser().parse_args(["run", "--preset", "paper-7b"])
+    cfg = sweep_config(a, apply_presets(a))
+    prompts = len(load_tasks(cfg.tasks).prompts())
+    matched = sum(len(match_seeds(mode, cfg.match_seeds)) for mode in cfg.matched_controls)
+    points = len(sweep_points(cfg)) + matched + (a.score_replicates - 1)
+    searches = len(cfg.matched_controls) * (cfg.match_steps + 2)
+    samples = a.score_replicates * (a.nsamples_tom + a.nsamples_generic)
+    terms = [
+        (f"scores: {samples} samples ({a.score_replicates} replicates) x "
+         f"{b['per_sample']:.4f} s, + {2 * a.score_replicates} x {fixed:.2f} s fixed",
+         samples * b["per_sample"] + 2 * a.score_replicates * fixed),
+        (f"rankings: {a.score_replicates} x (sweep + mask overlap)", 2 * a.score_replicates
+         * rk["seconds"]),
+        (f"likelihood: {points} points x {prompts} prompts at {lik_rate:.3g} prompts/s",
+         points * prompts / lik_rate),
+        (f"perplexity: {points} points x {cfg.ppl_max_tokens:,} tokens at {tok_rate:,.0f} "
+         f"tokens/s", points * cfg.ppl_max_tokens / tok_rate),
+        (f"matched searches: at most {searches} x {cfg.match_search_tokens:,} held-apart "
+         f"tokens", searches * cfg.match_search_tokens / tok_rate),
+    ]
+    print(f"\n8. tomsparse run --preset paper-7b projected for {args.shape} on this device "
+          f"({points} points: {len(sweep_points(cfg))} sweep points, {matched} matched, "
+          f"{a.score_replicates - 1} replicate)")
+    for label, sec in terms:
+        print(f"  {label:<86s} {sec / 60:10.2f} min", flush=True)
+    total_s = sum(sec for _, sec in terms)
+    print(f"  {'total':<86s} {total_s / 60:10.2f} min  ({total_s / 3600:.2f} h)")
+    print("  (likelihood at the character tokenizer's ~4x longer prompts: pessimistic)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -653,6 +697,7 @@ def main(argv=None) -> int:
         total_s = sum(sec for _, sec in terms)
         print(f"  {'total':<86s} {total_s / 60:10.2f} min  ({total_s / 3600:.2f} h)")
         print("  (generate at the character tokenizer's ~4x longer prompts: pessimistic)")
+        project_paper_7b(args, b, fixed, rk, lik_rate, tok_rate)
     finally:
         if store_root is not None:
             shutil.rmtree(store_root, ignore_errors=True)

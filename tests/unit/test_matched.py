@@ -192,3 +192,17 @@ def test_analysis_finds_the_channels_an_x_mode_leaves_out():
     counts = res.tables["mask_anatomy_channels"]
     assert not counts[(counts["mode"] == "difference-x2") & counts["channel"].isin(expected)
                       ]["masked"].any()
+
+
+def test_search_bracket_gives_the_interpolation_weight():
+    from tomsparse.sweep.matched import search_bracket
+
+    # perplexity jumps from 18 to 55 between two sizes; the target's is 30
+    entry = {"search_target_perplexity": 30.0,
+             "search": [[1e-4, 18.0], [4e-4, 55.0], [2e-4, 17.5], [3e-4, 90.0]]}
+    got = search_bracket(entry)
+    assert (got["low"], got["high"]) == (1e-4, 4e-4)
+    assert got["weight"] == pytest.approx((math.log(30) - math.log(18)) /
+                                          (math.log(55) - math.log(18)))
+    assert search_bracket({"search_target_perplexity": 30.0, "search": [[1e-4, 18.0]]}) is None
+    assert search_bracket({"search": [[1e-4, 18.0], [4e-4, 55.0]]}) is None  # older folders

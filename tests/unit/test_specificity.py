@@ -474,3 +474,30 @@ def test_write_specificity_from_a_sweep_folder(tmp_path):
     assert json.loads((tmp_path / "verdict_rules.json").read_text())["alpha"] == 0.1
     write_specificity(tmp_path)                 # no rules given: the kept ones are used again
     assert json.loads((tmp_path / "verdict_rules.json").read_text())["alpha"] == 0.1
+
+
+def test_an_unmatched_control_is_interpolated_between_its_bracketing_sizes():
+    """Issue 23.2: a control whose search could not land within the tolerance is the
+    interpolation, prompt by prompt, of the two sizes it bracketed."""
+    frame = synthetic_prompts(n_tasks=8, families=("unexpected",))
+    tom = is_tom(frame)
+    low, high = np.where(tom, -0.2, -0.1), np.where(tom, -1.0, -0.5)
+    infos, prompts, _ = build({
+        "difference_s0_m1": ("difference", 0, 1e-4, 12.0, np.where(tom, -0.9, 0.0)),
+        "generic-only_s0_m2": ("generic-only", 0, 2e-5, 11.0, low),
+        "generic-only_s0_m8": ("generic-only", 0, 8e-5, 20.0, high)},
+        n_tasks=8, families=("unexpected",))
+    w = 0.25
+    tables = sp.compute_specificity(infos, prompts, interpolated={"difference_s0_m1": [
+        {"mode": "generic-only", "labels": ["generic-only_s0_m2", "generic-only_s0_m8"],
+         "weight": w}]})
+    label = sp.interpolated_label("generic-only", "difference_s0_m1")
+    got = row(tables, label, "unexpected", "tom_margin_change")
+    assert got["value"] == pytest.approx((1 - w) * -0.2 + w * -1.0)
+    assert got["perplexity"] == pytest.approx(np.exp(0.75 * np.log(11.0) + 0.25 * np.log(20.0)))
+    c = tables["contrasts"]
+    c = c[(c["kind"] == "matched") & (c["family"] == "unexpected")
+          & (c["metric"] == "tom_margin_change")].iloc[0]
+    assert c["reference"] == label and c["value"] == pytest.approx(-0.9 - got["value"])
+    b = [v for v in vd.verdicts(tables) if v["claim"] == "b" and v["family"] == "unexpected"][0]
+    assert "interpolated" in b["sentence"]

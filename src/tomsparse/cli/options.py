@@ -193,6 +193,22 @@ REFERENCE = dict(FAITHFUL, nsamples_tom=100, nsamples_generic=100, seqlen=128, m
                  match_search_tokens=0, score_replicates=1)
 
 
+# The default run's design sized for a 7B model on one GPU (`tomsparse run --preset paper-7b`):
+# the paper's m range with the primary m at its 5e-5, 100 + 100 score samples in 2 replicates,
+# every task of the bank (200 contents and transfer tasks, irony's 26 scenarios), 5 random
+# masks and the damage-matched controls (random-fraction with 3 seeds) at the primary m, the
+# perplexity over 32k tokens with 8k held apart for the searches. `benchmarks/bench_sweep.py`
+# projects its cost.
+PAPER_7B = dict(nsamples_tom=100, nsamples_generic=100, seqlen=128,
+                m_list=[0.0, 1e-5, 3e-5, 5e-5], random_seeds=list(DEFAULT_RANDOM_SEEDS),
+                secondary_seeds=1, analysis_prompts=64, controls=["difference", "random"],
+                matched_controls=["generic-only", "random-fraction"], match_m=[5e-5],
+                match_seeds=3, ppl_max_tokens=32768, ppl_seqlen=2048,
+                match_search_tokens=8192, score_replicates=2)
+PRESETS = {"default": DEFAULTS, "quick": QUICK, "reference-protocol": REFERENCE,
+           "paper-7b": PAPER_7B}
+
+
 def fill_unset(args: argparse.Namespace, preset: dict) -> None:
     """Set every option of ``args`` the user left unset (argparse's None) from ``preset``;
     options the command does not have are skipped, the user's m values are kept whole."""
@@ -211,10 +227,16 @@ def apply_presets(args: argparse.Namespace) -> list[float]:
     """Fill the options the user left unset from the preset (default, --quick or
     --reference-protocol); returns the sweep's m values."""
 
-    if args.quick and args.reference_protocol:
-        raise UserError("--quick and --reference-protocol contradict each other; pick one")
-    preset = REFERENCE if args.reference_protocol else QUICK if args.quick else DEFAULTS
-    fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **preset})
+    chosen = [name for name, on in (("quick", args.quick),
+                                    ("reference-protocol", args.reference_protocol),
+                                    (getattr(args, "preset", None), True)) if name and on]
+    if len(set(chosen)) > 1:
+        flags = " and ".join(f"--{c}" if c != chosen[-1] or not getattr(args, "preset", None)
+                             else f"--preset {c}" for c in dict.fromkeys(chosen))
+        raise UserError(f"{flags} contradict each other; pick one")
+    name = chosen[0] if chosen else "default"
+    args.preset = name
+    fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **PRESETS[name]})  # REFERENCE holds FAITHFUL
     return resolve_m_values(args)
 
 

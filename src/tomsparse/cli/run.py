@@ -9,6 +9,7 @@ import json
 from tomsparse.cli.options import (
     DEFAULTS,
     OURS,
+    PRESETS,
     REFERENCE,
     add_batch_size,
     add_model_args,
@@ -33,8 +34,7 @@ from tomsparse.scores.compute import METHODS
 def run_config(args: argparse.Namespace) -> RunConfig:
     """Presets applied, then one typed configuration; prints what the preset resolved."""
     m_values = apply_presets(args)
-    preset = ("reference-protocol" if args.reference_protocol else "quick" if args.quick
-              else "default")
+    preset = args.preset
     resolved = {k: getattr(args, k) for k in (*DEFAULTS, *REFERENCE, *OURS)
                 if k not in ("m_list", "m_start", "m_end", "m_step")}
     print(f"resolved ({preset} preset): m = {m_values} " + json.dumps(resolved, sort_keys=True))
@@ -70,6 +70,10 @@ def add_parser(sub) -> None:
     add_model_args(p, dtype_default=None)
     add_sweep_args(p)
     p.add_argument("--quick", action="store_true", help="a ~3-minute version for a first look")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="the options left unset come from this preset: default (make run), "
+                        "quick (= --quick), reference-protocol (= --reference-protocol) or "
+                        "paper-7b (the default design sized for a 7B model on one GPU; README)")
     p.add_argument("--no-analysis", dest="analysis", action="store_false",
                    help="skip the mechanistic analyses at the end (see `tomsparse analyze`)")
     p.add_argument("--analysis-prompts", dest="analysis_prompts", type=nonneg_int, default=None,

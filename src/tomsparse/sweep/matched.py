@@ -171,7 +171,36 @@ def _matched_control(sweep, target: dict, mode: str) -> dict:
             sweep.point(mode, seed, entry["m"], extra={"matched_to": tlabel})
         entry["seeds"] = seeds
         entry["labels"] = [point_label(mode, seed, entry["m"]) for seed in seeds]
+    else:
+        bracket = search_bracket(entry)
+        if bracket is not None:
+            # no size lands within the tolerance (the perplexity jumps between two sizes):
+            # both ends are evaluated in full and the control is their interpolation at the
+            # target's perplexity (sweep.specificity does it prompt by prompt)
+            for end in ("low", "high"):
+                sweep.point(mode, 0, bracket[end], extra={"matched_to": tlabel,
+                                                         "bracket": end})
+            entry["interpolation"] = dict(bracket, labels=[
+                point_label(mode, 0, bracket["low"]), point_label(mode, 0, bracket["high"])])
     return entry
+
+
+def search_bracket(entry: dict) -> dict | None:
+    """The two searched sizes whose perplexities lie on either side of the target's (on the
+    search's split), closest to it, and the weight w of the high end in log perplexity:
+    log ppl(target) = (1 - w) log ppl(low) + w log ppl(high). None without such a pair."""
+    goal = entry.get("search_target_perplexity")
+    trace = entry.get("search") or []
+    if goal is None or len(trace) < 2:
+        return None
+    below = [(m, p) for m, p in trace if p < goal]
+    above = [(m, p) for m, p in trace if p > goal]
+    if not below or not above:
+        return None
+    low = max(below, key=lambda x: x[1])
+    high = min(above, key=lambda x: x[1])
+    weight = (math.log(goal) - math.log(low[1])) / (math.log(high[1]) - math.log(low[1]))
+    return {"low": float(low[0]), "high": float(high[0]), "weight": float(weight)}
 
 
 def match_seeds(mode: str, n: int) -> list[int]:

@@ -78,7 +78,7 @@ def replicate_verdicts(main: str | Path, replicates: dict[int, str | Path], m: f
     Judged by the main folder's verdict rules."""
     folder = SweepFolder(main)
     points, prompts = folder.read_sweep()
-    mapping, searches = matched_controls(folder.read_matched())
+    mapping, searches, interpolated = matched_controls(folder.read_matched())
     rules = verdict_rules(folder, None)
     label = point_label("difference", 0, m)
     runs = {1: (points, prompts)}
@@ -91,7 +91,7 @@ def replicate_verdicts(main: str | Path, replicates: dict[int, str | Path], m: f
         runs[r] = (swapped, {**prompts, label: rep_prompts[label]})
     rows = []
     for r, (pts, prm) in runs.items():
-        tables = compute_specificity(pts, prm, matched=mapping)
+        tables = compute_specificity(pts, prm, matched=mapping, interpolated=interpolated)
         tables["matched"] = searches
         for v in verdicts(tables, rules=rules):
             if v["claim"] in ("a", "b", "c") and math.isclose(v["m"], m):

@@ -268,7 +268,8 @@ class _Engine:
 def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame], *,
                         matched: Mapping[str, Sequence[str]] | None = None,
                         random_mode: str = "random", target_mode: str = "difference",
-                        level: float = 0.95, gate_alpha: float = 0.05
+                        level: float = 0.95, gate_alpha: float = 0.05,
+                        interpolated: Mapping[str, Sequence[dict]] | None = None
                         ) -> dict[str, pd.DataFrame]:
     """The specificity tables from point infos and per-prompt tables (see
     ``SweepFolder.read_sweep``).
@@ -276,6 +277,11 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
     ``matched`` maps a target label (a point, or a seed group ``<mode>_sall_m<m>``) to the
     labels of its damage-matched control points; the controls of one mode are one reference
     set (their seeds replicate masks), compared as ``stats.contrast_with_controls`` does.
+    ``interpolated`` maps a target label to the controls that could not be matched
+    ({"mode", "labels": [low, high], "weight" w}): each becomes a control point
+    ``<mode>_interp_<target>`` whose every per-prompt change, per-window loss and perplexity is
+    (1 - w) x the low end's + w x the high end's (w puts it at the target's perplexity in log
+    perplexity), and is compared like a matched control.
 
     Returns ``points`` (long: label, mode, seed, m, n_seeds, masked, perplexity and its ratio
     interval, family, metric, value, lo, hi, se, df, p_value, n_clusters, n_tasks, n_prompts,
@@ -299,6 +305,7 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
     if base.empty:
         raise UserError(f"{base_label}: no prompt of a known family and condition")
     changes = _paired_changes(points, prompts, base, base_label)
+    points, matched = _interpolate(points, changes, matched, interpolated)
     engine = _Engine(base, level)
     baseline = _baseline_table(engine, base, gate_alpha)
     engine.pools[POOL_ABOVE] = list(baseline.loc[baseline["state"] == ABOVE, "family"])
@@ -314,6 +321,44 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
             "conditions": _condition_table(engine, units, base, changes),
             "dose": _dose_table(engine, units, target_mode),
             "roles": roles_table(), "info": info}
+
+
+def interpolated_label(mode: str, target: str) -> str:
+    """The label of a control interpolated for ``target`` (not a point on disk)."""
+    return f"{mode}_interp_{target}"
+
+
+def _interpolate(points: pd.DataFrame, changes: dict, matched, interpolated):
+    """Add the interpolated controls (see ``compute_specificity``) as points and as matched
+    controls of their targets; (points, matched) updated, ``changes`` filled in place."""
+    matched = {k: list(v) for k, v in (matched or {}).items()}
+    rows = []
+    for target, specs in (interpolated or {}).items():
+        for spec in specs:
+            low, high = spec["labels"]
+            if low not in changes or high not in changes:
+                raise UserError(f"interpolated control for {target}: point {low} or {high} "
+                                f"is missing; rerun the sweep to evaluate it")
+            w = float(spec["weight"])
+            label = interpolated_label(spec["mode"], target)
+            changes[label] = tuple((1 - w) * a + w * b
+                                   for a, b in zip(changes[low], changes[high]))
+            lo_row = points[points["label"] == low].iloc[0]
+            hi_row = points[points["label"] == high].iloc[0]
+            la, lb = (_losses(r["ppl_unit_losses"]) for r in (lo_row, hi_row))
+            rows.append({"label": label, "mode": spec["mode"], "seed": 0,
+                         "m": math.exp((1 - w) * math.log(lo_row["m"]) + w * math.log(hi_row["m"])),
+                         "perplexity": math.exp((1 - w) * math.log(lo_row["perplexity"])
+                                                + w * math.log(hi_row["perplexity"])),
+                         "masked": (1 - w) * lo_row["masked"] + w * hi_row["masked"],
+                         "ppl_windows": lo_row["ppl_windows"],
+                         "ppl_unit_losses": list((1 - w) * la + w * lb)
+                         if la is not None and lb is not None and la.shape == lb.shape
+                         else None})
+            matched.setdefault(target, []).append(label)
+    if rows:
+        points = pd.concat([points, pd.DataFrame(rows)], ignore_index=True)
+    return points, matched
 
 
 def _paired_changes(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame],

@@ -19,11 +19,14 @@ MATCHED_COLUMNS = ("target", "target_m", "target_perplexity", "mode", "m", "perp
                    "ppl_change", "matched", "evaluations", "label")
 
 
-def matched_controls(targets: dict[str, dict]) -> tuple[dict[str, list[str]], pd.DataFrame]:
+def matched_controls(targets: dict[str, dict]
+                     ) -> tuple[dict[str, list[str]], pd.DataFrame, dict[str, list[dict]]]:
     """From the targets of ``matched.json`` (``SweepFolder.read_matched``): {target label:
-    [labels of its matched, evaluated controls]} and a table of every search (matched or
-    not). Both empty when the sweep had no damage-matched controls."""
-    mapping, rows = {}, []
+    [labels of its matched, evaluated controls]}, a table of every search (matched or not),
+    and {target label: [{"mode", "labels": [low, high], "weight"}]} for the controls that
+    could not be matched and are interpolated between two evaluated sizes. All empty when
+    the sweep had no damage-matched controls."""
+    mapping, rows, interpolated = {}, [], {}
     for target, t in targets.items():
         for c in t["controls"]:
             rows.append({"target": target, "target_m": t["m"],
@@ -33,7 +36,10 @@ def matched_controls(targets: dict[str, dict]) -> tuple[dict[str, list[str]], pd
                          "evaluations": len(c.get("search", [])), "label": c.get("label")})
             if c["matched"]:   # every seed it was evaluated with (older folders: one label)
                 mapping.setdefault(target, []).extend(c.get("labels") or [c["label"]])
-    return mapping, pd.DataFrame(rows, columns=list(MATCHED_COLUMNS))
+            elif isinstance(c.get("interpolation"), dict):
+                interpolated.setdefault(target, []).append({"mode": c["mode"],
+                                                            **c["interpolation"]})
+    return mapping, pd.DataFrame(rows, columns=list(MATCHED_COLUMNS)), interpolated
 
 
 def specificity_tables(sweep_dir: str | Path, **options) -> dict[str, pd.DataFrame]:
@@ -41,8 +47,9 @@ def specificity_tables(sweep_dir: str | Path, **options) -> dict[str, pd.DataFra
     when ``matched.json`` lists some, unless ``matched`` is given)."""
     folder = SweepFolder(sweep_dir)
     points, prompts = folder.read_sweep()
-    mapping, searches = matched_controls(folder.read_matched())
+    mapping, searches, interpolated = matched_controls(folder.read_matched())
     options.setdefault("matched", mapping)
+    options.setdefault("interpolated", interpolated)
     tables = compute_specificity(points, prompts, **options)
     tables["matched"] = searches
     return tables

@@ -260,7 +260,10 @@ def _matched_claim(ctx: _Context, t, scope: str, claim: str) -> _Candidate:
             return cand
         judged.append((iv.one_sided_p(-1), iv, r))
     _, cand.interval, worst = max(judged, key=lambda x: (np.nan_to_num(x[0], nan=2.0)))
-    cand.reference = f"{worst['reference_mode']} ({int(worst['reference_seeds'])} seed(s))"
+    cand.reference = (f"{worst['reference_mode']}, interpolated to the target's perplexity "
+                      f"between the two sizes its search bracketed"
+                      if "_interp_" in str(worst["reference"]) else
+                      f"{worst['reference_mode']} ({int(worst['reference_seeds'])} seed(s))")
     cand.n_tasks, cand.n_prompts = int(worst["n_tasks"]), int(worst["n_prompts"])
     if len(judged) > 1:
         cand.detail = "least favourable of: " + ", ".join(
