@@ -62,7 +62,7 @@ class Base:
 # One point (the difference mask at m = 0.01): the least a sweep folder can hold. (A
 # baseline-only sweep, --m_list 0, is avoided: see the lead's note on specificity tables.)
 SWEEP_OPTIONS = ("--m_list", "0.01", "--controls", "none", "--matched-controls", "none",
-                 "--task-limit", "1", "--ppl-max-tokens", "256", "--batch-size", "3",
+                 "--task-limit", "1", "--ppl-max-tokens", "256", "--eval-batch-size", "3",
                  "--reps", "1", "--match-steps", "4", "--scale", "0.0", "--seed", "0")
 
 

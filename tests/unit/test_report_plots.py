@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
@@ -56,7 +57,7 @@ POINTS = {"difference_s0_m1.0000e-04": ("difference", 0, 1e-4, 20.0, -1.0),
           "difference-p4_s0_m1.0000e-04": ("difference-p4", 0, 1e-4, 15.0, -0.5)}
 
 
-def make_sweep(folder, points=POINTS, base_ppl=BASE_PPL, base_margin=None, draws=200):
+def make_sweep(folder, points=POINTS, base_ppl=BASE_PPL, base_margin=None):
     """A sweep folder (points/*.json and *_prompts.csv) with its specificity tables. The
     baseline margin differs between tasks (1 + 0.3 x task), so the level varies over tasks
     while every change is the same in every task."""
@@ -79,7 +80,7 @@ def make_sweep(folder, points=POINTS, base_ppl=BASE_PPL, base_margin=None, draws
     write("none_s0_m0.0000e+00", "none", 0, 0.0, base_ppl, base_margin)
     for label, (mode, seed, m, ppl, delta) in points.items():
         write(label, mode, seed, m, ppl, base_margin + np.where(tom, delta, 0.0))
-    write_specificity(folder, draws=draws)
+    write_specificity(folder)
     return folder
 
 
@@ -135,7 +136,9 @@ def test_specificity_plot_one_error_bar_per_point_at_log_ppl_ratio(sweep):
     group = table.loc[group_label("random", 1e-4)]
     x, y, lo, hi = bars[0]
     assert (lo, hi) == pytest.approx((group["lo"], group["hi"]))
-    assert (lo, hi) == pytest.approx((-0.3, -0.1))    # the seeds resampled
+    # two seeds 0.2 apart on every cluster: the interval is the seeds' (t, 1 df), restated
+    half = stats.t.ppf(0.975, 1) * np.sqrt(np.var([-0.1, -0.3], ddof=1) / 2)
+    assert (lo, hi) == pytest.approx((-0.2 - half, -0.2 + half))
     # the belief gap panel: controls untouched, so the gap is the ToM change
     gaps = errorbars(axes[1])
     assert [round(b[1], 6) for b in gaps] == [round(e[1], 6) for e in expected]
@@ -178,10 +181,10 @@ def test_unknown_modes_get_their_own_colour_and_marker():
 def test_report_embeds_the_specificity_plot_after_the_verdicts(sweep):
     page = write_report(sweep, summary_of(sweep), {"model": "tiny"}).read_text()
     assert (sweep / "plot_specificity.png").is_file()
+    claims = page.index("bottom-line")
     section = page.index("Is the effect specific to ToM?")
-    verdicts_end = page.index("</ul>", section)
     image = page.index('alt="plot_specificity"')
-    assert section < verdicts_end < image < page.index("Baseline on the false-belief prompts")
+    assert claims < page.index("Chance gate") < section < image < page.index("Baseline levels")
 
 
 # ----------------------------------------------------------------------------- ToM lines

@@ -426,8 +426,10 @@ def _baseline_table(engine: _Engine, base: pd.DataFrame, alpha: float) -> pd.Dat
         fact = sub.loc[sub["role"] == FACT, "correct"]
         rows.append({
             "family": f, "n_tasks": n_tasks, "n_prompts": n_prompts, "n_clusters": fam.n,
-            "cluster_unit": fam.unit, "tom_accuracy": acc.estimate, "tom_accuracy_lo": acc.lo,
-            "tom_accuracy_hi": acc.hi, "tom_margin": mar.estimate, "tom_margin_lo": mar.lo,
+            # an accuracy lies in [0, 1]: the t-interval's bounds are clipped to it
+            "cluster_unit": fam.unit, "tom_accuracy": acc.estimate,
+            "tom_accuracy_lo": float(np.clip(acc.lo, 0, 1)) if np.isfinite(acc.lo) else acc.lo,
+            "tom_accuracy_hi": float(np.clip(acc.hi, 0, 1)) if np.isfinite(acc.hi) else acc.hi, "tom_margin": mar.estimate, "tom_margin_lo": mar.lo,
             "tom_margin_hi": mar.hi,
             "control_accuracy": float(np.nanmean(levels["control_accuracy_change"]))
             if np.isfinite(levels["control_accuracy_change"]).any() else math.nan,
