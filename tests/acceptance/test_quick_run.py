@@ -17,7 +17,7 @@ import pandas as pd
 def _run(out):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "tomsparse.cli", "run", "--quick", "--out",
-                           str(out)], env=env, capture_output=True, text=True, timeout=1200)
+                           str(out)], env=env, capture_output=True, text=True, timeout=2400)
 
 
 def test_quick_run(tmp_path):
