@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tomsparse.data.corpora import DEFAULT_EVAL, DEFAULT_GENERIC
+from tomsparse.data.tasks.loaders import SCORE_PROMPTS
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.tom import ANSWER_RULES
@@ -370,6 +371,16 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "by default: the verdicts would judge the mask on the stories it was "
                         "chosen on); recorded in the sweep manifest")
     add_verdict_args(p)
+
+
+def add_score_prompts_arg(p: argparse.ArgumentParser) -> None:
+    """``--score-prompts``: which rendered ToM prompts the ToM scores draw from (``run`` and
+    ``scores``)."""
+    p.add_argument("--score-prompts", dest="score_prompts", choices=list(SCORE_PROMPTS),
+                   default="all",
+                   help="ToM scores: draw the samples from all rendered prompts (default; the "
+                        "reference's) or only the false-belief ones (the belief probes under "
+                        "false belief, the ironic remarks, ToMi's false-belief questions)")
 
 
 def add_verdict_args(p: argparse.ArgumentParser) -> None:

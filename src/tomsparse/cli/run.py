@@ -7,6 +7,7 @@ import argparse
 import json
 
 from tomsparse.cli.options import (
+    add_score_prompts_arg,
     DEFAULTS,
     OURS,
     PRESETS,
@@ -25,7 +26,6 @@ from tomsparse.cli.options import (
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
 from tomsparse.data.score_samples import ScoreDataConfig
-from tomsparse.data.tasks.loaders import SCORE_PROMPTS
 from tomsparse.manifest import check_output_dir
 from tomsparse.pipeline import RunConfig, run_main_job
 from tomsparse.scores.compute import METHODS
@@ -89,10 +89,7 @@ def add_parser(sub) -> None:
                         "reference)")
     p.add_argument("--out", default="runs/default", help="output folder (default: runs/default)")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--score-prompts", dest="score_prompts", choices=list(SCORE_PROMPTS),
-                   default="all",
-                   help="ToM scores: draw the samples from all rendered prompts (default; the "
-                        "reference's) or only the false-belief ones")
+    add_score_prompts_arg(p)
     p.add_argument("--score-replicates", dest="score_replicates", type=positive_int,
                    default=None,
                    help="independent score sets (replicate r draws its samples with seed + r - "

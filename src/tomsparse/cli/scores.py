@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tomsparse.cli.options import (
+    add_score_prompts_arg,
     add_batch_size,
     add_model_args,
     load_model_from,
@@ -18,7 +19,6 @@ from tomsparse.cli.options import (
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
 from tomsparse.data.score_samples import ScoreDataConfig, ScoreDataset, build_dataset
-from tomsparse.data.tasks.loaders import SCORE_PROMPTS
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import load_model
 from tomsparse.scores.compute import METHODS, ScoreResult, compute_score_set
@@ -142,11 +142,7 @@ def add_parser(sub) -> None:
     p.add_argument("action", nargs="?", default="compute", choices=["compute", "import", "export"])
     add_model_args(p)
     p.add_argument("--dataset", choices=["tom", "generic"], default="tom")
-    p.add_argument("--score-prompts", dest="score_prompts", choices=list(SCORE_PROMPTS),
-                   default="all",
-                   help="ToM scores: draw the samples from all rendered prompts (default; the "
-                        "reference's) or only the false-belief ones (the belief probes under "
-                        "false belief, the ironic remarks, ToMi's false-belief questions)")
+    add_score_prompts_arg(p)
     p.add_argument("--data_path", "--data-path", dest="data_path", default=None,
                    help="ToM prompt file (JSON list / JSONL of {txt, answer}); default: built-in train split")
     p.add_argument("--corpus", default=None,

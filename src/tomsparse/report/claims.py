@@ -12,7 +12,7 @@ import pandas as pd
 
 from tomsparse.sweep.folder import SweepFolder
 from tomsparse.sweep.specificity import ABOVE, POOL_ABOVE
-from tomsparse.sweep.verdicts import CANNOT, CLAIM_TEXT, VerdictRules
+from tomsparse.sweep.verdicts import CANNOT, CLAIM_TEXT, VerdictRules, ratio_text
 
 FAMILY_NAMES = {"unexpected": "unexpected contents", "transfer": "unexpected transfer",
                 "irony": "irony", "tomi": "ToMi"}
@@ -30,13 +30,6 @@ def _family(name: str, passing: list[str]) -> str:
 
 def _num(x, digits: int = 2) -> str:
     return "" if x is None or not np.isfinite(x) else f"{x:+.{digits}f}"
-
-
-def _ratio(r: float) -> str:
-    """A perplexity ratio as a reader takes it in: +8% below doubling, x3.1 above."""
-    if not np.isfinite(r):
-        return ""
-    return f"{(r - 1) * 100:+.1f}%" if r < 2 else f"x{r:.3g}"
 
 
 def _primary_scope(passing: list[str]) -> str | None:
@@ -100,8 +93,8 @@ def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
         interval = (f"[{_num(r.lo)}, {_num(r.hi)}] at {r.level:.1%}"
                     if np.isfinite(r.lo) else "")
         if r.claim == "d":      # judged on the log ratio; shown as the perplexity ratio
-            estimate = f"ratio {_ratio(math.exp(r.value))}"
-            interval = (f"[{_ratio(math.exp(r.lo))}, {_ratio(math.exp(r.hi))}] at {r.level:.1%}"
+            estimate = f"ratio {ratio_text(math.exp(r.value), 1)}"
+            interval = (f"[{ratio_text(math.exp(r.lo), 1)}, {ratio_text(math.exp(r.hi), 1)}] at {r.level:.1%}"
                         if np.isfinite(r.lo) else "")
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
             f"({r.claim}) {_SHORT[r.claim]}", m, _family(r.family, passing) if r.claim != "d"

@@ -292,7 +292,7 @@ def _perplexity_claim(ctx: _Context, t, ppl0: float) -> _Candidate:
                                ctx.level, null=null)
     cand.n_prompts = int(row["ppl_windows"]) if pd.notna(row["ppl_windows"]) else 0
     cand.detail = (f"perplexity {float(row['perplexity']):.2f} vs {ppl0:.2f} at baseline, "
-                   f"ratio {_ratio(float(row['ppl_ratio']))}")
+                   f"ratio {ratio_text(float(row['ppl_ratio']))}")
     return cand
 
 
@@ -313,11 +313,12 @@ def _dose_claim(ctx: _Context, scope: str) -> _Candidate:
     return cand
 
 
-def _ratio(r: float) -> str:
-    """A perplexity ratio as a reader takes it in: +8% below doubling, x3.1 above."""
+def ratio_text(r: float, digits: int = 0) -> str:
+    """A perplexity ratio as a reader takes it in: +8% below doubling, x3.1 above ("" for
+    NaN)."""
     if not np.isfinite(r):
-        return "nan"
-    return f"{(r - 1) * 100:+.0f}%" if r < 2 else f"x{r:.3g}"
+        return ""
+    return f"{(r - 1) * 100:+.{digits}f}%" if r < 2 else f"x{r:.3g}"
 
 
 def _decide(ctx: _Context, cands: list[_Candidate]) -> list[dict]:
