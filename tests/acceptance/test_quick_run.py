@@ -1,8 +1,9 @@
 """Acceptance: what a user runs first, `tomsparse run --quick`, as a real process on the real
-packaged default model (about 2 minutes). Checks the outputs' invariants rather than numbers:
+packaged default model (about 5 minutes). Checks the outputs' invariants rather than numbers:
 the controls have the difference mask's size, random masks leave perplexity almost unchanged,
-the report carries the summary, the controls side by side and the five analyses, and a second
-run reuses everything."""
+the report carries its sections and the five analyses, a second run reuses everything, and
+the report read in a real browser (headless Chromium) shows the bottom line, the chance gate
+and the claims table on its first screen, with every image loaded."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
+
+from browser import find_chromium, read_in_browser
 
 
 def _run(out):
@@ -20,9 +24,14 @@ def _run(out):
                            str(out)], env=env, capture_output=True, text=True, timeout=2400)
 
 
-def test_quick_run(tmp_path):
-    out = tmp_path / "quick"
-    first = _run(out)
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("acceptance") / "quick"
+    return out, _run(out)
+
+
+def test_quick_run(quick_run):
+    out, first = quick_run
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.rstrip().splitlines()[-1].startswith("report: ")
     assert first.stdout.startswith("tomsparse ") and "options: " in first.stdout
@@ -45,10 +54,11 @@ def test_quick_run(tmp_path):
     assert (abs(rnd["perplexity"] / base["perplexity"] - 1) < 0.1).all()
 
     page = (out / "sweep" / "report.html").read_text()
-    for heading in ["Is the effect specific to ToM?", "Family-level reading",
-                    "Controls side by side", "Summary table", "Damage-matched controls"] + [
+    for heading in ["Verdict", "Chance gate", "(the paper's Table 1)", "ToM change against m",
+                    "Damage-matched controls", "The reference's summary", "Contents"] + [
             f"Analysis {i}:" for i in range(1, 6)]:
         assert heading in page, heading
+    assert "Pilot-sized run" in page       # --quick is below the sizes the statistics need
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["versions"]["torch"].startswith("2.13") and manifest["options"]["quick"]
     for kind in ("tom", "generic"):
@@ -60,3 +70,21 @@ def test_quick_run(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing tom scores" in second.stdout and "reusing generic scores" in second.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "summary.csv"), summary)
+
+
+def test_report_first_screen_in_a_browser(quick_run, tmp_path):
+    """The issue-24 check: the report at 1280 x 1000, read by Chromium as a user reads it."""
+    out, first = quick_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; `make test` "
+                    "tries that): the report was not read in a browser")
+    found = read_in_browser(out / "sweep" / "report.html", tmp_path, width=1280, height=1000)
+    screen = found["viewport"][1]
+    assert found["bottom_line"] and found["gate_table"] and found["claims_table"], found
+    assert found["bottom_line"]["bottom"] <= screen, found["bottom_line"]
+    assert "smollm2-135m" in found["bottom_line"]["text"]
+    assert found["gate_table"]["bottom"] <= screen, found["gate_table"]
+    assert found["claims_table"]["top"] + 40 <= screen, found["claims_table"]  # its head row
+    assert found["page_width"] <= found["viewport"][0]        # nothing runs off to the right
+    assert found["images"] >= 8 and found["broken_images"] == [], found

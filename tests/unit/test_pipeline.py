@@ -100,12 +100,12 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny, capsys):
         assert store["nsamples"] == 3 and store["model_type"] == "llama"
         assert store["samples_sha256"] == manifest[f"scores_{kind}_sha"]
     page = (out / "sweep" / "report.html").read_text()
-    assert "Controls side by side" in page
+    assert "(the paper's Table 1)" in page and "ToM change against m" in page
     assert "Damage-matched controls" in page and "The mask family" in page
     assert (out / "sweep" / "plot_specificity.png").exists()
     # the report leads with the specificity verdicts, written from the sweep's tables
     assert page.index("bottom-line") < page.index("Chance gate") < page.index("Claims")
-    assert page.index("Claims") < page.index("Family-level reading")
+    assert page.index("Claims") < page.index("id='table-1'") < page.index("id='tom-vs-m'")
     assert "Holm" in page and "family-wise" in page      # the error rate, stated once
     verdicts = pd.read_csv(out / "sweep" / "specificity_verdicts.csv")
     assert set(verdicts["claim"]) == {"a", "b", "c", "d", "e"}

@@ -1,6 +1,8 @@
-"""The report's plots (issue 15, part 6): the specificity plot (ToM change against the log
-perplexity ratio, one error bar per point or seed group), intervals on the ToM lines and the
-log perplexity axis. Synthetic sweep folders whose answers are known by construction."""
+"""The report's plots and tables (issues 15 and 24): the specificity plot (ToM change against
+the log perplexity ratio, one error bar per point or seed group), the ToM change and the
+perplexity ratio against m on log axes, the paper's Table 1 with intervals, numbers formatted
+for reading, and the order of the report's sections. Synthetic sweep folders whose answers
+are known by construction."""
 
 import json
 import math
@@ -13,11 +15,11 @@ from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
 from tomsparse.report import plots, style
-from tomsparse.report.sweep_report import line_plots, write_report
+from tomsparse.report.sweep_report import change_plots, write_report
+from tomsparse.report.tables import number, readable_table, signed, table_one, with_interval
 from tomsparse.sweep import specificity as sp
 from tomsparse.sweep.folder import group_label
 from tomsparse.sweep.specificity_tables import write_specificity
-from tomsparse.sweep.summary import with_tom_columns
 
 CONTENTS = {"false belief": ("o1", "o2"), "correct label": ("o1", "o1"),
             "informed protagonist": ("o1", "o1"), "open container": ("o1", "o1")}
@@ -115,6 +117,19 @@ def errorbars(ax):
     return sorted(out)
 
 
+def errorbar_lines(ax):
+    """{colour: [(x, y, lo, hi), ...]} of every line drawn with error bars in ``ax``."""
+    out = {}
+    for c in ax.containers:
+        if not isinstance(c, ErrorbarContainer):
+            continue
+        line = c.lines[0]
+        segs = c.lines[2][0].get_segments() if c.lines[2] else []
+        out[line.get_color()] = [(float(x), float(y), float(sg[:, 1].min()), float(sg[:, 1].max()))
+                                 for x, y, sg in zip(line.get_xdata(), line.get_ydata(), segs)]
+    return out
+
+
 # ----------------------------------------------------------------------------- specificity
 
 def test_specificity_plot_one_error_bar_per_point_at_log_ppl_ratio(sweep):
@@ -178,85 +193,118 @@ def test_unknown_modes_get_their_own_colour_and_marker():
     assert style.mode_color("random-fraction") not in known
 
 
-def test_report_embeds_the_specificity_plot_after_the_verdicts(sweep):
+def test_report_puts_the_verdict_first_and_every_section_after_the_contents(sweep):
     page = write_report(sweep, summary_of(sweep), {"model": "tiny"}).read_text()
     assert (sweep / "plot_specificity.png").is_file()
-    claims = page.index("bottom-line")
-    section = page.index("Is the effect specific to ToM?")
-    image = page.index('alt="plot_specificity"')
-    assert claims < page.index("Chance gate") < section < image < page.index("Baseline levels")
+    order = ["bottom-line", "Chance gate", "id='claims-table'", "<b>Contents</b>",
+             "id='table-1'>ToM and perplexity at each m (the paper's Table 1)",
+             "id='tom-vs-m'", 'alt="plot_tom_metric"', 'alt="plot_perplexity"',
+             "id='matched'", 'alt="plot_specificity"', "id='evidence'",
+             "id='reference'>The reference's summary", "id='manifest'"]
+    at = [page.index(x) for x in order]
+    assert at == sorted(at), dict(zip(order, at))
+    # 6 clusters in its one family: below the sizes the statistics need
+    assert "Pilot-sized run" in page and "fewer than 10 clusters" in page
+    assert 'href="specificity.csv"' in page and 'href="specificity_baseline.csv"' in page
+    for gone in ("Family-level reading", "Controls side by side", "17.7x"):
+        assert gone not in page
 
 
-# ----------------------------------------------------------------------------- ToM lines
+# ----------------------------------------------------------------------------- against m
 
-def test_level_intervals_are_the_summary_level_with_paired_change_intervals(sweep):
-    levels = plots.level_intervals(sweep, "margin", draws=400).set_index("label")
+# Two sizes: the difference mask hurts the ToM prompts more at the larger one.
+POINTS_TWO_M = {"difference_s0_m3.0000e-05": ("difference", 0, 3e-5, 12.0, -0.4),
+                "difference_s0_m1.0000e-04": ("difference", 0, 1e-4, 20.0, -1.0),
+                "random_s0_m3.0000e-05": ("random", 0, 3e-5, 10.0, -0.05),
+                "random_s0_m1.0000e-04": ("random", 0, 1e-4, 10.0, -0.1),
+                "random_s1_m1.0000e-04": ("random", 1, 1e-4, 10.2, -0.3)}
+
+
+def test_change_against_m_is_the_tables_change_on_a_log_m_axis(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", points=POINTS_TWO_M)
+    points = pd.read_csv(sweep / "specificity.csv")
+    fig, axes = style.pyplot().subplots(1, 1, squeeze=False)
+    drawn = plots.draw_change_vs_m(list(axes[0]), points, "tom_margin_change_adj",
+                                   ["unexpected"])
+    ax = axes[0][0]
+    assert ax.get_xscale() == "log"
+    bars = errorbar_lines(ax)[style.mode_color("difference")]     # one bar per m
+    assert [(x, round(y, 9)) for x, y, _, _ in bars] == [(3e-5, -0.4), (1e-4, -1.0)]
+    table = points[(points["family"] == "unexpected")
+                   & (points["metric"] == "tom_margin_change_adj")].set_index("label")
+    d = table.loc["difference_s0_m1.0000e-04"]
+    assert bars[1][2:] == pytest.approx((d["lo"], d["hi"]))
+    # the random masks: a band through the seed group at 1e-4 and the single seed at 3e-5
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1
+    rows = drawn["unexpected"].set_index("label")
+    assert group_label("random", 1e-4) in rows.index and "random_s1_m1.0000e-04" not in rows.index
+    group = table.loc[group_label("random", 1e-4)]
+    verts = bands[0].get_paths()[0].vertices
+    at = verts[np.isclose(verts[:, 0], 1e-4)][:, 1]
+    assert sorted(at)[0] == pytest.approx(group["lo"]) and sorted(at)[-1] == pytest.approx(
+        group["hi"])
+    random_line = [line for line in ax.lines if line.get_linestyle() == "--"][0]
+    assert list(random_line.get_ydata()) == pytest.approx([-0.05, -0.2])
+    assert "n = 6 clusters" in ax.get_title()
+    style.pyplot().close(fig)
+
+
+def test_perplexity_against_m_is_the_ratio_with_its_window_interval(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", points=POINTS_TWO_M)
+    points = pd.read_csv(sweep / "specificity.csv")
+    points = points[points["metric"] == "tom_margin_change"]
+    fig, ax = style.pyplot().subplots()
+    rows = plots.draw_perplexity_vs_m(ax, points).set_index("label")
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert rows.loc["difference_s0_m1.0000e-04", "ratio"] == pytest.approx(2.0)
+    assert rows.loc["difference_s0_m3.0000e-05", "ratio"] == pytest.approx(1.2)
+    bars = errorbar_lines(ax)[style.mode_color("difference")]
+    assert [(x, round(y, 9)) for x, y, _, _ in bars] == [(3e-5, 1.2), (1e-4, 2.0)]
+    style.pyplot().close(fig)
+
+
+def test_the_sweeps_own_modes_against_m_and_a_fallback_without_a_baseline(sweep):
     summary = summary_of(sweep)
-    for r in summary.itertuples():
-        label = f"{r.mode}_s{r.seed}_m{r.m:.4e}"
-        assert levels.loc[label, "value"] == pytest.approx(r.unexpected_margin)
-    base = levels.loc["none_s0_m0.0000e+00"]
-    assert base["lo"] < base["value"] < base["hi"]       # tasks differ at baseline
-    diff = levels.loc["difference_s0_m1.0000e-04"]
-    assert diff["change"] == pytest.approx(-1.0 * TOM_FRACTION)
-    # the change is the same in every task: the paired interval has no width, the level's has
-    assert (diff["change_lo"], diff["change_hi"]) == pytest.approx((diff["change"],) * 2)
-    assert diff["hi"] - diff["lo"] > 0.1
-    group = levels.loc[group_label("random", 1e-4)]
-    assert group["n_seeds"] == 2
-    assert group["value"] == pytest.approx(base["value"] - 0.2 * TOM_FRACTION)
-    assert (group["change_lo"], group["change_hi"]) == pytest.approx(
-        (-0.3 * TOM_FRACTION, -0.1 * TOM_FRACTION))
-    assert int(base["n_tasks"]) == N_TASKS
+    plots_, caption = change_plots(sweep, summary)
+    assert [p.name for p in plots_] == ["plot_tom_metric.png", "plot_tom_accuracy.png",
+                                        "plot_perplexity.png"]
+    assert "log axis" in caption and "95% t-intervals" in caption
+    (sweep / "specificity.csv").unlink()
+    plots_, caption = change_plots(sweep, summary)
+    assert [p.name for p in plots_] == ["plot_perplexity.png"] and "No specificity" in caption
 
 
-def test_tom_lines_have_intervals_and_perplexity_a_log_axis(sweep, monkeypatch):
-    drawn = []
-    real = plots.save_figure
+# ----------------------------------------------------------------------------- tables
 
-    def capture(fig, path):
-        ax = fig.axes[0]
-        drawn.append({"name": path.name, "yscale": ax.get_yscale(),
-                      "bands": [c for c in ax.collections if isinstance(c, PolyCollection)],
-                      "bars": errorbars(ax),
-                      "legend": ax.get_legend_handles_labels()[1]})
-        return real(fig, path)
-
-    monkeypatch.setattr(plots, "save_figure", capture)
-    summary = summary_of(sweep)
-    summary, metric, label = with_tom_columns(summary)
-    paths, caption = line_plots(sweep, summary, metric, label)
-    assert [p.name for p in paths] == ["plot_tom_metric.png", "plot_tom_accuracy.png",
-                                       "plot_perplexity.png"]
-    by = {d["name"]: d for d in drawn}
-    assert by["plot_perplexity.png"]["yscale"] == "log"
-    for name in ("plot_tom_metric.png", "plot_tom_accuracy.png"):
-        assert by[name]["yscale"] == "linear"
-        assert len(by[name]["bands"]) == 3               # one band per mode
-        assert len(by[name]["bars"]) == 1                # the baseline level's interval
-        assert any("mean of 2 seeds" in t for t in by[name]["legend"])
-    # the band of the ToM metric around the difference line: baseline level + paired change
-    x, y, lo, hi = by["plot_tom_metric.png"]["bars"][0]
-    assert x == 0.0 and lo < y < hi
-    assert "95%" in caption and f"n = {N_TASKS} tasks" in caption
-    assert "log axis" in caption
+def test_numbers_read_as_numbers():
+    assert [number(x) for x in (7829.0, 2330, 123456.7, 0.0039062, 13.909, 1e-5,
+                                float("nan"), None, True)] == [
+        "7,829", "2,330", "123,457", "0.00391", "13.9", "1e-05", "", "", "yes"]
+    assert signed(-0.0001) == "+0.00" and signed(-0.25) == "-0.25"
+    assert with_interval(-0.5, -0.9, -0.1) == "-0.50 [-0.90, -0.10]"
+    assert with_interval(0.5, float("nan"), 1.0) == "+0.50"
 
 
-def test_tom_lines_without_prompt_tables_fall_back_to_seed_ranges(sweep, monkeypatch):
-    for path in (sweep / "points").glob("*_prompts.csv"):
-        path.unlink()
-    summary = summary_of_without_prompts(sweep)
-    summary, metric, label = with_tom_columns(summary)
-    paths, caption = line_plots(sweep, summary, metric, label)
-    assert all(p.is_file() for p in paths)
-    assert "no intervals" in caption
+def test_readable_table_drops_empty_rows_and_columns():
+    frame = pd.DataFrame({"label": ["a", "b", "c"], "x": [1.0, np.nan, 2330.0],
+                          "y": [np.nan, np.nan, np.nan]})
+    page = readable_table(frame, keys=("label",))
+    assert "<td>b</td>" not in page and ">y<" not in page
+    assert "<td>2,330</td>" in page and "<td>a</td><td>1</td>" in page
 
 
-def summary_of_without_prompts(folder):
-    rows = []
-    for path in sorted((folder / "points").glob("*.json")):
-        info = json.loads(path.read_text())
-        rows.append(dict(mode=info["mode"], seed=info["seed"], m=info["m"],
-                         masked=info["masked"], perplexity=info["perplexity"],
-                         unexpected_margin=0.5 - info["m"], unexpected_accuracy=0.8))
-    return pd.DataFrame(rows)
+def test_table_one_shows_the_csvs_changes_beside_the_random_masks(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", points=POINTS_TWO_M)
+    page = table_one(sweep)
+    points = pd.read_csv(sweep / "specificity.csv")
+    pick = points[(points["family"] == "unexpected")].set_index(["label", "metric"])
+    for label in ("difference_s0_m1.0000e-04", group_label("random", 1e-4),
+                  "difference_s0_m3.0000e-05", "random_s0_m3.0000e-05"):
+        for metric in ("tom_margin_change_adj", "tom_accuracy_change"):
+            r = pick.loc[(label, metric)]
+            assert with_interval(r["value"], r["lo"], r["hi"]) in page, (label, metric)
+    assert page.index("m = 3e-05") < page.index("m = 0.0001")
+    assert "random masks (2 seeds)" in page and "random masks (1 seed)" in page
+    assert "-0.30 .. -0.10" in page          # the range over the two random seeds
+    assert "perplexity x2" in page and "+20.0%" in page       # ratios 2.0 and 1.2

@@ -56,7 +56,8 @@ def test_sweep_grid_controls_and_summarize(stores, tmp_path, capsys):
     assert sorted(summary["mode"].unique()) == ["difference", "none", "random"]
     assert len(summary) == 1 + 2 * 3
     assert (out / "report.html").exists()
-    assert "Controls side by side" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "(the paper's Table 1)" in page and "random masks (2 seeds)" in page
 
     # summarize re-reads the points and writes the controls side by side
     assert main(["summarize", str(out)]) == 0

@@ -10,12 +10,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from tomsparse.report.tables import FAMILY_NAMES
 from tomsparse.sweep.folder import SweepFolder
 from tomsparse.sweep.specificity import ABOVE, POOL_ABOVE
 from tomsparse.sweep.verdicts import CANNOT, CLAIM_TEXT, VerdictRules, ratio_text
 
-FAMILY_NAMES = {"unexpected": "unexpected contents", "transfer": "unexpected transfer",
-                "irony": "irony", "tomi": "ToMi"}
 _SHORT = {"a": "ToM hurt more than by random masks of the same count",
           "b": "ToM hurt more than by damage-matched controls",
           "c": "false-belief gap beyond damage-matched controls",
@@ -30,6 +29,13 @@ def _family(name: str, passing: list[str]) -> str:
 
 def _num(x, digits: int = 2) -> str:
     return "" if x is None or not np.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def _short_reason(reason: str) -> str:
+    """A not-judged reason once per kind: the gate's counts are in the gate table."""
+    if reason.startswith("it does not pass its own controls"):
+        return "its family does not pass the chance gate (the table above)"
+    return reason
 
 
 def _primary_scope(passing: list[str]) -> str | None:
@@ -75,7 +81,7 @@ def gate_table(baseline: pd.DataFrame) -> str:
     head = ("<tr><th>family</th><th>passed (false belief and every true-belief control "
             "right)</th><th>chance</th><th>exact binomial p</th><th>false-belief accuracy "
             "[95%]</th><th>gate</th></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<table id='gate-table'>{head}{''.join(rows)}</table>"
 
 
 def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
@@ -103,7 +109,7 @@ def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
             r.status, effect)) + "</tr>")
     head = ("<tr><th>claim</th><th>m</th><th>family</th><th>estimate</th><th>Holm-adjusted "
             "interval</th><th>clusters</th><th>outcome</th><th>effect size</th></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<table id='claims-table'>{head}{''.join(rows)}</table>"
 
 
 def claims_section(out, model: str) -> str:
@@ -121,7 +127,8 @@ def claims_section(out, model: str) -> str:
                             if k in VerdictRules.__dataclass_fields__})
     n_tests = int(np.isfinite(verdicts["p_raw"]).sum()) if "p_raw" in verdicts else 0
     cannot = verdicts[verdicts["status"] == CANNOT]
-    why = cannot.groupby("reason", sort=False).size() if len(cannot) else pd.Series(dtype=int)
+    reasons = cannot["reason"].astype(str).map(_short_reason)
+    why = reasons.groupby(reasons, sort=False).size() if len(cannot) else pd.Series(dtype=int)
     cannot_text = "".join(f"<li>{n} claim(s): {html.escape(str(reason))}</li>"
                           for reason, n in why.items())
     sentences = "".join(f"<li>{html.escape(str(s))}</li>" for s in verdicts["sentence"])
@@ -130,7 +137,7 @@ def claims_section(out, model: str) -> str:
             f"</b></p>"
             f"<h3>Chance gate: does the model pass its own controls?</h3>{gate_table(baseline)}"
             f"<h3>Claims</h3><ul>{claims}</ul>{claims_table(verdicts, passing)}"
-            + (f"<p>Not judged:</p><ul>{cannot_text}</ul>" if cannot_text else "")
+            + (f"<p>Not judged ({len(cannot)} of {len(verdicts)} claims):</p><ul>{cannot_text}</ul>" if cannot_text else "")
             + f"<p><i>How to read this.</i> {html.escape(rules.describe(n_tests))}</p>"
             f"<details><summary>Every verdict in one sentence</summary><ul>{sentences}</ul>"
             f"</details>")

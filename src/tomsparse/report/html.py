@@ -9,8 +9,13 @@ from pathlib import Path
 
 from tomsparse.manifest import atomic_write_text
 
-PAGE_CSS = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}
-table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}
+PAGE_CSS = """body{font-family:sans-serif;max-width:1140px;margin:1.2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:0.4em 0}td,th{border:1px solid #ccc;padding:3px 6px}
+table.num td{white-space:nowrap}th{background:#f3f3f3}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+.bottom-line{font-size:1.15em;background:#fff8e1;border-left:4px solid #f0a500;padding:0.6em 0.8em}
+.warning{background:#fdecea;border-left:4px solid #d62728;padding:0.5em 0.8em}
+.caption,.run-summary{font-size:13px;color:#444}nav ol{font-size:13px;columns:2}
+details{margin:0.5em 0}summary{cursor:pointer;color:#0645ad}
 img{max-width:100%;margin:0.5em 0}pre{background:#f6f6f6;padding:1em;font-size:11px;overflow:auto}"""
 
 

@@ -1,10 +1,13 @@
 """The plots of a sweep against m and against perplexity, with their intervals.
 
-* ``level_intervals``: the headline ToM level of every point (the mean over the reference
-  families of each family's mean prompt margin or accuracy, as ``sweep.summary.with_tom_columns``)
-  with a 95% task-cluster bootstrap interval; seeds of one mode and m are replicates (the
-  seed group ``<mode>_sall_m<m>``).
-* ``draw_levels`` / ``plot_levels``: one line per mode over m, a shaded interval band.
+* ``draw_change_vs_m`` / ``plot_change_vs_m``: the ToM change against m (log axis), one panel
+  per family, the difference mask against a band for the random masks (the paper's
+  random-control figure), from ``sweep/specificity.csv``: 95% t-intervals over clusters, a
+  seed group's holding the mask-to-mask variance too (``tomsparse.stats``).
+* ``draw_perplexity_vs_m`` / ``plot_perplexity_vs_m``: the perplexity ratio against m, with
+  its interval over text windows.
+* ``levels_from_summary`` / ``draw_levels`` / ``plot_levels``: one line per mode over m from
+  a sweep summary (no intervals; the fallback for a sweep without a baseline point).
 * ``draw_specificity`` / ``plot_specificity``: ToM change against the log perplexity ratio
   for every point and seed group of ``sweep/specificity.csv`` (``tomsparse.sweep.specificity``).
 
@@ -21,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.data.tasks.model import REFERENCE_FAMILIES
-from tomsparse.errors import UserError
 from tomsparse.report.style import (
     GUIDE_COLOR,
     mode_color,
@@ -30,15 +32,12 @@ from tomsparse.report.style import (
     pyplot,
     save_figure,
 )
-from tomsparse.stats.bootstrap import family_weights, percentile_interval, seed_weights
+from tomsparse.report.tables import perplexity_ratio
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, group_label, point_label
-from tomsparse.sweep.roles import natural_key
 from tomsparse.sweep.specificity import POOL_ABOVE, POOL_ALL
 
 # The modes drawn first (and in this order); any other mode follows, sorted by name.
 PLOT_MODES = ("difference", "tom-only", "generic-only", "random")
-LEVEL_KINDS = ("margin", "accuracy", "cell_accuracy")
-LEVEL_DRAWS = 1000
 LEVEL_COLUMNS = ("label", "mode", "seed", "m", "n_seeds", "value", "lo", "hi", "change",
                  "change_lo", "change_hi", "n_tasks", "families")
 
@@ -50,120 +49,6 @@ def mode_order(modes) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- levels
-
-def _unit_values(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """(family, task_id, value) rows whose per-family mean is the level of ``kind``."""
-    frame = frame.copy()
-    frame["family"] = frame["family"].astype(str)
-    frame["task_id"] = frame["task_id"].astype(str)
-    correct = frame["correct"]
-    if correct.dtype == object or str(correct.dtype).startswith(("str", "string")):
-        correct = correct.astype(str).str.strip().str.lower().map(
-            {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0})
-    frame["correct"] = pd.to_numeric(correct, errors="coerce").astype(float)
-    if kind == "margin":
-        frame["value"] = pd.to_numeric(frame.get("margin"), errors="coerce")
-        return frame[["family", "task_id", "value"]]
-    if kind == "accuracy":
-        frame["value"] = frame["correct"]
-        return frame[["family", "task_id", "value"]]
-    # cell accuracy: a (task, rep, cell) is right when all its probes are
-    cell = "cell" if "cell" in frame else "scenario"
-    rep = "rep" if "rep" in frame else None
-    keys = ["family", "task_id"] + ([rep] if rep else []) + [cell]
-    cells = frame.groupby(keys, sort=False)["correct"].min().reset_index()
-    return cells.rename(columns={"correct": "value"})[["family", "task_id", "value"]]
-
-
-def level_intervals(sweep_dir: str | Path, kind: str = "margin", *, draws: int = LEVEL_DRAWS,
-                    seed: int = 0, families=REFERENCE_FAMILIES) -> pd.DataFrame:
-    """The ToM level of every point of a sweep folder, with a 95% interval.
-
-    ``kind``: ``margin`` (mean prompt margin), ``accuracy`` (prompt accuracy) or
-    ``cell_accuracy`` (a cell is right when all its probes are). The level is the unweighted
-    mean over ``families`` (those present) of each family's mean over its prompts (all reps),
-    which is the summary's ``tom_margin`` / ``tom_accuracy``. Interval: tasks are resampled
-    with replacement within each family (``stats.bootstrap.family_weights``; one set of
-    ``draws`` made up front, families in order, shared by every point), the
-    statistic recomputed as a ratio of sums, and its 2.5 / 97.5 percentiles taken. A seed
-    group (label ``<mode>_sall_m<m>``, one per mode and m with several seeds) is the mean of
-    its seeds; each draw also resamples the seeds (``stats.bootstrap.seed_weights``).
-
-    ``change`` is the level minus the baseline's (mode ``none``), and ``change_lo`` /
-    ``change_hi`` its paired interval: the same draw's statistic minus the baseline's (the
-    prompts of a sweep are the same at every point, so this is the paired task bootstrap).
-
-    Columns: label, mode, seed, m, n_seeds, value, lo, hi, change, change_lo, change_hi,
-    n_tasks (over the families), families (comma-joined). Empty when the points hold no
-    usable values of ``kind``.
-    Raises ``UserError`` when the folder has no per-prompt tables.
-    """
-    if kind not in LEVEL_KINDS:
-        raise ValueError(f"kind must be one of {LEVEL_KINDS}, not {kind!r}")
-    infos, prompts = SweepFolder(sweep_dir).read_sweep()
-    values = {label: _unit_values(frame, kind) for label, frame in prompts.items()}
-    present = set().union(*(set(v["family"]) for v in values.values()))
-    fams = [f for f in families if f in present]
-    if not fams:
-        return pd.DataFrame(columns=list(LEVEL_COLUMNS))
-    tasks = {}
-    for f in fams:
-        ids = set().union(*(set(v.loc[v["family"] == f, "task_id"]) for v in values.values()))
-        tasks[f] = {t: i for i, t in enumerate(sorted(ids, key=natural_key))}
-    weights = family_weights({f: len(tasks[f]) for f in fams}, draws, seed)
-    n_tasks = sum(len(t) for t in tasks.values())
-    per = {}
-    for info in infos.itertuples():
-        est, dr = _level_statistic(values[info.label], fams, tasks, weights)
-        if math.isfinite(est):
-            per[info.label] = (info.mode, info.seed, info.m, 1, est, dr)
-    done = infos[infos["label"].isin(per)]
-    _add_seed_groups(per, done, draws, seed)
-    base = done[done["mode"] == BASELINE_MODE].sort_values("seed")["label"]
-    base_est, base_dr = (per[base.iloc[0]][4], per[base.iloc[0]][5]) if len(base) else (
-        math.nan, np.full(draws, np.nan))
-    rows = []
-    for label, (mode, point_seed, m, k, est, dr) in per.items():
-        lo, hi = percentile_interval(dr)
-        clo, chi = percentile_interval(dr - base_dr)
-        rows.append({"label": label, "mode": mode, "seed": point_seed, "m": m, "n_seeds": k,
-                     "value": est, "lo": lo, "hi": hi, "change": est - base_est,
-                     "change_lo": clo, "change_hi": chi, "n_tasks": n_tasks,
-                     "families": ",".join(fams)})
-    return pd.DataFrame(rows, columns=list(LEVEL_COLUMNS))
-
-
-def _level_statistic(frame: pd.DataFrame, fams: list[str], tasks: dict, weights: dict
-                     ) -> tuple[float, np.ndarray]:
-    """One point's level (the mean over ``fams`` of each family's mean value) and its
-    resampled values (a ratio of per-task sums for each draw)."""
-    est, dr = [], []
-    for f in fams:
-        sub = frame[(frame["family"] == f) & frame["value"].notna()]
-        idx = sub["task_id"].map(tasks[f]).to_numpy(int)
-        s = np.bincount(idx, weights=sub["value"].to_numpy(float), minlength=len(tasks[f]))
-        c = np.bincount(idx, minlength=len(tasks[f])).astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            est.append(s.sum() / c.sum() if c.sum() else math.nan)
-            dr.append((weights[f] @ s) / (weights[f] @ c))
-    with np.errstate(invalid="ignore"):
-        return float(np.mean(est)), np.mean(np.vstack(dr), axis=0)
-
-
-def _add_seed_groups(per: dict, done: pd.DataFrame, draws: int, seed: int) -> None:
-    """A seed group per mode and m with several seeds: the seeds' mean, each draw resampling
-    the seeds too."""
-    for (mode, m), grp in done.groupby(["mode", "m"], sort=True):
-        if len(grp) < 2:
-            continue
-        members = list(grp.sort_values("seed")["label"])
-        v = seed_weights(len(members), draws, seed)
-        mat = np.vstack([per[label][5] for label in members]).T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dr = np.nansum(mat * v, axis=1) / v.sum(axis=1)
-        per[group_label(mode, m)] = (mode, pd.NA, m, len(members),
-                                     float(np.mean([per[label][4] for label in members])), dr)
-
 
 def levels_from_summary(summary: pd.DataFrame, column: str) -> pd.DataFrame:
     """The same table from a sweep summary (one value per point, no intervals): for a mode
@@ -391,9 +276,158 @@ def plot_specificity(sweep_dir: str | Path, path: str | Path | None = None) -> P
     return save_figure(fig, path or folder.plot("specificity"))
 
 
-def safe_level_intervals(sweep_dir: str | Path, kind: str, **options) -> pd.DataFrame | None:
-    """``level_intervals``, or None when the sweep lacks its per-prompt tables."""
-    try:
-        return level_intervals(sweep_dir, kind, **options)
-    except UserError:
+# ----------------------------------------------------------------------------- change vs m
+
+# The change a point made, per cluster, as ``sweep/specificity.csv`` holds it (t-intervals
+# over clusters, with the mask-to-mask variance for a seed group): (column, axis label).
+CHANGE_METRICS = {
+    "margin": ("tom_margin_change_adj", "false-belief margin change (nats)"),
+    "accuracy": ("tom_accuracy_change", "false-belief accuracy change"),
+}
+
+
+def change_families(points: pd.DataFrame) -> list[str]:
+    """The task families of ``points`` (pools left out), in the reference order."""
+    present = set(points["family"].astype(str)) - {POOL_ABOVE, POOL_ALL}
+    return [f for f in REFERENCE_FAMILIES if f in present] + sorted(
+        present - set(REFERENCE_FAMILIES))
+
+
+def draw_change_vs_m(axes, points: pd.DataFrame, metric: str, families: list[str],
+                     modes: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """One panel per family: the change of ``metric`` against m (log axis) for each mode of
+    ``modes`` (all when None), its 95% interval as error bars; the random masks as a shaded
+    band (their seed group's interval where several seeds ran) around a dashed line; 0 = the
+    unperturbed model. Returns {family: drawn rows}."""
+    drawn = {}
+    for ax, family in zip(axes, families):
+        rows = specificity_points(points, metric, family)
+        rows = rows[np.isfinite(rows["value"].astype(float)) & (rows["m"].astype(float) > 0)]
+        if modes is not None:
+            rows = rows[rows["mode"].isin(modes)]
+        drawn[family] = rows
+        for mode in mode_order(rows["mode"].unique()):
+            sub = rows[rows["mode"] == mode].sort_values("m")
+            x = sub["m"].to_numpy(float)
+            y, lo, hi = (sub[c].to_numpy(float) for c in ("value", "lo", "hi"))
+            k = int(sub["n_seeds"].max()) if "n_seeds" in sub and len(sub) else 1
+            label = mode_label(mode) + (f" (up to {k} seeds)" if k > 1 else "")
+            color = mode_color(mode)
+            if mode == "random":
+                ax.fill_between(x, lo, hi, color=color, alpha=0.22, lw=0)
+                ax.plot(x, y, ls="--", marker=mode_marker(mode), ms=4, color=color,
+                        label=label + ", 95% band")
+            else:
+                yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+                ax.errorbar(x, y, yerr=np.where(np.isfinite(yerr), yerr, 0.0),
+                            marker=mode_marker(mode), ms=4, capsize=2, lw=1.2, color=color,
+                            label=label)
+        ax.axhline(0.0, color=mode_color("baseline"), lw=1, label="unperturbed model")
+        if len(rows):
+            ax.set_xscale("log")
+            ms = np.unique(rows["m"].astype(float))
+            ax.set_xticks(ms, [f"{m:.2g}" for m in ms])
+            ax.minorticks_off()
+            ax.set_xlim(ms.min() / 1.6, ms.max() * 1.6)
+        else:
+            ax.text(0.5, 0.5, "nothing to draw", transform=ax.transAxes, ha="center",
+                    fontsize=8, color=GUIDE_COLOR)
+        n = int(rows["n_clusters"].max()) if len(rows) and "n_clusters" in rows else 0
+        ax.set_title(f"{family} (n = {n} clusters)", fontsize=9)
+        ax.set_xlabel("m (fraction of each matrix perturbed, log axis)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(CHANGE_METRICS_LABELS.get(metric, metric), fontsize=8)
+    return drawn
+
+
+CHANGE_METRICS_LABELS = {column: label for column, label in CHANGE_METRICS.values()}
+
+
+def plot_change_vs_m(sweep_dir: str | Path, kind: str, path: str | Path,
+                     modes: list[str] | None = None) -> Path | None:
+    """``draw_change_vs_m`` for ``kind`` (``margin`` or ``accuracy``) from the sweep's
+    specificity.csv, one panel per family and the legend below them; None when there is
+    nothing to draw (no specificity.csv, or no finite value: e.g. margins under generation)."""
+    points_csv = SweepFolder(sweep_dir).specificity("points")
+    if not points_csv.is_file():
         return None
+    points = pd.read_csv(points_csv)
+    if points.empty:
+        return None
+    metric = CHANGE_METRICS[kind][0]
+    sub = points[(points["metric"] == metric) & (points["mode"] != BASELINE_MODE)]
+    if not np.isfinite(sub["value"].astype(float)).any():
+        return None
+    families = change_families(sub)
+    fig, axes = pyplot().subplots(1, len(families), figsize=(3.7 * len(families) + 0.6, 3.9),
+                                  dpi=110, sharey=True, squeeze=False)
+    draw_change_vs_m(list(axes[0]), sub, metric, families, modes)
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(len(handles), 4), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return save_figure(fig, path, layout=False)
+
+
+def draw_perplexity_vs_m(ax, points: pd.DataFrame, modes: list[str] | None = None
+                         ) -> pd.DataFrame:
+    """The perplexity ratio (point / unperturbed) against m, both on log axes, with its 95%
+    interval over text windows where the table has one (``tables.perplexity_ratio``). Returns
+    the drawn rows (with columns ratio, ratio_lo, ratio_hi)."""
+    family = POOL_ALL if (points["family"] == POOL_ALL).any() else points["family"].iloc[0]
+    metric = points["metric"].iloc[0]
+    rows = specificity_points(points, metric, family)
+    ratios = [perplexity_ratio(r) for _, r in rows.iterrows()]
+    rows = rows.assign(ratio=[r[0] for r in ratios], ratio_lo=[r[1] for r in ratios],
+                       ratio_hi=[r[2] for r in ratios])
+    rows = rows[(rows["m"].astype(float) > 0) & np.isfinite(rows["ratio"])]
+    if modes is not None:
+        rows = rows[rows["mode"].isin(modes)]
+    for mode in mode_order(rows["mode"].unique()):
+        sub = rows[rows["mode"] == mode].sort_values("m")
+        y = sub["ratio"].to_numpy(float)
+        lo, hi = sub["ratio_lo"].to_numpy(float), sub["ratio_hi"].to_numpy(float)
+        yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+        ax.errorbar(sub["m"].to_numpy(float), y, yerr=np.where(np.isfinite(yerr), yerr, 0.0),
+                    marker=mode_marker(mode), ms=4, capsize=2, lw=1.2, color=mode_color(mode),
+                    ls="--" if mode == "random" else "-", label=mode_label(mode))
+    ax.axhline(1.0, color=mode_color("baseline"), lw=1, label="unperturbed model")
+    if len(rows):
+        ax.set_xscale("log")
+        ms = np.unique(rows["m"].astype(float))
+        ax.set_xticks(ms, [f"{m:.2g}" for m in ms])
+        ax.minorticks_off()
+        ax.set_xlim(ms.min() / 1.6, ms.max() * 1.6)
+    ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("m (fraction of each matrix perturbed, log axis)", fontsize=8)
+    ax.set_ylabel("perplexity / unperturbed perplexity (log axis)", fontsize=8)
+    ax.set_title("Perplexity against m", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return rows
+
+
+def plot_perplexity_vs_m(sweep_dir: str | Path, path: str | Path,
+                         modes: list[str] | None = None) -> Path | None:
+    """``draw_perplexity_vs_m`` from the sweep's specificity.csv; None without one or when
+    it has no masked point with a perplexity."""
+    points_csv = SweepFolder(sweep_dir).specificity("points")
+    if not points_csv.is_file():
+        return None
+    points = pd.read_csv(points_csv)
+    points = points[points["mode"] != BASELINE_MODE]
+    if points.empty:
+        return None
+    points = points[points["metric"] == points["metric"].iloc[0]]
+    fig, ax = pyplot().subplots(figsize=(7.6, 3.6), dpi=110)
+    if draw_perplexity_vs_m(ax, points, modes).empty:
+        pyplot().close(fig)
+        return None
+    return save_figure(fig, path)

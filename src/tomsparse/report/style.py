@@ -60,9 +60,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Lay out ``fig``, write it to ``path`` as PNG (atomically) and close it."""
-    fig.tight_layout()
+def save_figure(fig, path: str | Path, layout: bool = True) -> Path:
+    """Lay out ``fig`` (unless ``layout`` is False: the caller laid it out), write it to
+    ``path`` as PNG (atomically) and close it."""
+    if layout:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     pyplot().close(fig)

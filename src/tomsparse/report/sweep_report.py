@@ -4,24 +4,37 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
+from tomsparse.errors import UserError
 from tomsparse.report.claims import claims_section
 from tomsparse.report.html import embed_png, write_page
 from tomsparse.report.plots import (
-    LEVEL_DRAWS,
     levels_from_summary,
+    plot_change_vs_m,
     plot_levels,
+    plot_perplexity_vs_m,
     plot_specificity,
-    safe_level_intervals,
 )
 from tomsparse.report.style import pyplot, save_figure
+from tomsparse.report.tables import (
+    FAMILY_NAMES,
+    csv_link,
+    folded,
+    number,
+    readable_table,
+    table_one,
+    with_interval,
+)
+from tomsparse.scores.store import read_manifest as read_score_manifest
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
 from tomsparse.sweep.frontier import family_table, goal
-from tomsparse.sweep.summary import side_by_side, with_tom_columns
+from tomsparse.sweep.summary import with_tom_columns
 
 
 def bars_per_layer_and_role(ax, masks: pd.DataFrame, title: str) -> None:
@@ -34,79 +47,20 @@ def bars_per_layer_and_role(ax, masks: pd.DataFrame, title: str) -> None:
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("masked weights (count)")
     ax.set_title(title)
-    ax.legend(fontsize=8, ncol=4)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _plot_masks(masks: pd.DataFrame, m: float, path):
-    fig, ax = pyplot().subplots(figsize=(7.5, 4.0), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(8.5, 4.0), dpi=110)
     bars_per_layer_and_role(ax, masks, f"Where the difference mask lands, m = {m:g}")
     return save_figure(fig, path)
 
 
-def reading(summary: pd.DataFrame, metric: str) -> str:
-    """One paragraph written from the numbers."""
-    base = summary[summary["mode"] == BASELINE_MODE]
-    if base.empty:
-        return "No m = 0 baseline point was run, so changes cannot be read against the unperturbed model."
-    b = base.iloc[0]
-    top_m = summary[summary["mode"] == "difference"]["m"].max()
-    at = summary[summary["m"] == top_m]
-
-    def val(mode, col):
-        x = at[at["mode"] == mode][col]
-        return float(x.mean()) if len(x) else float("nan")
-
-    d_tom, r_tom = val("difference", metric) - b[metric], val("random", metric) - b[metric]
-    t_tom = val("tom-only", metric) - b[metric]
-    d_ppl = val("difference", "perplexity") / b["perplexity"] - 1
-    r_ppl = val("random", "perplexity") / b["perplexity"] - 1
-    t_ppl = val("tom-only", "perplexity") / b["perplexity"] - 1
-    masked = val("difference", "masked")
-    ratio = abs(d_tom) / abs(r_tom) if r_tom == r_tom and abs(r_tom) > 1e-12 else float("inf")
-    verdict = ("hurt ToM more than random masks of the same size"
-               if d_tom < 0 and d_tom < r_tom else "did not hurt ToM more than random masks")
-    txt = (f"At the largest m ({top_m:g}, {masked:,.0f} weights in all), the difference mask "
-           f"{verdict}: the ToM metric moved by {d_tom:+.3f} against {r_tom:+.3f} for random "
-           f"masks (about {ratio:.1f}x as much) from a baseline of {b[metric]:.3f}. "
-           f"Perplexity moved by {100 * d_ppl:+.1f}% with the difference mask and "
-           f"{100 * r_ppl:+.1f}% with random masks.")
-    if t_tom == t_tom:
-        txt += (f" The ToM-only mask (no generic subtraction) moved the ToM metric by "
-                f"{t_tom:+.3f} and perplexity by {100 * t_ppl:+.1f}%.")
-    return txt
-
-
-def _side_table(summary: pd.DataFrame, metric: str) -> str:
-    """Per m: baseline, difference mask, random control (mean +- sd) and tom-only, for the
-    headline ToM metric and perplexity."""
-
-    side = side_by_side(summary)
-    if side.empty:
-        return "<p>No masked points.</p>"
-    rows = []
-    for _, r in side.iterrows():
-        def cell(mode, col):
-            if mode == "random":
-                mean, sd = r.get(f"random_{col}_mean"), r.get(f"random_{col}_sd")
-                if mean is None or mean != mean:
-                    return ""
-                return f"{mean:.4g}" + (f" &plusmn; {sd:.2g}" if sd == sd and sd is not None else "")
-            v = r.get(f"{mode}_{col}")
-            return "" if v is None or v != v else f"{v:.4g}"
-        for col, label in ((metric, "ToM metric"), ("perplexity", "perplexity"),
-                           ("masked", "masked weights")):
-            rows.append(f"<tr><td>{r['m']:g}</td><td>{label}</td><td>{cell('baseline', col)}</td>"
-                        f"<td>{cell('difference', col)}</td><td>{cell('random', col)}</td>"
-                        f"<td>{cell('tom-only', col)}</td></tr>")
-    head = ("<tr><th>m</th><th>quantity</th><th>baseline</th><th>difference</th>"
-            "<th>random (mean &plusmn; sd over seeds)</th><th>tom-only</th></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
-
-
 GAP_METRICS = ("belief_gap_margin", "belief_gap_accuracy", "bias_shift")
 SPECIFICITY_CAPTION = (
-    "Every point and seed group of the sweep: x = log(perplexity / baseline perplexity) "
-    "(0 = unchanged, 0.69 = doubled); left, the false-belief margin change (bias-adjusted), "
+    "Every point and seed group of the sweep, the damage-matched controls among them: x = "
+    "log(perplexity / baseline perplexity) (0 = unchanged, 0.69 = doubled); left, the "
+    "false-belief margin change (for irony minus its Yes/No answer-bias shift), "
     "right, the belief gap (false-belief minus true-belief control margin change), both paired "
     "per prompt against the unperturbed model and averaged over the families named in the "
     "title (those that pass their own controls, else all). Error bars: 95% t-intervals over "
@@ -114,95 +68,194 @@ SPECIFICITY_CAPTION = (
     "ToM-specific mask sits low on the left, near x = 0, and low on the right.")
 
 
-def line_plots(out: Path, summary: pd.DataFrame, metric: str, label: str
-               ) -> tuple[list[Path], str]:
-    """The ToM metric, ToM accuracy and perplexity against m (PNGs in ``out``), and their
-    caption. The ToM lines carry 95% task-cluster bootstrap intervals of the level
-    (``level_intervals``) when the points' per-prompt tables are there, else the min-max over
-    seeds; perplexity is drawn on a log axis."""
-    kinds = (("margin", "accuracy") if metric == "tom_margin"
-             else ("cell_accuracy", "cell_accuracy"))
-    folder = SweepFolder(out)
-    specs = ((metric, label, "ToM vs m", folder.plot("tom_metric"), kinds[0]),
-             ("tom_accuracy", "ToM accuracy" if metric != "tom_margin" else
-              "ToM prompt accuracy", "ToM accuracy vs m", folder.plot("tom_accuracy"), kinds[1]))
-    plots, notes = [], []
-    for column, ylabel, title, path, kind in specs:
-        levels = safe_level_intervals(out, kind)
-        if levels is not None and not levels.empty:
-            n, k = int(levels["n_tasks"].max()), int(levels["n_seeds"].max())
-            fams = levels["families"].iloc[0].replace(",", ", ")
-            band, interval = "95% paired interval of the change from baseline", "change"
-            if not notes:
-                notes.append(
-                    f"ToM plots: the line is the level (mean over families {fams} of each "
-                    f"family's mean over all its prompts). The shaded band is the 95% "
-                    f"task-cluster bootstrap interval of the paired change from the "
-                    f"unperturbed model, placed on the line (n = {n} tasks resampled within "
-                    f"their families, {LEVEL_DRAWS} draws shared by all points"
-                    + (f"; for a mode run with {k} seeds the line is the seed mean, the seeds "
-                       f"are resampled too, and small dots are the single seeds" if k > 1
-                       else "") + "). The error bar at m = 0 is the 95% interval of the "
-                    "baseline level itself, which also holds the spread between tasks that "
-                    "the paired bands leave out.")
-        else:
-            levels, band = levels_from_summary(summary, column), "min-max over seeds"
-            interval = "level"
-            if not notes:
-                notes.append("ToM plots: no per-prompt tables in points/, so no intervals of "
-                             "the level; the shaded band is the min-max over seeds.")
-        plots.append(plot_levels(levels, path, ylabel=ylabel,
-                                 title=title, band=band, interval=interval))
-    ppl = levels_from_summary(summary, "perplexity")
-    plots.append(plot_levels(ppl, folder.plot("perplexity"), ylabel="perplexity (log axis)",
-                             title="Perplexity vs m", log_y=True, band="min-max over seeds"))
-    notes.append("Perplexity: one value per point (no interval), on a log axis; the band is "
-                 "the min-max over seeds.")
-    return plots, " ".join(notes)
 
 
-def specificity_section(out: Path) -> str:
-    """The verdicts on whether the effect is specific to ToM (from the sweep's
-    specificity_*.csv, see ``tomsparse.sweep.specificity``), with the chance check and the
-    belief gaps behind them; empty when the sweep has no baseline point."""
-    folder = SweepFolder(out)
-    verdicts_csv, baseline_csv = folder.specificity("verdicts"), folder.specificity("baseline")
-    if not verdicts_csv.is_file():
-        return ""
+# The sizes below which a run is a pilot: its intervals are valid but too wide to rule much in
+# or out (the defaults: 10 clusters per family, 5 random seeds, 4 perplexity windows).
+PILOT_CLUSTERS = 10
+PILOT_RANDOM_SEEDS = 3
+PILOT_PPL_WINDOWS = 4
+
+
+def _score_samples(manifest: dict) -> str:
+    """"24 ToM and 24 generic samples" from the score stores the sweep names, or ""."""
     parts = []
-    plot = plot_specificity(out)
-    if plot is not None:
-        parts.append(embed_png(plot) + f"<p>{html.escape(SPECIFICITY_CAPTION)}</p>")
-    if baseline_csv.is_file():
-        base = pd.read_csv(baseline_csv)
-        cols = [c for c in ("family", "n_tasks", "n_prompts", "n_clusters", "tom_accuracy",
-                            "tom_accuracy_lo", "tom_accuracy_hi", "tom_margin", "tom_margin_lo",
-                            "tom_margin_hi", "control_accuracy", "weak_controls", "gate_reason")
-                if c in base]
-        parts.append("<h3>Baseline levels (95% t-intervals over clusters)</h3>"
-                     + base[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}",
-                                          na_rep=""))
-    matched_csv = folder.specificity("matched")
-    if matched_csv.is_file():
-        matched = pd.read_csv(matched_csv)
-        if not matched.empty:
-            parts.append("<h3>Damage-matched controls (size searched until the perplexity "
-                         "change matches the target's)</h3>" + matched.to_html(
-                             index=False, float_format=lambda x: f"{x:.3g}", na_rep=""))
+    for kind, name in (("tom", "ToM"), ("generic", "generic")):
+        directory = (manifest.get("scores") or {}).get(kind)
+        try:
+            store = read_score_manifest(directory) if directory else None
+        except UserError:
+            store = None
+        if store and "nsamples" in store:
+            parts.append(f"{store['nsamples']} {name}")
+    return " and ".join(parts) + " samples" if parts else ""
+
+
+def run_summary(out: Path) -> str:
+    """The run at a glance (model, tasks, clusters, m values, seeds, perplexity text, score
+    samples) and a pilot warning when it is below the sizes its statistics need."""
+    folder = SweepFolder(out)
+    try:
+        manifest = folder.read_manifest()
+    except UserError:
+        manifest = {}
+    cfg = manifest.get("config", {}) if isinstance(manifest, dict) else {}
+    bcsv, pcsv = folder.specificity("baseline"), folder.specificity("points")
+    base = pd.read_csv(bcsv) if bcsv.is_file() else pd.DataFrame()
+    items = [f"model <b>{html.escape(str(manifest.get('model', '?')))}</b>"
+             + (f" (fingerprint {html.escape(str(manifest['model_fingerprint']))})"
+                if manifest.get("model_fingerprint") else "")]
+    if len(base):
+        items.append("; ".join(
+            f"{FAMILY_NAMES.get(r.family, r.family)}: {number(r.n_tasks)} tasks, "
+            f"{number(r.n_prompts)} false-belief prompts"
+            + (f" in {number(r.n_clusters)} {r.cluster_unit}s" if r.cluster_unit != "task"
+               else "") for r in base.itertuples()))
+    m_values = [m for m in cfg.get("m_values", []) if m > 0]
+    if m_values:
+        items.append("m = " + ", ".join(f"{m:.3g}" for m in m_values))
+    seeds = cfg.get("random_seeds")
+    if seeds:
+        secondary = cfg.get("secondary_seeds")     # sweep_points: below the largest m
+        if secondary is not None and len(m_values) > 1 and secondary < len(seeds):
+            items.append(f"random masks: {len(seeds)} seeds at m = {max(m_values):.3g}, "
+                         f"{secondary} at smaller m")
+        else:
+            items.append(f"random masks: {len(seeds)} seeds at every m")
+    windows = math.nan
+    if pcsv.is_file():
+        points = pd.read_csv(pcsv, usecols=lambda c: c in ("ppl_windows",))
+        if "ppl_windows" in points and points["ppl_windows"].notna().any():
+            windows = float(points["ppl_windows"].max())
+    if cfg.get("ppl_max_tokens"):
+        items.append(f"perplexity on {number(cfg['ppl_max_tokens'])} tokens of "
+                     f"{html.escape(str(cfg.get('corpus', '')))}"
+                     + (f" ({number(windows)} windows of {number(cfg.get('ppl_seqlen'))})"
+                        if np.isfinite(windows) else ""))
+    samples = _score_samples(manifest)
+    if samples:
+        items.append("scores from " + samples)
+    if cfg.get("scoring"):
+        items.append(f"scoring: {html.escape(str(cfg['scoring']))}")
+    short = []
+    if len(base) and (base["n_clusters"] < PILOT_CLUSTERS).any():
+        short.append(f"fewer than {PILOT_CLUSTERS} clusters in "
+                     + ", ".join(FAMILY_NAMES.get(f, f) for f in
+                                 base.loc[base["n_clusters"] < PILOT_CLUSTERS, "family"]))
+    if seeds is not None and len(seeds) < PILOT_RANDOM_SEEDS:
+        short.append(f"{len(seeds)} random seed(s), fewer than {PILOT_RANDOM_SEEDS}")
+    if np.isfinite(windows) and windows < PILOT_PPL_WINDOWS:
+        short.append(f"{number(windows)} perplexity window(s), fewer than {PILOT_PPL_WINDOWS}")
+    warning = ""
+    if short:
+        warning = ("<p class='warning'><b>Pilot-sized run</b> (" + html.escape("; ".join(short))
+                   + "): its intervals are valid but wide, so a claim \u201cnot shown\u201d "
+                   "here says little either way. For a result, run the default sizes "
+                   "(<code>tomsparse run</code> without <code>--quick</code>) or larger "
+                   "(<code>--clusters 20</code>).</p>")
+    return f"<p class='run-summary'>{'; '.join(items)}.</p>{warning}"
+
+
+def change_plots(out: Path, summary: pd.DataFrame) -> tuple[list[Path], str]:
+    """The ToM change against m (margin, accuracy) and the perplexity ratio against m, for
+    the sweep's own modes (the damage-matched controls have their own plot), from
+    specificity.csv; falls back to the summary's perplexity when there is none."""
+    folder = SweepFolder(out)
+    try:
+        cfg = folder.read_manifest().get("config", {})
+    except UserError:
+        cfg = {}
+    modes = list(cfg.get("modes") or [m for m in summary["mode"].unique()
+                                      if m not in MATCHED_MODES])
+    plots = [p for p in (plot_change_vs_m(out, "margin", folder.plot("tom_metric"), modes),
+                         plot_change_vs_m(out, "accuracy", folder.plot("tom_accuracy"), modes),
+                         plot_perplexity_vs_m(out, folder.plot("perplexity"), modes))
+             if p is not None]
+    left_out = sorted(set(summary["mode"]) - set(modes) - {BASELINE_MODE})
+    caption = (
+        "One panel per family: the change from the unperturbed model (0, the grey line) "
+        "against m on a log axis, for the difference mask (error bars: 95% t-intervals over "
+        "clusters) and the random masks of the same count (the shaded band: the 95% interval "
+        "of the random masks' mean, which holds the mask-to-mask variance where several seeds "
+        "ran). A ToM-specific mask falls below the band; the band is what random damage of "
+        "that size does. Perplexity: the ratio to the unperturbed model (log axes), 95% "
+        "intervals over text windows.")
+    if left_out:
+        caption += (" The damage-matched controls (" + ", ".join(left_out) + ") sit at "
+                    "their own sizes and are drawn against perplexity in the next section.")
+    if not plots:
+        ppl = levels_from_summary(summary, "perplexity")
+        plots.append(plot_levels(ppl, folder.plot("perplexity"), ylabel="perplexity (log axis)",
+                                 title="Perplexity vs m", log_y=True, band="min-max over seeds"))
+        caption = ("No specificity tables (no m = 0 baseline point), so no ToM changes; "
+                   "perplexity per point, the band the min-max over seeds.")
+    return plots, caption
+
+
+MATCHED_MODES = ("random-fraction", "generic-only")
+
+
+def evidence_tables(out: Path) -> str:
+    """The tables behind the verdicts, folded: baseline levels, belief gaps (conditions as
+    columns), the dose-response slopes and the damage-matched searches; each linked to its
+    CSV."""
+    folder = SweepFolder(out)
+    parts = []
+    bcsv = folder.specificity("baseline")
+    if bcsv.is_file():
+        base = pd.read_csv(bcsv)
+        cols = {"family": "family", "n_clusters": "clusters", "tom_accuracy": "false-belief "
+                "accuracy", "tom_accuracy_lo": "lo", "tom_accuracy_hi": "hi", "tom_margin":
+                "false-belief margin", "tom_margin_lo": "lo ", "tom_margin_hi": "hi ",
+                "control_accuracy": "true-belief control accuracy", "weak_controls":
+                "weak controls", "gate_reason": "chance gate"}
+        table = base[[c for c in cols if c in base]]
+        parts.append(folded("Unperturbed model per family (95% t-intervals over clusters)",
+                            readable_table(table, keys=("family",), headers=cols)
+                            + f"<p class='caption'>Source: {csv_link(bcsv, out)}</p>"))
+    pcsv = folder.specificity("points")
+    if pcsv.is_file():
+        table = pd.read_csv(pcsv)
+        table = table[table["metric"].isin(GAP_METRICS) & table["value"].notna()]
+        if len(table):
+            table = table.assign(cell=[with_interval(v, lo, hi) for v, lo, hi in
+                                       zip(table["value"], table["lo"], table["hi"])])
+            wide = table.pivot_table(index=["family", "metric"], columns="label", values="cell",
+                                     aggfunc="first").reset_index()
+            wide.columns.name = None
+            parts.append(folded(
+                "Belief gap and answer-bias shift per condition (conditions as columns)",
+                "<div style='overflow-x:auto'>" + readable_table(wide, keys=("family", "metric"))
+                + "</div><p class='caption'>belief_gap_*: the false-belief change minus the "
+                "true-belief control change, paired per prompt (negative: false belief hurt "
+                "more); bias_shift: the change in log P(A) - log P(B) of a two-answer family. "
+                "95% t-intervals over clusters, not corrected for multiplicity. Conditions are "
+                "named mode_s&lt;seed&gt;_m&lt;m&gt; (sall: the group of all seeds). Source: "
+                + csv_link(pcsv, out) + "</p>"))
+    dcsv = folder.specificity("dose")
+    if dcsv.is_file():
+        dose = pd.read_csv(dcsv)
+        dose = dose[dose["value"].notna()]
+        if len(dose):
+            dose = dose.assign(slope=[with_interval(v, lo, hi) for v, lo, hi in
+                                      zip(dose["value"], dose["lo"], dose["hi"])])
+            parts.append(folded("Dose-response: slope of the change per unit of log m",
+                                readable_table(dose[["mode", "family", "metric", "slope",
+                                                     "p_value", "n_clusters", "m_values"]],
+                                               keys=("mode", "family", "metric"))
+                                + f"<p class='caption'>Source: {csv_link(dcsv, out)}</p>"))
+    mcsv = folder.specificity("matched")
+    if mcsv.is_file():
+        matched = pd.read_csv(mcsv)
+        if len(matched):
+            parts.append(folded(
+                "Damage-matched searches (a control's size searched until its perplexity "
+                "change matches the target's)",
+                readable_table(matched, keys=("target", "mode"))
+                + f"<p class='caption'>Source: {csv_link(mcsv, out)}</p>"))
     family = family_section(out)
     if family:
-        parts.append(family)
-    points_csv = folder.specificity("points")
-    if points_csv.is_file():
-        table = pd.read_csv(points_csv)
-        table = table[table["metric"].isin(GAP_METRICS)]
-        cols = [c for c in ("label", "family", "metric", "value", "lo", "hi", "n_tasks",
-                            "n_prompts", "ppl_change") if c in table]
-        parts.append("<h3>Belief gap (false-belief change minus true-belief control change, "
-                     "paired per prompt; 95% t-interval over clusters, not corrected for "
-                     "multiplicity) and answer-bias shift</h3>"
-                     + table[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}",
-                                           na_rep=""))
+        parts.append(folded("The mask family: ToM-specific damage against perplexity", family))
     return "\n".join(parts)
 
 
@@ -221,53 +274,93 @@ def family_section(out: Path) -> str:
     cols = ["mode", "q", "p", "left_out_channels", "masked", "ppl_change", "belief_gap",
             "belief_gap_lo", "belief_gap_hi", "tom_change", "tom_change_lo", "tom_change_hi",
             "n_tasks", "on_front"]
-    return ("<h3>The mask family: ToM-specific damage against perplexity</h3>"
-            "<p>Top-q by ToM score and not top-p by generic score (p = factor x q), some with "
+    return ("<p>Top-q by ToM score and not top-p by generic score (p = factor x q), some with "
             "the massive-activation channels left out; belief gap pooled over the families "
             f"{html.escape(str(frame['pool'].iloc[0]))} (negative = false belief hurt more than "
             "its controls). on_front: on the Pareto front of perplexity change and belief "
             "gap. <code>tomsparse frontier --run RUN_DIR</code> maps a larger grid.</p>"
             f"<p><b>Goal</b> (half the plain difference mask's belief-gap damage at perplexity "
             f"+5% or less): {html.escape(reached['sentence'])}.</p>"
-            + frame[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}", na_rep=""))
+            + readable_table(frame[cols], keys=("mode", "q", "p")))
+
+
+def reference_section(out: Path, summary: pd.DataFrame) -> str:
+    """The reference's own summary (percent of answers right per m), reconciled with the
+    verdicts in one sentence, and the per-point summary table; both folded."""
+    folder = SweepFolder(out)
+    parts = ["<p>The paper's summary counts the percent of all probes answered right by the "
+             "difference mask, true-belief controls included and without random masks or "
+             "intervals, so it can move where the claims above do not (and the other way "
+             "round): it is here to compare with the paper, not to judge specificity.</p>"]
+    tcsv = folder.table("tom_summary")
+    if tcsv.is_file():
+        tom = pd.read_csv(tcsv)
+        cols = [c for c in tom.columns if c == "m" or c.endswith("_percent_mean")
+                or c == "avg_percent_unexpected_transfer"]
+        parts.append(folded("Percent right per m (the reference's tom_summary.csv)",
+                            readable_table(tom[cols], keys=("m",))
+                            + f"<p class='caption'>Source: {csv_link(tcsv, out)}</p>"))
+    cols = [c for c in ["mode", "seed", "m", "masked", "perplexity", "tom_margin", "tom_accuracy",
+                        "unexpected_percent_mean", "transfer_percent_mean", "irony_percent_mean",
+                        "avg_percent_unexpected_transfer"] if c in summary]
+    scsv = folder.table("summary")
+    parts.append(folded("Every point (summary.csv)", readable_table(
+        summary[cols], keys=("mode", "seed", "m")) + (
+        f"<p class='caption'>Source: {csv_link(scsv, out)}</p>" if scsv.is_file() else "")))
+    return "".join(parts)
 
 
 def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
                  extra_sections: Sequence[tuple[str, str]] = ()) -> Path:
-    """Render the sweep folder's report (``SweepFolder.report``). ``extra_sections`` ((title,
-    html) pairs, e.g. the mechanistic analyses of a run: ``RunFolder.read_report_sections``)
-    are handed in by the caller and shown after the tables."""
+    """Render the sweep folder's report (``SweepFolder.report``): the verdict first (bottom
+    line, chance gate, claims), then the paper's Table 1, ToM change against m, the
+    damage-matched controls, the evidence tables, the reference's summary, the mask, the
+    ``extra_sections`` ((title, html) pairs handed in by the caller, e.g. the mechanistic
+    analyses: ``RunFolder.read_report_sections``) and the manifest."""
     out = Path(out)
     folder = SweepFolder(out)
-    summary, metric, label = with_tom_columns(summary)
-    plots, caption = line_plots(out, summary, metric, label)
+    summary = with_tom_columns(summary)[0]
+    model = str(manifest.get("model", ""))
+    sections: list[tuple[str, str, str]] = []     # (anchor, title, html)
+    claims = claims_section(out, model)
+    if claims:
+        sections.append(("verdict", "Verdict", claims))
+    table1 = table_one(out)
+    if table1:
+        sections.append(("table-1", "ToM and perplexity at each m (the paper's Table 1)",
+                         table1))
+    plots, caption = change_plots(out, summary)
+    sections.append(("tom-vs-m", "ToM change against m: the difference mask against random "
+                     "masks", "".join(embed_png(p) for p in plots)
+                     + f"<p class='caption'>{html.escape(caption)}</p>"))
+    spec = plot_specificity(out)
+    if spec is not None:
+        sections.append(("matched", "Damage-matched controls: ToM change against perplexity "
+                         "change", embed_png(spec)
+                         + f"<p class='caption'>{html.escape(SPECIFICITY_CAPTION)}</p>"))
+    evidence = evidence_tables(out)
+    if evidence:
+        sections.append(("evidence", "The tables behind the verdicts", evidence))
+    sections.append(("reference", "The reference's summary", reference_section(out, summary)))
     diff = summary[summary["mode"] == "difference"]
     if not diff.empty:
         top = diff["m"].max()
         mfile = folder.point_masks(point_label("difference", 0, top))
         if mfile.exists():
-            plots.append(_plot_masks(pd.read_csv(mfile), top, folder.plot("masks")))
-    text = reading(summary, metric)
-    cols = [c for c in ["mode", "seed", "m", "masked", "perplexity", "tom_margin", "tom_accuracy",
-                        "unexpected_percent_mean", "transfer_percent_mean", "irony_percent_mean",
-                        "avg_percent_unexpected_transfer", "unexpected_strict", "transfer_strict"]
-            if c in summary]
-    table = summary[cols].to_html(index=False, float_format=lambda x: f"{x:.4g}")
-    side = _side_table(summary, metric)
+            sections.append(("masks", "Where the difference mask lands", embed_png(
+                _plot_masks(pd.read_csv(mfile), top, folder.plot("masks")))))
+    for i, (title, body) in enumerate(extra_sections):
+        sections.append((f"extra-{i + 1}", title, body))
     opts = html.escape(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    sections = "\n".join(f"<h3>{html.escape(t)}</h3>\n{h}" for t, h in extra_sections)
-    model = str(manifest.get("model", ""))
-    claims = claims_section(out, model)
-    verdict = specificity_section(out)
-    verdict = f"<h2>Is the effect specific to ToM? The evidence</h2>{verdict}" if verdict else ""
-    body = f"""<h1>tomsparse report: {html.escape(model)}</h1>
-{claims}
-{verdict}
-<h2>Family-level reading (all conditions pooled; not a specificity test)</h2>
-<p>{html.escape(text)}</p>
-<h2>Plots</h2><p>{html.escape(caption)}</p>{''.join(embed_png(p) for p in plots)}
-<h2>Controls side by side</h2>{side}
-<h2>Summary table</h2>{table}
-{sections}
-<h2>Run options and manifest</h2><pre>{opts}</pre>"""
+    sections.append(("manifest", "Run options and manifest",
+                     folded("The whole manifest (versions, model fingerprint, data hashes, "
+                            "every option)", f"<pre>{opts}</pre>")))
+    contents = "".join(f"<li><a href='#{a}'>{html.escape(t, quote=False)}</a></li>"
+                       for a, t, _ in sections)
+    body = (f"<h1>tomsparse report: {html.escape(model)}</h1>\n{run_summary(out)}\n"
+            + "\n".join(f"<h2 id='{a}'>{html.escape(t, quote=False)}</h2>\n{h}"
+                        for a, t, h in sections[:1])
+            + f"\n<nav><b>Contents</b><ol>{contents}</ol></nav>\n"
+            + "\n".join(f"<h2 id='{a}'>{html.escape(t, quote=False)}</h2>\n{h}"
+                        for a, t, h in sections[1:]))
     return write_page(folder.report, "tomsparse report", body)

@@ -75,7 +75,7 @@ class VerdictRules:
     def describe(self, n_tests: int | None = None) -> str:
         """The decision rules and the error rate, in plain words."""
         count = f" ({n_tests} of them in this run)" if n_tests is not None else ""
-        return (f"Every claim below with a number is one test{count}; together they are one "
+        return (f"Every judged claim (a row of the claims table) is one test{count}; together they are one "
                 f"family, corrected by Holm's method: the family-wise error rate (the chance "
                 f"that one or more of the \u201cshown\u201d or \u201copposite direction\u201d "
                 f"outcomes is wrong) is at most {self.alpha:.0%}. A claim is \u201cshown\u201d when its Holm-adjusted "
