@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="the main job: scores, sweep, summary, plots and report")
     add_model_args(p, dtype_default=None)
     add_sweep_args(p)
-    p.add_argument("--quick", action="store_true", help="a ~3-minute version for a first look")
+    p.add_argument("--quick", action="store_true", help="a ~6-minute pilot for a first look (below the sizes the statistics need)")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="the options left unset come from this preset: default (make run), "
                         "quick (= --quick), reference-protocol (= --reference-protocol) or "
