@@ -606,3 +606,19 @@ def test_rotation_helpers_against_explicit_pair_rotations(layout):
     for j in range(rd // 2):
         a, b = rope.pair_dims(j)
         assert torch.allclose(norms[..., j], x[..., a] ** 2 + x[..., b] ** 2)
+
+
+def test_matched_readings_say_when_a_damage_matched_control_reproduces_an_effect():
+    from tomsparse.analysis.page import REPRODUCES, matched_readings
+
+    label = "random-fraction (matched, m=3.34e-02)"
+    h = {"conditions": {"difference": {}, "random": {}, label: {"matched": True}},
+         "displaced_sink_share": {"difference": 0.774, "random": 0.004, label: 0.793},
+         "abs_angle_q_kbos_change_deg": {"difference": 1.0, "random": 0.0,
+                                         label: REPRODUCES - 0.01},
+         "total_abs_norm_change": {"difference": 10.0, "random": 1.0}}
+    lines = matched_readings(h)
+    assert len(lines) == 2           # no matched value for the norm change: no sentence
+    assert "reaches 102%" in lines[0] and "not evidence of a ToM-specific" in lines[0]
+    assert "no damage-matched control reaches 80%" in lines[1] and "79%" in lines[1]
+    assert matched_readings({**h, "conditions": {"difference": {}}}) == []

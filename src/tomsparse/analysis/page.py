@@ -37,6 +37,41 @@ def matched_line(h: dict) -> str | None:
                 for v in matched.values()))
 
 
+# The headline effects a damage-matched control can reproduce, and what they measure.
+MATCHED_EFFECTS = (("displaced_sink_share", "the displaced-sink share"),
+                   ("abs_angle_q_kbos_change_deg", "the mean |q-k_first angle change|"),
+                   ("total_abs_norm_change", "the total Q/K pair-norm change"))
+# A matched control at or above this share of the difference mask's effect reproduces it.
+REPRODUCES = 0.8
+
+
+def matched_readings(h: dict) -> list[str]:
+    """One sentence per headline effect: whether a damage-matched control (a mask that hurts
+    perplexity as much) reproduces the difference mask's effect (at least ``REPRODUCES`` of
+    it), so that the effect cannot be read as ToM-specific. One mask each, no interval."""
+    matched = [k for k, v in h.get("conditions", {}).items() if v.get("matched")]
+    out = []
+    for key, what in MATCHED_EFFECTS:
+        values = h.get(key) or {}
+        diff = values.get("difference")
+        if diff is None or not matched or not diff:
+            continue
+        found = {k: values[k] for k in matched if k in values}
+        if not found:
+            continue
+        best = max(found, key=lambda k: found[k])
+        ratio = found[best] / diff
+        if ratio >= REPRODUCES:
+            out.append(f"{what}: the damage-matched control {best} reaches {ratio:.0%} of the "
+                       f"difference mask's ({found[best]:.3g} vs {diff:.3g}), so damage of that "
+                       f"size does as much: not evidence of a ToM-specific mechanism")
+        else:
+            out.append(f"{what}: no damage-matched control reaches {REPRODUCES:.0%} of the "
+                       f"difference mask's (best {best}: {ratio:.0%}; one mask each, no "
+                       f"interval)")
+    return out
+
+
 def headline_lines(h: dict) -> list[str]:
     def fmt(d, f="{:.3f}"):
         return ", ".join(f"{k} {f.format(v)}" for k, v in d.items())
@@ -75,7 +110,7 @@ def headline_lines(h: dict) -> list[str]:
     lines.append("mean mask rank per role: " + "; ".join(
         f"{m}: " + " ".join(f"{r} {v:g}" for r, v in d.items())
         for m, d in h["mask_rank_by_role"].items()))
-    return lines
+    return lines + matched_readings(h)
 
 
 def _table_html(frame: pd.DataFrame, max_rows: int = 40) -> str:

@@ -18,6 +18,12 @@ EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"
                 "#393b79", "#ad494a", "#637939", "#7b4173")
 
 
+def legend_below(ax) -> None:
+    """The legend under the axes, outside the data (bars and lines stay readable)."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+              frameon=False)
+
+
 def condition_order(labels, baseline: bool = False) -> list[str]:
     present = list(dict.fromkeys(str(x) for x in labels))
     out = [m for m in ORDER if m in present] + [m for m in present if m not in ORDER]
@@ -80,7 +86,7 @@ def plot_anatomy(mats: pd.DataFrame, qk: pd.DataFrame, rope, path: Path,
         ax.set_xlabel("rotary pair j (low j = high frequency)")
         ax.set_ylabel("masked weights in W_Q and W_K (count)")
         ax.set_title("Masked q/k entries per rotary pair")
-        ax.legend(fontsize=8)
+        legend_below(ax)
     return save_figure(fig, path)
 
 
@@ -96,7 +102,7 @@ def plot_frequencies(freq: pd.DataFrame, path: Path, colors: dict | None = None)
     ax.set_xlabel("rotary pair j (low j = high frequency)")
     ax.set_ylabel("mean pair norm (activation units)")
     ax.set_title("Q/K norm per rotary pair, mean over layers and heads")
-    ax.legend(fontsize=8)
+    legend_below(ax)
     ax = axes[1]
     for mode in condition_order(freq["mode"]):
         sub = freq[freq["mode"] == mode]
@@ -107,7 +113,7 @@ def plot_frequencies(freq: pd.DataFrame, path: Path, colors: dict | None = None)
     ax.set_xlabel("rotary pair j (low j = high frequency)")
     ax.set_ylabel("sum over layers/heads/Q,K of |norm change|")
     ax.set_title("Where the perturbation changes Q/K norms")
-    ax.legend(fontsize=8)
+    legend_below(ax)
     return save_figure(fig, path)
 
 
@@ -128,7 +134,7 @@ def plot_sinks(by_layer: pd.DataFrame, threshold: float, path: Path,
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(f"heads whose sink moved by > {threshold:g} (%)")
     ax.set_title("Displaced attention sinks per layer")
-    ax.legend(fontsize=8)
+    legend_below(ax)
     ax = axes[1]
     base = by_layer[by_layer["mode"] == "baseline"].groupby("layer")["mean_sink_weight"].mean()
     ax.plot(base.index, base.values, "-o", ms=3, color=colors["baseline"], label="baseline")
@@ -138,7 +144,7 @@ def plot_sinks(by_layer: pd.DataFrame, threshold: float, path: Path,
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("attention weight on the first token (0-1)")
     ax.set_title("Mean attention on the first token, over heads")
-    ax.legend(fontsize=8)
+    legend_below(ax)
     return save_figure(fig, path)
 
 
@@ -156,7 +162,7 @@ def plot_geometry(geo: pd.DataFrame, path: Path, colors: dict | None = None) -> 
         ax.set_xlabel("decoder layer")
         ax.set_ylabel("angle (degrees), mean over heads and queries")
         ax.set_title(f"Post-RoPE {title}")
-        ax.legend(fontsize=8)
+        legend_below(ax)
     return save_figure(fig, path)
 
 
@@ -174,5 +180,5 @@ def plot_massive(mass: pd.DataFrame, path: Path, colors: dict | None = None) -> 
     ax.set_xlabel("decoder layer (output hidden state)")
     ax.set_ylabel("largest |hidden state| (activation units, log)")
     ax.set_title("Massive activations per layer")
-    ax.legend(fontsize=8)
+    legend_below(ax)
     return save_figure(fig, path)
