@@ -24,7 +24,7 @@ from tomsparse.analysis.run import (
 from tomsparse.data.corpora import check_inputs
 from tomsparse.data.score_samples import ScoreDataConfig, build_dataset
 from tomsparse.errors import UserError
-from tomsparse.lm.registry import DEFAULT_MODEL, load_model, print_model_facts
+from tomsparse.lm.registry import DEFAULT_MODEL, load_model, model_identity, print_model_facts
 from tomsparse.manifest import build_manifest, write_csv, write_json
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.compute import METHODS, compute_score_set
@@ -52,6 +52,8 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "float32"
     device_map: str | None = None
+    revision: str | None = None  # a hub id's branch, tag or commit (None: main)
+    cache_dir: str | None = None  # a hub id's cache (None: $HF_HUB_CACHE)
     score_batch_size: int = 8
     score_method: str = "batched"
     score_reference_fp16: bool = False  # the reference's fp16 squares and sums (scores.compute)
@@ -223,7 +225,8 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
     t0 = time.time()
     stages = _Stages()
     with stages("load model"):
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
+        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
+                        revision=cfg.revision, cache_dir=cfg.cache_dir)
     print_model_facts(lm)
     log("")
     run = RunFolder(cfg.out)
@@ -249,7 +252,7 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
         if cfg.analysis_prompts and any(m > 0 for m in cfg.sweep.m_values):
             with stages("analyses"):
                 _analysis(lm, cfg)
-        manifest = build_manifest("run", model=lm.name, model_fingerprint=lm.fingerprint,
+        manifest = build_manifest("run", **model_identity(lm),
                                   options=cfg.options, scores_tom_sha=tom_sha,
                                   scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1),
                                   stage_seconds=stages.seconds)

@@ -97,6 +97,53 @@ def test_missing_snapshot_or_revision_is_one_clear_error(hub_cache, tmp_path):
         load_model(str(folder), device="cpu", revision="v1")
 
 
+def test_the_fingerprint_holds_the_snapshots_weights_and_manifests_the_commit(hub_cache,
+                                                                              tmp_path):
+    from tomsparse.lm.registry import model_identity
+
+    main = load_model(REPO, device="cpu", cache_dir=str(hub_cache))
+    v1 = load_model(REPO, device="cpu", revision="v1", cache_dir=str(hub_cache))
+    # same config and shapes, other weights: the blob hashes make the fingerprints differ
+    assert main.fingerprint != v1.fingerprint
+    assert load_model(REPO, device="cpu", revision=MAIN_COMMIT,
+                      cache_dir=str(hub_cache)).fingerprint == main.fingerprint
+    assert model_identity(v1) == {"model": REPO, "model_fingerprint": v1.fingerprint,
+                                  "model_revision": "v1", "model_commit": V1_COMMIT}
+    local = load_model(str(save_tiny_model("llama", tmp_path / "local")), device="cpu")
+    assert set(model_identity(local)) == {"model", "model_fingerprint"}
+
+
+def test_run_and_analyze_take_the_revision_to_the_model(hub_cache, tmp_path, monkeypatch):
+    """`tomsparse run --revision` reaches load_model through RunConfig; `analyze --run` of a
+    hub-id run reloads the very commit the run recorded."""
+    from tomsparse.cli import analyze as analyze_cli
+    from tomsparse.cli.main import build_parser
+    from tomsparse.cli.run import run_config
+
+    args = build_parser().parse_args(["run", "--quick", "--model", REPO, "--revision", "v1",
+                                      "--cache-dir", str(hub_cache), "--out",
+                                      str(tmp_path / "run")])
+    cfg = run_config(args)
+    assert (cfg.revision, cfg.cache_dir) == ("v1", str(hub_cache))
+    seen = {}
+
+    def fake_load(name, **options):
+        seen.update(options, name=name)
+        raise SystemExit("loaded")        # stop before any work
+
+    monkeypatch.setattr(analyze_cli, "load_model", fake_load)
+    run = tmp_path / "hubrun"
+    (run / "scores_tom").mkdir(parents=True)
+    (run / "scores_generic").mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "kind": "run", "model": REPO, "model_commit": V1_COMMIT, "model_revision": "v1",
+        "options": {"m_list": [0.0, 1e-4], "revision": "v1", "cache_dir": str(hub_cache)}}))
+    with pytest.raises(SystemExit, match="loaded"):
+        analyze_cli.cmd_analyze(build_parser().parse_args(["analyze", "--run", str(run)]))
+    assert seen["name"] == REPO and seen["revision"] == V1_COMMIT
+    assert seen["cache_dir"] == str(hub_cache)
+
+
 # ------------------------------------------------------------------ corpora by dataset id
 
 def add_dataset(cache: Path, repo: str, config_name: str, config_kwargs: dict, split: str,

@@ -131,6 +131,28 @@ def test_generic_nsamples_beyond_the_corpus_is_refused_before_any_window(base, t
             watch=[out])
 
 
+def test_tom_nsamples_beyond_the_prompts_is_refused_before_the_model_loads(tiny, tmp_path,
+                                                                          capsys, monkeypatch):
+    from tomsparse.cli import run as run_command, scores as scores_cli
+    from tomsparse.data.tasks.loaders import gradient_prompts
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(scores_cli, "load_model", no_model)
+    pool = len(gradient_prompts("builtin", select="false-belief"))
+    out = tmp_path / "scores"
+    refused(["scores", "--model", "tiny", "--device", "cpu", "--dataset", "tom",
+             "--score-prompts", "false-belief", "--nsamples", str(pool + 1), "--out", out],
+            capsys, [f"--nsamples {pool + 1}", f"only {pool} ToM prompts", "builtin"],
+            watch=[out])
+    monkeypatch.setattr(run_command, "run_main_job", no_model)
+    out = tmp_path / "run"
+    refused(["run", "--quick", "--model", "tiny", "--device", "cpu", "--score-prompts",
+             "false-belief", "--nsamples-tom", str(pool + 1), "--out", out], capsys,
+            [f"--nsamples-tom {pool + 1}", f"only {pool} ToM prompts"], watch=[out])
+
+
 def test_repeated_random_seeds_are_refused(base, tiny, tmp_path, capsys):
     out = tmp_path / "sweep"
     refused(["sweep", "--model", "tiny", "--scores-tom", base.stores["tom"], "--scores-generic",

@@ -33,6 +33,7 @@ from tomsparse.masks import SEEDED_MODES, build_rankings, masks_for, mode_seeds,
 from tomsparse.perturb import perturbed
 from tomsparse.scores.store import scores_identity
 from tomsparse.sweep.folder import SweepFolder
+from tomsparse.lm.registry import model_identity
 
 
 @dataclass
@@ -374,7 +375,7 @@ def analyze_loaded(lm, tom, gen, cfg: AnalysisConfig, texts: list[str], out: Pat
                 "scores_id": scores_identity(entry[1])}
 
     manifest = build_manifest(
-        "analysis", model=lm.name, model_fingerprint=lm.fingerprint, options=options or {},
+        "analysis", **model_identity(lm), options=options or {},
         resolved={"m": cfg.m, "modes": cfg.modes, "random_seeds": cfg.random_seeds,
                   "perturbation": cfg.perturbation, "scale": cfg.scale,
                   "reference_ties": cfg.reference_ties, "sink_threshold": cfg.sink_threshold,

@@ -167,8 +167,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         sink_threshold=args.sink_threshold, top_pairs=args.top_pairs, batch_size=args.batch_size)
     texts = select_prompts(args.prompts, args.max_prompts)
 
+    hub = {}
+    if "/" in model_name and not Path(model_name).exists():
+        # a hub id: the revision given, else the very commit the run's model was read from
+        same = model_name == run_manifest.get("model")
+        hub = {"revision": args.revision or (run_manifest.get("model_commit")
+                                             or run_opts.get("revision") if same else None),
+               "cache_dir": args.cache_dir or (run_opts.get("cache_dir") if same else None)}
     lm = load_model(model_name, device=args.device, dtype=pick("dtype", "float32"),
-                    device_map=args.device_map, attn_implementation="eager")
+                    device_map=args.device_map, attn_implementation="eager", **hub)
     tom, tom_manifest = load_scores(scores_tom, model=lm)
     gen, gen_manifest = load_scores(scores_gen, model=lm)
     analyze_loaded(lm, (tom, tom_manifest, scores_tom), (gen, gen_manifest, scores_gen), cfg,

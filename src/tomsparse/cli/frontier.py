@@ -34,6 +34,7 @@ from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.sweep.frontier import family_table, format_front, goal
 from tomsparse.sweep.runner import SweepConfig
 from tomsparse.sweep.specificity_tables import specificity_tables
+from tomsparse.lm.registry import model_identity
 
 
 def family_modes(p_factors: list[float], left_out: list[int]) -> list[str]:
@@ -108,7 +109,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     reached = goal(frame, ppl_limit=args.ppl_limit)
     write_csv(folder.frontier_table, frame)
     write_json(folder.frontier_manifest, build_manifest(
-        "frontier", model=lm.name, model_fingerprint=lm.fingerprint,
+        "frontier", **model_identity(lm),
         options=recorded_options(args), goal=reached, seconds=round(time.time() - t0, 1)))
     print()
     print(format_front(frame))

@@ -17,6 +17,7 @@ from tomsparse.data.corpora import DEFAULT_EVAL, load_corpus
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS, REFERENCE_BATCH, perplexity
 from tomsparse.manifest import build_manifest, check_output_file, write_json
+from tomsparse.lm.registry import model_identity
 
 DEFAULT_BATCH = 4
 
@@ -43,8 +44,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
           f"({res.windows} windows x {res.seqlen} tokens, {res.seconds:.1f} s)")
     print(f"protocol ({res.protocol}): {res.protocol_text}")
     if args.out:
-        write_json(args.out, build_manifest("perplexity", model=lm.name,
-                                            model_fingerprint=lm.fingerprint,
+        write_json(args.out, build_manifest("perplexity", **model_identity(lm),
                                             options=recorded_options(args), result=res.as_dict()))
         print(f"wrote {args.out}")
     return 0

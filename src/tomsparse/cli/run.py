@@ -25,7 +25,7 @@ from tomsparse.cli.options import (
     window_len,
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
-from tomsparse.data.score_samples import ScoreDataConfig
+from tomsparse.data.score_samples import ScoreDataConfig, check_prompt_pool
 from tomsparse.manifest import check_output_dir
 from tomsparse.pipeline import RunConfig, run_main_job
 from tomsparse.scores.compute import METHODS
@@ -44,7 +44,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     options["m_list"] = m_values  # recorded resolved, however they were given
     return RunConfig(
         out=args.out, model=args.model, device=args.device, dtype=args.dtype,
-        device_map=args.device_map,
+        device_map=args.device_map, revision=args.revision, cache_dir=args.cache_dir,
         # seqlen 0: ToM prompts are scored whole (up to the model's context).
         tom_data=ScoreDataConfig(dataset="tom", nsamples=args.nsamples_tom, seqlen=0,
                                  prompts=args.data_path or "builtin", corpus=args.generic_corpus,
@@ -61,7 +61,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     check_output_dir(args.out)  # before anything is resolved, loaded or written
-    run_main_job(run_config(args))
+    cfg = run_config(args)
+    check_prompt_pool(cfg.tom_data, "--nsamples-tom")
+    run_main_job(cfg)
     return 0
 
 
@@ -69,7 +71,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="the main job: scores, sweep, summary, plots and report")
     add_model_args(p, dtype_default=None)
     add_sweep_args(p)
-    p.add_argument("--quick", action="store_true", help="a ~6-minute pilot for a first look (below the sizes the statistics need)")
+    p.add_argument("--quick", action="store_true",
+                   help="a ~6-minute pilot for a first look (below the sizes the statistics "
+                        "need)")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="the options left unset come from this preset: default (make run), "
                         "quick (= --quick), reference-protocol (= --reference-protocol) or "

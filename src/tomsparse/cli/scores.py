@@ -18,7 +18,8 @@ from tomsparse.cli.options import (
     seed_int,
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
-from tomsparse.data.score_samples import ScoreDataConfig, ScoreDataset, build_dataset
+from tomsparse.data.score_samples import (ScoreDataConfig, ScoreDataset, build_dataset,
+                                          check_prompt_pool)
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import load_model
 from tomsparse.scores.compute import METHODS, ScoreResult, compute_score_set
@@ -75,6 +76,7 @@ def _compute(args: argparse.Namespace) -> int:
     # Refuse a destination that cannot take this store before anything is loaded or computed:
     # a file, an unwritable folder, another kind of output, a store of the other dataset...
     check_store_destination(args.out, overwrite=args.overwrite, dataset=data.dataset)
+    check_prompt_pool(data)
     method = args.method
     if args.reference_fp16 and method != "loop":
         print("--reference-fp16: using the plain loop (one sample per backward), as the "

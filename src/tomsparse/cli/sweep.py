@@ -40,6 +40,7 @@ from tomsparse.scores.store import scores_identity
 from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.sweep.reference import reference_summary
 from tomsparse.sweep.summary import collect, print_summary
+from tomsparse.lm.registry import model_identity
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -68,7 +69,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ids = (scores_identity(tom.manifest), scores_identity(gen.manifest))
 
         def finish(_summary):
-            manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
+            manifest = build_manifest("sweep", **model_identity(lm),
                                       options=recorded_options(args), scores_tom_sha=ids[0],
                                       scores_generic_sha=ids[1], world_size=world,
                                       seconds=round(time.time() - t0, 1))

@@ -391,6 +391,19 @@ class ScoreDataConfig:
                             "(give 2 or more, or leave it out for 128)")
 
 
+def check_prompt_pool(cfg: ScoreDataConfig, option: str = "--nsamples") -> None:
+    """Refuse ToM ``nsamples`` above the prompts ``cfg`` can draw from, before any model is
+    loaded (the command line's check; ``build_tom_samples`` itself uses all of them and
+    warns). Generic windows are checked against their pool as they are cut."""
+    if cfg.dataset != "tom":
+        return
+    pool = len(gradient_prompts(cfg.prompts, select=cfg.select))
+    if cfg.nsamples > pool:
+        raise UserError(f"{option} {cfg.nsamples}: {cfg.prompts} has only {pool} ToM prompts "
+                        f"(--score-prompts {cfg.select}); give {option} {pool} or fewer, or a "
+                        "larger prompt file")
+
+
 def build_dataset(cfg: ScoreDataConfig, tokenizer, model) -> ScoreDataset:
     """The samples ``cfg`` describes, tokenized for ``model``'s tokenizer and context."""
     context = context_length(model)

@@ -16,6 +16,9 @@ Any other name is a Hugging Face hub id or a local folder, loaded through the or
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +28,8 @@ from safetensors import SafetensorError
 
 from tomsparse.errors import UserError
 from tomsparse.lm import adapter
-from tomsparse.lm.gguf import OFFLINE_MODELS, convert_offline_model, weights_digest
+from tomsparse.lm.gguf import (OFFLINE_MODELS, WEIGHT_SUFFIXES, convert_offline_model,
+                               weights_digest)
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,6 +51,16 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def model_identity(lm) -> dict:
+    """What a manifest records of a loaded model: its name and fingerprint, and for a hub id
+    the revision asked for and the commit of the snapshot it was read from."""
+    out = {"model": lm.name, "model_fingerprint": lm.fingerprint}
+    revision, commit = getattr(lm, "revision", None), getattr(lm, "commit", None)
+    if revision is not None or commit is not None:
+        out.update(model_revision=revision, model_commit=commit)
+    return out
 
 
 def resolve_device(device: str) -> str:
@@ -106,14 +120,26 @@ def _from_pretrained(source: str, dtype, device_map, attn_implementation, local:
     return model, tokenizer
 
 
-def _snapshot_commit(repo: str, hub: dict) -> str | None:
-    """The commit of the hub-cache snapshot a hub id's config.json was read from (the
-    snapshot folder's name), or None when it is not in the cache."""
+def _snapshot(repo: str, hub: dict) -> Path | None:
+    """The hub-cache snapshot folder a hub id's config.json was read from
+    (``models--owner--name/snapshots/<commit>``), or None when it is not in the cache."""
     from huggingface_hub import try_to_load_from_cache
 
     path = try_to_load_from_cache(repo, "config.json", cache_dir=hub.get("cache_dir"),
                                   revision=hub.get("revision"))
-    return Path(path).parent.name if isinstance(path, str) else None
+    return Path(path).parent if isinstance(path, str) else None
+
+
+def snapshot_weights_digest(snapshot: Path) -> str | None:
+    """A sha256 over a hub snapshot's weight files, read from the cache's own content
+    addresses: each file there links to ``blobs/<hash>``, the sha256 of its content for LFS
+    files such as weights, so the weights enter the fingerprint without being read again.
+    None when the files are not links (a copied cache) or there are none."""
+    files = sorted(p for p in snapshot.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    if not files or not all(p.is_symlink() for p in files):
+        return None
+    listing = {p.name: Path(os.readlink(p)).name for p in files}
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
 
 
 # Models registered in code: a lab's own model class, or a test's tiny stand-in. A registered
@@ -182,11 +208,13 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype="float32",
     if getattr(tokenizer, "pad_token_id", None) is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     desc = adapter.describe(model)
-    weights = weights_digest(Path(source)) if local else None  # hub ids: config and shapes
+    snapshot = None if local else _snapshot(source, hub)
+    weights = (weights_digest(Path(source)) if local
+               else snapshot_weights_digest(snapshot) if snapshot else None)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source,
                        fingerprint=adapter.fingerprint(model, desc, weights=weights),
                        description=desc, revision=None if local else revision,
-                       commit=None if local else _snapshot_commit(source, hub))
+                       commit=snapshot.name if snapshot else None)
 
 
 def print_model_facts(lm) -> None:

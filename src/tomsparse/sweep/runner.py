@@ -50,6 +50,7 @@ from tomsparse.sweep.claims import Claims
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
 from tomsparse.sweep.matched import MATCHABLE, match_controls
 from tomsparse.sweep.summary import collect
+from tomsparse.lm.registry import model_identity
 
 
 @dataclass
@@ -319,7 +320,7 @@ class _Sweep:
 
     def _compute_point(self, mode: str, seed: int, m: float, done: Path,
                        extra: dict | None) -> dict:
-        lm, cfg, out = self.lm, self.cfg, self.out
+        lm, cfg = self.lm, self.cfg
         name = done.stem
         t0 = time.time()
         masks = self.masks(mode, seed, m)
@@ -416,7 +417,7 @@ def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str
     out = Path(out)
     ms = cfg.m_values = check_m_values(cfg.m_values)  # a config changed after it was made
     cfg.check_export(export_m)
-    manifest = build_manifest("sweep", model=lm.name, model_fingerprint=lm.fingerprint,
+    manifest = build_manifest("sweep", **model_identity(lm),
                               config=cfg.as_dict(), scores_tom_sha=scores_ids[0],
                               scores_generic_sha=scores_ids[1], scores=scores_info or {})
     # Every input is read and checked (tasks, corpus, rankings) before anything is written.
@@ -487,7 +488,7 @@ def export_perturbed_model(lm, rankings, cfg: SweepConfig, m: float, folder: Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_json(tmp / "tomsparse-export.json", build_manifest(
-        "perturbed-model", model=lm.name, model_fingerprint=lm.fingerprint, m=m,
+        "perturbed-model", **model_identity(lm), m=m,
         mode="difference", perturbation=cfg.perturbation, scale=cfg.scale,
         reference_ties=cfg.reference_ties,
         masked=int(sum(x.numel() for x in masks.values()))))
