@@ -129,7 +129,11 @@ def test_bad_numbers_are_usage_errors(argv, message, capsys):
 def test_answerless_prompts_need_last_token(stand_in, tmp_path, capsys):
     path = tmp_path / "ref_prompts.json"
     path.write_text(json.dumps([{"txt": "Read the following story: It rains. Correct Answer:"}]))
-    assert main(["scores", "--data_path", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["scores", "--data_path", str(path), "--nsamples", "1",
+                 "--out", str(tmp_path / "o")]) == 2
     assert "--supervision last-token" in capsys.readouterr().err
-    assert main(["scores", "--data_path", str(path), "--supervision", "last-token",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert main(["scores", "--data_path", str(path), "--nsamples", "1", "--supervision",
+                 "last-token", "--out", str(tmp_path / "o")]) == 0
+    # more samples than the file's one prompt: refused with both numbers, before the model
+    assert main(["scores", "--data_path", str(path), "--out", str(tmp_path / "o2")]) == 2
+    assert "has only 1 ToM prompts" in capsys.readouterr().err

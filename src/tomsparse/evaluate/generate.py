@@ -7,6 +7,8 @@ repetition penalty, 5 new tokens), whatever the model's own generation_config sa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from tomsparse.errors import UserError
@@ -143,7 +145,9 @@ class VLLMGenerator:
     model, a sweep point's perturbation or its restore, would not reach it by itself: before
     every ``generate`` the decoder blocks whose parameters changed since the engine last saw
     them are sent to its workers through vLLM's in-place reload (``Worker.reload_weights``,
-    which reruns each reloaded layer's weight processing), and the prefix cache is dropped,
+    which reruns each reloaded layer's weight processing; the tensors go through a
+    safetensors file in the engine's folder, read by ``vllm_worker.WeightPush`` in each
+    worker), and the prefix cache is dropped,
     since its KV blocks were computed with the old weights. A block is sent whole because vLLM
     fuses several HF matrices into one layer (q, k and v into ``qkv_proj``, gate and up into
     ``gate_up_proj``) and reloads a layer only from all of its parts.
@@ -176,7 +180,8 @@ class VLLMGenerator:
             raise UserError(f"cannot hand the model to vLLM: saving it failed ({exc})") from None
         self._synced = parameter_states(model)
         self.llm = vllm.LLM(model=self._dir.name, tokenizer=self._dir.name, dtype=dtype,
-                            enforce_eager=True, gpu_memory_utilization=0.5)
+                            enforce_eager=True, gpu_memory_utilization=0.5,
+                            worker_extension_cls="tomsparse.evaluate.vllm_worker.WeightPush")
         self.tensors_sent = 0  # parameters pushed to the engine since it was built
 
     def sync_weights(self, force: bool = False) -> int:
@@ -187,10 +192,17 @@ class VLLMGenerator:
                    if force or self._synced.get(n) != state}
         if not changed:
             return 0
-        named = [(n, p.detach().to("cpu").contiguous())
-                 for n, p in self.model.named_parameters() if block_of(n) in changed]
-        self.llm.collective_rpc("reload_weights", kwargs={
-            "weights_iterator": named, "is_checkpoint_format": True})
+        from safetensors.torch import save_file
+
+        named = {n: p.detach().to("cpu").contiguous()
+                 for n, p in self.model.named_parameters() if block_of(n) in changed}
+        # through a file: vLLM's RPC would turn tensor arguments into lists (vllm_worker)
+        path = Path(self._dir.name) / "tomsparse-push.safetensors"
+        save_file(named, str(path))
+        try:
+            self.llm.collective_rpc("tomsparse_reload", args=(str(path),))
+        finally:
+            path.unlink(missing_ok=True)
         self.llm.reset_prefix_cache()
         self._synced = states
         self.tensors_sent += len(named)

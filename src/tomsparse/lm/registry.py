@@ -63,6 +63,12 @@ def model_identity(lm) -> dict:
     return out
 
 
+def matrix_names(lm) -> list[str]:
+    """The names of the weight matrices tomsparse scores and masks (q k v o gate up down of
+    every block), in order."""
+    return [m.name for m in lm.description.matrices]
+
+
 def resolve_device(device: str) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -286,6 +286,22 @@ CHANGE_METRICS = {
 }
 
 
+def _interval_line(ax, x, y, lo, hi, mode: str, **style) -> None:
+    """A mode's line through (x, y) with error bars from lo to hi (none where unknown)."""
+    yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+    ax.errorbar(x, y, yerr=np.where(np.isfinite(yerr), yerr, 0.0), marker=mode_marker(mode),
+                ms=4, capsize=2, lw=1.2, color=mode_color(mode), **style)
+
+
+def _log_m_axis(ax, m_values) -> None:
+    """A log m axis ticked at the m values drawn, with room on either side."""
+    ax.set_xscale("log")
+    ms = np.unique(np.asarray(m_values, dtype=float))
+    ax.set_xticks(ms, [f"{m:.2g}" for m in ms])
+    ax.minorticks_off()
+    ax.set_xlim(ms.min() / 1.6, ms.max() * 1.6)
+
+
 def change_families(points: pd.DataFrame) -> list[str]:
     """The task families of ``points`` (pools left out), in the reference order."""
     present = set(points["family"].astype(str)) - {POOL_ABOVE, POOL_ALL}
@@ -318,17 +334,10 @@ def draw_change_vs_m(axes, points: pd.DataFrame, metric: str, families: list[str
                 ax.plot(x, y, ls="--", marker=mode_marker(mode), ms=4, color=color,
                         label=label + ", 95% band")
             else:
-                yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-                ax.errorbar(x, y, yerr=np.where(np.isfinite(yerr), yerr, 0.0),
-                            marker=mode_marker(mode), ms=4, capsize=2, lw=1.2, color=color,
-                            label=label)
+                _interval_line(ax, x, y, lo, hi, mode, label=label)
         ax.axhline(0.0, color=mode_color("baseline"), lw=1, label="unperturbed model")
         if len(rows):
-            ax.set_xscale("log")
-            ms = np.unique(rows["m"].astype(float))
-            ax.set_xticks(ms, [f"{m:.2g}" for m in ms])
-            ax.minorticks_off()
-            ax.set_xlim(ms.min() / 1.6, ms.max() * 1.6)
+            _log_m_axis(ax, rows["m"])
         else:
             ax.text(0.5, 0.5, "nothing to draw", transform=ax.transAxes, ha="center",
                     fontsize=8, color=GUIDE_COLOR)
@@ -390,17 +399,11 @@ def draw_perplexity_vs_m(ax, points: pd.DataFrame, modes: list[str] | None = Non
         sub = rows[rows["mode"] == mode].sort_values("m")
         y = sub["ratio"].to_numpy(float)
         lo, hi = sub["ratio_lo"].to_numpy(float), sub["ratio_hi"].to_numpy(float)
-        yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-        ax.errorbar(sub["m"].to_numpy(float), y, yerr=np.where(np.isfinite(yerr), yerr, 0.0),
-                    marker=mode_marker(mode), ms=4, capsize=2, lw=1.2, color=mode_color(mode),
-                    ls="--" if mode == "random" else "-", label=mode_label(mode))
+        _interval_line(ax, sub["m"].to_numpy(float), y, lo, hi, mode, label=mode_label(mode),
+                       ls="--" if mode == "random" else "-")
     ax.axhline(1.0, color=mode_color("baseline"), lw=1, label="unperturbed model")
     if len(rows):
-        ax.set_xscale("log")
-        ms = np.unique(rows["m"].astype(float))
-        ax.set_xticks(ms, [f"{m:.2g}" for m in ms])
-        ax.minorticks_off()
-        ax.set_xlim(ms.min() / 1.6, ms.max() * 1.6)
+        _log_m_axis(ax, rows["m"])
     ax.set_yscale("log")
     from matplotlib.ticker import ScalarFormatter
 

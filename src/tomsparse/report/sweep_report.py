@@ -297,14 +297,14 @@ def reference_section(out: Path, summary: pd.DataFrame) -> str:
         tom = pd.read_csv(tcsv)
         cols = [c for c in tom.columns if c == "m" or c.endswith("_percent_mean")
                 or c == "avg_percent_unexpected_transfer"]
-        parts.append(folded("Percent right per m (the reference's tom_summary.csv)",
+        parts.append(folded(f"Percent right per m (the reference's {tcsv.name})",
                             readable_table(tom[cols], keys=("m",))
                             + f"<p class='caption'>Source: {csv_link(tcsv, out)}</p>"))
     cols = [c for c in ["mode", "seed", "m", "masked", "perplexity", "tom_margin", "tom_accuracy",
                         "unexpected_percent_mean", "transfer_percent_mean", "irony_percent_mean",
                         "avg_percent_unexpected_transfer"] if c in summary]
     scsv = folder.table("summary")
-    parts.append(folded("Every point (summary.csv)", readable_table(
+    parts.append(folded(f"Every point ({scsv.name})", readable_table(
         summary[cols], keys=("mode", "seed", "m")) + (
         f"<p class='caption'>Source: {csv_link(scsv, out)}</p>" if scsv.is_file() else "")))
     return "".join(parts)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tomsparse.data.score_samples import ScoreDataset, ScoreSample
+from tomsparse.data.score_samples import ScoreDataConfig, ScoreDataset, ScoreSample, build_dataset
 from tomsparse.errors import UserError
 from tomsparse.lm.adapter import describe
 from tomsparse.lm.batching import pad_token_id, progress_bar
@@ -272,3 +272,10 @@ def compute_score_set(lm, dataset: ScoreDataset, out=None, method: str = "batche
     return result
 
 
+def score_set(lm, dataset: str = "tom", out=None, **options) -> ScoreResult:
+    """Scores of ``lm`` (a ``LoadedModel``) on ``dataset`` ("tom" or "generic"): the samples
+    ``ScoreDataConfig(dataset, **options)`` describes (e.g. ``nsamples=100, seqlen=128,
+    seed=0``), computed by ``compute_score_set`` and written to ``out`` as a score store when
+    given. ``.scores`` of the result: {matrix name: tensor}."""
+    samples = build_dataset(ScoreDataConfig(dataset=dataset, **options), lm.tokenizer, lm.model)
+    return compute_score_set(lm, samples, out=out, progress=False)
