@@ -2,7 +2,11 @@
 parameters it sends after a perturbation and its restore. The real engine is tested in
 tests/vllm (``make test-vllm``)."""
 
+import tempfile
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 
 from tomsparse.evaluate.generate import VLLMGenerator, block_of, parameter_states
 from tomsparse.lm import adapter
@@ -17,17 +21,19 @@ class RecordingEngine:
         self.reloads: list[dict] = []
         self.prefix_resets = 0
 
-    def collective_rpc(self, method, kwargs=None):
-        assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
-        self.reloads.append({n: t.clone() for n, t in kwargs["weights_iterator"]})
+    def collective_rpc(self, method, args=(), kwargs=None):
+        # what each worker's vllm_worker.WeightPush.tomsparse_reload reads
+        assert method == "tomsparse_reload" and kwargs is None
+        self.reloads.append(load_file(args[0]))
 
     def reset_prefix_cache(self):
         self.prefix_resets += 1
 
 
 def mirrored(model) -> VLLMGenerator:
-    gen = object.__new__(VLLMGenerator)  # the engine-free part: no vllm, no folder
+    gen = object.__new__(VLLMGenerator)  # the engine-free part: no vllm
     gen.model, gen.llm, gen.tensors_sent = model, RecordingEngine(), 0
+    gen._dir = tempfile.TemporaryDirectory(prefix="tomsparse-test-vllm-")
     gen._synced = parameter_states(model)
     return gen
 
@@ -59,6 +65,7 @@ def test_sends_the_perturbed_blocks_whole_then_the_restored_ones():
     assert not torch.equal(gen.llm.reloads[1][q_name], perturbed_q)
     assert gen.sync_weights() == 0 and len(gen.llm.reloads) == 2
     assert gen.llm.prefix_resets == 2  # stale KV blocks dropped after each reload
+    assert not any(Path(gen._dir.name).iterdir())  # each push file removed once read
 
 
 def test_force_sends_every_parameter():
