@@ -188,7 +188,7 @@ def test_batched_likelihood_equals_one_at_a_time(arch, fixture_prompts):
     model, tok = _model(arch), CharTokenizer()
     with torch.inference_mode():
         reference = _one_at_a_time(model, tok, fixture_prompts, "full")
-        for batch_size in (1, 5):
+        for batch_size in (1, 5, 16):
             batched = score_likelihood(model, tok, fixture_prompts, batch_size=batch_size,
                                        answer_span="full")
             assert batched.tokens_expected[0] > 1  # multi-token continuations

@@ -8,9 +8,10 @@ Scorings
   generation protocol matches on (``answer_span="full"`` scores the whole answer). A prompt is
   right when the expected answer is the more likely one; the margin (expected minus
   alternative, in nats) moves even when accuracy does not. Prompts that tell the same story
-  (the two probes of a scenario) share one run of it: the story is run once, left-padded with
-  explicit position ids, and the rest of each prompt with its continuations runs on the
-  story's KV cache, so a prompt costs less than one forward pass over its own tokens.
+  (the prompts of one task) share the runs of what they have in common: a task's prompts and
+  continuations are run as one prefix tree (``lm.prefix_tree``: each shared prefix once,
+  explicit position ids, padding hidden), so a prompt costs well under one forward pass over
+  its own tokens.
 * ``generate`` (the reference protocol): sample 5 new tokens (temperature 0.6, top-p 0.9, no
   top-k), take the first word with punctuation removed and match it exactly against the
   expected answer's first word. Repeated ``reps`` times; rep r uses seed ``seed + r - 1``.
@@ -45,7 +46,6 @@ import torch
 
 from tomsparse.data.tasks.model import (
     MATCH_RULES,
-    REFERENCE_FAMILIES,
     Prompt,
     TaskSet,
     answer_word,
@@ -62,15 +62,13 @@ from tomsparse.evaluate.generate import (
 from tomsparse.evaluate.metrics import compute_metrics
 from tomsparse.evaluate.results import EvalResult
 from tomsparse.lm.batching import (
-    cache_keyword,
     context_length,
     encode,
     input_device,
-    left_pad,
-    output_cache,
     pad_token_id,
     progress_bar,
 )
+from tomsparse.lm.prefix_tree import sequence_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -150,94 +148,35 @@ class LikelihoodScores:
     boundary_fallbacks: int = 0
 
 
-def _forward_kwargs(model) -> dict:
-    """Ask for the last position's logits only where the model supports it (saves a
-    [batch, length, vocabulary] tensor)."""
-    import inspect
-    params = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-
-
-def _common_prefix(seqs: list[list[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        if any(s[i] != seqs[0][i] for s in seqs[1:]):
-            return i
-    return n
-
-
-def _story_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
-    """Indices of prompts likely to share a long token prefix (the two probes of one scenario;
-    the questions of one ToMi story), at most ``batch_size`` per group."""
+def _task_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
+    """Indices of the prompts of one task (variants of one story: they share long token
+    prefixes), at most ``batch_size`` per group."""
     groups: dict = {}
     for i, p in enumerate(prompts):
-        key = (p.family, p.task_index, p.scenario if p.family in REFERENCE_FAMILIES else "")
-        groups.setdefault(key, []).append(i)
+        groups.setdefault((p.family, p.task_index), []).append(i)
     out = []
     for members in groups.values():
         out += [members[j:j + batch_size] for j in range(0, len(members), batch_size)]
     return out
 
 
-def _continuation_rows(rest: list[int], expected: list[int], alternative: list[int],
+def _continuation_rows(prompt: list[int], expected: list[int], alternative: list[int],
                        out: int) -> list[tuple[list[int], list[tuple[int, int, int]]]]:
-    """Rows that score one prompt's two continuations after its stem: (tokens after the
-    stem, picks), a pick being (position in the row, token, output slot: ``out`` for the
-    expected answer, ``out + 1`` for the alternative).
+    """Sequences that score one prompt's two continuations: (tokens, picks), a pick being
+    (position, token, output slot: ``out`` for the expected answer, ``out + 1`` for the
+    alternative), the token's log-prob read from the logits at that position.
 
-    The first row is ``rest + expected[:-1]``: its logits predict every expected token and,
-    at the prompt's last position, the alternative's first token too. A second row runs the
-    alternative only when it has more than one token.
+    The first sequence is ``prompt + expected[:-1]``: its logits predict every expected
+    token and, at the prompt's last position, the alternative's first token too. A second
+    sequence runs the alternative only when it has more than one token.
     """
-    last = len(rest) - 1
+    last = len(prompt) - 1
     picks = [(last + j, t, out) for j, t in enumerate(expected)] + [(last, alternative[0], out + 1)]
-    rows = [(rest + expected[:-1], picks)]
+    rows = [(prompt + expected[:-1], picks)]
     if len(alternative) > 1:
-        rows.append((rest + alternative[:-1],
+        rows.append((prompt + alternative[:-1],
                      [(last + j, t, out + 1) for j, t in enumerate(alternative) if j > 0]))
     return rows
-
-
-def _score_batch(model, stems: list[list[int]], rows: list, n_out: int, pad_id: int, device,
-                 forward_kwargs: dict) -> list[float]:
-    """Sums of log-probs for one batch, in ``n_out`` output slots.
-
-    ``stems`` are token prefixes shared by several prompts. A row ``(g, tail, picks)`` is
-    stem g followed by ``tail``; each pick ``(position in tail, token, slot)`` adds that
-    token's log-prob at that position to the slot. The stems are run once, left-padded with
-    explicit position ids; their KV cache is gathered per row and the tails are run on top of
-    it, right-padded, so that every real token keeps its position and its context.
-    """
-    if not all(stems):  # a one-token prompt leaves an empty stem: run every row whole
-        rows = [(g, stems[g] + tail, [(pos + len(stems[g]), t, k) for pos, t, k in picks])
-                for g, tail, picks in rows]
-    group = torch.tensor([g for g, _, _ in rows], device=device)
-    width = max(len(tail) for _, tail, _ in rows)
-    tail_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, (_, tail, _) in enumerate(rows):
-        tail_ids[j, :len(tail)] = torch.tensor(tail, dtype=torch.long)
-        tail_mask[j, :len(tail)] = 1
-    tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
-    offsets = torch.arange(width, device=device)[None, :]
-    if all(stems):
-        ids, mask = left_pad(stems, pad_id, device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = output_cache(model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                   use_cache=True, **forward_kwargs))
-        cache.reorder_cache(group)  # one copy of its stem's cache per row
-        out = model(input_ids=tail_ids, attention_mask=torch.cat([mask[group], tail_mask], 1),
-                    position_ids=mask.sum(-1)[group][:, None] + offsets, use_cache=True,
-                    **{cache_keyword(model): cache})
-    else:
-        out = model(input_ids=tail_ids, attention_mask=tail_mask,
-                    position_ids=offsets.expand(len(rows), -1))
-    flat = [(j, pos, t, k) for j, (_, _, picks) in enumerate(rows) for pos, t, k in picks]
-    row_idx, pos_idx, tokens, slots = (torch.tensor(c, device=device) for c in zip(*flat))
-    logp = out.logits[row_idx, pos_idx].float().log_softmax(-1)     # only the picked positions
-    picked = logp.gather(-1, tokens[:, None])[:, 0]
-    sums = torch.zeros(n_out, dtype=picked.dtype, device=device).index_add_(0, slots, picked)
-    return sums.tolist()
 
 
 def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 16,
@@ -245,8 +184,9 @@ def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 
                      ) -> LikelihoodScores:
     """Log-probabilities of each prompt's expected and alternative answer (batched).
 
-    Prompts telling the same story are grouped so the story is run once; ``batch_size``
-    counts prompts (1 = one prompt at a time, no sharing).
+    The prompts of a task are batched together and run as one prefix tree, so what they
+    share is run once; ``batch_size`` counts prompts (1 = one prompt at a time: only its two
+    continuations share it).
     """
     device = input_device(model, device)
     pad_id = pad_token_id(tokenizer)
@@ -270,41 +210,35 @@ def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 
     if fallbacks:
         log.warning("%d answer continuation(s) did not extend the prompt's tokens; they were "
                     "tokenized on their own", fallbacks)
-    groups = _story_groups(prompts, batch_size)
-    # A stem is the group's common prefix, less at least one token so every prompt keeps a
-    # token whose logits predict its continuation.
-    stem_len = [min(_common_prefix([prompt_ids[i] for i in g]),
-                    min(len(prompt_ids[i]) for i in g) - 1) for g in groups]
-    # Pack whole groups into batches of about ``batch_size`` prompts, longest stems first.
-    order = sorted(range(len(groups)), key=lambda g: -stem_len[g])
-    batches, current, size = [], [], 0
-    for g in order:
-        if current and size + len(groups[g]) > batch_size:
+    # Pack whole tasks into batches of about ``batch_size`` prompts; each batch runs as one
+    # prefix tree (lm.prefix_tree), so what a task's prompts share is run once.
+    batches, current = [], []
+    for group in _task_groups(prompts, batch_size):
+        if current and len(current) + len(group) > batch_size:
             batches.append(current)
-            current, size = [], 0
-        current.append(g)
-        size += len(groups[g])
+            current = []
+        current += group
     if current:
         batches.append(current)
 
     results: list = [None] * len(prompts)
     bar = progress_bar(len(prompts), "likelihood", "prompt", progress)
-    forward_kwargs = _forward_kwargs(model)
     for batch in batches:
-        stems = [prompt_ids[groups[g][0]][:stem_len[g]] for g in batch]
-        rows, owners = [], []
-        for local, g in enumerate(batch):
-            for i in groups[g]:
-                expected, alternative = conts[i]
-                for tail, picks in _continuation_rows(prompt_ids[i][stem_len[g]:], expected,
-                                                      alternative, 2 * len(owners)):
-                    rows.append((local, tail, picks))
-                owners.append(i)
-        values = _score_batch(model, stems, rows, 2 * len(owners), pad_id, device,
-                              forward_kwargs)
-        for n, i in enumerate(owners):
-            results[i] = values[2 * n:2 * n + 2]
-        bar.update(len(owners))
+        seqs, picks = [], []
+        for n, i in enumerate(batch):
+            expected, alternative = conts[i]
+            for seq, seq_picks in _continuation_rows(prompt_ids[i], expected, alternative, 2 * n):
+                seqs.append(seq)
+                picks.append(seq_picks)
+        values = sequence_logprobs(model, seqs, [[(pos, t) for pos, t, _ in sp] for sp in picks],
+                                   pad_id, device)
+        sums = [0.0] * (2 * len(batch))
+        for seq_picks, seq_values in zip(picks, values):
+            for (_, _, slot), v in zip(seq_picks, seq_values):
+                sums[slot] += v
+        for n, i in enumerate(batch):
+            results[i] = sums[2 * n:2 * n + 2]
+        bar.update(len(batch))
     bar.close()
     return LikelihoodScores(
         logprob_expected=[r[0] for r in results], logprob_alternative=[r[1] for r in results],
