@@ -17,7 +17,7 @@ import torch
 
 import tomsparse.lm.prefix_tree as PT
 from tomsparse.data.tasks.bank import builtin_taskset
-from tomsparse.evaluate.tom import _continuation_rows, _task_groups, answer_text, continuation_ids
+from tomsparse.evaluate.tom import continuation_rows, task_groups, answer_text, continuation_ids
 from tomsparse.lm.batching import encode, pad_token_id
 from tomsparse.lm.registry import DEFAULT_MODEL, load_model
 
@@ -26,14 +26,14 @@ def task_batches(tokenizer, clusters: int, batch_size: int):
     """The sequences and picks of each batch, as ``score_likelihood`` forms them."""
     prompts = builtin_taskset().head_clusters(clusters).prompts()
     out = []
-    for group in _task_groups(prompts, batch_size):
+    for group in task_groups(prompts, batch_size):
         seqs, picks = [], []
         for n, i in enumerate(group):
             p = prompts[i]
             ids = encode(tokenizer, p.text)
             pair = [continuation_ids(tokenizer, p.text, ids, answer_text(a, "word"))[0]
                     for a in (p.expected, p.alternative)]
-            for seq, sp in _continuation_rows(ids, pair[0], pair[1], 2 * n):
+            for seq, sp in continuation_rows(ids, pair[0], pair[1], 2 * n):
                 seqs.append(seq)
                 picks.append([(pos, t) for pos, t, _ in sp])
         out.append((seqs, picks))

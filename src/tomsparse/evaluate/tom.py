@@ -148,7 +148,7 @@ class LikelihoodScores:
     boundary_fallbacks: int = 0
 
 
-def _task_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
+def task_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
     """Indices of the prompts of one task (variants of one story: they share long token
     prefixes), at most ``batch_size`` per group."""
     groups: dict = {}
@@ -160,7 +160,7 @@ def _task_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
     return out
 
 
-def _continuation_rows(prompt: list[int], expected: list[int], alternative: list[int],
+def continuation_rows(prompt: list[int], expected: list[int], alternative: list[int],
                        out: int) -> list[tuple[list[int], list[tuple[int, int, int]]]]:
     """Sequences that score one prompt's two continuations: (tokens, picks), a pick being
     (position, token, output slot: ``out`` for the expected answer, ``out + 1`` for the
@@ -213,7 +213,7 @@ def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 
     # Pack whole tasks into batches of about ``batch_size`` prompts; each batch runs as one
     # prefix tree (lm.prefix_tree), so what a task's prompts share is run once.
     batches, current = [], []
-    for group in _task_groups(prompts, batch_size):
+    for group in task_groups(prompts, batch_size):
         if current and len(current) + len(group) > batch_size:
             batches.append(current)
             current = []
@@ -227,7 +227,7 @@ def score_likelihood(model, tokenizer, prompts: list[Prompt], batch_size: int = 
         seqs, picks = [], []
         for n, i in enumerate(batch):
             expected, alternative = conts[i]
-            for seq, seq_picks in _continuation_rows(prompt_ids[i], expected, alternative, 2 * n):
+            for seq, seq_picks in continuation_rows(prompt_ids[i], expected, alternative, 2 * n):
                 seqs.append(seq)
                 picks.append(seq_picks)
         values = sequence_logprobs(model, seqs, [[(pos, t) for pos, t, _ in sp] for sp in picks],
