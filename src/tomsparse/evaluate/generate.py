@@ -21,6 +21,7 @@ from tomsparse.lm.batching import (
     output_cache,
     pad_token_id,
     progress_bar,
+    takes_logits_to_keep,
 )
 
 # The reference protocol's sampling settings.
@@ -79,7 +80,7 @@ def generate_reps(model, tokenizer, texts: list[str], seeds: list[int | None],
     reps = len(seeds)
     generators = [torch.Generator(device=device).manual_seed(s) if sample and s is not None
                   else None for s in seeds]
-    keep_last = _keeps_last_logits(model)
+    keep_last = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     results: list = [[None] * len(texts) for _ in range(reps)]
     bar = progress_bar(len(texts), "generate" if sample else "greedy", "prompt", progress)
     for batch in batches_by_length([len(x) for x in ids_list], batch_size):
@@ -125,15 +126,6 @@ def next_tokens(logits: torch.Tensor, generators: list, per_rep: int) -> torch.T
     probs = sampling_filter(logits).softmax(-1)
     return torch.cat([torch.multinomial(probs[r * per_rep:(r + 1) * per_rep], 1, generator=g)
                       for r, g in enumerate(generators)])[:, 0]
-
-
-def _keeps_last_logits(model) -> dict:
-    """Only the last position's logits where the model can (no (batch, length, vocab) tensor
-    at the prefill)."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
 class VLLMGenerator:

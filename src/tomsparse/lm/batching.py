@@ -3,6 +3,7 @@ id, left padding, length-sorted batches, the model's context length and progress
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -87,6 +88,23 @@ def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
     out = tokenizer(text, add_special_tokens=add_special_tokens)
     ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
     return [int(t) for t in ids]
+
+
+@functools.lru_cache(maxsize=None)
+def class_takes_logits_to_keep(model_class: type) -> bool:
+    """Whether ``model_class.forward`` takes ``logits_to_keep`` (an int: the last n positions;
+    a 1-D tensor: those positions), so logits can be computed only where they are read.
+    Looked up once per class, not on every forward pass."""
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def takes_logits_to_keep(model) -> bool:
+    return class_takes_logits_to_keep(type(model))
 
 
 # transformers renamed the KV cache between 5.17 and 5.24: the forward keyword and the output

@@ -21,12 +21,11 @@ wider than the window, the sequences run unshared in one level instead (``flat_t
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 
-from tomsparse.lm.batching import cache_keyword, output_cache
+from tomsparse.lm.batching import cache_keyword, output_cache, takes_logits_to_keep
 
 
 @dataclass
@@ -123,10 +122,6 @@ def sliding_window(model) -> int | None:
     return int(window) if window else None
 
 
-def _takes_logits_to_keep(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 @torch.no_grad()
 def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, int]]],
                       pad_id: int, device) -> list[list[float]]:
@@ -147,7 +142,7 @@ def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, 
             seg, off = tree.paths[s][pos]
             wanted.setdefault(seg, []).append((off, t, s, j))
     out = [[0.0] * len(p) for p in picks]
-    keep_kw = _takes_logits_to_keep(model)
+    keep_kw = takes_logits_to_keep(model)
     cache_kw = cache_keyword(model)
     cache, mask, row_of = None, None, {}
     for level in tree.levels():

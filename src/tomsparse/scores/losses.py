@@ -7,8 +7,6 @@ logits."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 
 import torch
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 
 from tomsparse.data.score_samples import IGNORE, ScoreSample
 from tomsparse.errors import UserError
+from tomsparse.lm.batching import takes_logits_to_keep
 from tomsparse.lm.head import LOGIT_CHUNK_BYTES, OutputHead, first_output
 
 # Fewest positions whose logits are computed. CPU BLAS runs products with fewer than 4 rows on
@@ -92,21 +91,12 @@ def check_finite(losses: torch.Tensor, batch: list[ScoreSample], indices: list[i
                         "--dtype float32) and the sample")
 
 
-@functools.lru_cache(maxsize=None)
-def _accepts_logits_to_keep(model_class: type) -> bool:
-    # Once per class, not on every forward pass.
-    try:
-        return "logits_to_keep" in inspect.signature(model_class.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _forward(model, ids, mask, positions: torch.Tensor | None = None):
     """Logits at every position, or at ``positions`` only: through the model's
     ``logits_to_keep`` where it has one (so the output layer runs on those positions only),
     otherwise by slicing the full logits."""
     kwargs = {}
-    if positions is not None and _accepts_logits_to_keep(type(model)):
+    if positions is not None and takes_logits_to_keep(model):
         kwargs["logits_to_keep"] = positions.to(ids.device)
         positions = None
     out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
