@@ -1,8 +1,9 @@
-"""Likelihood scoring as one prefix tree per task against the same sequences unshared (prints
-its figures; not a test). Both run ``lm.prefix_tree.sequence_logprobs`` on the default run's
-prompts (the first tasks of each family covering ``--clusters`` clusters), the same batches,
-alternating, ``--repeats`` times each; printed: tokens held, tokens run (padding included),
-median seconds and the ratio, and the largest difference between the two (they must agree).
+"""Likelihood scoring as one packed prefix tree per task against the same sequences unshared
+(prints its figures; not a test). Both run ``lm.prefix_tree.sequence_logprobs`` (``shared``
+True / False) on the default run's prompts (the first tasks of each family covering
+``--clusters`` clusters), the same batches, alternating, ``--repeats`` times each; printed:
+tokens run (the tree's, once each; unshared, padding included), median seconds and the ratio,
+and the largest difference between the two (they must agree).
 
     python benchmarks/bench_prefix_tree.py --clusters 10 --repeats 3
 """
@@ -40,11 +41,6 @@ def task_batches(tokenizer, clusters: int, batch_size: int):
     return prompts, out
 
 
-def run_tokens(tree) -> int:
-    return sum(len(level) * max(len(tree.segments[i].tokens) for i in level)
-               for level in tree.levels())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clusters", type=int, default=10)
@@ -54,22 +50,16 @@ def main() -> None:
     lm = load_model(DEFAULT_MODEL)
     pad = pad_token_id(lm.tokenizer)
     prompts, batches = task_batches(lm.tokenizer, args.clusters, args.batch_size)
-    trees = [PT.build_prefix_tree(s) for s, _ in batches]
-    flats = [PT.flat_tree(s) for s, _ in batches]
-    print(f"{len(prompts)} prompts in {len(batches)} batches; tokens held: tree "
-          f"{sum(t.tokens() for t in trees):,}, unshared {sum(t.tokens() for t in flats):,}; "
-          f"tokens run (padding included): tree {sum(map(run_tokens, trees)):,}, unshared "
-          f"{sum(map(run_tokens, flats)):,}")
-
-    build = PT.build_prefix_tree
+    tree_tokens = sum(PT.build_prefix_tree(s).tokens() for s, _ in batches)
+    held = sum(len(x) for s, _ in batches for x in s)
+    padded = sum(len(s) * max(map(len, s)) for s, _ in batches)
+    print(f"{len(prompts)} prompts in {len(batches)} batches; tokens run: packed tree "
+          f"{tree_tokens:,}; unshared {held:,} ({padded:,} with padding)")
 
     def score(shared: bool):
-        PT.build_prefix_tree = build if shared else PT.flat_tree
-        try:
-            with torch.inference_mode():
-                return [PT.sequence_logprobs(lm.model, s, p, pad, "cpu") for s, p in batches]
-        finally:
-            PT.build_prefix_tree = build
+        with torch.inference_mode():
+            return [PT.sequence_logprobs(lm.model, s, p, pad, "cpu", shared=shared)
+                    for s, p in batches]
 
     times = {True: [], False: []}
     values = {}
@@ -82,7 +72,7 @@ def main() -> None:
               for u, v in zip(x, y) for a, b in zip(u, v))
     tree_s, flat_s = statistics.median(times[True]), statistics.median(times[False])
     print(f"medians of {args.repeats}, torch threads {torch.get_num_threads()}: "
-          f"tree {tree_s:.1f} s, unshared {flat_s:.1f} s, unshared / tree {flat_s / tree_s:.2f}x; "
+          f"packed tree {tree_s:.1f} s, unshared {flat_s:.1f} s, unshared / tree {flat_s / tree_s:.2f}x; "
           f"largest difference {gap:.2e} nats")
 
 

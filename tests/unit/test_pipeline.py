@@ -19,6 +19,17 @@ from tomsparse.sweep.runner import SweepConfig, m_grid, sweep_points
 from tomsparse.testing import registered_model
 
 
+def builtin_clusters(n: int) -> dict:
+    """Clusters per family in the first tasks of the built-in bank covering ``n``."""
+    from tomsparse.data.tasks import load_tasks
+
+    prompts = load_tasks("builtin").head_clusters(n).prompts()
+    out: dict = {}
+    for p in prompts:
+        out.setdefault(p.family, set()).add(p.cluster or p.task_index)
+    return {family: len(ids) for family, ids in out.items()}
+
+
 def _args(*extra):
     return build_parser().parse_args(["run", *extra])
 
@@ -33,7 +44,11 @@ def test_presets():
     # issue 23: the points the verdicts use; the mask family is `tomsparse frontier`'s
     assert args.controls == ["difference", "random"]
     assert (args.clusters, args.task_limit, args.secondary_seeds, args.match_seeds,
-            args.match_m) == (10, None, 1, 3, [1e-4])
+            args.match_m) == (20, None, 1, 3, [1e-4])
+    # issue 23: 20 clusters per family (a built-in family has them) and 32k reported
+    # perplexity tokens, the searches on 4096 more held apart
+    assert (args.ppl_max_tokens, args.ppl_seqlen, args.match_search_tokens) == (32768, 1024, 4096)
+    assert all(n >= 20 for n in builtin_clusters(20).values())
     cfg = sweep_config(args, DEFAULTS["m_list"])
     points = sweep_points(cfg)
     assert sum(1 for mode, _s, m in points if mode == "random" and m == 1e-4) == 5

@@ -1,5 +1,6 @@
-"""lm.prefix_tree: the radix tree against plain prefix sets, and its scoring against every
-sequence run alone (no padding, no cache) on each tiny architecture."""
+"""lm.prefix_tree: the radix tree against plain prefix sets, its packed layout against the
+ancestor relation restated, and its scoring against every sequence run alone (no padding, no
+mask) on each tiny architecture."""
 
 import random
 
@@ -8,8 +9,8 @@ import torch
 
 from tomsparse.lm.prefix_tree import (
     build_prefix_tree,
-    flat_tree,
-    padded_width,
+    can_pack,
+    pack_tree,
     sequence_logprobs,
     sliding_window,
 )
@@ -58,10 +59,20 @@ def test_tree_holds_each_distinct_prefix_once_and_rebuilds_every_sequence():
                                              for path in tree.paths)
 
 
-def test_flat_tree_shares_nothing():
+def test_packed_row_lets_each_token_see_exactly_its_own_prefix():
     seqs = story_variants(1)
-    tree = flat_tree(seqs)
-    assert tree.tokens() == sum(map(len, seqs)) and len(tree.levels()) == 1
+    packed = pack_tree(build_prefix_tree(seqs))
+    n = packed.ids.numel()
+    assert n == build_prefix_tree(seqs).tokens()
+    # restated: column k is visible from column q iff some sequence holds both, k at an
+    # earlier or the same position (columns of one sequence are its prefix's tokens)
+    want = torch.zeros((n, n), dtype=torch.bool)
+    for s, cols in zip(seqs, packed.columns):
+        assert packed.ids[cols].tolist() == s
+        assert packed.positions[cols].tolist() == list(range(len(s)))
+        for i, q in enumerate(cols):
+            want[q, cols[:i + 1]] = True
+    assert torch.equal(packed.allowed, want)
 
 
 def alone(model, seqs, picks):
@@ -89,15 +100,36 @@ def test_tree_scores_equal_each_sequence_run_alone(arch):
     with torch.inference_mode():
         want = alone(model, seqs, picks)
         got = sequence_logprobs(model, seqs, picks, PAD, "cpu")
-    assert len(build_prefix_tree(seqs).levels()) > 2  # deep enough to test the chaining
+    assert max(seg.level for seg in build_prefix_tree(seqs).segments) > 2  # nested deeply
+    assert can_pack(model, seqs)
     for g, w in zip(got, want):
         assert g == pytest.approx(w, abs=1e-4)
 
 
-def test_a_window_narrower_than_the_padded_tree_falls_back_to_unshared_rows():
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_unshared_rows_equal_each_sequence_run_alone(arch):
+    model = tiny_model(arch)
+    seqs = story_variants(6)
+    picks = random_picks(seqs, 7)
+    with torch.inference_mode():
+        want = alone(model, seqs, picks)
+        got = sequence_logprobs(model, seqs, picks, PAD, "cpu", shared=False)
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_an_attention_without_custom_masks_runs_unshared():
+    model = tiny_model("llama")
+    seqs = story_variants(8)
+    assert can_pack(model, seqs)
+    model.config._attn_implementation = "flash_attention_2"
+    assert not can_pack(model, seqs)
+
+
+def test_a_window_shorter_than_a_sequence_falls_back_to_unshared_rows():
     model = tiny_model("gemma3")  # sliding_window 16
     seqs = story_variants(4)
-    assert sliding_window(model) == 16 and padded_width(build_prefix_tree(seqs)) > 16
+    assert sliding_window(model) == 16 and not can_pack(model, seqs)
     assert max(map(len, seqs)) > 16  # the window truncates the longer sequences themselves
     picks = random_picks(seqs, 5)
     with torch.inference_mode():

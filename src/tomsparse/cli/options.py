@@ -156,15 +156,15 @@ def sweep_config(args: argparse.Namespace, m_values: list[float]) -> SweepConfig
 
 # What `tomsparse frontier` evaluates each member on unless told: the default run's tasks and
 # perplexity tokens (so its points are comparable with the run's).
-FRONTIER_DEFAULTS = dict(clusters=10, ppl_max_tokens=4096, ppl_seqlen=1024)
+FRONTIER_DEFAULTS = dict(clusters=20, ppl_max_tokens=32768, ppl_seqlen=1024)
 
 # Defaults sized so `make run` finishes in about 20 minutes on 2 CPU cores, with the points the
 # verdicts use: at the primary m (the largest, 1e-4) the difference mask, 5 random masks and
 # the damage-matched controls (generic-only; random-fraction with 3 seeds), at 3e-5 the
 # difference mask and one random mask (for the dose-response claim). The mask family members
-# are `tomsparse frontier`'s. 10 clusters per family (irony: 10 story scenarios); the
-# perplexity over 4 windows of 1024 tokens (an interval for claim d), the searches on 4096
-# tokens held apart.
+# are `tomsparse frontier`'s. 20 clusters per family (irony: 20 story scenarios); the
+# perplexity over 32 windows of 1024 tokens (32,768: an interval for claim d and for every
+# control's damage), the size searches on the next 4096 tokens, held apart.
 DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
                 m_list=[0.0, 3e-5, 1e-4], random_seeds=list(DEFAULT_RANDOM_SEEDS),
                 secondary_seeds=1, **FRONTIER_DEFAULTS, analysis_prompts=16,
@@ -429,7 +429,7 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl-max-tokens", dest="ppl_max_tokens", type=positive_int, default=None,
                    help="perplexity on the first N tokens of the corpus only, at least one "
                         "window (2048 tokens, or the model's context if shorter) (default: the "
-                        "whole corpus; tomsparse run: 4096, --quick 2048)")
+                        "whole corpus; tomsparse run: 32768, --quick 2048)")
 
 
 def load_model_from(args: argparse.Namespace, **overrides) -> LoadedModel:

@@ -4,19 +4,19 @@ The prompts of one ToM task are variants of one story: the o1/o2-swapped version
 a few dozen tokens, the conditions (false belief, informed protagonist, open container ...)
 part where a sentence is added or changed, the two probes part at the question, and each
 prompt is scored with two continuations. Laid out as a radix tree of token segments, a task's
-16 prompts and their 32 continuation rows hold about 40% fewer tokens than the per-story
-grouping it replaces (12,178 tree tokens against 19,987 run for the default run's 356 prompts).
+16 prompts and their 32 continuation rows hold about 40% fewer tokens than the sequences
+run one by one (12,654 against 46,381 for the 356 prompts of 10 clusters per family).
 
-The tree is run level by level: level 0 holds the segments that start a sequence, level d + 1
-the children of level d's. Each level is one forward pass, its rows right-padded, with
-explicit position ids (a segment starts where its parent ends) and an attention mask that
-hides every padding column, on the KV cache of the level above with each row's parent's cache
-copied in (``reorder_cache``). A token therefore sees exactly its own sequence's earlier
-tokens at their own positions, as if that sequence ran alone. Logits are taken only at the
-positions asked for (``logits_to_keep`` as an index tensor where the model takes one).
+The tree runs as one packed row (``pack_tree``): every segment's tokens once, parents before
+children, each token at its own position (explicit position ids) and an attention mask that
+lets it see exactly its own sequence's earlier tokens (its segment's, and its ancestor
+segments'). A token therefore computes what it would in its sequence run alone, in one forward
+pass with no padding and no KV cache copied between levels. Logits are taken only at the
+columns asked for (``logits_to_keep`` as an index tensor where the model takes one).
 
-A sliding attention window counts cache columns, padding included; where the padded tree is
-wider than the window, the sequences run unshared in one level instead (``flat_tree``).
+The one mask serves every layer, so where a sliding attention window is shorter than a
+sequence, or the attention implementation takes no custom mask (flash attention), the
+sequences run unshared in one right-padded batch instead (``can_pack``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tomsparse.lm.batching import cache_keyword, output_cache, takes_logits_to_keep
+from tomsparse.lm.batching import takes_logits_to_keep
 
 
 @dataclass
@@ -42,14 +42,6 @@ class PrefixTree:
     segments: list[Segment]
     # where each sequence's tokens live: paths[s][p] = (segment index, offset) of position p
     paths: list[list[tuple[int, int]]]
-
-    def levels(self) -> list[list[int]]:
-        out: list[list[int]] = []
-        for i, seg in enumerate(self.segments):
-            while len(out) <= seg.level:
-                out.append([])
-            out[seg.level].append(i)
-        return out
 
     def tokens(self) -> int:
         """Tokens the tree holds: what running it costs, padding aside."""
@@ -101,18 +93,6 @@ def build_prefix_tree(seqs: list[list[int]]) -> PrefixTree:
                       paths=[[where[n] for n in path] for path in node_paths])
 
 
-def flat_tree(seqs: list[list[int]]) -> PrefixTree:
-    """Every sequence its own segment: one level, nothing shared."""
-    return PrefixTree(segments=[Segment(tokens=list(s), start=0, parent=None, level=0)
-                                for s in seqs],
-                      paths=[[(k, p) for p in range(len(s))] for k, s in enumerate(seqs)])
-
-
-def padded_width(tree: PrefixTree) -> int:
-    """Columns of the KV cache at the tree's last level (each level's widest segment)."""
-    return sum(max(len(tree.segments[i].tokens) for i in level) for level in tree.levels())
-
-
 def sliding_window(model) -> int | None:
     """The model's attention window where it has one (Gemma 3's local layers, Mistral), else
     None. Taken as in force whenever the config names one."""
@@ -122,71 +102,113 @@ def sliding_window(model) -> int | None:
     return int(window) if window else None
 
 
+# Attention implementations that apply a 4D additive mask as given (transformers passes a 4D
+# mask through unchanged); flash attention and the like take no arbitrary mask.
+MASKED_ATTENTION = ("sdpa", "eager")
+
+
+def can_pack(model, seqs: list[list[int]]) -> bool:
+    """Whether ``seqs`` can run as one packed tree on ``model``: its attention takes a custom
+    mask, and no sequence is longer than a sliding window (the one mask serves every layer,
+    so a window narrower than a sequence would not be applied)."""
+    config = model.config
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    window = sliding_window(model)
+    return impl in MASKED_ATTENTION and (window is None or max(map(len, seqs)) <= window)
+
+
+@dataclass
+class PackedTree:
+    """A tree laid out as one row: every segment's tokens once, parents before children.
+    ``allowed[q, k]``: token q sees token k (k is q itself, earlier in q's segment, or in one
+    of its ancestor segments); ``positions`` each token's position in its sequences;
+    ``columns[s][p]`` the column of sequence s's token at position p."""
+
+    ids: torch.Tensor         # (n,) long
+    positions: torch.Tensor   # (n,) long
+    allowed: torch.Tensor     # (n, n) bool
+    columns: list[list[int]]
+
+
+def pack_tree(tree: PrefixTree) -> PackedTree:
+    """The one-row layout of ``tree`` (segments in creation order: a parent always precedes
+    its children)."""
+    starts, n = [], 0
+    for seg in tree.segments:
+        starts.append(n)
+        n += len(seg.tokens)
+    ids = torch.empty(n, dtype=torch.long)
+    positions = torch.empty(n, dtype=torch.long)
+    allowed = torch.zeros((n, n), dtype=torch.bool)
+    for i, seg in enumerate(tree.segments):
+        a, length = starts[i], len(seg.tokens)
+        ids[a:a + length] = torch.tensor(seg.tokens, dtype=torch.long)
+        positions[a:a + length] = torch.arange(seg.start, seg.start + length)
+        allowed[a:a + length, a:a + length] = torch.ones((length, length), dtype=torch.bool).tril()
+        parent = seg.parent
+        while parent is not None:
+            p = tree.segments[parent]
+            allowed[a:a + length, starts[parent]:starts[parent] + len(p.tokens)] = True
+            parent = p.parent
+    columns = [[starts[g] + o for g, o in path] for path in tree.paths]
+    return PackedTree(ids, positions, allowed, columns)
+
+
+def model_dtype(model) -> torch.dtype:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
+
+
 @torch.no_grad()
 def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, int]]],
-                      pad_id: int, device) -> list[list[float]]:
+                      pad_id: int, device, shared: bool | None = None) -> list[list[float]]:
     """For each sequence s and each pick (position p, token t) in ``picks[s]``: log P(t | the
     first p + 1 tokens of s), the model's next-token log-probability after position p. The
-    sequences are run as one prefix tree (one forward pass per tree level)."""
-    tree = build_prefix_tree(seqs)
-    window = sliding_window(model)
-    if window is not None and padded_width(tree) > window:
-        # A window counts cache columns, padding included: with padding between a row's
-        # segments it would cover fewer real tokens than in the sequence run alone. One
-        # level has no padding inside a row, so it is exact.
-        tree = flat_tree(seqs)
-    # the picks of each segment: segment -> [(offset, token, sequence, pick number)]
-    wanted: dict[int, list[tuple[int, int, int, int]]] = {}
-    for s, sequence_picks in enumerate(picks):
-        for j, (pos, t) in enumerate(sequence_picks):
-            seg, off = tree.paths[s][pos]
-            wanted.setdefault(seg, []).append((off, t, s, j))
+    sequences run as one packed prefix tree (one forward pass, no padding) where the model
+    allows (``can_pack``), else unshared in one right-padded batch; ``shared`` False runs
+    them unshared anyway (the benchmark's comparison), True insists on the tree."""
+    if any(not s for s in seqs):
+        raise ValueError("every sequence needs at least one token")
+    if shared is None:
+        shared = can_pack(model, seqs)
+    if shared:
+        packed = pack_tree(build_prefix_tree(seqs))
+        dtype = model_dtype(model)
+        mask = torch.zeros(packed.allowed.shape, dtype=dtype).masked_fill(
+            ~packed.allowed, torch.finfo(dtype).min)
+        inputs = dict(input_ids=packed.ids[None], position_ids=packed.positions[None],
+                      attention_mask=mask[None, None])
+        where = [[(0, packed.columns[s][p]) for p, _ in sp] for s, sp in enumerate(picks)]
+    else:
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        attend = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+            attend[r, :len(s)] = 1
+        positions = (attend.cumsum(1) - 1).clamp(min=0)
+        inputs = dict(input_ids=ids, position_ids=positions, attention_mask=attend)
+        where = [[(s, p) for p, _ in sp] for s, sp in enumerate(picks)]
+    flat = [(r, c, t) for w, sp in zip(where, picks) for (r, c), (_, t) in zip(w, sp)]
     out = [[0.0] * len(p) for p in picks]
-    keep_kw = takes_logits_to_keep(model)
-    cache_kw = cache_keyword(model)
-    cache, mask, row_of = None, None, {}
-    for level in tree.levels():
-        width = max(len(tree.segments[i].tokens) for i in level)
-        ids = torch.full((len(level), width), pad_id, dtype=torch.long)
-        seg_mask = torch.zeros((len(level), width), dtype=torch.long)
-        positions = torch.zeros((len(level), width), dtype=torch.long)
-        for r, i in enumerate(level):
-            seg = tree.segments[i]
-            n = len(seg.tokens)
-            ids[r, :n] = torch.tensor(seg.tokens, dtype=torch.long)
-            seg_mask[r, :n] = 1
-            # padding columns sit at the segment's start: a valid position, hidden anyway
-            positions[r, :n] = torch.arange(seg.start, seg.start + n)
-            positions[r, n:] = seg.start
-        ids, seg_mask, positions = ids.to(device), seg_mask.to(device), positions.to(device)
-        kwargs = {}
-        if cache is not None:
-            parents = torch.tensor([row_of[tree.segments[i].parent] for i in level],
-                                   device=device)
-            cache.reorder_cache(parents)   # each row gets a copy of its parent's cache
-            mask = torch.cat([mask[parents], seg_mask], 1)
-            kwargs[cache_kw] = cache
-        else:
-            mask = seg_mask
-        picked = [(r, item) for r, i in enumerate(level) for item in wanted.get(i, [])]
-        offsets = sorted({item[0] for _, item in picked})
-        if keep_kw:
-            # only the columns asked for (at least one: a level with no picks keeps one)
-            kwargs["logits_to_keep"] = torch.tensor(offsets or [width - 1], device=device)
-        has_children = any(tree.segments[i].children for i in level)
-        result = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       use_cache=has_children, **kwargs)
-        if picked:
-            column = {off: (k if keep_kw else off) for k, off in enumerate(offsets)}
-            rows = torch.tensor([r for r, _ in picked], device=device)
-            cols = torch.tensor([column[item[0]] for _, item in picked], device=device)
-            tokens = torch.tensor([item[1] for _, item in picked], device=device)
-            logp = result.logits[rows, cols].float().log_softmax(-1)
-            values = logp.gather(-1, tokens[:, None])[:, 0].tolist()
-            for (_, (_, _, s, j)), v in zip(picked, values):
-                out[s][j] = v
-        if not has_children:
-            break
-        cache = output_cache(result)
-        row_of = {i: r for r, i in enumerate(level)}
+    if not flat:
+        return out
+    kwargs = {}
+    columns = sorted({c for _, c, _ in flat})
+    if takes_logits_to_keep(model):
+        # logits only at the columns asked for (index tensor: the output layer's rows)
+        kwargs["logits_to_keep"] = torch.tensor(columns, device=device)
+        column = {c: k for k, c in enumerate(columns)}
+    else:
+        column = {c: c for c in columns}
+    result = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False, **kwargs)
+    rows = torch.tensor([r for r, _, _ in flat], device=device)
+    cols = torch.tensor([column[c] for _, c, _ in flat], device=device)
+    tokens = torch.tensor([t for _, _, t in flat], device=device)
+    logp = result.logits[rows, cols].float().log_softmax(-1)
+    values = iter(logp.gather(-1, tokens[:, None])[:, 0].tolist())
+    for s, sp in enumerate(picks):
+        for j in range(len(sp)):
+            out[s][j] = next(values)
     return out
