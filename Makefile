@@ -48,7 +48,7 @@ COMPAT := .venv-compat
 COMPAT_STAMP := $(COMPAT)/.tomsparse-installed
 COMPAT_TESTS := tests/unit/test_scale.py tests/unit/test_evaluate.py tests/unit/test_adapter.py \
   tests/unit/test_scores.py tests/unit/test_masks_perturb.py tests/unit/test_analyze.py \
-  tests/unit/test_reference_fidelity.py
+  tests/unit/test_reference_fidelity.py tests/unit/test_prefix_tree.py
 
 $(COMPAT_STAMP): requirements-compat.txt requirements-nodeps.txt pyproject.toml
 	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)

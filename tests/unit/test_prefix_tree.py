@@ -11,8 +11,10 @@ from tomsparse.lm.prefix_tree import (
     build_prefix_tree,
     can_pack,
     pack_tree,
+    row_limit,
     sequence_logprobs,
     sliding_window,
+    subtree_tokens,
 )
 from tomsparse.testing import ARCHITECTURES, tiny_model
 
@@ -59,20 +61,54 @@ def test_tree_holds_each_distinct_prefix_once_and_rebuilds_every_sequence():
                                              for path in tree.paths)
 
 
+def restated_allowed(seqs, packed):
+    """Column k of a row is visible from column q iff some sequence holds both, k at an
+    earlier or the same position (a sequence's columns are its prefix's tokens); padding
+    sees only itself."""
+    want = torch.zeros(packed.allowed.shape, dtype=torch.bool)
+    for s, cols in zip(seqs, packed.columns):
+        rows = {r for r, _ in cols}
+        assert len(rows) == 1  # a sequence lives in one row
+        (row,) = rows
+        at = [c for _, c in cols]
+        assert packed.ids[row, at].tolist() == s
+        assert packed.positions[row, at].tolist() == list(range(len(s)))
+        for i, q in enumerate(at):
+            want[row, q, at[:i + 1]] = True
+    used = want.any(-1)
+    for r in range(want.shape[0]):
+        for c in range(want.shape[1]):
+            if not used[r, c]:
+                want[r, c, c] = True
+    return want
+
+
 def test_packed_row_lets_each_token_see_exactly_its_own_prefix():
     seqs = story_variants(1)
-    packed = pack_tree(build_prefix_tree(seqs))
-    n = packed.ids.numel()
-    assert n == build_prefix_tree(seqs).tokens()
-    # restated: column k is visible from column q iff some sequence holds both, k at an
-    # earlier or the same position (columns of one sequence are its prefix's tokens)
-    want = torch.zeros((n, n), dtype=torch.bool)
-    for s, cols in zip(seqs, packed.columns):
-        assert packed.ids[cols].tolist() == s
-        assert packed.positions[cols].tolist() == list(range(len(s)))
-        for i, q in enumerate(cols):
-            want[q, cols[:i + 1]] = True
-    assert torch.equal(packed.allowed, want)
+    tree = build_prefix_tree(seqs)
+    packed = pack_tree(tree)
+    assert packed.ids.shape == (1, tree.tokens())  # no row limit: one row, no padding
+    assert torch.equal(packed.allowed, restated_allowed(seqs, packed))
+
+
+def test_rows_hold_whole_subtrees_within_the_limit():
+    seqs = story_variants(9, n_stories=6)
+    tree = build_prefix_tree(seqs)
+    sizes = subtree_tokens(tree)
+    limit = max(sizes) + 5
+    packed = pack_tree(tree, limit, pad_id=PAD)
+    rows, width = packed.ids.shape
+    assert 1 < rows and width <= limit
+    assert torch.equal(packed.allowed, restated_allowed(seqs, packed))
+    # every token once; the rest of each row is padding, at its end
+    held = {rc for cols in packed.columns for rc in cols}
+    assert len(held) == tree.tokens()
+    for r in range(rows):
+        n = sum(1 for row, _ in held if row == r)
+        assert {c for row, c in held if row == r} == set(range(n))
+        assert (packed.ids[r, n:] == PAD).all()
+    with pytest.raises(ValueError, match="exceeds a row"):
+        pack_tree(tree, max(sizes) - 1)
 
 
 def alone(model, seqs, picks):
@@ -116,6 +152,29 @@ def test_unshared_rows_equal_each_sequence_run_alone(arch):
         got = sequence_logprobs(model, seqs, picks, PAD, "cpu", shared=False)
     for g, w in zip(got, want):
         assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_rows_stay_inside_gpt2s_position_buffer():
+    # GPT-2's causal buffer is n_positions long: a packed row past it fails even with every
+    # position id inside (transformers 5.0), so the tree is laid into several rows
+    model = tiny_model("gpt2", n_positions=96)
+    seqs = story_variants(10, n_stories=6)
+    assert row_limit(model) == 96
+    assert build_prefix_tree(seqs).tokens() > 96 and can_pack(model, seqs)
+    assert pack_tree(build_prefix_tree(seqs), row_limit(model)).ids.shape[0] > 1
+    picks = random_picks(seqs, 11)
+    with torch.inference_mode():
+        want = alone(model, seqs, picks)
+        got = sequence_logprobs(model, seqs, picks, PAD, "cpu")
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_a_subtree_longer_than_a_row_runs_unshared():
+    model = tiny_model("llama", max_position_embeddings=40)
+    seqs = story_variants(12)
+    assert max(subtree_tokens(build_prefix_tree(seqs))) > 40 >= max(map(len, seqs))
+    assert not can_pack(model, seqs)
 
 
 def test_an_attention_without_custom_masks_runs_unshared():

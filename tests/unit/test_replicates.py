@@ -81,3 +81,30 @@ def test_false_belief_score_prompts_are_the_tom_prompts_only(tmp_path):
     prompt_file.write_text(json.dumps([{"txt": "A story. Where is it?", "answer": "box"}]))
     with pytest.raises(UserError, match="--score-prompts false-belief cannot select"):
         gradient_prompts(str(prompt_file), select="false-belief")
+
+
+def test_replicate_section_names_small_m_and_every_scope():
+    from tomsparse.sweep.replicates import POOLED, replicate_section
+    from tomsparse.sweep.specificity import POOL_ABOVE
+
+    overlap = pd.DataFrame([
+        dict(replicate=2, m=m, role=role, jaccard=j, masked_1=10, masked_r=12, shared=4)
+        for m in (3e-5, 1e-4) for role, j in (("all", 0.2), ("q", 0.3))])
+    rows = []
+    for r, status in ((1, "shown"), (2, "not shown")):
+        for family in ("unexpected", POOL_ABOVE):
+            rows.append(dict(replicate=r, m=1e-4, claim="a", family=family,
+                             status=status if family == POOL_ABOVE else "shown",
+                             stable=family != POOL_ABOVE))
+    page = replicate_section(overlap, pd.DataFrame(rows))
+    # the two tables' rows, cell by cell (plain parsing: no HTML library needed)
+    import re
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", page, re.S)]
+    rows = [r for r in rows if r]
+    jaccard, verdict = rows[:2], rows[2:]
+    assert [r[1] for r in jaccard] == ["3e-05", "0.0001"]  # m, never 0.000
+    assert [r[2] for r in jaccard] == ["10 / 12 / 4"] * 2
+    assert [r[3:] for r in jaccard] == [["0.200", "0.300"]] * 2
+    by_scope = {r[1]: r for r in verdict}
+    assert by_scope["unexpected contents"][2:] == ["shown", "shown", "yes"]
+    assert by_scope[POOLED][2:] == ["shown", "not shown", "no"]

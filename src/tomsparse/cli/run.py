@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
     add_model_args(p, dtype_default=None)
     add_sweep_args(p)
     p.add_argument("--quick", action="store_true",
-                   help="a ~6-minute pilot for a first look (below the sizes the statistics "
+                   help="a pilot of about 2.5 minutes for a first look (below the sizes the statistics "
                         "need)")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="the options left unset come from this preset: default (make run), "

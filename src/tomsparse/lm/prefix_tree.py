@@ -4,15 +4,19 @@ The prompts of one ToM task are variants of one story: the o1/o2-swapped version
 a few dozen tokens, the conditions (false belief, informed protagonist, open container ...)
 part where a sentence is added or changed, the two probes part at the question, and each
 prompt is scored with two continuations. Laid out as a radix tree of token segments, a task's
-16 prompts and their 32 continuation rows hold about 40% fewer tokens than the sequences
-run one by one (12,654 against 46,381 for the 356 prompts of 10 clusters per family).
+16 prompts and their 32 continuation rows hold about a quarter of the tokens of the
+sequences run one by one (12,654 against 46,381 for the 356 prompts of 10 clusters per
+family).
 
-The tree runs as one packed row (``pack_tree``): every segment's tokens once, parents before
-children, each token at its own position (explicit position ids) and an attention mask that
-lets it see exactly its own sequence's earlier tokens (its segment's, and its ancestor
-segments'). A token therefore computes what it would in its sequence run alone, in one forward
-pass with no padding and no KV cache copied between levels. Logits are taken only at the
-columns asked for (``logits_to_keep`` as an index tensor where the model takes one).
+The tree runs packed (``pack_tree``): every segment's tokens once, parents before children,
+each token at its own position (explicit position ids) and an attention mask that lets it see
+exactly its own sequence's earlier tokens (its segment's, and its ancestor segments'). A token
+therefore computes what it would in its sequence run alone, in one forward pass with no KV
+cache copied between levels. Whole root subtrees (a task's prompts) fill rows of at most
+``row_limit`` tokens, so the masks stay small and no row outruns a position buffer (GPT-2's
+is n_positions long); only the last columns of shorter rows are padding. Logits are taken
+only at the columns asked for (``logits_to_keep`` as an index tensor where the model takes
+one).
 
 The one mask serves every layer, so where a sliding attention window is shorter than a
 sequence, or the attention implementation takes no custom mask (flash attention), the
@@ -107,50 +111,99 @@ def sliding_window(model) -> int | None:
 MASKED_ATTENTION = ("sdpa", "eager")
 
 
+# The most tokens one packed row holds: its mask is (row x row), so the rows stay a size
+# whose mask and attention weights are small beside the model.
+ROW_TOKENS = 4096
+
+
+def row_limit(model) -> int:
+    """The longest packed row ``model`` takes: ROW_TOKENS, or its position limit where that
+    is shorter (GPT-2's causal buffer is n_positions long, so a longer row fails even with
+    every position id inside the limit)."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return min(ROW_TOKENS, int(limit)) if limit else ROW_TOKENS
+
+
 def can_pack(model, seqs: list[list[int]]) -> bool:
-    """Whether ``seqs`` can run as one packed tree on ``model``: its attention takes a custom
-    mask, and no sequence is longer than a sliding window (the one mask serves every layer,
-    so a window narrower than a sequence would not be applied)."""
+    """Whether ``seqs`` can run as packed trees on ``model``: its attention takes a custom
+    mask, no sequence is longer than a sliding window (the one mask serves every layer, so a
+    window narrower than a sequence would not be applied), and every subtree under a root
+    fits one row (``row_limit``)."""
     config = model.config
     impl = getattr(config, "_attn_implementation", None) or "sdpa"
     window = sliding_window(model)
-    return impl in MASKED_ATTENTION and (window is None or max(map(len, seqs)) <= window)
+    if impl not in MASKED_ATTENTION or (window is not None and max(map(len, seqs)) > window):
+        return False
+    return max(subtree_tokens(build_prefix_tree(seqs))) <= row_limit(model)
+
+
+def subtree_tokens(tree: PrefixTree) -> list[int]:
+    """Tokens under each root segment (in the order the roots were made): a row's unit."""
+    size = [len(seg.tokens) for seg in tree.segments]
+    for i in range(len(tree.segments) - 1, -1, -1):  # children come after their parents
+        parent = tree.segments[i].parent
+        if parent is not None:
+            size[parent] += size[i]
+    return [size[i] for i, seg in enumerate(tree.segments) if seg.parent is None]
 
 
 @dataclass
 class PackedTree:
-    """A tree laid out as one row: every segment's tokens once, parents before children.
-    ``allowed[q, k]``: token q sees token k (k is q itself, earlier in q's segment, or in one
-    of its ancestor segments); ``positions`` each token's position in its sequences;
-    ``columns[s][p]`` the column of sequence s's token at position p."""
+    """A tree laid out in rows: each row holds whole root subtrees, every segment's tokens
+    once, parents before children; rows shorter than the widest end in padding that sees
+    only itself. ``allowed[r, q, k]``: in row r token q sees token k (k is q itself, earlier
+    in q's segment, or in one of its ancestor segments); ``positions`` each token's position
+    in its sequences; ``columns[s][p]`` the (row, column) of sequence s's token at p."""
 
-    ids: torch.Tensor         # (n,) long
-    positions: torch.Tensor   # (n,) long
-    allowed: torch.Tensor     # (n, n) bool
-    columns: list[list[int]]
+    ids: torch.Tensor         # (rows, width) long
+    positions: torch.Tensor   # (rows, width) long
+    allowed: torch.Tensor     # (rows, width, width) bool
+    columns: list[list[tuple[int, int]]]
 
 
-def pack_tree(tree: PrefixTree) -> PackedTree:
-    """The one-row layout of ``tree`` (segments in creation order: a parent always precedes
-    its children)."""
-    starts, n = [], 0
-    for seg in tree.segments:
-        starts.append(n)
-        n += len(seg.tokens)
-    ids = torch.empty(n, dtype=torch.long)
-    positions = torch.empty(n, dtype=torch.long)
-    allowed = torch.zeros((n, n), dtype=torch.bool)
+def pack_tree(tree: PrefixTree, row_tokens: int | None = None, pad_id: int = 0) -> PackedTree:
+    """The packed layout of ``tree``: root subtrees laid into rows of at most ``row_tokens``
+    tokens in the order made (one row when None); a subtree larger than a row is an error
+    (``can_pack`` says so first). Within a subtree segments keep creation order, so a parent
+    always precedes its children."""
+    sizes = subtree_tokens(tree)
+    if row_tokens is not None and max(sizes) > row_tokens:
+        raise ValueError(f"a prefix subtree of {max(sizes)} tokens exceeds a row of {row_tokens}")
+    roots = [i for i, seg in enumerate(tree.segments) if seg.parent is None]
+    root_of = list(range(len(tree.segments)))
     for i, seg in enumerate(tree.segments):
-        a, length = starts[i], len(seg.tokens)
-        ids[a:a + length] = torch.tensor(seg.tokens, dtype=torch.long)
-        positions[a:a + length] = torch.arange(seg.start, seg.start + length)
-        allowed[a:a + length, a:a + length] = torch.ones((length, length), dtype=torch.bool).tril()
+        if seg.parent is not None:
+            root_of[i] = root_of[seg.parent]
+    row_of_root, fill = {}, [0]
+    for r, size in zip(roots, sizes):
+        if row_tokens is not None and fill[-1] and fill[-1] + size > row_tokens:
+            fill.append(0)
+        row_of_root[r] = len(fill) - 1
+        fill[-1] += size
+    width = max(fill)
+    rows = len(fill)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)  # padding sees itself
+    used = [0] * rows
+    place: list[tuple[int, int]] = []   # (row, first column) of each segment
+    for i, seg in enumerate(tree.segments):
+        row = row_of_root[root_of[i]]
+        a, length = used[row], len(seg.tokens)
+        used[row] += length
+        place.append((row, a))
+        ids[row, a:a + length] = torch.tensor(seg.tokens, dtype=torch.long)
+        positions[row, a:a + length] = torch.arange(seg.start, seg.start + length)
+        allowed[row, a:a + length, a:a + length] = torch.ones(
+            (length, length), dtype=torch.bool).tril()
         parent = seg.parent
         while parent is not None:
-            p = tree.segments[parent]
-            allowed[a:a + length, starts[parent]:starts[parent] + len(p.tokens)] = True
-            parent = p.parent
-    columns = [[starts[g] + o for g, o in path] for path in tree.paths]
+            _, b = place[parent]
+            allowed[row, a:a + length, b:b + len(tree.segments[parent].tokens)] = True
+            parent = tree.segments[parent].parent
+    columns = [[(place[g][0], place[g][1] + o) for g, o in path] for path in tree.paths]
     return PackedTree(ids, positions, allowed, columns)
 
 
@@ -165,7 +218,7 @@ def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, 
                       pad_id: int, device, shared: bool | None = None) -> list[list[float]]:
     """For each sequence s and each pick (position p, token t) in ``picks[s]``: log P(t | the
     first p + 1 tokens of s), the model's next-token log-probability after position p. The
-    sequences run as one packed prefix tree (one forward pass, no padding) where the model
+    sequences run as a packed prefix tree (one forward pass, each prefix once) where the model
     allows (``can_pack``), else unshared in one right-padded batch; ``shared`` False runs
     them unshared anyway (the benchmark's comparison), True insists on the tree."""
     if any(not s for s in seqs):
@@ -173,13 +226,13 @@ def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, 
     if shared is None:
         shared = can_pack(model, seqs)
     if shared:
-        packed = pack_tree(build_prefix_tree(seqs))
+        packed = pack_tree(build_prefix_tree(seqs), row_limit(model), pad_id)
         dtype = model_dtype(model)
         mask = torch.zeros(packed.allowed.shape, dtype=dtype).masked_fill(
             ~packed.allowed, torch.finfo(dtype).min)
-        inputs = dict(input_ids=packed.ids[None], position_ids=packed.positions[None],
-                      attention_mask=mask[None, None])
-        where = [[(0, packed.columns[s][p]) for p, _ in sp] for s, sp in enumerate(picks)]
+        inputs = dict(input_ids=packed.ids, position_ids=packed.positions,
+                      attention_mask=mask[:, None])
+        where = [[packed.columns[s][p] for p, _ in sp] for s, sp in enumerate(picks)]
     else:
         width = max(map(len, seqs))
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

@@ -173,10 +173,16 @@ def _matched_control(sweep, target: dict, mode: str) -> dict:
         entry["labels"] = [point_label(mode, seed, entry["m"]) for seed in seeds]
     else:
         bracket = search_bracket(entry)
-        if bracket is not None:
+        if bracket is None:
+            sweep.log(f"[tomsparse] damage-matched {mode} for {tlabel}: no searched sizes "
+                      "bracket the target's perplexity; not evaluated")
+        else:
             # no size lands within the tolerance (the perplexity jumps between two sizes):
             # both ends are evaluated in full and the control is their interpolation at the
             # target's perplexity (sweep.specificity does it prompt by prompt)
+            sweep.log(f"[tomsparse] damage-matched {mode} for {tlabel}: interpolated between "
+                      f"m = {bracket['low']:.3g} and {bracket['high']:.3g} (weight "
+                      f"{bracket['weight']:.2f} on the larger), both evaluated in full")
             for end in ("low", "high"):
                 sweep.point(mode, 0, bracket[end], extra={"matched_to": tlabel,
                                                          "bracket": end})
@@ -252,6 +258,6 @@ def _search(sweep, target: dict, mode: str, done: Path) -> dict:
               f"{'held-apart search tokens' if held_apart else 'reported tokens'}): "
               f"m = {res.size:.3g} "
               f"gives {res.change:+.0%} after {len(res.trace)} perplexity evaluation(s)"
-              + ("" if res.matched else " - not within the tolerance; not evaluated"))
+              + ("" if res.matched else " - not within the tolerance"))
     write_json(done, entry)
     return entry

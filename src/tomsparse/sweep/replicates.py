@@ -23,11 +23,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from tomsparse.data.tasks.model import FAMILY_TITLES
 from tomsparse.masks import build_rankings, masks_for
 from tomsparse.sweep.folder import SweepFolder, point_label
 from tomsparse.sweep.specificity import POOL_ABOVE, compute_specificity
 from tomsparse.sweep.specificity_tables import matched_controls, verdict_rules
 from tomsparse.sweep.verdicts import verdicts
+
+POOLED = "pooled over the families that pass their controls"
 
 OVERLAP_COLUMNS = ("replicate", "m", "role", "jaccard", "masked_1", "masked_r", "shared")
 VERDICT_COLUMNS = ("replicate", "m", "claim", "family", "status", "value", "lo", "hi",
@@ -114,23 +117,29 @@ def replicate_section(overlap: pd.DataFrame, table: pd.DataFrame) -> str:
     parts = []
     if not overlap.empty:
         wide = overlap.pivot_table(index=["replicate", "m"], columns="role", values="jaccard",
-                                   sort=False).reset_index()
+                                   sort=False)
+        wide.columns.name = None
+        counts = overlap[overlap["role"] == "all"].set_index(["replicate", "m"])
+        wide.insert(0, "weights: replicate 1 / r / both", [
+            f"{int(counts.loc[k, 'masked_1']):,} / {int(counts.loc[k, 'masked_r']):,} / "
+            f"{int(counts.loc[k, 'shared']):,}" if k in counts.index else "" for k in wide.index])
+        wide = wide.reset_index()
+        wide["m"] = wide["m"].map(lambda m: f"{m:g}")  # 3e-05, not 0.000
         parts.append("<p>Jaccard overlap |A &amp; B| / |A | B| of the difference masks of score "
                      "replicate 1 and replicate r (independent draws of the score samples), "
                      "over every weight and per role; 1 = the same weights.</p>"
                      + wide.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep=""))
     if not table.empty:
-        primary = table[table["family"] == POOL_ABOVE] if (table["family"] == POOL_ABOVE
-                                                            ).any() else table
-        wide = primary.pivot_table(index=["claim", "family"], columns="replicate",
-                                   values="status", aggfunc="first").reset_index()
-        wide.columns = [f"replicate {c}" if isinstance(c, (int, float)) else c
-                        for c in wide.columns]
-        stable = (primary.groupby(["claim", "family"])["stable"].all().reset_index())
-        wide = wide.merge(stable, on=["claim", "family"], how="left")
-        wide["stable"] = wide["stable"].map({True: "yes", False: "no"})
-        parts.append(f"<p>Claims (a)-(c) at m = {table['m'].iloc[0]:.3g} with each replicate's "
-                     "difference mask (the other points are shared): a verdict is stable only "
-                     "when every replicate gives it.</p>"
-                     + wide.to_html(index=False, na_rep="", escape=True))
+        named = table.assign(family=table["family"].map(
+            lambda f: POOLED if f == POOL_ABOVE else FAMILY_TITLES.get(f, f)))
+        wide = named.pivot_table(index=["claim", "family"], columns="replicate",
+                                 values="status", aggfunc="first", sort=False)
+        wide.columns = [f"replicate {c}" for c in wide.columns]
+        stable = named.groupby(["claim", "family"], sort=False)["stable"].all()
+        wide["stable"] = stable.map({True: "yes", False: "no"})
+        parts.append(f"<p>Claims (a)-(c) at m = {table['m'].iloc[0]:g} with each replicate's "
+                     "difference mask (the other points are shared), per family and "
+                     f"{POOLED} (the primary verdict): a verdict is stable only when every "
+                     "replicate gives it.</p>"
+                     + wide.reset_index().to_html(index=False, na_rep="", escape=True))
     return "\n".join(parts)
