@@ -58,12 +58,13 @@ ENTRY_POINTS = {
     # (not "evaluate": that name is the tomsparse.evaluate subpackage)
     "evaluate_tom": "tomsparse.evaluate.tom:evaluate",
     "perplexity": "tomsparse.evaluate.perplexity",
-    # a sweep, its statistics, the main job
-    "SweepConfig": "tomsparse.sweep.runner",
-    "run_sweep": "tomsparse.sweep.runner",
+    # the configurations (every option's default and check), a sweep, its judging, the main job
+    "SweepConfig": "tomsparse.config",
+    "RunConfig": "tomsparse.config",
+    "VerdictRules": "tomsparse.config",
+    "run_sweep": "tomsparse.pipeline",
     "SweepFolder": "tomsparse.sweep.folder",
     "RunFolder": "tomsparse.sweep.folder",
-    "RunConfig": "tomsparse.pipeline",
     "run_main_job": "tomsparse.pipeline",
     "AnalysisConfig": "tomsparse.analysis",
     "analyze": "tomsparse.analysis",

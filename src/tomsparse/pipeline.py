@@ -9,7 +9,7 @@ Every stage reuses what an earlier, identical run left in the output folder.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,61 +21,20 @@ from tomsparse.analysis.run import (
     matched_at,
     select_prompts,
 )
+from tomsparse.config import RunConfig, SweepConfig, VerdictRules
 from tomsparse.data.corpora import check_inputs
 from tomsparse.data.score_samples import ScoreDataConfig, build_dataset
-from tomsparse.errors import UserError
-from tomsparse.lm.registry import DEFAULT_MODEL, load_model, model_identity, print_model_facts
-from tomsparse.manifest import build_manifest, write_csv, write_json
+from tomsparse.lm.registry import load_model, model_identity, print_model_facts
+from tomsparse.files import write_csv, write_json
+from tomsparse.manifest import build_manifest
 from tomsparse.report.sweep_report import write_report
-from tomsparse.scores.compute import METHODS, compute_score_set
-from tomsparse.scores.store import StoredScores, load_scores, open_scores, read_manifest
+from tomsparse.scores.compute import compute_score_set
+from tomsparse.scores.store import (StoredScores, existing_store, load_scores, open_scores,
+                                    read_manifest)
 from tomsparse.sweep.folder import RunFolder
-from tomsparse.sweep.runner import SweepConfig, run_sweep
-from tomsparse.sweep.replicates import mask_overlap, replicate_section, replicate_verdicts
-from tomsparse.sweep.summary import print_summary
-from tomsparse.sweep.verdicts import VerdictRules
-
-
-@dataclass
-class RunConfig:
-    """Everything the main job needs, resolved (presets applied, m values known).
-
-    ``options`` is what the manifest records as the run's options (the command line's, as
-    resolved); it does not steer anything.
-    """
-
-    out: Path
-    tom_data: ScoreDataConfig
-    generic_data: ScoreDataConfig
-    sweep: SweepConfig
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    dtype: str = "float32"
-    device_map: str | None = None
-    revision: str | None = None  # a hub id's branch, tag or commit (None: main)
-    cache_dir: str | None = None  # a hub id's cache (None: $HF_HUB_CACHE)
-    score_batch_size: int = 8
-    score_method: str = "batched"
-    score_reference_fp16: bool = False  # the reference's fp16 squares and sums (scores.compute)
-    export_m: float | None = None
-    analysis_prompts: int = 16  # 0: no analyses
-    take_over: bool = False  # the sweep folder's claims of other processes (sweep.claims)
-    rules: VerdictRules | None = None  # the verdicts' decision rules (None: defaults)
-    score_replicates: int = 1  # independent score sets (sweep.replicates); 1 = none
-    options: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if self.tom_data.dataset != "tom" or self.generic_data.dataset != "generic":
-            raise UserError("RunConfig needs a tom and a generic score data configuration")
-        if self.score_method not in METHODS:
-            raise UserError(f"unknown score method {self.score_method!r}; use one of "
-                            f"{', '.join(METHODS)}")
-        if self.score_batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.score_batch_size} "
-                            "(--score-batch-size)")
-        if self.analysis_prompts < 0:
-            raise UserError(f"--analysis-prompts must be 0 or more, got {self.analysis_prompts}")
+from tomsparse.sweep.runner import run_points
+from tomsparse.judge.replicates import mask_overlap, replicate_section, replicate_verdicts
+from tomsparse.judge.summary import collect, print_summary
 
 
 def stream_scores(lm, store: str | Path) -> StoredScores:
@@ -84,6 +43,18 @@ def stream_scores(lm, store: str | Path) -> StoredScores:
     devices = {m.name: m.module.weight.device if m.module.weight.device.type != "meta"
                else "cpu" for m in lm.description.matrices}
     return open_scores(store, model=lm, device=devices)
+
+
+def run_sweep(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str | Path, *,
+              tables: bool = True, rules: VerdictRules | None = None, **point_options
+              ) -> pd.DataFrame | None:
+    """Run (or resume) a sweep (``sweep.runner.run_points``: its points, matched controls and
+    export; ``point_options`` go there), then judge it (``judge.summary.collect``): returns
+    the per-point summary frame, written with the tables when ``tables``; without, None:
+    another process of the same sweep writes them. ``rules``: the verdicts' decision rules
+    (None: the folder's kept ones, else the defaults)."""
+    run_points(lm, tom_scores, gen_scores, cfg, out, **point_options)
+    return collect(out, rules=rules) if tables else None
 
 
 def sweep_and_report(lm, tom, gen, cfg: SweepConfig, out: str | Path, *,
@@ -109,8 +80,8 @@ def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log, replicate: int = 1
     data = replace(data, seed=data.seed + replicate - 1)
     samples = build_dataset(data, lm.tokenizer, lm.model)
     wanted = samples.info["samples_sha256"]
-    if (folder / "manifest.json").exists():
-        old = read_manifest(folder)
+    old = existing_store(folder)
+    if old is not None:
         if (old.get("samples_sha256") == wanted and old.get("fingerprint") == lm.fingerprint
                 and bool(old.get("reference_fp16")) == cfg.score_reference_fp16):
             log(f"[tomsparse] reusing {data.dataset} scores in {folder}")

@@ -10,6 +10,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from helpers import tom_and_generic_scores, write_run_folder
 
 from tomsparse.analysis.page import headline_lines
 from tomsparse.analysis.probe import measure
@@ -34,13 +35,6 @@ M = 0.02
 MATCHED = [("generic-only", 0.05, 0), ("random-fraction", 0.1, 0), ("random-fraction", 0.1, 1)]
 GEN_LABEL = "generic-only (matched, m=5.00e-02)"
 RF_LABEL = "random-fraction (matched, m=1.00e-01)"
-
-
-def _scores(desc, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    tom = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
-    gnr = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
-    return tom, gnr
 
 
 def _topk_set(score, k):
@@ -93,7 +87,7 @@ def test_matched_masks_are_those_of_their_own_m():
     masks_for on rankings built for exactly its m, not the analysis m."""
     model = tiny_model("llama")
     desc = describe(model)
-    tom, gen = _scores(desc)
+    tom, gen = tom_and_generic_scores(desc)
     cfg = AnalysisConfig(m=M, modes=["difference", "random"], random_seeds=[0], matched=MATCHED)
     masks = build_masks(desc, tom, gen, cfg)
     assert list(masks) == [("difference", 0), ("random", 0), (GEN_LABEL, 0), (RF_LABEL, 0),
@@ -120,7 +114,7 @@ def test_matched_conditions_in_every_table_plot_and_headline(tmp_path):
     model = tiny_model("llama", seed=1)
     desc = describe(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    tom, gen = _scores(desc)
+    tom, gen = tom_and_generic_scores(desc)
     cfg = AnalysisConfig(m=M, modes=["difference", "random"], random_seeds=[0, 1],
                          matched=MATCHED)
     res = analyze(model, CharTokenizer(), desc, tom, gen, PROMPTS, cfg, out=tmp_path,
@@ -262,22 +256,6 @@ def test_cli_bad_matched_is_a_one_line_usage_error(value, message, capsys):
     assert last.startswith("tomsparse analyze: error: argument --matched:") and message in last
 
 
-def _run_folder(tmp_path, tiny):
-    from tomsparse.lm.adapter import fingerprint
-    from tomsparse.scores.store import save_scores
-
-    desc = describe(tiny)
-    fp = fingerprint(tiny, desc)
-    run = tmp_path / "run"
-    tom, gen = _scores(desc)
-    save_scores(run / "scores_tom", tom, {"model": "tiny", "fingerprint": fp})
-    save_scores(run / "scores_generic", gen, {"model": "tiny", "fingerprint": fp})
-    (run / "manifest.json").write_text(json.dumps({
-        "model": "tiny", "options": {"m_list": [0.0, 1e-3, M], "random_seeds": [0],
-                                     "perturbation": "zero", "scale": 0.0}}))
-    return run
-
-
 def test_cli_run_folder_reads_matched_json(tmp_path, capsys):
     """`analyze --run DIR` measures the controls DIR/sweep/matched.json matched to the
     difference mask at the analysis m; --matched replaces them, --matched none drops them."""
@@ -286,7 +264,8 @@ def test_cli_run_folder_reads_matched_json(tmp_path, capsys):
     from tomsparse.testing import registered_model
 
     tiny = tiny_model("llama")
-    run = _run_folder(tmp_path, tiny)        # no sweep/summary.csv: the report is not redrawn
+    # no sweep/summary.csv: the report is not redrawn
+    run = write_run_folder(tmp_path / "run", tiny, m_list=[0.0, 1e-3, M], random_seeds=[0])
     _matched_json(run / "sweep" / "matched.json")
     with registered_model("tiny", lambda **_: wrap_model(tiny, CharTokenizer(), "tiny")):
         assert main(["analyze", "--run", str(run), "--max-prompts", "2"]) == 0

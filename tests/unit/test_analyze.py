@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tom_and_generic_scores, write_run_folder
 
 from tomsparse.analysis import anatomy as A
 from tomsparse.analysis import tables as T
@@ -369,19 +370,12 @@ def test_matrix_rows_counts_rank_and_magnitude():
 
 
 # ------------------------------------------------------------------ end to end
-def _scores(desc, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    tom = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
-    gnr = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
-    return tom, gnr
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
 def test_analyze_end_to_end(arch, tmp_path):
     model = tiny_model(arch)
     desc = describe(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    tom, gen = _scores(desc)
+    tom, gen = tom_and_generic_scores(desc)
     cfg = AnalysisConfig(m=0.02, modes=["difference", "random"], random_seeds=[0, 1])
     res = analyze(model, CharTokenizer(), desc, tom, gen, PROMPTS, cfg, out=tmp_path, log=lambda *_: None)
     for k, v in model.state_dict().items():        # restored bit for bit
@@ -447,7 +441,7 @@ def test_unknown_mode_is_a_user_error():
 
     model = tiny_model("llama")
     desc = describe(model)
-    tom, gen = _scores(desc)
+    tom, gen = tom_and_generic_scores(desc)
     with pytest.raises(UserError, match="unknown mask mode"):
         analyze(model, CharTokenizer(), desc, tom, gen, PROMPTS,
                 AnalysisConfig(m=0.01, modes=["difference", "bogus"]), log=lambda *_: None)
@@ -519,19 +513,12 @@ def test_cli_run_folder_end_to_end(tmp_path, capsys, monkeypatch):
     from tomsparse.cli.main import main
     from tomsparse.lm.adapter import fingerprint
     from tomsparse.lm.registry import wrap_model
-    from tomsparse.scores.store import save_scores
     from tomsparse.testing import registered_model
 
     tiny = tiny_model("llama")
-    desc = describe(tiny)
-    fp = fingerprint(tiny, desc)
-    run = tmp_path / "run"
-    tom, gen = _scores(desc)
-    save_scores(run / "scores_tom", tom, {"model": "tiny", "fingerprint": fp})
-    save_scores(run / "scores_generic", gen, {"model": "tiny", "fingerprint": fp})
-    (run / "manifest.json").write_text(json.dumps({
-        "model": "tiny", "options": {"m_list": [0.0, 0.01, 0.02], "random_seeds": [0, 1],
-                                     "perturbation": "zero", "scale": 0.0}}))
+    fp = fingerprint(tiny, describe(tiny))
+    run = write_run_folder(tmp_path / "run", tiny, m_list=[0.0, 0.01, 0.02],
+                           random_seeds=[0, 1])
     (run / "sweep").mkdir()
     pd.DataFrame({"mode": ["none"], "seed": [0], "m": [0.0]}).to_csv(run / "sweep" / "summary.csv")
     calls = []

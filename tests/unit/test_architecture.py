@@ -8,6 +8,7 @@ Every failure lists the offending ``file:line`` and what is wrong there.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,11 +19,13 @@ PACKAGE = "tomsparse"
 
 # Low to high: a module may import its own layer (without cycles) and the layers below it.
 LAYERS = [
-    {"errors", "manifest", "stats"},
+    {"errors", "files", "manifest", "stats"},
     {"lm", "masks", "perturb"},
     {"data"},
     {"scores", "evaluate"},
+    {"config"},
     {"sweep"},
+    {"judge"},
     {"report"},
     {"analysis"},
     {"pipeline"},
@@ -347,10 +350,19 @@ def test_library_imports_are_at_the_top_of_the_file():
 
 
 # ------------------------------------------------------------------ (f) folder owners
+# Each kind of output folder has one module that spells its file names; every other module
+# asks it for the path. A name two owners share (every folder has a manifest.json) may be
+# spelled by those owners only.
+OWNERS = {
+    SRC / PACKAGE / "sweep" / "folder.py": "sweep and run folders (SweepFolder, RunFolder)",
+    SRC / PACKAGE / "analysis" / "folder.py": "analysis folders (AnalysisFolder)",
+    SRC / PACKAGE / "report" / "compare.py": "compare folders (report.compare.COMPARE_FILES)",
+    SRC / PACKAGE / "scores" / "store.py": "score stores (scores.store)",
+    SRC / PACKAGE / "evaluate" / "results.py": "evaluation results and the reference's tom/ "
+                                               "layout (evaluate.results)",
+}
 FOLDER_OWNER = SRC / PACKAGE / "sweep" / "folder.py"
-# Names shared with folders that are not sweep or run folders (every score store and output
-# folder has a manifest.json), so not owned by sweep/folder.py.
-SHARED_FILE_NAMES = {"manifest.json"}
+OUTPUT_SUFFIXES = (".csv", ".json", ".jsonl", ".html", ".png", ".safetensors")
 
 
 def _string_parts(tree: ast.Module):
@@ -366,14 +378,22 @@ def _string_parts(tree: ast.Module):
             yield node.lineno, node.value
 
 
-def owned_file_names() -> set[str]:
-    """The file names (and name endings such as ``_prompts.csv``) sweep/folder.py spells."""
+def owned_file_names(owner: Path = FOLDER_OWNER) -> set[str]:
+    """The file names (and name endings such as ``_prompts.csv``) an owner spells."""
     names = set()
-    for _line, text in _string_parts(parse(FOLDER_OWNER)):
-        if (text.endswith((".csv", ".json", ".html", ".png")) and not text.startswith(".")
-                and text not in SHARED_FILE_NAMES):
+    for _line, text in _string_parts(parse(owner)):
+        if text.endswith(OUTPUT_SUFFIXES) and not text.startswith((".", "*")) and " " not in text:
             names.add(text)
     return names
+
+
+def _spells(text: str, name: str) -> bool:
+    # a name ending (``_prompts.csv``) is the tail of an f-string: matched whole, so another
+    # folder's ``tom_prompts.csv`` is not taken for it; a whole name is matched as a whole
+    # word (``manifest.json`` is not spelled by ``analysis_manifest.json``)
+    if name.startswith("_"):
+        return text == name
+    return re.search(r"(?<![\w-])" + re.escape(name) + r"(?![\w])", text) is not None
 
 
 def test_folder_file_names_live_in_the_folder_owner_only():
@@ -381,16 +401,15 @@ def test_folder_file_names_live_in_the_folder_owner_only():
     # the owner spells the layout: the point files, the tables, the report sections
     assert {"_prompts.csv", "summary.csv", "specificity_verdicts.csv", "matched.json",
             "sweep_manifest.json", "report_sections.json"} <= names
+    owners = {owner: owned_file_names(owner) for owner in OWNERS}
+    assert all(owners.values()), "an owner that spells no file name owns nothing"
     problems = []
     for path in src_files():
-        if path == FOLDER_OWNER:
-            continue
         for line, text in _string_parts(parse(path)):
-            # a name ending (``_prompts.csv``) is the tail of an f-string: matched whole, so
-            # another folder's ``tom_prompts.csv`` is not taken for it
-            hits = sorted(name for name in names
-                          if (text == name if name.startswith("_") else name in text))
-            if hits:
-                problems.append(f"{path.relative_to(ROOT)}:{line}: spells {', '.join(hits)}")
-    report(problems, "sweep and run folder file names outside sweep/folder.py (use SweepFolder "
-                     "or RunFolder)")
+            for owner, owned in owners.items():
+                hits = sorted(name for name in owned if _spells(text, name)
+                              and path not in [o for o, n in owners.items() if name in n])
+                if hits:
+                    problems.append(f"{path.relative_to(ROOT)}:{line}: spells {', '.join(hits)} "
+                                    f"of {OWNERS[owner]} (ask {owner.relative_to(SRC)})")
+    report(sorted(set(problems)), "output folder file names outside their owner")

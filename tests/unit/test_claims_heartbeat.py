@@ -1,4 +1,4 @@
-"""Claims with a heartbeat (issue 26, part 3): a claim that cannot be parsed, a claim whose pid
+"""PointLocks with a heartbeat (issue 26, part 3): a claim that cannot be parsed, a claim whose pid
 belongs to an unrelated live process but whose heartbeat stopped, and a holder killed with
 kill -9 are each taken over with a line saying why; a live holder's claim is described (file,
 holder, age, when it is taken over) and waited for; ``--take-over`` takes over at once."""
@@ -20,8 +20,8 @@ import pytest
 from test_sweep_cli import write_stores
 
 from tomsparse.cli.main import main
-from tomsparse.sweep import claims as claims_module
-from tomsparse.sweep.claims import Claims
+from tomsparse.sweep import locks as locks_module
+from tomsparse.sweep.locks import PointLocks
 from tomsparse.sweep.runner import point_label  # wherever it lives, the runner uses it
 from tomsparse.testing import registered_model
 
@@ -42,8 +42,8 @@ def test_a_garbage_claim_is_taken_over_at_once(tmp_path):
     logged = []
     for garbage in ("\x00\xff not json", "[1, 2]", '{"host": "h"}', '{"host": "h", "pid": "7"}'):
         (tmp_path / "p.claim").write_text(garbage)
-        assert Claims(tmp_path, log=logged.append).acquire("p")
-        Claims(tmp_path).release("p")
+        assert PointLocks(tmp_path, log=logged.append).acquire("p")
+        PointLocks(tmp_path).release("p")
     assert len(logged) == 4
     assert all(f"{tmp_path / 'p.claim'}" in line and "cannot be parsed" in line
                for line in logged)
@@ -52,7 +52,7 @@ def test_a_garbage_claim_is_taken_over_at_once(tmp_path):
 @pytest.mark.parametrize("pid", [1, os.getppid()], ids=["pid-1", "test-parent"])
 def test_a_live_foreign_pid_keeps_a_claim_only_while_its_heartbeat_is_fresh(tmp_path, pid):
     logged = []
-    claims = Claims(tmp_path, log=logged.append)
+    claims = PointLocks(tmp_path, log=logged.append)
     path = _claim(tmp_path, "p", pid, age=20)
     assert not claims.acquire("p") and claims.held_by_other("p") and not logged
     line = claims.describe("p")
@@ -67,8 +67,8 @@ def test_a_live_foreign_pid_keeps_a_claim_only_while_its_heartbeat_is_fresh(tmp_
 def test_take_over_takes_a_fresh_claim_at_once(tmp_path):
     logged = []
     _claim(tmp_path, "p", 1, host="elsewhere")
-    assert not Claims(tmp_path).acquire("p")
-    assert Claims(tmp_path, take_over=True, log=logged.append).acquire("p")
+    assert not PointLocks(tmp_path).acquire("p")
+    assert PointLocks(tmp_path, take_over=True, log=logged.append).acquire("p")
     assert len(logged) == 1 and "elsewhere pid 1" in logged[0] and "--take-over" in logged[0]
 
 
@@ -76,9 +76,9 @@ def test_take_over_takes_a_fresh_claim_at_once(tmp_path):
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from tomsparse.sweep.claims import Claims
+    from tomsparse.sweep.locks import PointLocks
     folder, host = Path(sys.argv[1]), sys.argv[2]
-    claims = Claims(folder, heartbeat=0.2)
+    claims = PointLocks(folder, heartbeat=0.2)
     claims.me["host"] = host or claims.me["host"]
     def compute():
         (folder / "computing").touch()
@@ -109,7 +109,7 @@ def _killed_holder(folder: Path, host: str = "") -> int:
 def test_a_holder_killed_with_kill_9_is_taken_over(tmp_path):
     pid = _killed_holder(tmp_path)
     logged = []
-    assert Claims(tmp_path, log=logged.append).acquire("p")
+    assert PointLocks(tmp_path, log=logged.append).acquire("p")
     assert len(logged) == 1 and f"pid {pid}" in logged[0]
     assert "no longer runs on this host" in logged[0]
 
@@ -117,7 +117,7 @@ def test_a_holder_killed_with_kill_9_is_taken_over(tmp_path):
 def test_a_holder_killed_on_another_host_is_taken_over_when_its_heartbeat_stops(tmp_path):
     _killed_holder(tmp_path, host="elsewhere")  # its pid cannot be checked from here
     logged = []
-    claims = Claims(tmp_path, stale_after=1.5, log=logged.append)
+    claims = PointLocks(tmp_path, stale_after=1.5, log=logged.append)
     assert not claims.acquire("p")
     time.sleep(1.6)
     assert claims.acquire("p")
@@ -136,10 +136,10 @@ def test_a_sweep_names_the_claim_it_waits_for_then_takes_it_over(tmp_path, capsy
     paths, corpus = write_stores(tmp_path)
     out = tmp_path / "sweep"
     path = _claim(out / "claims", point_label("none", 0, 0.0), 1)  # pid 1: alive, not ours
-    monkeypatch.setattr(claims_module, "STALE_AFTER", 2.0)
+    monkeypatch.setattr(locks_module, "STALE_AFTER", 2.0)
     # the holder beats until the sweep has said what it waits for, then falls silent
     silent = threading.Event()
-    said = Claims.wait_for
+    said = PointLocks.wait_for
 
     def wait_for(self, items, log=None):
         said(self, items, log)
@@ -149,7 +149,7 @@ def test_a_sweep_names_the_claim_it_waits_for_then_takes_it_over(tmp_path, capsy
         while not silent.wait(0.1):
             os.utime(path)
 
-    monkeypatch.setattr(Claims, "wait_for", wait_for)
+    monkeypatch.setattr(PointLocks, "wait_for", wait_for)
     holder = threading.Thread(target=beat, daemon=True)
     holder.start()
     with registered_model("tiny"):
@@ -174,5 +174,5 @@ def test_sweep_take_over_does_not_wait(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "waiting for" not in printed
     assert f"taking over claim {path}" in printed and "--take-over" in printed
-    assert time.time() - t0 < claims_module.STALE_AFTER
+    assert time.time() - t0 < locks_module.STALE_AFTER
     assert (out / "summary.csv").exists()

@@ -8,7 +8,7 @@ import pytest
 
 from tomsparse.cli.frontier import family_modes
 from tomsparse.cli.main import main
-from tomsparse.sweep.frontier import family_table, format_front, goal, pareto_mask
+from tomsparse.judge.frontier import family_table, format_front, goal, pareto_mask
 
 
 def _front_brute(cost, gap):

@@ -13,9 +13,10 @@ from tomsparse.lm import adapter
 from tomsparse.lm.activations import channel_scores, massive_channels
 from tomsparse.masks import build_rankings, masks_for, parse_mode
 from tomsparse.sweep.matched import round_size, search_size, within
-from tomsparse.sweep.runner import SweepConfig, run_sweep
-from tomsparse.sweep.specificity_tables import specificity_tables
-from tomsparse.sweep.verdicts import verdicts
+from tomsparse.config import SweepConfig
+from tomsparse.pipeline import run_sweep
+from tomsparse.judge.tables import specificity_tables
+from tomsparse.judge.verdicts import verdicts
 from tomsparse.testing import random_scores, tiny_corpus, tiny_loaded_model, tiny_model
 
 # ------------------------------------------------------------------ the search

@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 
 from tomsparse.cli.main import build_parser, main
-from tomsparse.cli.options import DEFAULTS, QUICK, apply_presets, sweep_config
+from tomsparse.cli.options import apply_presets, sweep_config
+from tomsparse.config import DEFAULTS, QUICK
 from tomsparse.data.score_samples import ScoreDataConfig
 from tomsparse.errors import UserError
-from tomsparse.pipeline import RunConfig
+from tomsparse.config import RunConfig
 from tomsparse.stats import OUTCOMES
-from tomsparse.sweep.runner import SweepConfig, m_grid, sweep_points
+from tomsparse.config import SweepConfig, m_grid
+from tomsparse.sweep.runner import sweep_points
 from tomsparse.testing import registered_model
 
 

@@ -15,7 +15,8 @@ import torch
 
 from tomsparse import stats
 from tomsparse.cli.main import build_parser, main
-from tomsparse.cli.options import FAITHFUL, OURS, apply_presets, fill_unset
+from tomsparse.cli.options import apply_presets, fill_unset
+from tomsparse.config import FAITHFUL, OURS
 from tomsparse.data.corpora import Corpus
 from tomsparse.data.score_samples import IGNORE, build_generic_samples
 from tomsparse.data.tasks.bank import builtin_taskset
@@ -23,7 +24,7 @@ from tomsparse.errors import UserError
 from tomsparse.evaluate import tom
 from tomsparse.evaluate.perplexity import perplexity
 from tomsparse.evaluate.results import reference_results_path
-from tomsparse.sweep.runner import m_grid
+from tomsparse.config import m_grid
 from tomsparse.sweep.folder import group_label, point_label
 from tomsparse.testing import char_fast_tokenizer, registered_model, tiny_model
 
@@ -235,7 +236,7 @@ def test_reference_protocol_resolves_every_point_and_explicit_options_win():
     for key, value in OURS.items():
         assert getattr(plain, key) == value, key
     sweep = _args("sweep", "--reference-protocol", "--out", "x", "--perturbation", "zero")
-    from tomsparse.cli.options import REFERENCE, SWEEP_DEFAULTS
+    from tomsparse.config import REFERENCE, SWEEP_DEFAULTS
     fill_unset(sweep, {**SWEEP_DEFAULTS, **OURS, **REFERENCE})
     assert (sweep.dtype, sweep.reference_ties, sweep.perturbation, sweep.answer_rule,
             sweep.ppl_protocol, sweep.corpus, sweep.scoring, sweep.reps) == (

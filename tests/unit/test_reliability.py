@@ -41,7 +41,7 @@ from tomsparse.cli import tasks as tasks_cli
 from tomsparse.cli.main import build_parser, main
 from tomsparse.cli.run import run_config
 from tomsparse.errors import UserError, file_in_traceback, user_message
-from tomsparse.manifest import check_output_dir, check_output_file, read_json_object
+from tomsparse.files import check_output_dir, check_output_file, read_json_object
 from tomsparse.scores.store import load_scores
 from tomsparse.testing import registered_model
 
@@ -773,7 +773,7 @@ def _raised_from(call):
 
 
 def test_atomic_write_names_the_target_on_a_full_disk(tmp_path, monkeypatch):
-    from tomsparse.manifest import write_json
+    from tomsparse.files import write_json
 
     def write_text(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

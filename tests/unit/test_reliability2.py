@@ -15,7 +15,7 @@ from test_reliability import assert_one_line_error, base, run_cli, snapshot, tin
 
 from tomsparse.errors import UserError
 from tomsparse.lm import gguf, registry
-from tomsparse.manifest import read_csv_checked, read_json_object
+from tomsparse.files import read_csv_checked, read_json_object
 from tomsparse.scores.store import open_scores, save_scores
 from tomsparse.testing import save_tiny_model, tiny_loaded_model, tiny_model
 

@@ -11,7 +11,7 @@ import torch
 
 from tomsparse.cli.main import main
 from tomsparse.masks import build_rankings, masks_for
-from tomsparse.sweep.replicates import mask_overlap
+from tomsparse.judge.replicates import mask_overlap
 from tomsparse.testing import random_scores, registered_model, tiny_loaded_model
 
 
@@ -84,8 +84,8 @@ def test_false_belief_score_prompts_are_the_tom_prompts_only(tmp_path):
 
 
 def test_replicate_section_names_small_m_and_every_scope():
-    from tomsparse.sweep.replicates import POOLED, replicate_section
-    from tomsparse.sweep.specificity import POOL_ABOVE
+    from tomsparse.judge.replicates import POOLED, replicate_section
+    from tomsparse.judge.specificity import POOL_ABOVE
 
     overlap = pd.DataFrame([
         dict(replicate=2, m=m, role=role, jaccard=j, masked_1=10, masked_r=12, shared=4)

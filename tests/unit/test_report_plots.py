@@ -17,9 +17,9 @@ from matplotlib.container import ErrorbarContainer
 from tomsparse.report import plots, style
 from tomsparse.report.sweep_report import change_plots, write_report
 from tomsparse.report.tables import number, readable_table, signed, table_one, with_interval
-from tomsparse.sweep import specificity as sp
+from tomsparse.judge import specificity as sp
 from tomsparse.sweep.folder import group_label
-from tomsparse.sweep.specificity_tables import write_specificity
+from tomsparse.judge.tables import write_specificity
 
 CONTENTS = {"false belief": ("o1", "o2"), "correct label": ("o1", "o1"),
             "informed protagonist": ("o1", "o1"), "open container": ("o1", "o1")}

@@ -7,28 +7,18 @@ import logging
 
 import pytest
 import torch
+from helpers import fake_scores, store_fields
 
 from tomsparse.errors import UserError
 from tomsparse.lm.adapter import describe, fingerprint
-from tomsparse.scores.store import (
-    export_reference_chunks,
-    import_reference_chunks,
-    load_scores,
-    read_manifest,
-    save_scores,
-)
+from tomsparse.scores.reference_chunks import export_reference_chunks, import_reference_chunks
+from tomsparse.scores.store import load_scores, read_manifest, save_scores
 from tomsparse.testing import tiny_model
 
 
-def fake_scores(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return {m.name: torch.rand(m.shape, generator=gen) + 0.01 for m in describe(model).matrices}
-
-
 def fields_for(model, **extra):
-    return {"model": "tiny-llama", "fingerprint": fingerprint(model), "dataset": "tom",
-            "nsamples": 3, "seed": 0, "supervision": "answer", "supervised_tokens": 12,
-            "accumulation_dtype": "float32", "wall_time_s": 0.5, **extra}
+    return store_fields(model, **{"nsamples": 3, "seed": 0, "supervision": "answer",
+                                  "supervised_tokens": 12, "wall_time_s": 0.5, **extra})
 
 
 @pytest.mark.parametrize("layout", ["per-layer", "sharded"])

@@ -12,11 +12,11 @@ from scipy import stats as sps
 from tomsparse.data.tasks import load_tasks
 from tomsparse import stats
 from tomsparse.errors import UserError
-from tomsparse.sweep import specificity as sp
-from tomsparse.sweep import roles
-from tomsparse.sweep import verdicts as vd
+from tomsparse.judge import specificity as sp
+from tomsparse.data.tasks import roles
+from tomsparse.judge import verdicts as vd
 from tomsparse.sweep.folder import group_label
-from tomsparse.sweep.specificity_tables import write_specificity
+from tomsparse.judge.tables import write_specificity
 
 CONTENTS = ("false belief", "correct label", "informed protagonist", "open container")
 # Expected (probe a, probe b) before reversal, restated from the task definitions (method.md 5).

@@ -11,32 +11,22 @@ import tempfile
 
 import pytest
 import torch
+from helpers import fake_scores, store_fields
 from safetensors.torch import save_file
 from test_scores import one_thread  # noqa: F401
 
 from tomsparse.cli import scores as scores_cli
 from tomsparse.cli.main import main
 from tomsparse.errors import UserError
-from tomsparse.lm.adapter import describe, fingerprint
+from tomsparse.lm.adapter import describe
 from tomsparse.lm.registry import DEFAULT_MODEL
-from tomsparse.scores.store import (
-    export_reference_chunks,
-    import_reference_chunks,
-    load_scores,
-    read_manifest,
-    save_scores,
-)
+from tomsparse.scores.reference_chunks import export_reference_chunks, import_reference_chunks
+from tomsparse.scores.store import load_scores, read_manifest, save_scores
 from tomsparse.testing import registered_model, tiny_loaded_model, tiny_model
 
 
-def fake_scores(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return {m.name: torch.rand(m.shape, generator=gen) + 0.01 for m in describe(model).matrices}
-
-
 def fields_for(model, **extra):
-    return {"model": "tiny-llama", "fingerprint": fingerprint(model), "dataset": "tom",
-            "samples_sha256": "a" * 64, "accumulation_dtype": "float32", **extra}
+    return store_fields(model, **{"samples_sha256": "a" * 64, **extra})
 
 
 def snapshot(folder):
@@ -82,7 +72,7 @@ def test_damaged_score_file_names_the_file(store, damage, capsys, tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("{not json", "not valid JSON"),
-    ("[1, 2]", "holds a JSON list, not a manifest object"),
+    ("[1, 2]", "holds a JSON list, not an object"),
     (b"\xff\xfe garbage", "not valid JSON"),
 ])
 def test_damaged_manifest_names_it(store, text, message, capsys, tmp_path):

@@ -3,6 +3,8 @@ the model is restored, the reference layout and the report are written."""
 
 
 import pandas as pd
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,8 +13,9 @@ from tomsparse.evaluate.results import write_reference_results
 from tomsparse.lm import adapter
 from tomsparse.lm.registry import LoadedModel
 from tomsparse.report.sweep_report import write_report
-from tomsparse.sweep.reference import reference_summary
-from tomsparse.sweep.runner import SweepConfig, m_grid, run_sweep
+from tomsparse.judge.reference import reference_summary
+from tomsparse.config import SweepConfig, m_grid
+from tomsparse.pipeline import run_sweep
 from tomsparse.testing import CharTokenizer, tiny_model
 
 
@@ -60,11 +63,10 @@ def test_sweep_resume_restore_and_outputs(setup, tmp_path):
 def test_changed_options_are_refused(setup, tmp_path):
     lm, tom, generic, cfg = setup
     out = tmp_path / "sweep"
-    cfg.m_values = [0.05]
-    cfg.modes = ["difference"]
+    cfg = replace(cfg, m_values=[0.05], modes=["difference"])  # configurations are frozen
     run_sweep(lm, tom, generic, cfg, out, progress=False)
     n_files = len(list(out.rglob("*")))
-    cfg.perturbation = "zero"
+    cfg = replace(cfg, perturbation="zero")
     with pytest.raises(UserError, match="different config.*perturbation"):
         run_sweep(lm, tom, generic, cfg, out, progress=False)
     assert len(list(out.rglob("*"))) == n_files  # nothing written or lost
@@ -72,10 +74,10 @@ def test_changed_options_are_refused(setup, tmp_path):
 
 def test_fingerprint_mismatch_and_bad_m(setup, tmp_path):
     lm, tom, generic, cfg = setup
-    cfg.m_values = [0.0, 2.0]
-    with pytest.raises(UserError, match=r"\[0, 1\]"):
-        run_sweep(lm, tom, generic, cfg, tmp_path / "a", progress=False)
-    cfg.m_values = [0.01]
+    with pytest.raises(UserError, match=r"\[0, 1\]"):  # checked once, when the config is made
+        run_sweep(lm, tom, generic, replace(cfg, m_values=[0.0, 2.0]), tmp_path / "a",
+                  progress=False)
+    cfg = replace(cfg, m_values=[0.01])
     del tom["layers.1.down"]
     with pytest.raises(UserError, match="layers.1.down is missing"):
         run_sweep(lm, tom, generic, cfg, tmp_path / "b", progress=False)
@@ -96,7 +98,7 @@ def test_export_model(setup, tmp_path):
     from tomsparse.masks import build_rankings
 
     lm, tom, generic, cfg = setup
-    cfg.m_values, cfg.modes = [0.05], ["difference"]
+    cfg = replace(cfg, m_values=[0.05], modes=["difference"])
     with pytest.raises(UserError, match="not one of the sweep's m values"):
         run_sweep(lm, tom, generic, cfg, tmp_path / "bad", export_m=0.02, progress=False)
     assert not (tmp_path / "bad").exists()

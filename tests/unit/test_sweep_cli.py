@@ -11,7 +11,7 @@ import torch
 from tomsparse.cli.main import main
 from tomsparse.lm.adapter import describe, fingerprint
 from tomsparse.scores.store import save_scores
-from tomsparse.sweep.reference import reference_summary
+from tomsparse.judge.reference import reference_summary
 from tomsparse.testing import registered_model, tiny_loaded_model, tiny_model
 
 

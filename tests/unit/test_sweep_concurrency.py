@@ -16,7 +16,7 @@ import pandas as pd
 from test_sweep_cli import write_stores
 
 from tomsparse.cli.main import main
-from tomsparse.sweep.claims import Claims
+from tomsparse.sweep.locks import PointLocks
 from tomsparse.testing import registered_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_two_processes_split_a_sweep_and_match_one(tmp_path):
 
 
 def test_claims_respect_live_holders_and_take_over_dead_ones(tmp_path):
-    mine, other = Claims(tmp_path), Claims(tmp_path)
+    mine, other = PointLocks(tmp_path), PointLocks(tmp_path)
     assert mine.acquire("p1") and mine.acquire("p1")  # held by us: still ours
     other.me = {"host": mine.me["host"], "pid": mine.me["pid"] + 1}
     # a live holder on this host (our own pid is alive) is respected
@@ -110,7 +110,7 @@ def test_claims_respect_live_holders_and_take_over_dead_ones(tmp_path):
     # an empty claim cannot be parsed: stale at once (claims are linked in whole, never
     # half-written, so this is damage, not a writer in the middle of its write)
     (tmp_path / "p4.claim").write_text("")
-    assert Claims(tmp_path).acquire("p4")
+    assert PointLocks(tmp_path).acquire("p4")
 
 
 def test_torchrun_ranks_split_a_sweep(tmp_path):

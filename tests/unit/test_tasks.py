@@ -17,6 +17,7 @@ from tomsparse.data.tasks import (
 )
 from tomsparse.data.tasks.model import (
     capitalize_sentences,
+    cluster_of,
     first_word,
     make_task,
     swap_words,
@@ -372,3 +373,14 @@ def test_tomi_bad_target(tmp_path):
                     'Where is the hat really?", "target": "shelf"}\n')
     with pytest.raises(UserError, match=r"t\.jsonl: line 1: target 'shelf'"):
         load_tomi(path)
+
+
+def test_cluster_of_is_the_prompts_cluster_else_its_task():
+    assert cluster_of("7", "") == "task 7"
+    assert cluster_of("7") == "task 7"
+    assert cluster_of("7", "irony scenario 3") == "irony scenario 3"
+    prompts = load_tasks("builtin").prompts()
+    irony = [p for p in prompts if p.family == "irony"]
+    assert irony and all(cluster_of(p.task_id, p.cluster) == p.cluster for p in irony)
+    other = [p for p in prompts if p.family != "irony"]
+    assert all(cluster_of(p.task_id, p.cluster) == f"task {p.task_id}" for p in other)

@@ -8,13 +8,8 @@ import re
 import pytest
 
 from tomsparse.data.tasks import load_tasks
-from tomsparse.data.tasks.bank import (
-    IRONY_SCENARIOS,
-    LEXICONS,
-    builtin_taskset,
-    export_bank,
-    generate_split,
-)
+from tomsparse.data.tasks.bank import builtin_taskset, export_bank, generate_split
+from tomsparse.data.tasks.bank_text import IRONY_SCENARIOS, LEXICONS
 from tomsparse.data.tasks.model import first_word
 
 

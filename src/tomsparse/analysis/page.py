@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from tomsparse.analysis import plots as P
-from tomsparse.manifest import write_csv, write_json
+from tomsparse.files import write_csv, write_json
 from tomsparse.report.html import embed_png, write_page
-from tomsparse.sweep.folder import RunFolder
+from tomsparse.analysis.folder import AnalysisFolder
 
 
 NOT_APPLICABLE = ("does not apply: the model has no rotary position embedding (absolute or "
@@ -120,10 +120,11 @@ def _table_html(frame: pd.DataFrame, max_rows: int = 40) -> str:
 def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[list, list]:
 
     out.mkdir(parents=True, exist_ok=True)
+    folder = AnalysisFolder(out)
     files = []
     for name, frame in tables.items():
-        files.append(write_csv(out / f"{name}.csv", frame))
-    files.append(write_json(out / "headline.json", headline))
+        files.append(write_csv(folder.table(name), frame))
+    files.append(write_json(folder.headline, headline))
     # one colour per condition, the same in every plot
     colors = P.condition_colors(tables["attention_sinks_by_layer"]["mode"])
     sections = (_structure_sections(out, tables, headline, desc, cfg, colors, files)
@@ -131,13 +132,13 @@ def write_outputs(out: Path, tables: dict, headline: dict, desc, cfg) -> tuple[l
     esc = html.escape
     body = "\n".join(f"<h2>{esc(t)}</h2>\n{x}" for t, x in sections)
     lines = "".join(f"<li>{esc(x)}</li>" for x in headline_lines(headline))
-    files.append(write_page(out / "analysis.html", "tomsparse analysis",
+    files.append(write_page(folder.page, "tomsparse analysis",
                             f"<h1>tomsparse mechanistic analyses</h1><h2>Headline</h2>"
                             f"<ul>{lines}</ul>\n{body}"))
     sections = [("Mechanistic analyses: headline", f"<ul>{lines}</ul>")] + sections
     # The run's report shows these whenever it is re-rendered (RunFolder.read_report_sections
     # hands them to report.write_report).
-    files.append(write_json(out / RunFolder.REPORT_SECTIONS, [list(x) for x in sections]))
+    files.append(write_json(folder.report_sections, [list(x) for x in sections]))
     return files, sections
 
 
@@ -148,7 +149,7 @@ def _structure_sections(out: Path, tables: dict, h: dict, desc, cfg, colors, fil
     esc = html.escape
     sections = []
     img = P.plot_anatomy(tables["mask_anatomy_matrices"], tables["mask_anatomy_qk_pairs"],
-                         desc.rope, out / "plot_mask_anatomy.png", colors)
+                         desc.rope, AnalysisFolder(out).plot("mask_anatomy"), colors)
     files.append(img)
     matched = matched_line(h)
     matched_html = ("" if matched is None else
@@ -168,7 +169,7 @@ def _structure_sections(out: Path, tables: dict, h: dict, desc, cfg, colors, fil
         + _table_html(tables["mask_rank_by_role"]) + embed_png(img))))
 
     if desc.rope is not None:
-        img = P.plot_frequencies(tables["dominant_frequencies"], out / "plot_dominant_frequencies.png",
+        img = P.plot_frequencies(tables["dominant_frequencies"], AnalysisFolder(out).plot("dominant_frequencies"),
                                  colors)
         files.append(img)
         sh = tables["dominant_frequencies_share"]
@@ -196,7 +197,7 @@ def _activation_sections(out: Path, tables: dict, h: dict, desc, cfg, colors, fi
     esc = html.escape
     sections = []
     img = P.plot_sinks(tables["attention_sinks_by_layer"], cfg.sink_threshold,
-                       out / "plot_attention_sinks.png", colors)
+                       AnalysisFolder(out).plot("attention_sinks"), colors)
     files.append(img)
     disp = tables["attention_sinks_by_layer"]
     disp = disp[disp["mode"] != "baseline"].groupby(["mode", "layer"])["displaced_share"].mean().unstack(0)
@@ -210,7 +211,7 @@ def _activation_sections(out: Path, tables: dict, h: dict, desc, cfg, colors, fi
         + disp.reset_index().to_html(index=False, float_format=lambda x: f"{x:.3f}"))))
 
     if desc.rope is not None:
-        img = P.plot_geometry(tables["qk_geometry"], out / "plot_qk_geometry.png", colors)
+        img = P.plot_geometry(tables["qk_geometry"], AnalysisFolder(out).plot("qk_geometry"), colors)
         files.append(img)
         sections.append(("Analysis 4: query-key geometry", (
             "<p>Angles (degrees) between each query and the key of the first token, and the mean "
@@ -221,7 +222,7 @@ def _activation_sections(out: Path, tables: dict, h: dict, desc, cfg, colors, fi
     else:
         sections.append(("Analysis 4: query-key geometry", f"<p>{esc(NOT_APPLICABLE)}.</p>"))
 
-    img = P.plot_massive(tables["massive_activations"], out / "plot_massive_activations.png", colors)
+    img = P.plot_massive(tables["massive_activations"], AnalysisFolder(out).plot("massive_activations"), colors)
     files.append(img)
     mass = tables["massive_activations"]
     top = mass[mass["rank"] == 1].sort_values("magnitude", ascending=False).groupby(["mode", "seed"]).head(3)

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 import torch
 
 from tomsparse.lm.batching import input_device
+from tomsparse.lm.hooks import Hook, hooked
 
 _ACTIVE: "Probe | None" = None
 # Log10 range and bins of the |hidden state| histogram behind the per-layer median.
@@ -275,18 +276,16 @@ def capture(model, probe: Probe):
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     # SDPA / flash attention return no weights: the probe computes eager attention.
     model.set_attn_implementation(PROBE_ATTENTION)
-    handles = []
-    for layer, block in enumerate(probe.desc.blocks):
-        handles.append(block.register_forward_hook(_block_hook(probe, layer)))
-    for layer, att in enumerate(probe.desc.attention_modules):
-        handles.append(att.register_forward_pre_hook(_pos_emb_hook(probe, layer), with_kwargs=True))
+    hooks = [Hook(block, "forward", _block_hook(probe, layer))
+             for layer, block in enumerate(probe.desc.blocks)]
+    hooks += [Hook(att, "forward_pre", _pos_emb_hook(probe, layer), with_kwargs=True)
+              for layer, att in enumerate(probe.desc.attention_modules)]
     _ACTIVE = probe
     try:
-        yield probe
+        with hooked(hooks):
+            yield probe
     finally:
         _ACTIVE = None
-        for h in handles:
-            h.remove()
         model.set_attn_implementation(impl)
 
 

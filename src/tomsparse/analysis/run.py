@@ -23,15 +23,17 @@ import pandas as pd
 
 from tomsparse.analysis import anatomy as A
 from tomsparse.analysis import tables as T
+from tomsparse.analysis.folder import AnalysisFolder
 from tomsparse.analysis.page import headline_lines, write_outputs
 from tomsparse.analysis.probe import measure
 from tomsparse.data.tasks import load_tasks
 from tomsparse.errors import UserError
 from tomsparse.lm.activations import massive_channels
-from tomsparse.manifest import build_manifest, sha256_file, sha256_texts, write_json
+from tomsparse.files import write_json
+from tomsparse.manifest import build_manifest, sha256_file, sha256_texts
 from tomsparse.masks import SEEDED_MODES, build_rankings, masks_for, mode_seeds, parse_mode
 from tomsparse.perturb import perturbed
-from tomsparse.scores.store import scores_identity
+from tomsparse.scores.store import scores_identity, store_manifest
 from tomsparse.sweep.folder import SweepFolder
 from tomsparse.lm.registry import model_identity
 
@@ -371,7 +373,7 @@ def analyze_loaded(lm, tom, gen, cfg: AnalysisConfig, texts: list[str], out: Pat
                   out=out, log=log)
 
     def store(entry):
-        return {"path": str(entry[2]), "manifest_sha256": sha256_file(Path(entry[2]) / "manifest.json"),
+        return {"path": str(entry[2]), "manifest_sha256": sha256_file(store_manifest(entry[2])),
                 "scores_id": scores_identity(entry[1])}
 
     manifest = build_manifest(
@@ -385,7 +387,7 @@ def analyze_loaded(lm, tom, gen, cfg: AnalysisConfig, texts: list[str], out: Pat
         prompts={"spec": prompts_spec, "sha256": sha256_texts(texts), **tok_info},
         attention="eager (probe on the attention interface)", headline=res.headline,
         seconds=round(time.time() - t0, 1))
-    write_json(Path(out) / "analysis_manifest.json", manifest)
+    write_json(AnalysisFolder(out).manifest, manifest)
     log("")
     for line in headline_lines(res.headline):
         log("  " + line)

@@ -14,6 +14,7 @@ from tomsparse.analysis.run import (
     matched_at,
     select_prompts,
 )
+from tomsparse.analysis.folder import AnalysisFolder
 from tomsparse.cli.options import (
     add_batch_size,
     add_model_args,
@@ -26,7 +27,7 @@ from tomsparse.cli.options import (
 )
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import DEFAULT_MODEL, load_model
-from tomsparse.manifest import check_output_dir, read_csv_checked, read_json_object
+from tomsparse.files import check_output_dir, read_csv_checked, read_json_object
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.store import load_scores
 from tomsparse.sweep.folder import RunFolder, SweepFolder
@@ -115,7 +116,7 @@ def _run_options(run_dir: Path) -> dict:
                         "`tomsparse run`)")
     path = RunFolder(run_dir).manifest
     if not path.is_file():
-        raise UserError(f"--run {run_dir}: no manifest.json; not a finished `tomsparse run` folder")
+        raise UserError(f"--run {run_dir}: no {path.name}; not a finished `tomsparse run` folder")
     fix = "restore it, or give the scores with --scores-tom and --scores-generic instead of --run"
     manifest = read_json_object(path, fix)
     options = manifest.get("options") or {}
@@ -183,7 +184,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                    options=recorded_options(args), run_dir=run_dir)
     if run_dir is not None:
         _add_to_run_report(run_dir, run_manifest)
-    print(f"\nanalysis: {(out / 'analysis.html').resolve()}  ({time.time() - t0:.0f} s)")
+    print(f"\nanalysis: {AnalysisFolder(out).page.resolve()}  ({time.time() - t0:.0f} s)")
     return 0
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from tomsparse.manifest import check_output_dir
-from tomsparse.report.compare import write_compare
+from tomsparse.files import check_output_dir
+from tomsparse.report.compare import COMPARE_FILES, write_compare
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -24,5 +24,6 @@ def add_parser(sub) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run folders written by `tomsparse run` (or sweep folders)")
     p.add_argument("--out", default="compare",
-                   help="folder for compare.csv and compare.html (default: ./compare)")
+                   help=f"folder for {COMPARE_FILES['csv']} and {COMPARE_FILES['html']} (default: "
+                        "./compare)")
     p.set_defaults(handler=cmd_compare)

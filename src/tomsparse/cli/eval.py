@@ -16,8 +16,9 @@ from tomsparse.cli.options import (
 )
 from tomsparse.data.tasks import load_tasks
 from tomsparse.evaluate.metrics import format_metrics
+from tomsparse.evaluate.results import RESULTS_FILE
 from tomsparse.evaluate.tom import ANSWER_RULES, DEFAULT_REPS, evaluate
-from tomsparse.manifest import check_output_dir
+from tomsparse.files import check_output_dir
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         paths = result.write(args.out)
         print(f"wrote {paths['prompts']}, {paths['metrics']} and "
-              f"{len(paths['reference'])} reference results.csv under {Path(args.out) / 'tom'}",
+              f"{len(paths['reference'])} reference {RESULTS_FILE} under {Path(args.out) / 'tom'}",
               file=sys.stderr)
     return 0
 

@@ -1,6 +1,6 @@
 """``tomsparse frontier``: the difference mask's family over a grid of (q, p, channels left
 out), each member's ToM-specific damage (belief gap) against its perplexity change, and the
-Pareto front (issue 15, part 4; ``tomsparse.sweep.frontier``)."""
+Pareto front (issue 15, part 4; ``tomsparse.judge.frontier``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 from tomsparse.cli.options import (
-    FRONTIER_DEFAULTS,
-    OURS,
     add_batch_size,
     add_evaluation_args,
     add_model_args,
@@ -19,21 +17,17 @@ from tomsparse.cli.options import (
     load_model_from,
     parse_m_list,
     recorded_options,
+    sweep_config,
 )
+from tomsparse.config import FRONTIER_DEFAULTS, OURS, resolve
 from tomsparse.errors import UserError
-from tomsparse.manifest import (
-    build_manifest,
-    check_output_dir,
-    read_json_object,
-    write_csv,
-    write_json,
-)
+from tomsparse.files import check_output_dir, read_json_object, write_csv, write_json
+from tomsparse.manifest import build_manifest
 from tomsparse.pipeline import stream_scores, sweep_and_report
 from tomsparse.scores.store import scores_identity
 from tomsparse.sweep.folder import RunFolder, SweepFolder
-from tomsparse.sweep.frontier import family_table, format_front, goal
-from tomsparse.sweep.runner import SweepConfig
-from tomsparse.sweep.specificity_tables import specificity_tables
+from tomsparse.judge.frontier import family_table, format_front, goal
+from tomsparse.judge.tables import specificity_tables
 from tomsparse.lm.registry import model_identity
 
 
@@ -71,7 +65,7 @@ def _stores(args) -> tuple[Path, Path, str]:
         manifest = run.manifest
         if not manifest.exists():
             raise UserError(f"{manifest}: missing; --run takes a folder written by `tomsparse "
-                            "run` (with manifest.json, scores_tom/, scores_generic/)")
+                            f"run` (with {manifest.name}, scores_tom/, scores_generic/)")
         model = args.model or read_json_object(
             manifest, "give a folder written by `tomsparse run`").get("model")
         return run.scores("tom"), run.scores("generic"), model
@@ -84,6 +78,12 @@ def _stores(args) -> tuple[Path, Path, str]:
 def cmd_frontier(args: argparse.Namespace) -> int:
     t0 = time.time()
     fill_unset(args, {**OURS, **FRONTIER_DEFAULTS})
+    # the members over the default run's tasks and perplexity windows (FRONTIER_DEFAULTS,
+    # also the ones this command has no option for), no random or matched controls
+    cfg = sweep_config(argparse.Namespace(**{
+        **resolve(vars(args), FRONTIER_DEFAULTS), "controls": family_modes(args.p_factors,
+                                                                           args.left_out),
+        "random_seeds": [], "m_list": [0.0] + sorted(set(args.q))}))
     tom_dir, gen_dir, model = _stores(args)
     out = Path(args.out) if args.out else (Path(args.run) / "frontier" if args.run else None)
     if out is None:
@@ -92,11 +92,6 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     args.model = model
     lm = load_model_from(args)
     tom, gen = stream_scores(lm, tom_dir), stream_scores(lm, gen_dir)
-    cfg = SweepConfig(m_values=[0.0] + sorted(set(args.q)),
-                      modes=family_modes(args.p_factors, args.left_out), random_seeds=[],
-                      perturbation=args.perturbation, tasks=args.tasks,
-                      task_limit=args.task_limit, corpus=args.corpus,
-                      ppl_max_tokens=args.ppl_max_tokens, batch_size=args.eval_batch_size)
     ids = (scores_identity(tom.manifest), scores_identity(gen.manifest))
     print(f"[tomsparse] frontier: {len(cfg.modes)} members x {len(args.q)} q values "
           f"+ the baseline, into {out}")

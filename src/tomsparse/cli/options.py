@@ -1,5 +1,6 @@
-"""What several commands share: the model, sweep and list options, the presets of
-``tomsparse run``, and turning parsed options into the library's typed configurations.
+"""What several commands share: the model, sweep and list options, and turning parsed
+options into the library's typed configurations (the presets, defaults and checks are
+``tomsparse.config``'s; this module only parses text and fills a namespace from them).
 
 List values and numbers are parsed by argparse ``type=`` functions that raise
 ``ArgumentTypeError`` naming the valid range (``positive_int``, ``nonneg_int``, ``seed_int``,
@@ -16,44 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from tomsparse.data.corpora import DEFAULT_EVAL, DEFAULT_GENERIC
+from tomsparse.config import (M_OPTIONS, MATCHABLE, SweepConfig, VerdictRules, m_values_from,
+                              resolve)
+from tomsparse.data.corpora import DEFAULT_EVAL
 from tomsparse.data.tasks.loaders import SCORE_PROMPTS
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.tom import ANSWER_RULES
 from tomsparse.lm.registry import DEFAULT_MODEL, LoadedModel, load_model
-from tomsparse.masks import DEFAULT_RANDOM_SEEDS, check_m_values, parse_mode
-from tomsparse.sweep.matched import MATCHABLE
-from tomsparse.sweep.runner import SweepConfig, m_grid
-from tomsparse.sweep.verdicts import VerdictRules
-
-# Sweep options whose default depends on the command (run's presets) are None in the parser.
-SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=list(DEFAULT_RANDOM_SEEDS),
-                      controls=["difference", "random", "tom-only"],
-                      matched_controls=["generic-only", "random-fraction"], match_seeds=3,
-                      match_search_tokens=4096, ppl_seqlen=2048)
-
-# Where tomsparse's defaults and the reference's protocol part (README, "tomsparse and the
-# reference"). --reference-protocol fills every option the user left unset from FAITHFUL;
-# otherwise they come from OURS. A command fills only the options it has.
-OURS = dict(dtype="float32", reference_fp16=False, supervision="answer",
-            reference_windows=False, generic_corpus=DEFAULT_GENERIC, corpus=DEFAULT_EVAL,
-            reference_ties=False, perturbation="mean", answer_rule="tomsparse",
-            ppl_protocol="tomsparse")
-FAITHFUL = dict(
-    dtype="float16",            # the reference loads its model in fp16
-    reference_fp16=True,        # per-sample squares in fp16, summed in fp16, one per backward
-    supervision="last-token",   # ToM scores: the loss of the prompt's own last token
-    reference_windows=True,     # its C4 window recipe (data.score_samples)
-    generic_corpus="c4",        # allenai/c4 shard 00000 (needs the hub)
-    corpus="wikitext2",         # WikiText-2 raw test split (needs the hub)
-    reference_ties=True,        # strict-threshold top-k: ties at the k-th value dropped
-    perturbation="reference-mean",
-    answer_rule="reference",    # first word with only . , ' " ; removed, case-sensitive
-    ppl_protocol="reference",   # every row, special tokens, mean over batches of 2 windows
-    scoring="generate", reps=5,  # T 0.6, top-p 0.9, 5 new tokens, 5 reps
-)
-
+from tomsparse.masks import DEFAULT_RANDOM_SEEDS, parse_mode
 
 def int_at_least(low: int, meaning: str = "") -> Callable[[str], int]:
     """An argparse ``type=``: a whole number ``>= low`` (``meaning`` says what the number is,
@@ -116,117 +88,24 @@ def parse_matched(text: str) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def resolve_m_values(args: argparse.Namespace) -> list[float]:
-    """``--m_list`` or the reference's ``--m_start/--m_end/--m_step`` grid, not both."""
-    m_list = args.m_list
-    grid = [args.m_start, args.m_end, args.m_step]
-    if m_list is not None and any(g is not None for g in grid):
-        raise UserError("give either --m_list or --m_start/--m_end/--m_step, not both")
-    if m_list is not None:
-        return check_m_values(m_list)
-    if any(g is not None for g in grid):
-        if any(g is None for g in grid):
-            raise UserError("--m_start, --m_end and --m_step go together (e.g. --m_start 0 "
-                            "--m_end 5e-5 --m_step 2e-6, the reference's grid)")
-        return check_m_values(m_grid(*grid))
-    raise UserError("no m values: give --m_list 0,1e-5,3e-5 or --m_start 0 --m_end 5e-5 "
-                    "--m_step 2e-6")
+def fill_unset(args: argparse.Namespace, defaults: str | dict) -> None:
+    """Set every option of ``args`` the user left unset (argparse's None) from ``defaults`` (a
+    preset's name or a dict of options; ``config.resolve``: options the command does not
+    have are skipped, the user's m values and task count are kept whole)."""
+    options = vars(args)
+    for key, value in resolve(options, defaults, has=set(options)).items():
+        setattr(args, key, value)
 
 
-def sweep_config(args: argparse.Namespace, m_values: list[float]) -> SweepConfig:
-    """The sweep the options describe (shared by ``tomsparse sweep`` and ``tomsparse run``)."""
-    return SweepConfig(m_values=list(m_values), modes=list(args.controls),
-                       random_seeds=list(args.random_seeds), perturbation=args.perturbation,
-                       scale=args.scale, reference_ties=args.reference_ties,
-                       scoring=args.scoring, reps=args.reps, seed=args.seed, tasks=args.tasks,
-                       task_limit=args.task_limit, corpus=args.corpus,
-                       cluster_limit=getattr(args, "clusters", None),
-                       secondary_seeds=getattr(args, "secondary_seeds", None),
-                       ppl_max_tokens=args.ppl_max_tokens, ppl_protocol=args.ppl_protocol,
-                       answer_rule=args.answer_rule,
-                       batch_size=args.eval_batch_size,
-                       matched_controls=list(args.matched_controls),
-                       match_tolerance=args.match_tolerance, match_steps=args.match_steps,
-                       match_m=None if args.match_m is None else list(args.match_m),
-                       allow_overlap=bool(getattr(args, "allow_overlap", False)),
-                       **{k: SWEEP_DEFAULTS[k] if getattr(args, k, None) is None
-                          else getattr(args, k)
-                          for k in ("match_seeds", "match_search_tokens", "ppl_seqlen")})
-
-
-# What `tomsparse frontier` evaluates each member on unless told: the default run's tasks and
-# perplexity tokens (so its points are comparable with the run's).
-FRONTIER_DEFAULTS = dict(clusters=20, ppl_max_tokens=32768, ppl_seqlen=1024)
-
-# Defaults sized so `make run` finishes in about 20 minutes on 2 CPU cores, with the points the
-# verdicts use: at the primary m (the largest, 1e-4) the difference mask, 5 random masks and
-# the damage-matched controls (generic-only; random-fraction with 3 seeds), at 3e-5 the
-# difference mask and one random mask (for the dose-response claim). The mask family members
-# are `tomsparse frontier`'s. 20 clusters per family (irony: 20 story scenarios); the
-# perplexity over 32 windows of 1024 tokens (32,768: an interval for claim d and for every
-# control's damage), the size searches on the next 4096 tokens, held apart.
-DEFAULTS = dict(nsamples_tom=24, nsamples_generic=24, seqlen=128,
-                m_list=[0.0, 3e-5, 1e-4], random_seeds=list(DEFAULT_RANDOM_SEEDS),
-                secondary_seeds=1, **FRONTIER_DEFAULTS, analysis_prompts=16,
-                controls=["difference", "random"],
-                matched_controls=["generic-only", "random-fraction"], match_m=[1e-4],
-                match_seeds=3, match_search_tokens=4096, score_replicates=2)
-
-
-QUICK = dict(nsamples_tom=8, nsamples_generic=8, seqlen=128, m_list=[0.0, 1e-4],
-             random_seeds=[0, 1], task_limit=4, ppl_max_tokens=2048, analysis_prompts=8,
-             matched_controls=["random-fraction"], match_seeds=2,
-             # 4 windows of 512 tokens: an interval for the perplexity claim at the same cost
-             ppl_seqlen=512, match_search_tokens=2048, score_replicates=1)
-
-
-# The reference's protocol, end to end (a GPU job): its options (FAITHFUL), 100 + 100
-# samples, its m grid (numpy.arange(0, 5e-5 + 2e-6, 2e-6): 27 values, the last 5.2e-05),
-# every task, the whole perplexity corpus. Beyond the reference: the random control's 5 seeds
-# and the damage-matched controls, only at m = 5e-5 (each search costs up to 8 perplexity
-# evaluations of the whole corpus).
-REFERENCE = dict(FAITHFUL, nsamples_tom=100, nsamples_generic=100, seqlen=128, m_start=0.0,
-                 m_end=5e-5, m_step=2e-6, random_seeds=list(DEFAULT_RANDOM_SEEDS), task_limit=None,
-                 ppl_max_tokens=None, analysis_prompts=64,
-                 matched_controls=["generic-only", "random-fraction"], match_m=[5e-5],
-                 # the reference's perplexity is over the whole corpus: nothing can be held
-                 # apart from it, so the searches use the reported tokens
-                 match_search_tokens=0, score_replicates=1)
-
-
-# The default run's design sized for a 7B model on one GPU (`tomsparse run --preset paper-7b`):
-# the paper's m range with the primary m at its 5e-5, 100 + 100 score samples in 2 replicates,
-# every task of the bank (200 contents and transfer tasks, irony's 26 scenarios), 5 random
-# masks and the damage-matched controls (random-fraction with 3 seeds) at the primary m, the
-# perplexity over 32k tokens with 8k held apart for the searches. `benchmarks/bench_sweep.py`
-# projects its cost.
-PAPER_7B = dict(nsamples_tom=100, nsamples_generic=100, seqlen=128,
-                m_list=[0.0, 1e-5, 3e-5, 5e-5], random_seeds=list(DEFAULT_RANDOM_SEEDS),
-                secondary_seeds=1, analysis_prompts=64, controls=["difference", "random"],
-                matched_controls=["generic-only", "random-fraction"], match_m=[5e-5],
-                match_seeds=3, ppl_max_tokens=32768, ppl_seqlen=2048,
-                match_search_tokens=8192, score_replicates=2)
-PRESETS = {"default": DEFAULTS, "quick": QUICK, "reference-protocol": REFERENCE,
-           "paper-7b": PAPER_7B}
-
-
-def fill_unset(args: argparse.Namespace, preset: dict) -> None:
-    """Set every option of ``args`` the user left unset (argparse's None) from ``preset``;
-    options the command does not have are skipped, the user's m values are kept whole."""
-    m_given = any(getattr(args, k, None) is not None for k in M_OPTIONS)
-    sized = any(getattr(args, k, None) is not None for k in ("task_limit", "clusters"))
-    for key, value in preset.items():
-        if key in (*M_OPTIONS, "match_m") and m_given:
-            continue  # the user's m values replace the preset's, whichever way given
-        if key in ("task_limit", "clusters") and sized:
-            continue  # the user's task count replaces the preset's, whichever way given
-        if hasattr(args, key) and getattr(args, key) is None:
-            setattr(args, key, value)
+def m_values(args: argparse.Namespace) -> list[float]:
+    """The m values ``--m_list`` or ``--m_start/--m_end/--m_step`` give (checked, with every
+    other sweep option, when the ``SweepConfig`` is made)."""
+    return m_values_from(*(getattr(args, k, None) for k in M_OPTIONS))
 
 
 def apply_presets(args: argparse.Namespace) -> list[float]:
-    """Fill the options the user left unset from the preset (default, --quick or
-    --reference-protocol); returns the sweep's m values."""
+    """Fill the options the user left unset from the preset (default, --quick,
+    --reference-protocol or --preset NAME); returns the sweep's m values."""
 
     chosen = [name for name, on in (("quick", args.quick),
                                     ("reference-protocol", args.reference_protocol),
@@ -235,13 +114,18 @@ def apply_presets(args: argparse.Namespace) -> list[float]:
         flags = " and ".join(f"--{c}" if c != chosen[-1] or not getattr(args, "preset", None)
                              else f"--preset {c}" for c in dict.fromkeys(chosen))
         raise UserError(f"{flags} contradict each other; pick one")
-    name = chosen[0] if chosen else "default"
-    args.preset = name
-    fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **PRESETS[name]})  # REFERENCE holds FAITHFUL
-    return resolve_m_values(args)
+    args.preset = chosen[0] if chosen else "default"
+    fill_unset(args, args.preset)
+    return m_values(args)
 
 
-M_OPTIONS = ("m_list", "m_start", "m_end", "m_step")
+def sweep_config(args: argparse.Namespace, m_list: list[float] | None = None) -> SweepConfig:
+    """The sweep the (resolved) options describe: ``sweep``, ``run`` and ``frontier``."""
+    options = vars(args)
+    if m_list is not None:
+        options = {**options, "m_list": list(m_list), "m_start": None, "m_end": None,
+                   "m_step": None}
+    return SweepConfig.from_options(options)
 
 
 def parse_m_list(text: str) -> list[float]:
@@ -384,7 +268,7 @@ def add_score_prompts_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_verdict_args(p: argparse.ArgumentParser) -> None:
-    """The decision rules of the verdicts (``sweep.verdicts.VerdictRules``); left unset, a
+    """The decision rules of the verdicts (``config.VerdictRules``); left unset, a
     sweep folder keeps the ones its last verdicts used (else the defaults)."""
     p.add_argument("--alpha", type=finite_float, default=None,
                    help="family-wise error rate of the verdicts, Holm-corrected over every "
@@ -404,9 +288,7 @@ def add_verdict_args(p: argparse.ArgumentParser) -> None:
 def verdict_rules(args: argparse.Namespace) -> VerdictRules | None:
     """The rules given on the command line (unset ones at their defaults), or None when
     none was given."""
-    given = {k: getattr(args, k) for k in VerdictRules.__dataclass_fields__
-             if getattr(args, k, None) is not None}
-    return VerdictRules(**given) if given else None
+    return VerdictRules.from_options(vars(args))
 
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:

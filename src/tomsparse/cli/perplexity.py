@@ -16,7 +16,8 @@ from tomsparse.cli.options import (
 from tomsparse.data.corpora import DEFAULT_EVAL, load_corpus
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS, REFERENCE_BATCH, perplexity
-from tomsparse.manifest import build_manifest, check_output_file, write_json
+from tomsparse.files import check_output_file, write_json
+from tomsparse.manifest import build_manifest
 from tomsparse.lm.registry import model_identity
 
 DEFAULT_BATCH = 4

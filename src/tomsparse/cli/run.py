@@ -8,10 +8,6 @@ import json
 
 from tomsparse.cli.options import (
     add_score_prompts_arg,
-    DEFAULTS,
-    OURS,
-    PRESETS,
-    REFERENCE,
     add_batch_size,
     add_model_args,
     add_sweep_args,
@@ -20,14 +16,13 @@ from tomsparse.cli.options import (
     positive_int,
     recorded_options,
     seed_int,
-    sweep_config,
-    verdict_rules,
     window_len,
 )
+from tomsparse.config import DEFAULTS, M_OPTIONS, OURS, PRESETS, REFERENCE, RunConfig
 from tomsparse.data.corpora import DEFAULT_GENERIC
-from tomsparse.data.score_samples import ScoreDataConfig, check_prompt_pool
-from tomsparse.manifest import check_output_dir
-from tomsparse.pipeline import RunConfig, run_main_job
+from tomsparse.data.score_samples import check_prompt_pool
+from tomsparse.files import check_output_dir
+from tomsparse.pipeline import run_main_job
 from tomsparse.scores.compute import METHODS
 
 
@@ -36,27 +31,11 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     m_values = apply_presets(args)
     preset = args.preset
     resolved = {k: getattr(args, k) for k in (*DEFAULTS, *REFERENCE, *OURS)
-                if k not in ("m_list", "m_start", "m_end", "m_step")}
+                if k not in M_OPTIONS}
     print(f"resolved ({preset} preset): m = {m_values} " + json.dumps(resolved, sort_keys=True))
-    common = dict(seed=args.seed, supervision=args.supervision)
-    windows = "reference" if args.reference_windows else "tomsparse"
     options = recorded_options(args)
     options["m_list"] = m_values  # recorded resolved, however they were given
-    return RunConfig(
-        out=args.out, model=args.model, device=args.device, dtype=args.dtype,
-        device_map=args.device_map, revision=args.revision, cache_dir=args.cache_dir,
-        # seqlen 0: ToM prompts are scored whole (up to the model's context).
-        tom_data=ScoreDataConfig(dataset="tom", nsamples=args.nsamples_tom, seqlen=0,
-                                 prompts=args.data_path or "builtin", corpus=args.generic_corpus,
-                                 select=args.score_prompts, **common),
-        generic_data=ScoreDataConfig(dataset="generic", nsamples=args.nsamples_generic,
-                                     seqlen=args.seqlen, corpus=args.generic_corpus,
-                                     windows=windows, **common),
-        sweep=sweep_config(args, m_values), score_batch_size=args.batch_size,
-        score_method=args.method, score_reference_fp16=args.reference_fp16,
-        export_m=args.export_model, take_over=args.take_over, rules=verdict_rules(args),
-        score_replicates=args.score_replicates,
-        analysis_prompts=args.analysis_prompts if args.analysis else 0, options=options)
+    return RunConfig.from_options({**vars(args), "recorded": options})
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -24,13 +24,12 @@ from tomsparse.errors import UserError
 from tomsparse.lm.registry import load_model
 from tomsparse.scores.compute import METHODS, ScoreResult, compute_score_set
 from tomsparse.scores.distributed import dist_world, process_group, rank_device
+from tomsparse.scores.reference_chunks import export_reference_chunks, import_reference_chunks
 from tomsparse.scores.store import (
     LAYOUTS,
     STORE_DTYPES,
     check_destination,
     check_store_destination,
-    export_reference_chunks,
-    import_reference_chunks,
 )
 
 

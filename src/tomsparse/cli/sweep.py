@@ -9,9 +9,6 @@ import time
 from pathlib import Path
 
 from tomsparse.cli.options import (
-    OURS,
-    REFERENCE,
-    SWEEP_DEFAULTS,
     add_batch_size,
     add_model_args,
     add_sweep_args,
@@ -21,25 +18,22 @@ from tomsparse.cli.options import (
     load_model_from,
     positive_int,
     recorded_options,
-    resolve_m_values,
     seed_int,
     sweep_config,
 )
+from tomsparse.config import OURS, REFERENCE, SWEEP_DEFAULTS
 from tomsparse.data.corpora import check_inputs
 from tomsparse.errors import UserError
-from tomsparse.manifest import (
-    build_manifest,
-    check_output_dir,
-    check_output_file,
-    write_csv,
-)
+from tomsparse.evaluate.results import reference_result_files
+from tomsparse.files import check_output_dir, check_output_file, write_csv
+from tomsparse.manifest import build_manifest
 from tomsparse.pipeline import stream_scores, sweep_and_report
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.distributed import dist_world, process_group, rank_device
 from tomsparse.scores.store import scores_identity
 from tomsparse.sweep.folder import RunFolder, SweepFolder
-from tomsparse.sweep.reference import reference_summary
-from tomsparse.sweep.summary import collect, print_summary
+from tomsparse.judge.reference import reference_summary
+from tomsparse.judge.summary import collect, print_summary
 from tomsparse.lm.registry import model_identity
 
 
@@ -55,7 +49,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # --reference-protocol: the reference's sweep (grid, ties, perturbation, generation,
     # first-word rule, perplexity) for every option left unset.
     fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **(REFERENCE if args.reference_protocol else {})})
-    ms = resolve_m_values(args)
+    cfg = sweep_config(args)  # every sweep option checked, before the model is loaded
     check_inputs(corpora=[args.corpus], tasks=[args.tasks])  # before the model is loaded
     t0 = time.time()
     # Under torchrun each rank loads the model on its own device and the ranks split the
@@ -65,7 +59,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         lm = load_model_from(args, device=rank_device(args.device))
         tom = stream_scores(lm, args.scores_tom)
         gen = stream_scores(lm, args.scores_generic)
-        cfg = sweep_config(args, ms)
         ids = (scores_identity(tom.manifest), scores_identity(gen.manifest))
 
         def finish(_summary):
@@ -124,7 +117,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     check_output_file(out_csv, "--out_csv", example=SweepFolder.TABLES["tom_summary"])
     summary = reference_summary(root)
     if args.reps is not None:
-        found = len({p.parts[-4] for p in root.glob("*/*/*/results.csv")})
+        found = len({rep for rep, _m, _task, _path in reference_result_files(root)})
         if found != args.reps:
             print(f"note: --reps {args.reps}, but {root} holds {found} rep folder(s); "
                   "summarised what is there", file=sys.stderr)

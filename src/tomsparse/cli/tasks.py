@@ -14,7 +14,7 @@ from tomsparse.data.tasks.lm_eval_export import ANSWER_SPANS, export_lm_eval
 from tomsparse.data.tasks.loaders import load_tasks
 from tomsparse.data.tasks.model import FAMILY_TITLES
 from tomsparse.errors import UserError
-from tomsparse.manifest import check_output_dir
+from tomsparse.files import check_output_dir
 
 
 def _show(spec: str, examples: int) -> None:

@@ -15,7 +15,7 @@ from tomsparse.data.tasks.model import (
     REFERENCE_FAMILIES,
     TRANSFER_CONDITIONS,
 )
-from tomsparse.manifest import atomic_path, write_csv
+from tomsparse.files import atomic_path, write_csv
 
 # Reference results.csv columns, in the reference's order.
 REFERENCE_COLUMNS = {
@@ -68,9 +68,22 @@ class EvalResult:
         return paths
 
 
+# The reference's layout under a ``tom/`` folder: ``<rep>/<m>/<family>/results.csv``. This
+# module is its one owner: the sweep, the reference summary and the command line ask it.
+RESULTS_FILE = "results.csv"
+LAYOUT = f"<rep>/<m>/<task>/{RESULTS_FILE}"
+
+
 def reference_results_path(root: str | Path, rep: int, m: float, family: str) -> Path:
     """``<root>/<rep>/<m>/<family>/results.csv``, m written as Python writes the float."""
-    return Path(root) / str(rep) / str(float(m)) / family / "results.csv"
+    return Path(root) / str(rep) / str(float(m)) / family / RESULTS_FILE
+
+
+def reference_result_files(root: str | Path) -> list[tuple[str, str, str, Path]]:
+    """Every ``(rep, m, task, path)`` of the reference's layout under ``root``, sorted by path
+    (m as the folder spells it)."""
+    return [(p.parts[-4], p.parts[-3], p.parts[-2], p)
+            for p in sorted(Path(root).glob(f"*/*/*/{RESULTS_FILE}"))]
 
 
 def write_reference_results(root: str | Path, results: dict, m: float) -> list[Path]:

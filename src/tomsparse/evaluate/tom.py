@@ -49,6 +49,7 @@ from tomsparse.data.tasks.model import (
     Prompt,
     TaskSet,
     answer_word,
+    cluster_of,
 )
 from tomsparse.errors import UserError
 from tomsparse.evaluate.generate import (
@@ -371,7 +372,7 @@ def _row(p: Prompt, rep: int, seed, correct: bool, **values) -> dict:
     values.setdefault("expected_word", p.expected_word)
     return dict(rep=rep, seed=seed, family=p.family, task_id=p.task_id, task_index=p.task_index,
                 condition=p.condition, reversed=p.reversed, scenario=p.scenario, probe=p.probe,
-                cell=p.cell_id, cluster=p.cluster or f"task {p.task_id}",
+                cell=p.cell_id, cluster=cluster_of(p.task_id, p.cluster),
                 expected=p.expected, alternative=p.alternative, correct=bool(correct), prompt=p.text, **values)
 
 

@@ -5,4 +5,5 @@ local folders, hub ids) into a ``LoadedModel``; ``gguf`` converts the packaged G
 cached Hugging Face folder; ``adapter`` describes any loaded model by its structure (blocks,
 target matrices and their roles, attention geometry, RoPE); ``batching`` holds the helpers
 every stage that feeds the model shares (input device, pad id, left padding, length-sorted
-batches, context length, progress bars)."""
+batches, context length, progress bars); ``hooks`` installs module hooks for a ``with``
+block only."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from tomsparse.lm.batching import input_device, left_pad
+from tomsparse.lm.hooks import Hook, hooked
 
 
 @torch.no_grad()
@@ -32,16 +33,12 @@ def channel_scores(model, desc, token_ids: list[list[int]], pad_id: int,
             medians[layer].append(float(mag.median()))
         return hook
 
-    handles = [block.register_forward_hook(hook_for(i)) for i, block in enumerate(desc.blocks)]
     device = input_device(model)
-    try:
+    with hooked(Hook(block, "forward", hook_for(i)) for i, block in enumerate(desc.blocks)):
         for start in range(0, len(token_ids), batch_size):
             ids, mask = left_pad(token_ids[start:start + batch_size], pad_id, device)
             valid = mask.bool()
             model(input_ids=ids, attention_mask=mask)
-    finally:
-        for h in handles:
-            h.remove()
     # The median of batch medians: close enough to rank channels that differ by orders of
     # magnitude, and it needs no second pass.
     med = torch.tensor([float(torch.tensor(v).median()) if v else 1.0 for v in medians],

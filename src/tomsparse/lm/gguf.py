@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from tomsparse.errors import UserError
-from tomsparse.manifest import sha256_file, write_json
+from tomsparse.files import write_json
+from tomsparse.manifest import sha256_file
 
 COMPLETION_RECORD = "tomsparse-complete.json"
 # Version 2 records hold content hashes; version 1 (no "record_version") held sizes only.

@@ -1,6 +1,6 @@
 """The top of a sweep's report: the bottom line, the chance gate and the claims table, from
-the sweep's ``specificity_verdicts.csv`` and ``specificity_baseline.csv`` (``sweep.verdicts``
-and ``sweep.specificity`` write them; ``SweepFolder`` knows their names)."""
+the sweep's ``specificity_verdicts.csv`` and ``specificity_baseline.csv`` (``judge.verdicts``
+and ``judge.specificity`` write them; ``SweepFolder`` knows their names)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pandas as pd
 
 from tomsparse.report.tables import FAMILY_NAMES
 from tomsparse.sweep.folder import SweepFolder
-from tomsparse.sweep.specificity import ABOVE, POOL_ABOVE
-from tomsparse.sweep.verdicts import CANNOT, CLAIM_TEXT, VerdictRules, ratio_text
+from tomsparse.judge.specificity import ABOVE, POOL_ABOVE
+from tomsparse.config import VerdictRules
+from tomsparse.judge.verdicts import CANNOT, CLAIM_TEXT, ratio_text
 
 _SHORT = {"a": "ToM hurt more than by random masks of the same count",
           "b": "ToM hurt more than by damage-matched controls",

@@ -2,7 +2,7 @@
 
 Reads, per run folder, ``manifest.json`` (model, fingerprint) and the specificity tables of its
 sweep (``sweep/specificity_baseline.csv``, ``sweep/specificity_verdicts.csv``,
-``sweep/specificity.csv``; see ``tomsparse.sweep.specificity``) and puts them next to each other:
+``sweep/specificity.csv``; see ``tomsparse.judge.specificity``) and puts them next to each other:
 the baseline's false-belief accuracy and margin per family with their intervals and chance
 state, the verdicts on claims (a)-(d) per m, and the pooled ToM change and belief gap of every
 mask and m. Writes ``compare.csv`` (long), ``compare.html`` (tables and the specificity plots
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.errors import UserError
-from tomsparse.manifest import read_csv_checked, read_json_object, write_csv
+from tomsparse.files import read_csv_checked, read_json_object, write_csv
 from tomsparse.report.html import embed_png, write_page
 from tomsparse.report.plots import (
     baseline_perplexity,
@@ -31,10 +31,13 @@ from tomsparse.report.plots import (
 )
 from tomsparse.report.style import pyplot, save_figure
 from tomsparse.sweep.folder import RunFolder, SweepFolder
-from tomsparse.sweep.specificity import POOL_ABOVE
+from tomsparse.judge.specificity import POOL_ABOVE
 
 # The specificity tables compare reads (``SweepFolder.SPECIFICITY`` roles), what it reads of
 # each (and what the table is), checked before anything is written.
+# A compare folder's layout: this module is its one owner.
+COMPARE_FILES = {"csv": "compare.csv", "html": "compare.html",
+                 "plot": "plot_compare_specificity.png"}
 TABLES = ("baseline", "verdicts", "points")
 TABLE_COLUMNS = {
     "baseline": (("family",), "the sweep's baseline table"),
@@ -158,7 +161,7 @@ def compare_table(runs: Sequence[RunTables]) -> pd.DataFrame:
     return table
 
 
-# what each claim's number is (sweep.verdicts)
+# what each claim's number is (judge.verdicts)
 VERDICT_QUANTITY = {"a": "ToM change minus random masks'", "b": "ToM change minus matched "
                     "controls'", "c": "belief gap minus matched controls'",
                     "d": "log perplexity ratio", "e": "slope of the ToM change on log m"}
@@ -253,8 +256,8 @@ def write_compare(run_dirs: Sequence[str | Path], out: str | Path = "compare"
     text = compare_text(table, runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read
-    paths = {"csv": write_csv(out / "compare.csv", table)}
-    paths["plot"] = plot_compare(runs, out / "plot_compare_specificity.png")
+    paths = {"csv": write_csv(out / COMPARE_FILES["csv"], table)}
+    paths["plot"] = plot_compare(runs, out / COMPARE_FILES["plot"])
     head = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.model)}</td>"
                    f"<td>{html.escape(r.fingerprint)}</td><td>{html.escape(pool_text(r))}</td>"
                    f"<td>{html.escape(str(r.path))}</td></tr>" for r in runs)
@@ -266,6 +269,6 @@ def write_compare(run_dirs: Sequence[str | Path], out: str | Path = "compare"
         parts.append(f"<h2>{html.escape(title)}</h2>" + wide.to_html(index=False))
     parts.append("<h2>Specificity plots</h2>" + embed_png(paths["plot"]) +
                  "<p>Per run: ToM change (left) and belief gap (right) against log(perplexity / "
-                 "baseline perplexity), 95% task-bootstrap intervals, labels m.</p>")
-    paths["html"] = write_page(out / "compare.html", "tomsparse compare", "\n".join(parts))
+                 "baseline perplexity), 95% t-intervals over clusters, labels m.</p>")
+    paths["html"] = write_page(out / COMPARE_FILES["html"], "tomsparse compare", "\n".join(parts))
     return table, text, paths

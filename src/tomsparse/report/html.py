@@ -7,7 +7,7 @@ import base64
 import html
 from pathlib import Path
 
-from tomsparse.manifest import atomic_write_text
+from tomsparse.files import atomic_write_text
 
 PAGE_CSS = """body{font-family:sans-serif;max-width:1140px;margin:1.2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:0.4em 0}td,th{border:1px solid #ccc;padding:3px 6px}

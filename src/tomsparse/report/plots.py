@@ -9,7 +9,7 @@
 * ``levels_from_summary`` / ``draw_levels`` / ``plot_levels``: one line per mode over m from
   a sweep summary (no intervals; the fallback for a sweep without a baseline point).
 * ``draw_specificity`` / ``plot_specificity``: ToM change against the log perplexity ratio
-  for every point and seed group of ``sweep/specificity.csv`` (``tomsparse.sweep.specificity``).
+  for every point and seed group of ``sweep/specificity.csv`` (``tomsparse.judge.specificity``).
 
 Each ``draw_*`` draws into given matplotlib axes (and can be inspected); each ``plot_*``
 writes a PNG.
@@ -34,7 +34,7 @@ from tomsparse.report.style import (
 )
 from tomsparse.report.tables import perplexity_ratio
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, group_label, point_label
-from tomsparse.sweep.specificity import POOL_ABOVE, POOL_ALL
+from tomsparse.judge.specificity import POOL_ABOVE, POOL_ALL
 
 # The modes drawn first (and in this order); any other mode follows, sorted by name.
 PLOT_MODES = ("difference", "tom-only", "generic-only", "random")
@@ -126,7 +126,7 @@ def draw_levels(ax, levels: pd.DataFrame, *, ylabel: str, title: str, log_y: boo
         b = base.iloc[0]
         ax.errorbar([0.0], [b["value"]], yerr=[[b["value"] - b["lo"]], [b["hi"] - b["value"]]],
                     fmt="o", color=mode_color("baseline"), ms=4, capsize=3,
-                    label="baseline level, 95% task-bootstrap interval")
+                    label="baseline level, 95% t-interval over clusters")
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("m, fraction of each matrix perturbed (x 1e-6)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-from tomsparse.manifest import atomic_path
+from tomsparse.files import atomic_path
 
 # The unperturbed model, then the mask modes (tomsparse.masks.MODES).
 MODE_COLORS = {"baseline": "#444444", "difference": "#d62728", "random": "#1f77b4",

@@ -33,8 +33,8 @@ from tomsparse.report.tables import (
 )
 from tomsparse.scores.store import read_manifest as read_score_manifest
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
-from tomsparse.sweep.frontier import family_table, goal
-from tomsparse.sweep.summary import with_tom_columns
+from tomsparse.judge.frontier import family_table, goal
+from tomsparse.judge.summary import with_tom_columns
 
 
 def bars_per_layer_and_role(ax, masks: pd.DataFrame, title: str) -> None:

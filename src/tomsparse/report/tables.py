@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.sweep.folder import SweepFolder
-from tomsparse.sweep.specificity import POOL_ABOVE, POOL_ALL
-from tomsparse.sweep.verdicts import ratio_text
+from tomsparse.judge.specificity import POOL_ABOVE, POOL_ALL
+from tomsparse.judge.verdicts import ratio_text
 
 FAMILY_NAMES = {"unexpected": "unexpected contents", "transfer": "unexpected transfer",
                 "irony": "irony", "tomi": "ToMi", POOL_ALL: "all families pooled",

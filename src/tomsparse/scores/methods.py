@@ -13,6 +13,7 @@ import torch
 from tomsparse.data.score_samples import IGNORE, ScoreSample
 from tomsparse.errors import UserError
 from tomsparse.lm.batching import batches_by_length, input_device
+from tomsparse.lm.hooks import Hook, hooked
 from tomsparse.scores.losses import check_finite, sample_losses
 
 
@@ -99,11 +100,11 @@ def run_loop(model, samples, matrices, acc: Accumulators, pad_id, bar, head, fir
 
 
 class GradientCapture:
-    """Hooks that rebuild per-sample weight gradients from each target module's input and
-    output gradient. ``lengths`` holds the real (unpadded) length of each sample of the
-    current batch."""
+    """Hooks (``hooks()``, installed with ``lm.hooks.hooked``) that rebuild per-sample weight
+    gradients from each target module's input and output gradient. ``lengths`` holds the real
+    (unpadded) length of each sample of the current batch."""
 
-    def __init__(self, model, matrices, acc: Accumulators):
+    def __init__(self, matrices, acc: Accumulators):
         self.acc = acc
         self.lengths: list[int] = []
         self.width = 0  # padded length of the current batch
@@ -112,11 +113,13 @@ class GradientCapture:
         for m in matrices:
             self.roles.setdefault(id(m.module), []).append(m)
             self.modules[id(m.module)] = m.module
-        self.handles = []
         self.pending = 0
         self.scratch: dict = {}
-        for key, module in self.modules.items():
-            self.handles.append(module.register_forward_hook(self._capture, with_kwargs=True))
+
+    def hooks(self) -> list[Hook]:
+        """One forward hook (with kwargs) per target module, for ``lm.hooks.hooked``."""
+        return [Hook(module, "forward", self._capture, with_kwargs=True)
+                for module in self.modules.values()]
 
     def _capture(self, module, args, kwargs, output):
         x = args[0] if args else next(iter(kwargs.values()))
@@ -159,20 +162,18 @@ class GradientCapture:
                 self.acc.add(m.name, full[m.rows])
 
     def close(self):
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        """Free the scratch matrices (the hooks are removed by ``hooked``)."""
         self.scratch = {}
 
 
 def run_batched(model, samples, matrices, acc, pad_id, bar, head, batch_size,
                  first: int = 0):
     device = input_device(model)
-    capture = GradientCapture(model, matrices, acc)
+    capture = GradientCapture(matrices, acc)
     loss_sum = 0.0
     padded = 0
     try:
-        with scoring_state(model, set()), torch.enable_grad():
+        with hooked(capture.hooks()), scoring_state(model, set()), torch.enable_grad():
             # Longest first (stable among equal lengths, so the order of summation is fixed),
             # neighbours by length: little padding, and an out-of-memory error, if any, comes
             # with the first batch.

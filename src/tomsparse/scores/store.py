@@ -1,4 +1,5 @@
-"""The score store: sensitivity scores on disk, and the reference code's chunk folders.
+"""The score store: sensitivity scores on disk (the reference code's chunk folders are
+converted to and from it in ``reference_chunks``).
 
 A store is a folder of safetensors files (fp32 by default, bf16 on request to halve the size)
 holding one tensor per target matrix, keyed by ``Matrix.name`` ("layers.{i}.{role}") in the
@@ -19,11 +20,6 @@ matrix holding NaN or inf are refused with a ``UserError`` naming the file (and 
 never passed on. The one exception is +inf in a store whose manifest records the reference's
 fp16 sums (``accumulation_dtype`` "float16 (reference)": ``--reference-fp16`` or imported
 chunks), where it is the reference's own overflow and is kept (with a warning).
-
-The reference code's chunk folders (``layer_{i}.pt``: a dict per layer keyed ``q_proj``,
-``k_proj``, ``v_proj``, ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj`` holding fp16
-tensors of the weight's shape, and a ``manifest.json`` with ``source_model, model_type,
-num_layers, modules``) can be imported into a store and a store exported to one.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +36,8 @@ from safetensors import SafetensorError
 
 from tomsparse.errors import UserError
 from tomsparse.lm.adapter import ModelDescription, describe, fingerprint
-from tomsparse.manifest import atomic_path, build_manifest, check_output_dir, write_json
+from tomsparse.files import atomic_path, check_output_dir, read_json_object, write_json
+from tomsparse.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +47,22 @@ STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 LAYOUTS = ("per-layer", "sharded")
 _NAME = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
 _OUR_FILES = re.compile(r"^(layer_\d{3}|scores-\d{5}-of-\d{5})\.safetensors$")
-_REFERENCE_KEYS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Temporaries a killed write leaves: atomic_path's ".<file>.<random>.tmp" for the files a store
 # or a chunk folder holds, and safetensors' own ".tmp<6 random characters>" beside its target.
 _TEMPORARY = re.compile(r"^\.(layer_\d+\.(safetensors|pt)|scores-\d{5}-of-\d{5}\.safetensors|"
                         r"manifest\.json)\..+\.tmp$|^\.tmp[A-Za-z0-9]{6}$")
 
 
-def _layer_of(name: str) -> int:
+def split_name(name: str) -> tuple[int, str]:
+    """(layer, role) of a score tensor's name ``layers.<i>.<role>``; a UserError otherwise."""
     match = _NAME.match(name)
     if not match:
         raise UserError(f"score tensor name {name!r} is not of the form layers.<i>.<role>")
-    return int(match.group(1))
+    return int(match.group(1)), match.group(2)
+
+
+def _layer_of(name: str) -> int:
+    return split_name(name)[0]
 
 
 def _dtype_name(name: str) -> torch.dtype:
@@ -146,20 +146,13 @@ def save_scores(directory, scores: dict[str, torch.Tensor], manifest: dict | Non
     return write_json(directory / MANIFEST, build_manifest(KIND, **fields))
 
 
-def _read_json_object(path: Path,
-                      hint: str = "remove it and recompute the store") -> dict:
-    """A manifest's JSON object, or a UserError naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except ValueError as exc:  # also UnicodeDecodeError
-        raise UserError(f"{path}: not valid JSON ({exc}); the manifest is damaged: "
-                        f"{hint}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: holds a JSON {type(data).__name__}, not a manifest object; "
-                        f"the manifest is damaged: {hint}")
-    return data
+# How a damaged store manifest is fixed (the end of ``read_json_object``'s message).
+_RECOMPUTE = "remove it and recompute the store"
+
+
+def store_manifest(directory) -> Path:
+    """The path of a score store's manifest (whether or not it exists)."""
+    return Path(directory) / MANIFEST
 
 
 def read_manifest(directory) -> dict:
@@ -171,7 +164,7 @@ def read_manifest(directory) -> dict:
                             "--out DIR`")
         raise UserError(f"{directory}: no {MANIFEST}; not a score store (or an interrupted "
                         "write)")
-    data = _read_json_object(path)
+    data = read_json_object(path, _RECOMPUTE)
     if data.get("kind") != KIND:
         raise UserError(f"{path}: kind is {data.get('kind')!r}, not a score store")
     for field, kind in (("index", dict), ("shapes", dict), ("names", list)):
@@ -188,7 +181,7 @@ def existing_store(directory) -> dict | None:
     path = Path(directory) / MANIFEST
     if not path.exists():
         return None
-    data = _read_json_object(path)
+    data = read_json_object(path, _RECOMPUTE)
     if data.get("kind") != KIND:
         raise UserError(f"{directory} already holds a {MANIFEST} that is not a score "
                         f"store's (kind {data.get('kind')!r}); choose another --out")
@@ -301,7 +294,7 @@ def story_hashes(manifest: dict) -> list[str] | None:
     return list(value)
 
 
-def _describe_target(model):
+def describe_target(model):
     """(ModelDescription | None, fingerprint | None) from a LoadedModel, an nn.Module, a
     ModelDescription or a fingerprint string."""
 
@@ -395,7 +388,7 @@ def open_scores(directory, model=None, names=None, device=None) -> StoredScores:
     if missing:
         raise UserError(f"{directory}: no scores for {missing[0]} (and {len(missing) - 1} more); "
                         f"the store has {len(index)} matrices")
-    desc, fp = _describe_target(model)
+    desc, fp = describe_target(model)
     stored_fp = manifest.get("fingerprint")
     if fp and stored_fp and fp != stored_fp:
         raise UserError(f"{directory}: scores were computed for model fingerprint {stored_fp} "
@@ -421,174 +414,3 @@ def load_scores(directory, model=None, names=None) -> tuple[dict[str, torch.Tens
         log.warning("%s: %d score(s) are +inf (the reference's fp16 sums overflowed); they "
                     "rank first", directory, store.inf_kept)
     return scores, store.manifest
-
-
-# --------------------------------------------------------------------------------------------
-# reference chunk folders
-
-
-_CHUNK_FORMAT = ("a chunk must be a dict of tensors per layer keyed q_proj ... down_proj, as "
-                 "torch.save({'q_proj': tensor, ...}, 'layer_0.pt') writes it")
-
-
-def _load_chunk(path: Path) -> dict:
-    """One reference chunk, read with ``weights_only`` (a pickle of other objects could run
-    code and is refused, not loaded)."""
-    try:
-        chunk = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
-        what = f" (it holds {found.group(1)})" if found else ""
-        raise UserError(f"{path}: refused: it pickles Python objects other than tensors{what}, "
-                        f"which are not loaded; {_CHUNK_FORMAT}") from None
-    except Exception as exc:  # a truncated or corrupt file
-        reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: cannot read it ({type(exc).__name__}: {reason}); "
-                        f"{_CHUNK_FORMAT}") from None
-    if not isinstance(chunk, dict):
-        raise UserError(f"{path}: holds a {type(chunk).__name__}, not a dict; {_CHUNK_FORMAT}")
-    return chunk
-
-
-def _reference_keys_for(matrix) -> list[str]:
-    """Keys a reference chunk may use for this matrix: the canonical Llama name, then (for an
-    unfused module) the module's own attribute name, as OPT-style checkpoints would have."""
-    keys = [matrix.reference_key]
-    whole = matrix.rows.start == 0 and matrix.rows.stop == (
-        matrix.module.weight.shape[1] if matrix.transposed else matrix.module.weight.shape[0])
-    if matrix.param_name and whole:
-        attr = matrix.param_name.rsplit(".", 2)[-2]
-        if attr not in keys:
-            keys.append(attr)
-    return keys
-
-
-def import_reference_chunks(src, out, model, model_name: str | None = None,
-                            store_dtype: str = "float32", layout: str = "per-layer") -> Path:
-    """Convert a reference chunk folder into a score store for ``model`` (a LoadedModel, an
-    nn.Module or a ModelDescription). Every target matrix of the model must be present with
-    its exact shape; anything else is refused with the layer, key and shapes."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError(f"{src}: no such folder")
-    desc, fp = _describe_target(model)
-    if desc is None:
-        raise UserError("importing reference chunks needs the model (for its target matrices)")
-    ref_manifest = {}
-    if (src / "manifest.json").is_file():
-        try:
-            ref_manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UserError(f"{src / 'manifest.json'}: not valid JSON ({exc})") from None
-    files = sorted(src.glob("layer_*.pt"), key=lambda p: p.stem)
-    if not files:
-        raise UserError(f"{src}: no layer_<i>.pt files; not a reference chunk folder")
-    layers_found = sorted(int(p.stem.split("_", 1)[1]) for p in files
-                          if p.stem.split("_", 1)[1].isdigit())
-    n_ref = ref_manifest.get("num_layers", len(layers_found))
-    if n_ref != desc.num_layers or layers_found != list(range(desc.num_layers)):
-        raise UserError(f"{src}: the chunks cover {n_ref} layer(s) (files for layers "
-                        f"{layers_found[:3]}...{layers_found[-1:]}), the model has "
-                        f"{desc.num_layers}")
-    by_layer: dict[int, list] = {}
-    for m in desc.matrices:
-        by_layer.setdefault(m.layer, []).append(m)
-    scores = {}
-    for layer in range(desc.num_layers):
-        path = src / f"layer_{layer}.pt"
-        chunk = _load_chunk(path)
-        for m in by_layer.get(layer, []):
-            keys = [k for k in _reference_keys_for(m) if k in chunk]
-            if not keys:
-                # Chunks keyed by full parameter names ("model.layers.0.self_attn.q_proj.weight").
-                keys = [k for k in chunk if isinstance(k, str) and any(
-                    k.endswith(f".{ref}") or k.endswith(f".{ref}.weight")
-                    for ref in _reference_keys_for(m))]
-                if len(keys) > 1:
-                    raise UserError(f"{path}: keys {keys} all could be {m.name}; rename them to "
-                                    "the reference's q_proj ... down_proj")
-            if not keys:
-                raise UserError(f"{path}: no key {m.reference_key!r} for {m.name}; the chunk has "
-                                f"{sorted(chunk)}")
-            tensor = chunk[keys[0]]
-            if not isinstance(tensor, torch.Tensor):
-                raise UserError(f"{path}: {keys[0]} is not a tensor")
-            if tuple(tensor.shape) != tuple(m.shape):
-                raise UserError(f"{path}: {keys[0]} has shape {tuple(tensor.shape)}, but "
-                                f"{m.name} of this model is {tuple(m.shape)}; the chunks belong to "
-                                "another model")
-            if torch.isnan(tensor).any():
-                raise UserError(f"{path}: {keys[0]} ({m.name}) holds "
-                                f"{int(torch.isnan(tensor).sum()):,} NaN entries; such scores "
-                                "rank nothing: recompute the chunk")
-            scores[m.name] = tensor.float()
-    fields = {
-        "model": model_name or getattr(model, "name", None) or ref_manifest.get("source_model"),
-        "fingerprint": fp,
-        "model_type": ref_manifest.get("model_type"),
-        "source": "reference chunks",
-        "imported_from": str(src.resolve()),
-        "reference_manifest": ref_manifest,
-        "accumulation_dtype": "float16 (reference)",
-    }
-    bad = [n for n, t in scores.items() if not torch.isfinite(t).all()]
-    if bad:
-        log.warning("%s: %d imported matrices hold inf entries (fp16 overflow in the "
-                    "reference), e.g. %s", src, len(bad), bad[0])
-    return save_scores(out, scores, fields, store_dtype=store_dtype, layout=layout)
-
-
-def export_reference_chunks(directory, out, dtype: str = "float16") -> Path:
-    """Write a store as a reference chunk folder: ``layer_{i}.pt`` dicts keyed like the
-    reference (q_proj ... down_proj) plus its ``manifest.json``. The reference keeps fp16;
-    values beyond fp16's range become inf and tiny ones 0, which is reported."""
-    target = {"float16": torch.float16, "float32": torch.float32}.get(dtype)
-    if target is None:
-        raise UserError(f"unknown export dtype {dtype!r}; use float16 or float32")
-    out = Path(out)
-    check_destination(out)
-    old = out / "manifest.json"
-    if old.exists() and (out.resolve() == Path(directory).resolve()
-                         or "kind" in _read_json_object(old, "remove it or export into "
-                                                        "another --out")):
-        raise UserError(f"{out} holds a tomsparse output ({old} has a kind), not a reference "
-                        "chunk folder; export into another --out")
-    scores, manifest = load_scores(directory)
-    roles = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
-             "up": "up_proj", "down": "down_proj"}
-    per_layer: dict[int, dict[str, torch.Tensor]] = {}
-    overflow = underflow = 0
-    for name, tensor in scores.items():
-        layer = _layer_of(name)
-        role = _NAME.match(name).group(2)
-        converted = tensor.to(target)
-        overflow += int((torch.isinf(converted) & torch.isfinite(tensor)).sum())
-        underflow += int(((converted == 0) & (tensor != 0)).sum())
-        per_layer.setdefault(layer, {})[roles.get(role, role)] = converted.contiguous()
-    layers = sorted(per_layer)
-    if layers != list(range(len(layers))):
-        raise UserError(f"{directory}: the store covers layers {layers}; the reference format "
-                        "needs every layer from 0")
-    out.mkdir(parents=True, exist_ok=True)
-    if old.exists():
-        old.unlink()  # the folder is incomplete until it is rewritten
-    remove_temporaries(out)
-    for layer in layers:
-        with atomic_path(out / f"layer_{layer}.pt") as tmp:
-            torch.save(per_layer[layer], tmp)
-    for stale in out.glob("layer_*.pt"):
-        # Chunks of a deeper model exported here before would be read as part of this one.
-        index = stale.stem.split("_", 1)[1]
-        if index.isdigit() and int(index) >= len(layers):
-            stale.unlink()
-    modules = [k for k in _REFERENCE_KEYS if k in per_layer[layers[0]]]
-    modules += [k for k in per_layer[layers[0]] if k not in modules]
-    if overflow or underflow:
-        log.warning("export to %s: %d value(s) overflowed to inf and %d nonzero value(s) "
-                    "underflowed to 0", dtype, overflow, underflow)
-    return write_json(out / "manifest.json", {
-        "source_model": manifest.get("model"),
-        "model_type": manifest.get("model_type"),
-        "num_layers": len(layers),
-        "modules": modules,
-    })

@@ -1,8 +1,7 @@
-"""The m-sweep: ``runner`` perturbs the model for each (mask mode, seed, m), evaluates ToM and
-perplexity, undoes the perturbation and writes each point as it finishes (resumable);
-``summary`` turns the points into the summary tables (tidy, per point, controls side by
-side); ``reference`` recomputes the reference code's summary from a ``tom/`` results folder;
-``specificity`` the paired statistics of whether the effect is specific to ToM (``roles``:
-which prompts are ToM and controls; ``verdicts``: the claims and their wording;
-``specificity_tables``: read, compute, write); ``folder`` owns every path and file name of a
-sweep folder and a run folder."""
+"""The m-sweep: computing points and nothing else. ``runner`` perturbs the model for each
+(mask mode, seed, m), evaluates ToM and perplexity, undoes the perturbation and writes each
+point as it finishes (resumable); ``matched`` searches the size of the damage-matched
+controls; ``inputs`` what every point shares (perplexity splits, massive channels);
+``export`` the perturbed model as a Hugging Face folder; ``locks`` lets several processes
+share one folder; ``folder`` owns every path and file name of a sweep folder and a run
+folder. Judging the points is ``tomsparse.judge``'s."""

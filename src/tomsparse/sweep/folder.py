@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from tomsparse.errors import UserError
-from tomsparse.manifest import read_json_object
+from tomsparse.files import read_json_object
 
 BASELINE_MODE = "none"  # the unperturbed point, m = 0; every change is measured against it
 # The columns that identify one prompt in a per-prompt table (the same at every point).
@@ -112,7 +112,7 @@ class SweepFolder:
                    "conditions": "specificity_conditions.csv",
                    "roles": "specificity_roles.csv", "matched": "specificity_matched.csv",
                    "dose": "specificity_dose.csv", "verdicts": "specificity_verdicts.csv"}
-    # the decision rules the verdicts were judged by (sweep.verdicts.VerdictRules), kept so
+    # the decision rules the verdicts were judged by (config.VerdictRules), kept so
     # that `tomsparse summarize` judges again by the same ones
     VERDICT_RULES = "verdict_rules.json"
     PLOTS = {"tom_metric": "plot_tom_metric.png", "tom_accuracy": "plot_tom_accuracy.png",
@@ -396,12 +396,12 @@ class RunFolder:
 
     @property
     def mask_overlap(self) -> Path:
-        """The Jaccard overlap of the replicates' difference masks (sweep.replicates)."""
+        """The Jaccard overlap of the replicates' difference masks (judge.replicates)."""
         return self.root / self.MASK_OVERLAP
 
     @property
     def replicate_verdicts(self) -> Path:
-        """The primary verdicts under each score replicate (sweep.replicates)."""
+        """The primary verdicts under each score replicate (judge.replicates)."""
         return self.root / self.REPLICATE_VERDICTS
 
     def read_report_sections(self) -> list[tuple[str, str]]:

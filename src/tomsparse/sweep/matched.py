@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tomsparse.manifest import write_json
+from tomsparse.config import MATCHABLE
+from tomsparse.files import write_json
 from tomsparse.sweep.folder import BASELINE_LABEL, point_label
 
 FLOOR = 0.005  # a perplexity change of half a percent is as close as any match needs to be
 GROWTH = 4.0
-# Controls whose size can be searched, with the search's first size (a multiple of the
-# target's m) and its bounds (fractions of each matrix).
-MATCHABLE = {"generic-only": (1.0, 0.05), "random-fraction": (100.0, 0.5)}
 SEEDED_MATCHABLE = ("random-fraction",)  # drawn at random: evaluated with several seeds
 
 
@@ -160,7 +158,7 @@ def _matched_control(sweep, target: dict, mode: str) -> dict:
     sweep searches once)."""
     tlabel = point_label(target["mode"], target["seed"], target["m"])
     done = sweep.folder.search_result(tlabel, mode)
-    entry = sweep.claims.compute_once(f"search_{tlabel}_{mode}", done,
+    entry = sweep.locks.compute_once(f"search_{tlabel}_{mode}", done,
                                       lambda: _search(sweep, target, mode, done))
     entry = dict(entry)
     if entry["matched"]:
@@ -179,7 +177,7 @@ def _matched_control(sweep, target: dict, mode: str) -> dict:
         else:
             # no size lands within the tolerance (the perplexity jumps between two sizes):
             # both ends are evaluated in full and the control is their interpolation at the
-            # target's perplexity (sweep.specificity does it prompt by prompt)
+            # target's perplexity (judge.specificity does it prompt by prompt)
             sweep.log(f"[tomsparse] damage-matched {mode} for {tlabel}: interpolated between "
                       f"m = {bracket['low']:.3g} and {bracket['high']:.3g} (weight "
                       f"{bracket['weight']:.2f} on the larger), both evaluated in full")

@@ -22,10 +22,12 @@ from tomsparse.data.tasks.model import (
                     Task,
                     TaskSet,
                     answer_word,
+                    cluster_of,
                     first_word,
                     reference_first_word,
 )
 
 __all__ = ["FAMILIES", "MATCH_RULES", "REFERENCE_FAMILIES", "RENDERERS", "GradientPrompt",
-           "Prompt", "Task", "TaskSet", "answer_word", "first_word", "gradient_prompts",
-           "load_task_file", "load_tasks", "read_prompt_file", "reference_first_word"]
+           "Prompt", "Task", "TaskSet", "answer_word", "cluster_of", "first_word",
+           "gradient_prompts", "load_task_file", "load_tasks", "read_prompt_file",
+           "reference_first_word"]

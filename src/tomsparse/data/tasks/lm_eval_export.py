@@ -39,7 +39,7 @@ import yaml
 
 from tomsparse.data.tasks.model import Prompt, TaskSet
 from tomsparse.errors import UserError
-from tomsparse.manifest import atomic_write_text
+from tomsparse.files import atomic_write_text
 
 ANSWER_SPANS = ("word", "full")  # as evaluate.tom.ANSWER_SPANS
 TARGET_DELIMITER = " "           # our continuation is " " + answer

@@ -170,6 +170,7 @@ class Prompt:
                          # to count; empty = the scenario (the two probes of families 1-2)
     cluster: str = ""    # the unit of resampling this prompt belongs to, where it is wider than
                          # its task (irony: the story scenario several tasks reuse); "" = task
+                         # (``cluster_of`` applies the rule)
 
     @property
     def cell_id(self) -> str:
@@ -374,9 +375,15 @@ def _two_probes(task: Task, condition: str, story: str, probe_a: str, probe_b: s
     return out
 
 
+def cluster_of(task_id, cluster: str = "") -> str:
+    """The one rule for the unit a prompt resamples in: its ``cluster`` where it has one (a
+    unit wider than its task), else its task, ``"task {task_id}"``."""
+    return cluster or f"task {task_id}"
+
+
 def _task_cluster(task: Task) -> str:
     """The cluster a task's prompts resample in (``Prompt.cluster``, else the task)."""
-    return (_irony_cluster(task) if task.family == "irony" else "") or f"task {task.task_id}"
+    return cluster_of(task.task_id, _irony_cluster(task) if task.family == "irony" else "")
 
 
 def _irony_cluster(task: Task) -> str:

@@ -1,6 +1,6 @@
 """The specificity tables of a sweep folder: its points read (``SweepFolder``), the statistics
-computed (``sweep.specificity``), the verdicts worded (``sweep.verdicts``), and every table
-written beside the points. Called by ``sweep.summary.collect`` whenever the sweep has its
+computed (``judge.specificity``), the verdicts worded (``judge.verdicts``), and every table
+written beside the points. Called by ``judge.summary.collect`` whenever the sweep has its
 baseline, so a derived table is always rewritten from the points."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from tomsparse.errors import UserError
-from tomsparse.manifest import write_csv, write_json
+from tomsparse.files import write_csv, write_json
 from tomsparse.sweep.folder import SweepFolder
-from tomsparse.sweep.specificity import compute_specificity
-from tomsparse.sweep.verdicts import VERDICT_COLUMNS, VerdictRules, verdicts
+from tomsparse.judge.specificity import compute_specificity
+from tomsparse.config import VerdictRules
+from tomsparse.judge.verdicts import VERDICT_COLUMNS, verdicts
 
 MATCHED_COLUMNS = ("target", "target_m", "target_perplexity", "mode", "m", "perplexity",
                    "ppl_change", "matched", "evaluations", "label")

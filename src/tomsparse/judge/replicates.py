@@ -26,9 +26,9 @@ import torch
 from tomsparse.data.tasks.model import FAMILY_TITLES
 from tomsparse.masks import build_rankings, masks_for
 from tomsparse.sweep.folder import SweepFolder, point_label
-from tomsparse.sweep.specificity import POOL_ABOVE, compute_specificity
-from tomsparse.sweep.specificity_tables import matched_controls, verdict_rules
-from tomsparse.sweep.verdicts import verdicts
+from tomsparse.judge.specificity import POOL_ABOVE, compute_specificity
+from tomsparse.judge.tables import matched_controls, verdict_rules
+from tomsparse.judge.verdicts import verdicts
 
 POOLED = "pooled over the families that pass their controls"
 

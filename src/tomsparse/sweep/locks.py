@@ -1,4 +1,4 @@
-"""Claims on the work items of a sweep folder, so that several processes (two shells, or the
+"""PointLocks on the work items of a sweep folder, so that several processes (two shells, or the
 ranks of ``torchrun``) can share one folder and compute each point once.
 
 A process claims an item by hard-linking a finished record (its host, pid and start time) to
@@ -50,7 +50,7 @@ def _clock(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%S UTC")
 
 
-class Claims:
+class PointLocks:
     """The claims of one folder, as seen by this process."""
 
     def __init__(self, folder: str | Path, stale_after: float | None = None,

@@ -1,8 +1,8 @@
 """Is the effect on ToM specific? Paired statistics of a finished sweep (issues 15 and 22).
 
 Works only from the per-prompt tables a sweep writes (read by ``sweep.folder.SweepFolder``);
-it never loads a model. Which prompts are ToM, control and fact: ``sweep.roles``; the tables
-written to the folder: ``sweep.specificity_tables``; the verdicts: ``sweep.verdicts``; every
+it never loads a model. Which prompts are ToM, control and fact: ``data.tasks.roles``; the tables
+written to the folder: ``judge.tables``; the verdicts: ``judge.verdicts``; every
 interval and test: ``tomsparse.stats``.
 
 Every number is PAIRED: a prompt at a point is compared with the same prompt at the baseline
@@ -48,13 +48,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tomsparse.data.tasks import FAMILIES, first_word
+from tomsparse.data.tasks import FAMILIES, cluster_of, first_word
 from tomsparse.errors import UserError
 from tomsparse.stats import (chance_gate, contrast_with_controls, dose_response,
                              mean_of_masks, perplexity_ratio_interval, scenario_chance)
-from tomsparse.stats.intervals import Interval, interval_over_units
+from tomsparse.stats.intervals import Interval, cluster_means, interval_over_units
 from tomsparse.sweep.folder import BASELINE_MODE, PROMPT_KEY, PROMPT_NUMBERS, group_label
-from tomsparse.sweep.roles import CONTROL, FACT, TOM, natural_key, prompt_role, roles_table
+from tomsparse.data.tasks.roles import (CONTROL, FACT, TOM, natural_key, prompt_role,
+                                        role_rows)
 
 METRICS = ("tom_margin_change", "control_margin_change", "fact_margin_change",
            "belief_gap_margin", "tom_accuracy_change", "control_accuracy_change",
@@ -114,13 +115,13 @@ def _clean_prompts(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
-def _cluster_means(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
-    """Mean of the finite ``values`` per cluster index (length ``n``; NaN where none)."""
-    keep = np.isfinite(values)
-    sums = np.bincount(index[keep], weights=values[keep], minlength=n)
-    counts = np.bincount(index[keep], minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+def _per_cluster(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
+    """``stats.cluster_means`` laid out by cluster index (length ``n``; NaN where a cluster
+    has no finite value)."""
+    ids, means = cluster_means(values, index)
+    out = np.full(n, np.nan)
+    out[ids] = means
+    return out
 
 
 class _Family:
@@ -130,7 +131,7 @@ class _Family:
         self.name = name
         self.rows = base.index[base["family"] == name].to_numpy()
         sub = base.loc[self.rows]
-        cluster = np.where(sub["cluster"] != "", sub["cluster"], "task " + sub["task_id"])
+        cluster = np.array([cluster_of(t, c) for t, c in zip(sub["task_id"], sub["cluster"])])
         self.clusters = sorted(set(cluster), key=natural_key)
         pos = {c: i for i, c in enumerate(self.clusters)}
         self.cluster = np.array([pos[c] for c in cluster], dtype=int)
@@ -138,7 +139,7 @@ class _Family:
         self.task = sub["task_id"].to_numpy()
         self.role = sub["role"].to_numpy()
         self.by_task = bool((sub["cluster"] == "").all()
-                            or (cluster == ("task " + sub["task_id"])).all())
+                            or all(c == cluster_of(t) for t, c in zip(sub["task_id"], cluster)))
         exp = sub["expected"].map(first_word).to_numpy()
         alt = sub["alternative"].map(first_word).to_numpy()
         words = sorted(set(exp) | set(alt))
@@ -170,7 +171,7 @@ class _Family:
 
     def mean(self, values: np.ndarray, sel: np.ndarray) -> np.ndarray:
         """Per-cluster mean of ``values`` over the selected prompts of the family."""
-        return _cluster_means(np.where(sel, values, np.nan), self.cluster, self.n)
+        return _per_cluster(np.where(sel, values, np.nan), self.cluster, self.n)
 
     def cluster_values(self, margin: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
         """Every metric as one value per cluster (NaN where a cluster lacks its prompts)."""
@@ -320,7 +321,7 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
             "baseline": baseline,
             "conditions": _condition_table(engine, units, base, changes),
             "dose": _dose_table(engine, units, target_mode),
-            "roles": roles_table(), "info": info}
+            "roles": pd.DataFrame(role_rows()), "info": info}
 
 
 def interpolated_label(mode: str, target: str) -> str:
@@ -605,7 +606,7 @@ def _condition_table(engine: _Engine, units: dict, base: pd.DataFrame, changes: 
                 per_seed = []
                 for mem in u["members"]:
                     vals = changes[mem][which][idx]
-                    per_seed.append(_cluster_means(vals, fam.cluster[local], fam.n))
+                    per_seed.append(_per_cluster(vals, fam.cluster[local], fam.n))
                 mat = np.vstack(per_seed)
                 mat = mat[:, np.isfinite(mat).any(axis=0)]
                 iv = engine.interval(mat)

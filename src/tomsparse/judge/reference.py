@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from tomsparse.errors import UserError
+from tomsparse.evaluate.results import LAYOUT, reference_result_files
 
 REFERENCE_TASKS = ("unexpected", "transfer", "irony")
 
@@ -33,13 +34,12 @@ def reference_summary(root: str | Path) -> pd.DataFrame:
     variance over reps; 0 with one rep) and ``avg_percent_unexpected_transfer``."""
     root = Path(root)
     records = []
-    for path in sorted(root.glob("*/*/*/results.csv")):
-        rep, m, task = path.parts[-4], path.parts[-3], path.parts[-2]
+    for rep, m, task, path in reference_result_files(root):
         try:
             m_value = float(m)
         except ValueError:
             raise UserError(f"{path}: the folder {m!r} should be an m value "
-                            "(layout <rep>/<m>/<task>/results.csv)") from None
+                            f"(layout {LAYOUT})") from None
         try:
             frame = pd.read_csv(path)
         except (ValueError, UnicodeDecodeError) as exc:  # pandas' EmptyDataError, ParserError
@@ -51,8 +51,7 @@ def reference_summary(root: str | Path) -> pd.DataFrame:
         records.append({"rep": rep, "m": m_value, "task": task, "total": total,
                         "percent": 100.0 * total / cells.size})
     if not records:
-        raise UserError(f"{root}: no <rep>/<m>/<task>/results.csv files (the reference's tom/ "
-                        "layout)")
+        raise UserError(f"{root}: no {LAYOUT} files (the reference's tom/ layout)")
     frame = pd.DataFrame(records)
     rows = []
     for m, g in frame.groupby("m", sort=True):

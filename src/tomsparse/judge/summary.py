@@ -10,17 +10,17 @@ from pathlib import Path
 import pandas as pd
 
 from tomsparse.errors import UserError
-from tomsparse.manifest import write_csv
+from tomsparse.files import write_csv
 from tomsparse.masks import MODES
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder
-from tomsparse.sweep.reference import reference_summary
-from tomsparse.sweep.specificity_tables import write_specificity
+from tomsparse.judge.reference import reference_summary
+from tomsparse.judge.tables import write_specificity
 
 
 def collect(out: str | Path, rules=None) -> pd.DataFrame:
     """Read every finished point; write the tidy table, perplexity_results.csv and summary,
     and the specificity tables with verdicts judged by ``rules`` (a
-    ``sweep.verdicts.VerdictRules``; None: the ones the folder kept, else the defaults).
+    ``config.VerdictRules``; None: the ones the folder kept, else the defaults).
     Every point is read and checked before anything is written."""
     folder = SweepFolder(out)
     points, tidy = [], []

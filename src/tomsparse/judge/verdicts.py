@@ -1,4 +1,4 @@
-"""The verdicts on a sweep's specificity tables (``sweep.specificity``) and their wording.
+"""The verdicts on a sweep's specificity tables (``judge.specificity``) and their wording.
 
 For every point (or seed group) of the mask under test, claims (a)-(d), and one dose-response
 claim (e) per family, each judged in every family that passes its own controls and pooled
@@ -6,7 +6,7 @@ over them. A claim gets one of the outcomes of ``tomsparse.stats.classify``: "sh
 "ruled out", "opposite direction", "not shown", or "cannot be measured" (with the reason: a
 family that fails the chance gate, no control of the kind the claim needs, no interval).
 
-Decision rules (``VerdictRules.describe`` says them in plain words, and the report prints
+Decision rules (``config.VerdictRules.describe`` says them in plain words, and the report prints
 that): every claim with a p-value is one hypothesis of one family of tests, the whole run;
 Holm's procedure over that family sets each claim's confidence level (``stats.holm_levels``),
 so the family-wise error rate of the "shown" and "opposite direction" outcomes is at most
@@ -17,18 +17,17 @@ Holm-adjusted over the same claims. The CSV holds the raw and the adjusted inter
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from tomsparse.errors import UserError
-from tomsparse.stats import (CANNOT_BE_MEASURED, MARGIN_ACCURACY, MARGIN_NATS,
-                             PERPLEXITY_THRESHOLD, classify, equivalence_from_interval, holm,
+from tomsparse.config import VerdictRules
+from tomsparse.stats import (CANNOT_BE_MEASURED, classify, equivalence_from_interval, holm,
                              holm_levels, t_interval)
-from tomsparse.stats.intervals import Interval, check_level
-from tomsparse.sweep.specificity import ABOVE, POOL_ABOVE
+from tomsparse.stats.intervals import Interval
+from tomsparse.judge.specificity import ABOVE, POOL_ABOVE
 
 CANNOT = CANNOT_BE_MEASURED
 CLAIMS = (("a", "ToM hurt more than by random masks of the same count"),
@@ -44,55 +43,6 @@ VERDICT_COLUMNS = ("claim", "label", "m", "family", "metric", "status", "value",
                    "lo_raw", "hi_raw", "p_raw", "p_holm", "tost_p", "tost_p_holm", "level",
                    "n_clusters", "n_tasks", "n_prompts", "reference", "rank_p",
                    "tom_margin_removed", "tom_accuracy_change_pp", "reason", "sentence")
-
-
-@dataclass(frozen=True)
-class VerdictRules:
-    """The numbers the verdicts are decided by: ``alpha`` the family-wise error rate (Holm);
-    ``margin_nats`` / ``margin_accuracy`` the equivalence margins of "ruled out" (likelihood
-    margins in nats; accuracy as a fraction); ``ppl_threshold`` the perplexity ratio claim
-    (d) must stay below."""
-
-    alpha: float = 0.05
-    margin_nats: float = MARGIN_NATS
-    margin_accuracy: float = MARGIN_ACCURACY
-    ppl_threshold: float = PERPLEXITY_THRESHOLD
-
-    def __post_init__(self):
-        check_level(self.alpha, "alpha")
-        for name, option in (("margin_nats", "--equivalence-nats"),
-                             ("margin_accuracy", "--equivalence-accuracy")):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{option} must be positive (got {getattr(self, name)}); "
-                                f"the defaults are {MARGIN_NATS} nats and {MARGIN_ACCURACY}")
-        if not self.ppl_threshold > 1:
-            raise UserError(f"--ppl-threshold is a perplexity ratio and must exceed 1 (got "
-                            f"{self.ppl_threshold}); e.g. {PERPLEXITY_THRESHOLD} for +10%")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def describe(self, n_tests: int | None = None) -> str:
-        """The decision rules and the error rate, in plain words."""
-        count = f" ({n_tests} of them in this run)" if n_tests is not None else ""
-        return (f"Every judged claim (a row of the claims table) is one test{count}; together they are one "
-                f"family, corrected by Holm's method: the family-wise error rate (the chance "
-                f"that one or more of the \u201cshown\u201d or \u201copposite direction\u201d "
-                f"outcomes is wrong) is at most {self.alpha:.0%}. A claim is \u201cshown\u201d when its Holm-adjusted "
-                f"interval lies wholly on the claimed side of zero, \u201copposite "
-                f"direction\u201d when it lies wholly on the other side, \u201cruled out\u201d "
-                f"when two one-sided tests (Holm-adjusted) put the effect within "
-                f"\u00b1{self.margin_nats:g} nats of margin (\u00b1{self.margin_accuracy * 100:g}"
-                f" accuracy points under generation scoring), and \u201cnot shown\u201d "
-                f"otherwise: an interval that covers zero is not evidence of no effect. "
-                f"Intervals are Student t-intervals over clusters (tasks; story scenarios for "
-                f"irony), with the mask-to-mask variance added where several seeds stand "
-                f"behind a control. Claim (d) holds when the upper bound of the perplexity ratio "
-                f"is below {self.ppl_threshold:g}; claim (e) is the mean per-cluster slope of "
-                f"the ToM change on log m. A family that does not pass its own controls "
-                f"(the chance gate: a cluster counts only when its false-belief prompts and "
-                f"all its true-belief controls are right; one-sided exact binomial test at "
-                f"{self.alpha:.0%}) is not judged.")
 
 
 def _fmt(x: float, digits: int = 2) -> str:

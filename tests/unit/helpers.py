@@ -1,0 +1,50 @@
+"""Helpers shared by several test files: made-up score sets, their store manifests, and a run
+folder as ``tomsparse run`` leaves it for ``tomsparse analyze --run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tomsparse.lm.adapter import describe, fingerprint
+from tomsparse.scores.store import save_scores
+
+
+# ------------------------------------------------------------------ score stores
+def fake_scores(model, seed=0):
+    """Positive random scores (uniform in [0.01, 1.01)) for every target matrix of ``model``."""
+    gen = torch.Generator().manual_seed(seed)
+    return {m.name: torch.rand(m.shape, generator=gen) + 0.01 for m in describe(model).matrices}
+
+
+def store_fields(model, **extra):
+    """The manifest fields of a ToM score store of ``model`` (as the caller of ``save_scores``
+    gives them), with ``extra`` added."""
+    return {"model": "tiny-llama", "fingerprint": fingerprint(model), "dataset": "tom",
+            "accumulation_dtype": "float32", **extra}
+
+
+# ------------------------------------------------------------------ analyses
+def tom_and_generic_scores(desc, seed=0):
+    """(ToM scores, generic scores): uniform random in [0, 1), one seeded stream for both."""
+    gen = torch.Generator().manual_seed(seed)
+    tom = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
+    gnr = {m.name: torch.rand(m.shape, generator=gen) for m in desc.matrices}
+    return tom, gnr
+
+
+def write_run_folder(run: Path, model, m_list, random_seeds) -> Path:
+    """A run folder of ``model`` named "tiny": its two score stores
+    (``tom_and_generic_scores``) and a manifest.json with the options ``analyze --run``
+    reads (``m_list``, ``random_seeds``, zero perturbation). Returns ``run``."""
+    desc = describe(model)
+    fp = fingerprint(model, desc)
+    tom, gen = tom_and_generic_scores(desc)
+    save_scores(run / "scores_tom", tom, {"model": "tiny", "fingerprint": fp})
+    save_scores(run / "scores_generic", gen, {"model": "tiny", "fingerprint": fp})
+    (run / "manifest.json").write_text(json.dumps({
+        "model": "tiny", "options": {"m_list": list(m_list), "random_seeds": list(random_seeds),
+                                     "perturbation": "zero", "scale": 0.0}}))
+    return run
