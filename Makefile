@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tomsparse-installed
 
-.PHONY: install run run-quick test test-unit test-compat test-vllm browser gemma qwen bench clean
+.PHONY: install run run-quick test test-unit test-compat test-vllm browser gemma qwen bench gpu-kit \
+  gpu-check clean
 
 install: $(STAMP)
 
@@ -86,6 +87,23 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_scores.py --threads 2
 	$(PY) benchmarks/bench_masking.py --repeats 5
 	$(PY) benchmarks/bench_sweep.py --shape tiny
+
+# The GPU check (docs/scaling.md, "The GPU check"). gpu-kit prepares here, on the CPU machine,
+# what a lent GPU machine lacks: gpu-kit/ (git-ignored, ~4 MB; name it in the device tool's
+# carry) holds the offline model's tokenizer and wheels for Python 3.12. gpu-check runs the
+# check on the GPU machine with its own Python (python3 where there is no .venv), tomsparse
+# from src/: `make gpu-check GPU_OUT=$OUT/gpu-check` there; GPU_DEVICE=cpu GPU_SHAPE=tiny here.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_DEVICE ?= cuda
+GPU_SHAPE ?= llama-7b
+GPU_OUT ?= runs/gpu-check
+
+gpu-kit: $(STAMP)
+	$(PY) benchmarks/gpu_kit.py --out gpu-kit
+
+gpu-check:
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_OUT) --device $(GPU_DEVICE) \
+	  --shape $(GPU_SHAPE) --kit gpu-kit
 
 # Optional: Gemma-3-270M (Gemma Terms of Use, not an OSI licence).
 gemma: $(STAMP)

@@ -225,18 +225,23 @@ def stage(text: str) -> None:
 # ------------------------------------------------------------------------------ the model
 
 
-def build_model(shape: str, device: str, dtype: torch.dtype):
+def build_model(shape: str, device: str, dtype: torch.dtype, tokenizer=None):
+    """A random-weight LlamaForCausalLM of ``shape`` on ``device`` (seed 0), wrapped as a
+    loaded model. Its tokenizer is ``tokenizer`` (the vocabulary sized to it) or a
+    ``CharTokenizer`` of the shape's vocabulary."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from tomsparse.lm.registry import wrap_model
     from tomsparse.testing import CharTokenizer
 
-    cfg = LlamaConfig(**SHAPES[shape], tie_word_embeddings=False)
+    vocab = len(tokenizer) if tokenizer is not None else SHAPES[shape]["vocab_size"]
+    cfg = LlamaConfig(**{**SHAPES[shape], "vocab_size": vocab}, tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.eval()
-    tokenizer = CharTokenizer(vocab_size=cfg.vocab_size)
+    if tokenizer is None:
+        tokenizer = CharTokenizer(vocab_size=cfg.vocab_size)
     return wrap_model(model, tokenizer, f"random-{shape}")
 
 
@@ -428,41 +433,77 @@ def bench_perplexity(lm, args, device):
 # ------------------------------------------------------------------------------ main
 
 
-def project_paper_7b(args, b, fixed, rk, lik_rate, tok_rate) -> None:
-    """8. ``tomsparse run --preset paper-7b`` projected from the rates measured above: its
-    points counted by the sweep's own expansion (``sweep_points``) plus the matched controls
-    and the replicate's difference point, each a likelihood evaluation of every prompt of the
-    bank and a perplexity over the preset's tokens; the matched searches at most
-    ``match_steps`` + 2 perplexities of the held-apart tokens each."""
+def run_workload(argv: list[str]) -> dict:
+    """What ``tomsparse <argv>`` (a ``run`` command line) computes, counted from its own options
+    (presets applied): its points by the sweep's own expansion (``sweep_points``) plus the
+    matched controls and the replicates' difference points, each an evaluation of every prompt
+    of its tasks and a perplexity over its tokens (the whole corpus, ~340k tokens as
+    WikiText-2's test split, where ``ppl_max_tokens`` is None); the matched searches at most
+    ``match_steps`` + 2 perplexities of the held-apart tokens each (of the reported ones where
+    nothing is held apart); the score samples and sets; the rankings (sweep + mask overlap per
+    replicate)."""
     from tomsparse.cli.main import build_parser
     from tomsparse.cli.options import apply_presets, sweep_config
     from tomsparse.data.tasks import load_tasks
     from tomsparse.sweep.matched import match_seeds
     from tomsparse.sweep.runner import sweep_points
 
-    a = build_parser().parse_args(["run", "--preset", "paper-7b"])
+    a = build_parser().parse_args(argv)
     cfg = sweep_config(a, apply_presets(a))
-    prompts = len(load_tasks(cfg.tasks).prompts())
-    matched = sum(len(match_seeds(mode, cfg.match_seeds)) for mode in cfg.matched_controls)
-    points = len(sweep_points(cfg)) + matched + (a.score_replicates - 1)
-    searches = len(cfg.matched_controls) * (cfg.match_steps + 2)
-    samples = a.score_replicates * (a.nsamples_tom + a.nsamples_generic)
-    terms = [
-        (f"scores: {samples} samples ({a.score_replicates} replicates) x "
-         f"{b['per_sample']:.4f} s, + {2 * a.score_replicates} x {fixed:.2f} s fixed",
-         samples * b["per_sample"] + 2 * a.score_replicates * fixed),
-        (f"rankings: {a.score_replicates} x (sweep + mask overlap)", 2 * a.score_replicates
-         * rk["seconds"]),
-        (f"likelihood: {points} points x {prompts} prompts at {lik_rate:.3g} prompts/s",
-         points * prompts / lik_rate),
-        (f"perplexity: {points} points x {cfg.ppl_max_tokens:,} tokens at {tok_rate:,.0f} "
-         f"tokens/s", points * cfg.ppl_max_tokens / tok_rate),
-        (f"matched searches: at most {searches} x {cfg.match_search_tokens:,} held-apart "
-         f"tokens", searches * cfg.match_search_tokens / tok_rate),
+    tasks = load_tasks(cfg.tasks)
+    tasks = (tasks.head_clusters(cfg.cluster_limit) if cfg.cluster_limit
+             else tasks.head(cfg.task_limit) if cfg.task_limit else tasks)
+    matched = len(cfg.match_m) * sum(len(match_seeds(mode, cfg.match_seeds))
+                                     for mode in cfg.matched_controls)
+    replicates = a.score_replicates or 1
+    ppl_tokens = cfg.ppl_max_tokens or REF_PPL_TOKENS
+    search_tokens = cfg.match_search_tokens or ppl_tokens
+    return {"argv": list(argv), "sweep_points": len(sweep_points(cfg)), "matched": matched,
+            "replicates": replicates,
+            "points": len(sweep_points(cfg)) + matched + (replicates - 1),
+            "prompts": len(tasks.prompts()), "scoring": cfg.scoring,
+            "reps": cfg.reps if cfg.scoring == "generate" else 1,
+            "ppl_tokens": ppl_tokens, "whole_corpus": cfg.ppl_max_tokens is None,
+            "searches": len(cfg.match_m) * len(cfg.matched_controls) * (cfg.match_steps + 2),
+            "search_tokens": search_tokens,
+            "score_samples": replicates * (a.nsamples_tom + a.nsamples_generic),
+            "score_sets": 2 * replicates, "rankings": 2 * replicates}
+
+
+def run_terms(work: dict, rates: dict) -> list[tuple[str, float]]:
+    """(label, seconds) of each part of ``run_workload``'s ``work`` at ``rates``: ``per_sample``
+    (s a score sample), ``fixed`` (s a score set), ``rankings`` (s), ``likelihood`` (prompts/s),
+    ``generate`` (prompts/s, all reps of a prompt), ``ppl`` (tokens/s)."""
+    points, prompts = work["points"], work["prompts"]
+    if work["scoring"] == "likelihood":
+        eval_label, rate = "likelihood", rates["likelihood"]
+    else:
+        eval_label, rate = f"{work['scoring']} x {work['reps']} reps", rates["generate"]
+    corpus = " (whole corpus)" if work["whole_corpus"] else ""
+    return [
+        (f"scores: {work['score_samples']} samples ({work['replicates']} replicates) x "
+         f"{rates['per_sample']:.4f} s, + {work['score_sets']} x {rates['fixed']:.2f} s fixed",
+         work["score_samples"] * rates["per_sample"] + work["score_sets"] * rates["fixed"]),
+        (f"rankings: {work['rankings']} x {rates['rankings']:.2f} s",
+         work["rankings"] * rates["rankings"]),
+        (f"{eval_label}: {points} points x {prompts} prompts at {rate:.3g} prompts/s",
+         points * prompts / rate),
+        (f"perplexity: {points} points x {work['ppl_tokens']:,} tokens{corpus} at "
+         f"{rates['ppl']:,.0f} tokens/s", points * work["ppl_tokens"] / rates["ppl"]),
+        (f"matched searches: at most {work['searches']} x {work['search_tokens']:,} tokens",
+         work["searches"] * work["search_tokens"] / rates["ppl"]),
     ]
+
+
+def project_paper_7b(args, b, fixed, rk, lik_rate, tok_rate) -> None:
+    """8. ``tomsparse run --preset paper-7b`` projected from the rates measured above
+    (``run_workload``, ``run_terms``)."""
+    work = run_workload(["run", "--preset", "paper-7b"])
+    terms = run_terms(work, {"per_sample": b["per_sample"], "fixed": fixed,
+                             "rankings": rk["seconds"], "likelihood": lik_rate, "ppl": tok_rate})
     print(f"\n8. tomsparse run --preset paper-7b projected for {args.shape} on this device "
-          f"({points} points: {len(sweep_points(cfg))} sweep points, {matched} matched, "
-          f"{a.score_replicates - 1} replicate)")
+          f"({work['points']} points: {work['sweep_points']} sweep points, {work['matched']} "
+          f"matched, {work['replicates'] - 1} replicate)")
     for label, sec in terms:
         print(f"  {label:<86s} {sec / 60:10.2f} min", flush=True)
     total_s = sum(sec for _, sec in terms)

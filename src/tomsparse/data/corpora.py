@@ -122,9 +122,11 @@ def _hub(name: str) -> Corpus:
 
 
 def _local(path: Path) -> Corpus:
-    from datasets import load_dataset
-
     suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".parquet"):
+        # only these need `datasets` (a plain-text corpus loads without it, as on a machine
+        # that has no `datasets`)
+        from datasets import load_dataset
     try:
         if suffix == ".txt":
             raw = path.read_text(encoding="utf-8")
