@@ -36,6 +36,7 @@ from tomsparse.masks import DEFAULT_RANDOM_SEEDS, SEEDED_MODES, check_m_values, 
 from tomsparse.perturb import PERTURBATIONS
 from tomsparse.scores.compute import METHODS
 from tomsparse.stats import MARGIN_ACCURACY, MARGIN_NATS, PERPLEXITY_THRESHOLD
+from tomsparse.stats.intervals import METHODS as INTERVAL_METHODS
 from tomsparse.stats.intervals import check_level
 
 # Controls whose size can be searched so that they do the difference mask's damage
@@ -232,14 +233,31 @@ class VerdictRules:
     margin_nats: float = MARGIN_NATS
     margin_accuracy: float = MARGIN_ACCURACY
     ppl_threshold: float = PERPLEXITY_THRESHOLD
+    # claim (c)'s equivalence margin: its relative belief gap is a share of the baseline
+    # margins, so its margin is one too
+    margin_relative: float = 0.1
+    # a family is judged when the one-sided lower confidence bound of its cluster pass rate
+    # (all false-belief and true-belief prompts right) is above this
+    gate_floor: float = 0.5
+    # the intervals over clusters: "skew" (the t-interval widened on the side a skewed sample
+    # points to, out to Hall's skewness-corrected bound: it holds its one-tailed rate under
+    # skewed cluster effects) or "t" (the plain t-interval)
+    interval_method: str = "skew"
 
     def __post_init__(self):
         check_level(self.alpha, "alpha")
         for name, option in (("margin_nats", "--equivalence-nats"),
-                             ("margin_accuracy", "--equivalence-accuracy")):
+                             ("margin_accuracy", "--equivalence-accuracy"),
+                             ("margin_relative", "--equivalence-relative")):
             if not getattr(self, name) > 0:
                 raise UserError(f"{option} must be positive (got {getattr(self, name)}); "
                                 f"the defaults are {MARGIN_NATS} nats and {MARGIN_ACCURACY}")
+        if self.interval_method not in INTERVAL_METHODS:
+            raise UserError(f"--interval-method must be one of {', '.join(INTERVAL_METHODS)} "
+                            f"(got {self.interval_method!r})")
+        if not 0 <= self.gate_floor < 1:
+            raise UserError(f"--gate-floor is a pass rate and must lie in [0, 1) (got "
+                            f"{self.gate_floor}); e.g. 0.5")
         if not self.ppl_threshold > 1:
             raise UserError(f"--ppl-threshold is a perplexity ratio and must exceed 1 (got "
                             f"{self.ppl_threshold}); e.g. {PERPLEXITY_THRESHOLD} for +10%")
@@ -251,30 +269,50 @@ class VerdictRules:
                  if options.get(f.name) is not None}
         return cls(**given) if given else None
 
+    @classmethod
+    def from_kept(cls, kept: dict) -> "VerdictRules":
+        """The rules a sweep folder kept (``verdict_rules.json``); rules it predates keep
+        their defaults."""
+        types = {f.name: f.type for f in fields(cls)}
+        return cls(**{k: (str(v) if types[k] in ("str", str) else float(v))
+                      for k, v in kept.items() if k in types})
+
     def as_dict(self) -> dict:
         return asdict(self)
 
     def describe(self, n_tests: int | None = None) -> str:
-        """The decision rules and the error rate, in plain words."""
+        """The decision rules and their error rates, in plain words."""
         count = f" ({n_tests} of them in this run)" if n_tests is not None else ""
-        return (f"Every judged claim (a row of the claims table) is one test{count}; together they are one "
-                f"family, corrected by Holm's method: the family-wise error rate (the chance "
-                f"that one or more of the \u201cshown\u201d or \u201copposite direction\u201d "
-                f"outcomes is wrong) is at most {self.alpha:.0%}. A claim is \u201cshown\u201d when its Holm-adjusted "
-                f"interval lies wholly on the claimed side of zero, \u201copposite "
-                f"direction\u201d when it lies wholly on the other side, \u201cruled out\u201d "
-                f"when two one-sided tests (Holm-adjusted) put the effect within "
-                f"\u00b1{self.margin_nats:g} nats of margin (\u00b1{self.margin_accuracy * 100:g}"
-                f" accuracy points under generation scoring), and \u201cnot shown\u201d "
-                f"otherwise: an interval that covers zero is not evidence of no effect. "
-                f"Intervals are Student t-intervals over clusters (tasks; story scenarios for "
-                f"irony), with the mask-to-mask variance added where several seeds stand "
-                f"behind a control. Claim (d) holds when the upper bound of the perplexity ratio "
-                f"is below {self.ppl_threshold:g}; claim (e) is the mean per-cluster slope of "
-                f"the ToM change on log m. A family that does not pass its own controls "
-                f"(the chance gate: a cluster counts only when its false-belief prompts and "
-                f"all its true-belief controls are right; one-sided exact binomial test at "
-                f"{self.alpha:.0%}) is not judged.")
+        shape = ("skew-aware t-intervals (the t-interval widened on the side a skewed sample "
+                 "points to, out to Hall's skewness-corrected bound)"
+                 if self.interval_method == "skew" else "Student t-intervals")
+        return (f"A family is judged only when the model passes its own controls: the "
+                f"one-sided 95% lower bound (Clopper-Pearson) of the share of its clusters "
+                f"with every false-belief prompt and every true-belief control right is above "
+                f"{self.gate_floor:.0%}, and then only on those clusters (an ability cannot be "
+                f"removed where the model lacks it). Every judged claim, and its equivalence "
+                f"test, is one test{count}; together they are one family, corrected by Holm's "
+                f"method: the chance that any \u201cshown\u201d, \u201copposite "
+                f"direction\u201d or \u201cruled out\u201d in this run is wrong is at most "
+                f"{self.alpha:.0%}. A claim is \u201cshown\u201d when its Holm-adjusted interval "
+                f"lies wholly on the claimed side of zero, \u201copposite direction\u201d when it "
+                f"lies wholly on the other side, \u201cruled out\u201d when two one-sided tests "
+                f"put the effect within \u00b1{self.margin_nats:g} nats "
+                f"(\u00b1{self.margin_accuracy * 100:g} accuracy points under generation "
+                f"scoring; \u00b1{self.margin_relative:.0%} of the baseline margins for claim "
+                f"(c)), and \u201cnot shown\u201d otherwise: an interval that covers zero is not "
+                f"evidence of no effect, and beside each claim stands the smallest effect it "
+                f"could have shown with 80% power. Intervals are {shape} over clusters (tasks; "
+                f"story scenarios for irony), with the mask-to-mask variance added where several "
+                f"masks stand behind a control; a comparison with masks drawn at random needs at "
+                f"least 2 of a kind. Claim (c) compares changes relative to each role's baseline "
+                f"margin, so the same proportional damage to every prompt cannot fake or "
+                f"reverse it; ToM changes are adjusted for a shift between the two answers "
+                f"where a cluster's prompts share one answer pair. Claim (d) holds when the "
+                f"upper bound of the perplexity ratio is below {self.ppl_threshold:g}; claim (e) "
+                f"is the mean per-cluster slope on log m of the ToM change beyond the random "
+                f"masks'. The measured error rates and power of these rules are in "
+                f"docs/statistics.md (the calibration suite).")
 
 
 @dataclass(frozen=True)

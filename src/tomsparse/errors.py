@@ -45,6 +45,7 @@ _CORRUPT = {
     "pandas.errors.EmptyDataError": ("CSV", (".csv",)),
     "pandas.errors.ParserError": ("CSV", (".csv",)),
 }
+_UNPICKLING = {"_pickle.UnpicklingError", "pickle.UnpicklingError"}
 _OUT_OF_MEMORY = {"torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError", "builtins.MemoryError"}
 
 
@@ -119,6 +120,13 @@ def user_message(exc: BaseException) -> str | None:
                 if path else
                 (f"a {kind} file is damaged ({detail}); restore it, or delete it to have it "
                  "recomputed"))
+    if names & _UNPICKLING:
+        # torch.load(weights_only=True) refused a pickle of other objects: nothing ran. Its
+        # text advises weights_only=False, which would run them, so it is not repeated.
+        path = file_in_traceback(exc, (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        return (f"{path or 'a weight file'}: refused: it pickles Python objects other than "
+                "tensors, which could run code; tomsparse loads weights only: use safetensors "
+                "weights, or a file from a source you trust")
     if names & _OUT_OF_MEMORY:
         return (f"out of memory ({one_line(exc, 160)}); lower --batch-size, use a smaller "
                 "--dtype or another --device")

@@ -9,7 +9,7 @@ Every stage reuses what an earlier, identical run left in the output folder.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +23,7 @@ from tomsparse.analysis.run import (
 )
 from tomsparse.config import RunConfig, SweepConfig, VerdictRules
 from tomsparse.data.corpora import check_inputs
+from tomsparse.data.tasks import load_tasks
 from tomsparse.data.score_samples import ScoreDataConfig, build_dataset
 from tomsparse.lm.registry import load_model, model_identity, print_model_facts
 from tomsparse.files import write_csv, write_json
@@ -32,9 +33,71 @@ from tomsparse.scores.compute import compute_score_set
 from tomsparse.scores.store import (StoredScores, existing_store, load_scores, open_scores,
                                     read_manifest)
 from tomsparse.sweep.folder import RunFolder
-from tomsparse.sweep.runner import run_points
+from tomsparse.sweep.runner import run_points, sweep_points
 from tomsparse.judge.replicates import mask_overlap, replicate_section, replicate_verdicts
 from tomsparse.judge.summary import collect, print_summary
+
+
+# The default run's stage times on 2 CPU cores with the default model (README: scores 22 s
+# for 48 samples, each sweep point about 56 s for 730 prompts and 32,768 perplexity tokens):
+# the rates ``RunWork`` projects a run's time from.
+SCORE_SAMPLE_SECONDS = 0.45
+SECONDS_PER_UNIT = 56 / (730 * 60 + 32768)   # a point reads ~60 tokens a prompt, shared
+# Tokens a perplexity evaluation reads when the whole corpus is asked for (ppl_max_tokens
+# None), as a rough size of the corpora.
+_WHOLE_CORPUS_TOKENS = 250_000
+
+
+@dataclass(frozen=True)
+class RunWork:
+    """What a run will compute, counted before anything is loaded: score samples, sweep
+    points and matched-control evaluations, prompts and perplexity tokens per point, and the
+    time the default model would take on 2 CPU cores (``seconds``; a larger model takes
+    longer, a GPU far less)."""
+
+    score_samples: int
+    points: int
+    matched_evaluations: int
+    prompts: int
+    ppl_tokens: int
+    seconds: float
+
+    def describe(self) -> str:
+        hours = self.seconds / 3600
+        span = (f"about {hours:.0f} hours" if hours >= 2
+                else f"about {max(self.seconds / 60, 1):.0f} minutes")
+        return (f"{self.score_samples:,} score samples, {self.points:,} sweep points and "
+                f"{self.matched_evaluations:,} matched-control evaluations, each over "
+                f"{self.prompts:,} prompts and {self.ppl_tokens:,} perplexity tokens: {span} "
+                "on 2 CPU cores with the default model (longer with a larger one)")
+
+
+def _prompt_count(sweep: SweepConfig) -> int:
+    tasks = load_tasks(sweep.tasks)
+    tasks = (tasks.head_clusters(sweep.cluster_limit) if sweep.cluster_limit
+             else tasks.head(sweep.task_limit) if sweep.task_limit else tasks)
+    return len(tasks.prompts())
+
+
+def run_work(cfg: RunConfig) -> RunWork:
+    """What ``run_main_job(cfg)`` will compute and about how long the default model takes
+    for it on 2 CPU cores; reads only the task bank."""
+    sweep = cfg.sweep
+    samples = (cfg.tom_data.nsamples + cfg.generic_data.nsamples) * cfg.score_replicates
+    prompts = _prompt_count(sweep)
+    ppl = sweep.ppl_max_tokens or _WHOLE_CORPUS_TOKENS
+    points = len(sweep_points(sweep)) + (cfg.score_replicates - 1) * 2
+    targets = [m for m in sweep.m_values if m > 0 and "difference" in sweep.modes
+               and (sweep.match_m is None or any(abs(m - x) <= 1e-12 * max(x, 1e-30)
+                                                 for x in sweep.match_m))]
+    evaluated = len(targets) * sum(sweep.match_seeds if c == "random-fraction" else 1
+                                   for c in sweep.matched_controls)
+    searched = len(targets) * len(sweep.matched_controls) * sweep.match_steps
+    units = ((points + evaluated) * (prompts * 60 + ppl)
+             + searched * (sweep.match_search_tokens or ppl))
+    seconds = samples * SCORE_SAMPLE_SECONDS + units * SECONDS_PER_UNIT
+    return RunWork(score_samples=samples, points=points, matched_evaluations=evaluated,
+                   prompts=prompts, ppl_tokens=ppl, seconds=seconds)
 
 
 def stream_scores(lm, store: str | Path) -> StoredScores:

@@ -55,7 +55,7 @@ def test_quick_run(quick_run):
     assert (abs(rnd["perplexity"] / base["perplexity"] - 1) < 0.1).all()
 
     page = (out / "sweep" / "report.html").read_text()
-    for heading in ["Verdict", "Chance gate", "(the paper's Table 1)", "ToM change against m",
+    for heading in ["Verdict", "Gate: does the model pass its own controls", "(the paper's Table 1)", "ToM change against m",
                     "Damage-matched controls", "The reference's summary", "Contents"] + [
             f"Analysis {i}:" for i in range(1, 6)]:
         assert heading in page, heading

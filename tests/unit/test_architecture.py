@@ -19,7 +19,7 @@ PACKAGE = "tomsparse"
 
 # Low to high: a module may import its own layer (without cycles) and the layers below it.
 LAYERS = [
-    {"errors", "files", "manifest", "stats"},
+    {"errors", "safe_read", "files", "manifest", "stats"},
     {"lm", "masks", "perturb"},
     {"data"},
     {"scores", "evaluate"},

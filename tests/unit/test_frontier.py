@@ -9,6 +9,7 @@ import pytest
 from tomsparse.cli.frontier import family_modes
 from tomsparse.cli.main import main
 from tomsparse.judge.frontier import family_table, format_front, goal, pareto_mask
+from tomsparse.judge.specificity import ABOVE, POOL_ABOVE
 
 
 def _front_brute(cost, gap):
@@ -42,10 +43,10 @@ def _tables(rows, above=True):
                               ("tom_margin_change_adj", (gap / 2, lo / 2, hi / 2))):
             recs.append({"label": label, "mode": mode, "seed": 0, "m": m, "n_seeds": 1,
                          "masked": 100, "perplexity": 10 * (1 + ppl), "ppl_change": ppl,
-                         "family": "above chance" if above else "all", "metric": metric,
+                         "family": POOL_ABOVE if above else "all", "metric": metric,
                          "value": value[0], "lo": value[1], "hi": value[2], "n_tasks": 6})
     base = pd.DataFrame({"family": ["unexpected"],
-                         "state": ["above chance" if above else "at chance"]})
+                         "state": [ABOVE if above else "at chance"]})
     return {"points": pd.DataFrame(recs), "baseline": base}
 
 

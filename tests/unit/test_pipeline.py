@@ -121,7 +121,7 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny, capsys):
     assert "Damage-matched controls" in page and "The mask family" in page
     assert (out / "sweep" / "plot_specificity.png").exists()
     # the report leads with the specificity verdicts, written from the sweep's tables
-    assert page.index("bottom-line") < page.index("Chance gate") < page.index("Claims")
+    assert page.index("bottom-line") < page.index("Gate: does the model") < page.index("Claims")
     assert page.index("Claims") < page.index("id='table-1'") < page.index("id='tom-vs-m'")
     assert "Holm" in page and "family-wise" in page      # the error rate, stated once
     verdicts = pd.read_csv(out / "sweep" / "specificity_verdicts.csv")

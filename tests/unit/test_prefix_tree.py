@@ -108,7 +108,21 @@ def test_rows_hold_whole_subtrees_within_the_limit():
         assert {c for row, c in held if row == r} == set(range(n))
         assert (packed.ids[r, n:] == PAD).all()
     with pytest.raises(ValueError, match="exceeds a row"):
-        pack_tree(tree, max(sizes) - 1)
+        pack_tree(tree, max(map(len, seqs)) - 1)  # one sequence longer than a row
+
+
+def test_a_subtree_larger_than_a_row_is_split_repeating_what_is_above():
+    # issue 36.11: a long story whose variants part early made a task's subtree larger than
+    # a row, and the whole batch ran unshared (0 of 34 prompts in 330 s)
+    seqs = story_variants(9, n_stories=6)
+    tree = build_prefix_tree(seqs)
+    limit = max(map(len, seqs)) + 2
+    assert max(subtree_tokens(tree)) > limit
+    packed = pack_tree(tree, limit, pad_id=PAD)
+    assert packed.ids.shape[1] <= limit
+    assert torch.equal(packed.allowed, restated_allowed(seqs, packed))
+    held = {rc for cols in packed.columns for rc in cols}
+    assert tree.tokens() <= len(held) < sum(map(len, seqs))  # some prefixes repeated, not all
 
 
 def alone(model, seqs, picks):
@@ -170,11 +184,23 @@ def test_rows_stay_inside_gpt2s_position_buffer():
         assert g == pytest.approx(w, abs=1e-4)
 
 
-def test_a_subtree_longer_than_a_row_runs_unshared():
+def test_a_subtree_longer_than_a_row_is_packed_in_pieces_and_scores_as_alone():
     model = tiny_model("llama", max_position_embeddings=40)
     seqs = story_variants(12)
     assert max(subtree_tokens(build_prefix_tree(seqs))) > 40 >= max(map(len, seqs))
-    assert not can_pack(model, seqs)
+    assert can_pack(model, seqs) and row_limit(model, max(map(len, seqs))) == 40
+    picks = random_picks(seqs, 5)
+    with torch.inference_mode():
+        want = alone(model, seqs, picks)
+        got = sequence_logprobs(model, seqs, picks, PAD, "cpu")
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_a_sequence_longer_than_the_positions_runs_unshared():
+    model = tiny_model("llama", max_position_embeddings=20)
+    seqs = story_variants(12)
+    assert max(map(len, seqs)) > 20 and not can_pack(model, seqs)
 
 
 def test_an_attention_without_custom_masks_runs_unshared():

@@ -395,7 +395,7 @@ def _permission_denied(c: Ctx) -> Case:
 def _read_only_file_system(c: Ctx) -> Case:
     out = c.tmp / "bank"
 
-    def export_bank(folder, seed=0):
+    def export_bank(folder, seed=0, **_options):
         raise OSError(errno.EROFS, "Read-only file system", str(Path(folder) / "eval.json"))
 
     c.monkeypatch.setattr(tasks_cli, "export_bank", export_bank)

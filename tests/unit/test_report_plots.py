@@ -157,7 +157,7 @@ def test_specificity_plot_one_error_bar_per_point_at_log_ppl_ratio(sweep):
     # the belief gap panel: controls untouched, so the gap is the ToM change
     gaps = errorbars(axes[1])
     assert [round(b[1], 6) for b in gaps] == [round(e[1], 6) for e in expected]
-    assert "above chance" in axes[0].get_title() and "n = 6 tasks" in axes[0].get_title()
+    assert sp.POOL_ABOVE in axes[0].get_title() and "n = 6 tasks" in axes[0].get_title()
     labels = axes[0].get_legend_handles_labels()[1]
     assert sorted(labels) == sorted([style.mode_label(m) for m in
                                      ("difference", "difference-p4", "random")])
@@ -196,7 +196,7 @@ def test_unknown_modes_get_their_own_colour_and_marker():
 def test_report_puts_the_verdict_first_and_every_section_after_the_contents(sweep):
     page = write_report(sweep, summary_of(sweep), {"model": "tiny"}).read_text()
     assert (sweep / "plot_specificity.png").is_file()
-    order = ["bottom-line", "Chance gate", "id='claims-table'", "<b>Contents</b>",
+    order = ["bottom-line", "Gate: does the model", "id='claims-table'", "<b>Contents</b>",
              "id='table-1'>ToM and perplexity at each m (the paper's Table 1)",
              "id='tom-vs-m'", 'alt="plot_tom_metric"', 'alt="plot_perplexity"',
              "id='matched'", 'alt="plot_specificity"', "id='evidence'",

@@ -154,11 +154,14 @@ def unexpected(frame):
 def test_control_only_damage_is_not_a_belief_loss():
     frame = synthetic_prompts()
     ctrl = is_control(frame) & unexpected(frame)
+    noise = 0.05 * np.random.default_rng(4).standard_normal(len(frame))
+    # two matched masks of the kind: a comparison with masks drawn at random needs 2
     infos, prompts, _ = build({
         "difference_s0_m1": ("difference", 0, 1e-4, 10.2, np.where(ctrl, -1.0, 0.0)),
-        "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.2, 0.0)})
-    tables = sp.compute_specificity(infos, prompts,
-                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
+        "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.2, noise),
+        "random-fraction_s1_m9": ("random-fraction", 1, 9e-4, 10.2, -noise)})
+    tables = sp.compute_specificity(infos, prompts, matched={
+        "difference_s0_m1": ["random-fraction_s0_m9", "random-fraction_s1_m9"]})
     gap = row(tables, "difference_s0_m1", "unexpected", "belief_gap_margin")
     assert gap["value"] == pytest.approx(1.0)            # ToM 0 minus control -1
     assert row(tables, "difference_s0_m1", "unexpected", "tom_margin_change")["value"] == 0
@@ -177,9 +180,11 @@ def test_false_belief_only_damage_is_a_belief_loss_beyond_matched_damage():
     # the matched control shrinks every margin by 30%: a belief gap of 0 (equal baselines)
     infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.2, delta),
                                "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.2,
-                                                         -0.3)}, n_tasks=8)
-    tables = sp.compute_specificity(infos, prompts,
-                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
+                                                         -0.3),
+                               "random-fraction_s1_m9": ("random-fraction", 1, 9e-4, 10.2,
+                                                         -0.25)}, n_tasks=8)
+    tables = sp.compute_specificity(infos, prompts, matched={
+        "difference_s0_m1": ["random-fraction_s0_m9", "random-fraction_s1_m9"]})
     gap = row(tables, "difference_s0_m1", "unexpected", "belief_gap_margin")
     assert gap["hi"] < 0
     assert gap["value"] == pytest.approx(per_task_means(frame, delta, tom).mean())
@@ -196,14 +201,69 @@ def test_a_uniform_shrink_gives_no_belief_gap_against_its_matched_control():
     shrink = -0.5 * base
     infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, shrink),
                                "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.0,
+                                                         shrink),
+                               "random-fraction_s1_m9": ("random-fraction", 1, 9e-4, 10.0,
                                                          shrink)},
                               base_margin=base, n_tasks=8, families=("unexpected",))
-    tables = sp.compute_specificity(infos, prompts,
-                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
+    tables = sp.compute_specificity(infos, prompts, matched={
+        "difference_s0_m1": ["random-fraction_s0_m9", "random-fraction_s1_m9"]})
     raw_gap = row(tables, "difference_s0_m1", "unexpected", "belief_gap_margin")["value"]
     assert raw_gap == pytest.approx(-0.5 * (3.0 - 1.0))      # the confound, by construction
     c = [v for v in vd.verdicts(tables) if v["claim"] == "c"][0]
     assert c["value"] == pytest.approx(0.0) and c["status"] != stats.SHOWN
+
+
+@pytest.mark.parametrize("tom_base, control_base", [(3.0, 1.0), (1.0, 3.0)])
+def test_proportional_damage_cannot_fake_or_reverse_claim_c(tom_base, control_base):
+    """Issue 33.2: the difference mask shrinks every margin by 40%, its matched controls by
+    10% (matching perplexity does not equalise the shrink on task prompts): the raw gap moves
+    with the baseline ordering, the relative gap is 0 for both, so (c) is never shown or
+    opposite, whichever role starts higher."""
+    frame = synthetic_prompts(n_tasks=12, families=("unexpected",))
+    rng = np.random.default_rng(11)
+    base = np.where(is_tom(frame), tom_base, control_base) * (1 + 0.1 * rng.random(len(frame)))
+    noise = 0.01 * rng.standard_normal(len(frame))
+    infos, prompts, _ = build({
+        "difference_s0_m1": ("difference", 0, 1e-4, 20.0, -0.4 * base + noise),
+        "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 20.0, -0.1 * base),
+        "random-fraction_s1_m9": ("random-fraction", 1, 9e-4, 20.0, -0.1 * base - noise)},
+        base_margin=base, n_tasks=12, families=("unexpected",))
+    tables = sp.compute_specificity(infos, prompts, matched={
+        "difference_s0_m1": ["random-fraction_s0_m9", "random-fraction_s1_m9"]})
+    raw = row(tables, "difference_s0_m1", "unexpected", "belief_gap_margin")["value"]
+    assert abs(raw) > 0.5                                  # the raw gap is fooled
+    rel = row(tables, "difference_s0_m1", "unexpected", "belief_gap_relative")["value"]
+    assert rel == pytest.approx(0.0, abs=0.02)
+    c = verdict(vd.verdicts(tables), "c")
+    assert c["metric"] == "belief_gap_relative"
+    assert c["status"] not in (stats.SHOWN, stats.OPPOSITE), c["sentence"]
+
+
+def test_irony_yes_shift_under_generation_is_not_tom_damage():
+    """Issue 33.6: under generation scoring every irony ToM prompt expects "No"; a model
+    that drifts toward "Yes" loses ToM accuracy and gains control accuracy. The bias-adjusted
+    accuracy change removes the drift."""
+    frame = synthetic_prompts(n_tasks=10, families=("irony",))
+    task = frame["task_index"].astype(int).to_numpy()
+    says_yes = (frame["expected"] == "Yes").to_numpy()
+    # at baseline every prompt right; after, half the clusters answer "Yes" to everything
+    drift = task % 2 == 0
+    delta = np.where(drift & ~says_yes, -2.0, 0.0)
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta)},
+                              n_tasks=10, families=("irony",))
+    for label in prompts:
+        prompts[label] = prompts[label].assign(margin=np.nan)
+    tables = sp.compute_specificity(infos, prompts)
+    raw = row(tables, "difference_s0_m1", "irony", "tom_accuracy_change")["value"]
+    adj = row(tables, "difference_s0_m1", "irony", "tom_accuracy_change_adj")["value"]
+    assert raw == pytest.approx(-0.5) and adj == pytest.approx(-0.25)
+    # restated: in a drifting cluster ToM accuracy 1 -> 0 and control 1 -> 1, so the shift
+    # toward "Yes" over both prompts is (+1 + 0) / 2 = 0.5 and the adjusted change
+    # -1 + 0.5 = -0.5: half the drift is removed (with one answer pair and ToM and control
+    # expecting opposite words, the rest cannot be told from a lost reading, which is why
+    # irony's claim (c) is not judged)
+    per_cluster = np.where(np.arange(10) % 2 == 0, -1.0 + 0.5, 0.0)
+    assert adj == pytest.approx(per_cluster.mean())
 
 
 def test_pure_answer_bias_is_a_bias_shift_not_a_tom_loss():
@@ -238,7 +298,8 @@ def test_irony_resamples_scenarios_not_tasks():
                           dict(label="difference_s0_m1", mode="difference", seed=0, m=1e-4,
                                perplexity=10.0, masked=10, ppl_windows=1)])
     tables = sp.compute_specificity(infos, {"none_s0_m0": base,
-                                            "difference_s0_m1": with_margin(frame, 1 + delta)})
+                                            "difference_s0_m1": with_margin(frame, 1 + delta)},
+                                    method="t")   # restated below as a plain t-interval
     got = row(tables, "difference_s0_m1", "irony", "tom_margin_change")
     tom = is_tom(frame)
     scen = frame["cluster"].to_numpy()
@@ -272,6 +333,8 @@ def test_a_shortcut_model_does_not_pass_its_own_controls():
 
 
 def test_gate_is_the_exact_binomial_test_over_clusters():
+    """3 of 10 clusters passed beat guessing (the chance test, kept beside the gate), but the
+    model does not do the task: the family is not judged."""
     frame = synthetic_prompts(n_tasks=10, families=("unexpected",))
     task = frame["task_index"].astype(int).to_numpy()
     # tasks 0-2 fully right; the others miss one control each
@@ -283,11 +346,60 @@ def test_gate_is_the_exact_binomial_test_over_clusters():
     chance = 0.5 ** 8                       # 2 false-belief + 6 control prompts per task
     assert b["gate_passed"] == 3 and b["gate_clusters"] == 10
     assert b["chance"] == pytest.approx(chance)
-    assert b["gate_p"] == pytest.approx(sps.binom.sf(2, 10, chance))
-    assert b["state"] == sp.ABOVE
+    assert b["chance_p"] == pytest.approx(sps.binom.sf(2, 10, chance)) and b["above_chance"]
+    # the pass-rate gate: one-sided 95% Clopper-Pearson bound of 3/10, brute force
+    assert b["pass_rate_lo"] == pytest.approx(sps.beta.ppf(0.05, 3, 8))
+    assert b["state"] == sp.NOT_ABOVE and b["judged_clusters"] == 0
+
+
+@pytest.mark.parametrize("n_pass, passes", [(10, True), (9, True), (8, False), (5, False)])
+def test_gate_needs_most_clusters_passed_and_judges_only_those(n_pass, passes):
+    """Issue 33.1: a family is judged when the lower bound of its cluster pass rate is above
+    0.5 (10 of 10: bound 0.74; 9 of 10: 0.61; 8 of 10: 0.49), and every claim on it is
+    computed on the clusters passed at baseline."""
+    frame = synthetic_prompts(n_tasks=10, families=("unexpected",))
+    task = frame["task_index"].astype(int).to_numpy()
+    failed = task >= n_pass
+    wrong = is_control(frame) & (frame["condition"] == "open container").to_numpy() & failed
+    base = np.where(wrong, -1.0, 1.0)
+    # damage on the false-belief prompts of the passed clusters only, a large loss elsewhere
+    delta = np.where(is_tom(frame), np.where(failed, -5.0, -1.0 - 0.1 * task), 0.0)
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta)},
+                              base_margin=base, n_tasks=10, families=("unexpected",))
+    tables = sp.compute_specificity(infos, prompts)
+    b = tables["baseline"].iloc[0]
+    assert b["pass_rate"] == pytest.approx(n_pass / 10)
+    assert b["pass_rate_lo"] == pytest.approx(sps.beta.ppf(0.05, n_pass, 10 - n_pass + 1))
+    assert (b["state"] == sp.ABOVE) == passes
+    got = row(tables, "difference_s0_m1", "unexpected", "tom_margin_change")
+    if passes:
+        assert b["judged_clusters"] == n_pass and got["n_clusters"] == n_pass
+        assert got["value"] == pytest.approx(np.mean([-1.0 - 0.1 * t for t in range(n_pass)]))
+    else:
+        assert got["n_clusters"] == 10    # described over every cluster, judged nowhere
 
 
 # ----------------------------------------------------------------------------- intervals
+
+def test_skew_method_is_the_stats_engines():
+    """Issue 33.4: the default intervals are ``stats``' skew-aware ones, the same numbers as
+    ``stats.paired_interval(method="skew")`` over the same cluster means, and the verdicts
+    rebuild them at their Holm level with the recorded skewness."""
+    n_tasks = 9
+    frame = synthetic_prompts(n_tasks, families=("unexpected",))
+    task = frame["task_index"].astype(int).to_numpy()
+    delta = np.where(is_tom(frame), -np.random.default_rng(5).exponential(1.0, n_tasks)[task],
+                     0.0)
+    infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta)},
+                              n_tasks=n_tasks, families=("unexpected",))
+    got = row(sp.compute_specificity(infos, prompts), "difference_s0_m1", "unexpected",
+              "tom_margin_change")
+    want = stats.paired_interval(delta[is_tom(frame)], task[is_tom(frame)], method="skew")
+    assert got["method"] == "skew" and got["skewness"] == pytest.approx(want.skewness)
+    assert (got["lo"], got["hi"]) == pytest.approx((want.lo, want.hi))
+    t = stats.paired_interval(delta[is_tom(frame)], task[is_tom(frame)], method="t")
+    assert want.hi - want.lo > t.hi - t.lo                 # widened on the skewed side
+
 
 def test_point_interval_is_a_t_interval_over_task_means():
     n_tasks = 7
@@ -295,7 +407,7 @@ def test_point_interval_is_a_t_interval_over_task_means():
     delta = np.random.default_rng(7).standard_normal(len(frame))
     infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta)},
                               n_tasks=n_tasks, families=("unexpected",))
-    got = row(sp.compute_specificity(infos, prompts), "difference_s0_m1", "unexpected",
+    got = row(sp.compute_specificity(infos, prompts, method="t"), "difference_s0_m1", "unexpected",
               "tom_margin_change")
     means = per_task_means(frame, delta, is_tom(frame))
     assert got["value"] == pytest.approx(means.mean())
@@ -329,7 +441,7 @@ def test_random_seeds_add_their_spread_and_the_contrast_subtracts_their_mean():
     pts = {"difference_s0_m1": ("difference", 0, 1e-4, 10.0, target)}
     pts.update({f"random_s{s}_m1": ("random", s, 1e-4, 10.0, d) for s, d in seeds.items()})
     infos, prompts, _ = build(pts, n_tasks=8, families=("unexpected",))
-    tables = sp.compute_specificity(infos, prompts)
+    tables = sp.compute_specificity(infos, prompts, method="t")
     group = group_label("random", 1e-4)
     # plain restatement: per-task seed means, cluster variance + mask variance, WS df
     per_seed = np.array([per_task_means(frame, d, tom) for d in seeds.values()])   # 4 x 8
@@ -359,7 +471,8 @@ def test_outcomes_not_shown_ruled_out_and_opposite():
     for delta, outcome in ((covers, stats.NOT_SHOWN), (tiny, stats.RULED_OUT),
                            (helps, stats.OPPOSITE)):
         infos, prompts, _ = build({"difference_s0_m1": ("difference", 0, 1e-4, 10.0, delta),
-                                   "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0)},
+                                   "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0),
+                                   "random_s1_m1": ("random", 1, 1e-4, 10.0, 0.0)},
                                   n_tasks=10, families=("unexpected",))
         vs = vd.verdicts(sp.compute_specificity(infos, prompts))
         a = [v for v in vs if v["claim"] == "a"][0]
@@ -378,17 +491,23 @@ def test_holm_adjusts_every_claim_of_the_run_together():
                                       np.where(tom, -0.3 * (i + 1) + 0.3 *
                                                rng.standard_normal(len(frame)), 0.0))
         pts[f"random_s0_m{i}"] = ("random", 0, m, 10.0, 0.0)
-        losses[f"difference_s0_m{i}"] = [x + 0.01 * (i + 1) for x in BASE_LOSSES]
+        pts[f"random_s1_m{i}"] = ("random", 1, m, 10.0, 0.0)
+        # +1% to +3% per window, with a little spread (a zero spread has no t-interval)
+        losses[f"difference_s0_m{i}"] = [x + 0.01 * (i + 1) + 0.002 * (k % 3)
+                                         for k, x in enumerate(BASE_LOSSES)]
     infos, prompts, _ = build(pts, n_tasks=8, losses=losses)
     vs = pd.DataFrame(vd.verdicts(sp.compute_specificity(infos, prompts)))
     tested = vs[np.isfinite(vs["p_raw"])]
-    p = tested["p_raw"].to_numpy()
-    # Holm, restated: sorted p times (k - i), running maximum, capped at 1
+    # Holm, restated: one family over the directional tests and the equivalence tests (issue
+    # 33.6), sorted p times (k - i), running maximum, capped at 1
+    both = np.concatenate([tested["p_raw"].to_numpy(), vs["tost_p"].to_numpy()])
+    p = both[np.isfinite(both)]
     order = np.argsort(p)
     adj = np.maximum.accumulate(np.minimum(1, (len(p) - np.arange(len(p))) * p[order]))
     expected = np.empty_like(p)
     expected[order] = adj
-    assert tested["p_holm"].to_numpy() == pytest.approx(expected)
+    assert tested["p_holm"].to_numpy() == pytest.approx(expected[:len(tested)])
+    assert vs["tost_p_holm"].dropna().to_numpy() == pytest.approx(expected[len(tested):])
     assert set(tested["claim"]) >= {"a", "d", "e"} and len(tested) >= 9
     assert ((tested["hi"] - tested["lo"]) >= (tested["hi_raw"] - tested["lo_raw"]) - 1e-12).all()
     shown = tested[tested["status"] == stats.SHOWN]
@@ -424,16 +543,20 @@ def test_generation_scoring_is_judged_on_accuracy_and_never_nan():
     infos, prompts, _ = build({
         "difference_s0_m1": ("difference", 0, 1e-4, 10.0, np.where(tom & (task < 6), -2.0, 0.0)),
         "random_s0_m1": ("random", 0, 1e-4, 10.0, 0.0),
-        "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.0, 0.0)},
+        "random_s1_m1": ("random", 1, 1e-4, 10.0, 0.0),
+        "random-fraction_s0_m9": ("random-fraction", 0, 9e-4, 10.0, 0.0),
+        "random-fraction_s1_m9": ("random-fraction", 1, 9e-4, 10.0, 0.0)},
         n_tasks=8, families=("unexpected",))
     for label in prompts:
         prompts[label] = prompts[label].assign(margin=np.nan)
-    tables = sp.compute_specificity(infos, prompts,
-                                    matched={"difference_s0_m1": ["random-fraction_s0_m9"]})
+    # the t-interval: 6 of 8 clusters at -1 and 2 at 0 is a skewed sample, which the skew-aware
+    # interval (the default) widens; test_skew_method_is_the_stats_engines checks that one
+    tables = sp.compute_specificity(infos, prompts, method="t", matched={
+        "difference_s0_m1": ["random-fraction_s0_m9", "random-fraction_s1_m9"]})
     assert tables["info"].iloc[0]["scoring"] == "generation"
     vs = vd.verdicts(tables)
     judged = [v for v in vs if v["claim"] in "abc" and v["family"] == "unexpected"]
-    assert {v["metric"] for v in judged} <= {"tom_accuracy_change", "belief_gap_accuracy"}
+    assert {v["metric"] for v in judged} <= {"tom_accuracy_change_adj", "belief_gap_accuracy"}
     assert all(v["status"] in stats.OUTCOMES and "nan" not in v["sentence"] for v in judged)
     a = [v for v in judged if v["claim"] == "a"][0]
     assert a["value"] == pytest.approx(-0.75) and a["status"] == stats.SHOWN
@@ -462,6 +585,8 @@ def test_write_specificity_from_a_sweep_folder(tmp_path):
         label = info.pop("label")
         name = label.replace("_m0", "_m0.0000e+00")
         info = {k: v for k, v in info.items() if v is not None}
+        if info.get("ppl_unit_losses"):  # a record's perplexity is what its losses give
+            info["perplexity"] = float(np.exp(np.mean(info["ppl_unit_losses"])))
         (points / f"{name}.json").write_text(json.dumps(info))
         prompts[label].to_csv(points / f"{name}_prompts.csv", index=False)
     paths = write_specificity(tmp_path, rules=vd.VerdictRules(alpha=0.1))

@@ -89,11 +89,17 @@ def test_fewer_than_two_clusters_is_nan_with_reason(values, clusters):
     assert result.n_clusters == len(set(c for v, c in zip(values, clusters) if v == v))
 
 
-def test_zero_spread_gives_a_point_interval():
+def test_zero_spread_gives_the_exact_sign_flip_answer_never_p_zero():
+    # All cluster means equal: no t-statistic; the sign-flip test's p is 2**-n on the side
+    # the values lie (issue 33: a zero standard error used to give p = 0).
     result = paired_interval([0.0, 0.0, 0.0], [1, 2, 3])
-    assert (result.lo, result.hi, result.p_value) == (0.0, 0.0, 1.0)
+    assert result.p_value == 1.0 and (result.lo, result.hi) == (-math.inf, math.inf)
     moved = paired_interval([0.5, 0.5], [1, 2])
-    assert (moved.lo, moved.hi, moved.p_value) == (0.5, 0.5, 0.0)
+    assert moved.p_value == 0.5 and (moved.lo, moved.hi) == (-math.inf, math.inf)
+    many = paired_interval([0.5] * 8, range(8))          # 2**-8 < 0.025: the point
+    assert (many.lo, many.hi) == (0.5, 0.5)
+    assert many.one_sided_p(+1) == 2.0 ** -8 and many.one_sided_p(-1) == 1.0
+    assert many.p_value == 2.0 ** -7
 
 
 def test_bad_level_and_shape_are_refused():

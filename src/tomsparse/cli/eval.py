@@ -11,12 +11,15 @@ from tomsparse.cli.options import (
     add_batch_size,
     add_model_args,
     load_model_from,
+    note_limits,
     positive_int,
     seed_int,
 )
 from tomsparse.data.tasks import load_tasks
 from tomsparse.evaluate.metrics import format_metrics
 from tomsparse.evaluate.results import RESULTS_FILE
+from tomsparse.errors import UserError
+from tomsparse.evaluate.generate import vllm_available
 from tomsparse.evaluate.tom import ANSWER_RULES, DEFAULT_REPS, evaluate
 from tomsparse.files import check_output_dir
 
@@ -28,6 +31,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if reps is None:  # the reference samples 5 times; deterministic scorings run once
         reps = DEFAULT_REPS if args.scoring == "generate" else 1
     taskset = load_tasks(args.tasks).head(args.limit)
+    note_limits(args.tasks, task_limit=args.limit, option="--limit")
+    if args.backend != "hf" and args.scoring == "likelihood":
+        print(f"note: --backend {args.backend} applies to generate and greedy scoring; "
+              "likelihood scoring runs on the Hugging Face model", file=sys.stderr)
+    elif args.backend == "vllm" and not vllm_available():  # before the model loads
+        raise UserError("--backend vllm needs the vllm package, which is not installed (pip "
+                        "install 'tomsparse[vllm]'); use --backend hf")
     lm = load_model_from(args)
     print(f"evaluating {lm.name} on {taskset.summary()} ({len(taskset.prompts())} prompts), "
           f"scoring={args.scoring}, reps={reps if args.scoring == 'generate' else 1}",

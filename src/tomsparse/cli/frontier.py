@@ -15,6 +15,7 @@ from tomsparse.cli.options import (
     fill_unset,
     finite_float,
     load_model_from,
+    note_limits,
     parse_m_list,
     recorded_options,
     sweep_config,
@@ -89,6 +90,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     if out is None:
         raise UserError("give --out DIR (or --run RUN_DIR, whose frontier/ folder is used)")
     check_output_dir(out)  # before the model is loaded
+    note_limits(cfg.tasks, clusters=cfg.cluster_limit, task_limit=cfg.task_limit)
     args.model = model
     lm = load_model_from(args)
     tom, gen = stream_scores(lm, tom_dir), stream_scores(lm, gen_dir)

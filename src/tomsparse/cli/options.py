@@ -20,7 +20,7 @@ from typing import Any, Callable
 from tomsparse.config import (M_OPTIONS, MATCHABLE, SweepConfig, VerdictRules, m_values_from,
                               resolve)
 from tomsparse.data.corpora import DEFAULT_EVAL
-from tomsparse.data.tasks.loaders import SCORE_PROMPTS
+from tomsparse.data.tasks.loaders import SCORE_PROMPTS, load_tasks
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.tom import ANSWER_RULES
@@ -157,6 +157,25 @@ def seed_list(text: str) -> list[int]:
     return values
 
 
+def note_limits(spec: str, clusters: int | None = None, task_limit: int | None = None,
+                option: str | None = None) -> None:
+    """One line on stderr when ``--clusters`` / ``--task-limit`` (``option``: the command's
+    own spelling, e.g. ``--limit``) asks for more than the task source has, so that it has no
+    effect there: every task of those families is used."""
+    if clusters is None and task_limit is None:
+        return
+    unit, wanted = ("clusters", clusters) if clusters is not None else ("tasks", task_limit)
+    option = option or ("--clusters" if clusters is not None else "--task-limit")
+    sizes = load_tasks(spec).sizes(unit)
+    short = {f: n for f, n in sizes.items() if n < wanted}
+    if short:
+        which = ("every family" if len(short) == len(sizes)
+                 else ", ".join(short))
+        print(f"note: {option} {wanted}: {spec} has fewer {unit} ("
+              + ", ".join(f"{f} {n}" for f, n in short.items())
+              + f"), so every task of {which} is used", file=sys.stderr)
+
+
 def add_model_args(p: argparse.ArgumentParser, dtype_default: str | None = "float32") -> None:
     """``dtype_default=None``: the command's preset decides (float16 under
     --reference-protocol, else float32)."""
@@ -280,6 +299,18 @@ def add_verdict_args(p: argparse.ArgumentParser) -> None:
                    default=None,
                    help="the same margin for accuracy under generation scoring, as a fraction "
                         f"(default {VerdictRules.margin_accuracy}: 5 points)")
+    p.add_argument("--equivalence-relative", dest="margin_relative", type=finite_float,
+                   default=None,
+                   help="claim (c)'s margin for 'ruled out': its relative belief gap is a share "
+                        f"of the baseline margins (default {VerdictRules.margin_relative})")
+    p.add_argument("--interval-method", dest="interval_method", choices=["skew", "t"],
+                   default=None,
+                   help="intervals over clusters: skew (default; holds its one-tailed error "
+                        "rate under skewed cluster effects, docs/statistics.md) or t")
+    p.add_argument("--gate-floor", dest="gate_floor", type=finite_float, default=None,
+                   help="a family is judged when the one-sided 95%% lower bound of its cluster "
+                        "pass rate (every false-belief and true-belief prompt of a cluster "
+                        f"right) is above this (default {VerdictRules.gate_floor})")
     p.add_argument("--ppl-threshold", dest="ppl_threshold", type=finite_float, default=None,
                    help="claim (d) holds when the perplexity ratio's upper bound is below "
                         f"this (default {VerdictRules.ppl_threshold}: +10%%)")

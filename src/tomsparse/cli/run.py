@@ -13,16 +13,19 @@ from tomsparse.cli.options import (
     add_sweep_args,
     apply_presets,
     nonneg_int,
+    note_limits,
     positive_int,
     recorded_options,
     seed_int,
     window_len,
 )
 from tomsparse.config import DEFAULTS, M_OPTIONS, OURS, PRESETS, REFERENCE, RunConfig
-from tomsparse.data.corpora import DEFAULT_GENERIC
+from tomsparse.data.corpora import DEFAULT_GENERIC, check_inputs
 from tomsparse.data.score_samples import check_prompt_pool
+from tomsparse.errors import UserError
 from tomsparse.files import check_output_dir
-from tomsparse.pipeline import run_main_job
+from tomsparse.lm.registry import resolve_device
+from tomsparse.pipeline import run_main_job, run_work
 from tomsparse.scores.compute import METHODS
 
 
@@ -38,10 +41,38 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_options({**vars(args), "recorded": options})
 
 
+# Presets sized for a GPU (named as such when they ask for --yes).
+GPU_PRESETS = ("paper-7b", "reference-protocol")
+# A run longer than this on the CPU (projected with the default model) asks for --yes first.
+LONG_CPU_SECONDS = 3600
+
+
+def check_cost(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """Refuse, before anything is loaded, hours of CPU work nobody asked for: on a machine
+    without CUDA (or with --device cpu), a run projected at more than ``LONG_CPU_SECONDS``
+    (``pipeline.run_work``, with the default model's rates) needs --yes; the message says
+    what it would compute and cost. A --device naming CUDA where there is none is refused
+    here too."""
+    device = resolve_device(cfg.device) if not cfg.device_map else "map"
+    if device != "cpu" or args.yes:
+        return
+    work = run_work(cfg)
+    if work.seconds > LONG_CPU_SECONDS:
+        why = (f"--preset {args.preset} is sized for a GPU, and this run would use the CPU"
+               if args.preset in GPU_PRESETS else "this run is long for a CPU")
+        raise UserError(f"{why}: {work.describe()}; add --yes to start it anyway, or use "
+                        "--quick or the default preset")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     check_output_dir(args.out)  # before anything is resolved, loaded or written
     cfg = run_config(args)
     check_prompt_pool(cfg.tom_data, "--nsamples-tom")
+    check_inputs(corpora=[cfg.generic_data.corpus, cfg.sweep.corpus], tasks=[cfg.sweep.tasks],
+                 prompts=[cfg.tom_data.prompts])
+    check_cost(args, cfg)
+    note_limits(cfg.sweep.tasks, clusters=cfg.sweep.cluster_limit,
+                task_limit=cfg.sweep.task_limit)
     run_main_job(cfg)
     return 0
 
@@ -71,6 +102,10 @@ def add_parser(sub) -> None:
                         "option given explicitly still wins (README: tomsparse and the "
                         "reference)")
     p.add_argument("--out", default="runs/default", help="output folder (default: runs/default)")
+    p.add_argument("--yes", action="store_true",
+                   help="start a run projected at more than an hour on this machine's CPU "
+                        "(such as --preset paper-7b without CUDA): refused otherwise, with "
+                        "what it would compute and cost")
     p.add_argument("--seed", type=seed_int, default=0)
     add_score_prompts_arg(p)
     p.add_argument("--score-replicates", dest="score_replicates", type=positive_int,

@@ -16,6 +16,7 @@ from tomsparse.cli.options import (
     verdict_rules,
     fill_unset,
     load_model_from,
+    note_limits,
     positive_int,
     recorded_options,
     seed_int,
@@ -51,6 +52,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **(REFERENCE if args.reference_protocol else {})})
     cfg = sweep_config(args)  # every sweep option checked, before the model is loaded
     check_inputs(corpora=[args.corpus], tasks=[args.tasks])  # before the model is loaded
+    note_limits(cfg.tasks, clusters=cfg.cluster_limit, task_limit=cfg.task_limit)
     t0 = time.time()
     # Under torchrun each rank loads the model on its own device and the ranks split the
     # points through the folder's claims; rank 0 writes the tables and report at the end.
@@ -101,6 +103,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         if args.out_csv:
             check_output_file(args.out_csv, "--out_csv", example=SweepFolder.TABLES["summary"])
         manifest = sweep.read_manifest()
+        if args.accept_edited:  # judged anyway; the report says which files were edited
+            for line in sweep.accept_edits():
+                print(f"note: accepted an edited file: {line}", file=sys.stderr)
         summary = collect(folder, rules=verdict_rules(args))
         report = write_report(folder, summary, manifest,
                               RunFolder(folder.parent).read_report_sections())
@@ -159,5 +164,12 @@ def add_summarize_parser(sub) -> None:
     p.add_argument("--out_csv", "--out-csv", dest="out_csv", default=None,
                    help="also write the summary here (reference layout default: "
                         f"<folder>/{SweepFolder.TABLES['tom_summary']})")
+    p.add_argument("--accept-edited", dest="accept_edited", action="store_true",
+                   help="judge point files that differ from the sha256 the sweep recorded when "
+                        "it wrote them (refused otherwise); the files are listed in "
+                        f"{SweepFolder.EDITS_ACCEPTED} and the report warns that the verdicts "
+                        "rest on edited results. Values out of range or inconsistent (a "
+                        "perplexity its window losses do not give, a margin that is not its "
+                        "log-probabilities' difference) are refused even so")
     add_verdict_args(p)
     p.set_defaults(handler=cmd_summarize)

@@ -38,18 +38,18 @@ def _show(spec: str, examples: int) -> None:
             print(textwrap.indent(textwrap.fill(p.text, width=100), "    "))
 
 
-def _export(out: str, seed: int) -> None:
+def _export(out: str, seed: int, overwrite: bool) -> None:
 
-    paths = export_bank(out, seed=seed)
+    paths = export_bank(out, seed=seed, overwrite=overwrite)
     for split in ("eval", "train"):
         print(builtin_taskset(split, seed).summary())
     for path in paths:
         print(f"wrote {path}")
 
 
-def _export_lm_eval(out: str, spec: str, answer_span: str) -> None:
+def _export_lm_eval(out: str, spec: str, answer_span: str, overwrite: bool) -> None:
     taskset = load_tasks(spec)
-    paths = export_lm_eval(taskset, out, answer_span=answer_span)
+    paths = export_lm_eval(taskset, out, answer_span=answer_span, overwrite=overwrite)
     print(f"{taskset.summary()}: {(len(paths) - 1) // 2} lm-eval tasks")
     for path in paths:
         print(f"wrote {path}")
@@ -67,9 +67,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             raise UserError("tasks export needs --out DIR")
         check_output_dir(args.out)  # before anything is built or written
         if args.format == "lm-eval":
-            _export_lm_eval(args.out, args.tasks, args.answer_span)
+            _export_lm_eval(args.out, args.tasks, args.answer_span, args.overwrite)
         else:
-            _export(args.out, args.seed)
+            _export(args.out, args.seed, args.overwrite)
     else:
         if args.n < 0:  # a one-line error (tests/unit/test_evaluate_cli.py), not argparse's
             raise UserError(f"tasks show -n {args.n}: give the number of prompts to show per "
@@ -91,6 +91,9 @@ def add_parser(sub) -> None:
                    help="lm-eval export: score the answer's first word (default, as our "
                         "likelihood scoring) or all of it")
     p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="export: replace files of an earlier export in --out (refused "
+                        "otherwise, as by every command that writes named files)")
     p.add_argument("-n", dest="n", type=int, default=SHOWN_PER_FAMILY,
                    help=f"prompts to show per family (default {SHOWN_PER_FAMILY}), 0 or more")
     p.set_defaults(handler=cmd_tasks)

@@ -15,7 +15,7 @@ from tomsparse.data.tasks.model import (
     REFERENCE_FAMILIES,
     TRANSFER_CONDITIONS,
 )
-from tomsparse.files import atomic_path, write_csv
+from tomsparse.files import atomic_path, atomic_write_text, check_link, write_csv
 
 # Reference results.csv columns, in the reference's order.
 REFERENCE_COLUMNS = {
@@ -62,9 +62,11 @@ class EvalResult:
             _merge_csv(paths[kind], frame)
         paths["reference"] = write_reference_results(out / "tom", self.reference_results(),
                                                      self.meta.get("m", 0.0))
-        paths["runs"] = out / "tom_runs.jsonl"
-        with open(paths["runs"], "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(self.meta, default=str) + "\n")
+        paths["runs"] = check_link(out / "tom_runs.jsonl")
+        # appended by rewriting it whole (atomically), never through a planted link
+        before = (paths["runs"].read_text(encoding="utf-8") if paths["runs"].is_file()
+                  else "")
+        atomic_write_text(paths["runs"], before + json.dumps(self.meta, default=str) + "\n")
         return paths
 
 

@@ -1,7 +1,8 @@
 """Judging a sweep: from the points a sweep folder holds to the claims a report states.
 
-``specificity`` the paired statistics engine over clusters (per-cluster values, contrasts
-with random and damage-matched controls, the chance gate, dose-response), built on
+``clusters`` the per-cluster values (families, roles, answer pairs, paired changes, the gate);
+``specificity`` the paired statistics engine over clusters (contrasts
+with random and damage-matched controls, the pass-rate gate, dose-response), built on
 ``tomsparse.stats``; ``verdicts`` the claims (a)-(e), Holm over the run, and their wording;
 ``tables`` reads a sweep folder's points and writes the specificity tables and verdicts;
 ``summary`` the summary tables (tidy, per point, controls side by side); ``frontier`` the mask

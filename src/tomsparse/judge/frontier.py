@@ -7,7 +7,7 @@ out; see ``tomsparse.masks``). Each member is read from the specificity tables o
 * ``ppl_change`` = perplexity / baseline - 1;
 * ``belief_gap`` = the change in false-belief margin minus the change in its true-belief
   controls (paired, t-interval over clusters), pooled over the families whose baseline
-  is above chance (over all families when none is). Negative = false belief hurt more: the
+  passes its controls (over all families when none does). Negative = false belief hurt more: the
   ToM-specific damage the paper's claim predicts.
 
 A member is on the Pareto front when no other member has both a lower (or equal) perplexity
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.masks import parse_mode
-from tomsparse.judge.specificity import POOL_ABOVE, POOL_ALL
+from tomsparse.judge.specificity import ABOVE, POOL_ABOVE, POOL_ALL
 
 COLUMNS = ["label", "mode", "q", "p_factor", "p", "left_out_channels", "masked",
            "perplexity", "ppl_change", "belief_gap", "belief_gap_lo", "belief_gap_hi",
@@ -35,7 +35,7 @@ COLUMNS = ["label", "mode", "q", "p_factor", "p", "left_out_channels", "masked",
 
 def pool_of(tables: Mapping[str, pd.DataFrame]) -> str:
     base = tables["baseline"]
-    return POOL_ABOVE if (base["state"] == "above chance").any() else POOL_ALL
+    return POOL_ABOVE if (base["state"] == ABOVE).any() else POOL_ALL
 
 
 def family_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

@@ -19,24 +19,32 @@ then judged by a Student t-interval over the cluster values with clusters - 1 df
 (``stats.paired_interval``'s rule). Seeds of one mode at one m are replicate masks: their
 interval adds the mask-to-mask variance (``stats.mean_of_masks``); a contrast against N random
 or matched masks is ``stats.contrast_with_controls`` (the target minus the masks' mean, both
-variance components, and the target's rank among the masks). Pools ("all", "above chance")
+variance components, and the target's rank among the masks). Pools ("all", "passing families")
 put the clusters of their families side by side, every cluster weighing the same.
 
-Two-answer families (one fixed answer pair, e.g. irony's Yes / No): the answer-bias shift is
-the change in the mean of log P(A) - log P(B) over a cluster's prompts, A being the answer the
-ToM prompts do not expect ("Yes" for irony). When ToM and control prompts expect opposite
+Answer pairs: where a cluster's prompts use two answer words (irony's Yes / No; the two
+objects or places of a contents or transfer task), the answer-bias shift is the change in the
+mean of log P(A) - log P(B) over its prompts, A being the answer its ToM prompts expect least
+("Yes" for irony), and each role's change is adjusted by its answers' lean times that shift
+(0 where a role is counterbalanced within the cluster, as in contents and transfer; under
+generation scoring the same on correctness). When ToM and control prompts expect opposite
 answers of that pair (irony), their belief gap equals minus twice the bias shift: it cannot
 tell a lost irony reading from a Yes/No bias, so such a family is marked ``gap_confounded``
 and left out of pooled belief gaps; its ToM change is reported bias-adjusted
 (``tom_margin_change_adj``: the cluster's change minus the bias shift in its answer's
 direction).
 
-The chance gate (``stats.chance_gate``): per family, a cluster counts as passed only when
-every one of its false-belief prompts and every one of its true-belief controls is right
-(correct in more than half of the reps under generation scoring), so a shortcut that answers
-every probe the same way fails its controls. The family passes when the passed clusters beat
-guessing (each of the prompts right with probability 1/2, independently) by a one-sided exact
-binomial test at ``gate_alpha``.
+The gate (``stats.pass_rate_gate``): per family, a cluster counts as passed only when every
+one of its false-belief prompts and every one of its true-belief controls is right (correct in
+more than half of the reps under generation scoring), so a shortcut that answers every probe
+the same way fails its controls. The family passes when the one-sided lower confidence bound
+(1 - ``gate_alpha``) of its cluster pass rate is above ``gate_floor``, and is then judged on
+the clusters it passed only (``Family.judge_only``: the others' values are NaN). Whether the
+passed clusters beat guessing (``stats.chance_gate``) is kept beside it, for the report.
+
+Claim (c)'s ``belief_gap_relative``: per cluster, the false-belief change over its baseline
+margin minus the true-belief controls' change over theirs (bias-adjusted): a mask that shrinks
+every margin by the same fraction leaves it at 0, whatever the baselines.
 """
 
 from __future__ import annotations
@@ -48,228 +56,40 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tomsparse.data.tasks import FAMILIES, cluster_of, first_word
+from tomsparse.data.tasks.roles import CONTROL, FACT, TOM, prompt_role, role_rows
 from tomsparse.errors import UserError
-from tomsparse.stats import (chance_gate, contrast_with_controls, dose_response,
-                             mean_of_masks, perplexity_ratio_interval, scenario_chance)
-from tomsparse.stats.intervals import Interval, cluster_means, interval_over_units
-from tomsparse.sweep.folder import BASELINE_MODE, PROMPT_KEY, PROMPT_NUMBERS, group_label
-from tomsparse.data.tasks.roles import (CONTROL, FACT, TOM, natural_key, prompt_role,
-                                        role_rows)
+from tomsparse.judge.clusters import (ABOVE, METRICS, NO_TOM, NOT_ABOVE, POOL_ABOVE, POOL_ALL,
+                                      Engine, clean_prompts, family_gate, paired_changes,
+                                      per_cluster)
+from tomsparse.stats import contrast_with_controls, dose_response, perplexity_ratio_interval
+from tomsparse.stats.intervals import Interval, interval_over_units
+from tomsparse.sweep.folder import BASELINE_MODE, group_label
 
-METRICS = ("tom_margin_change", "control_margin_change", "fact_margin_change",
-           "belief_gap_margin", "tom_accuracy_change", "control_accuracy_change",
-           "belief_gap_accuracy", "bias_shift", "tom_margin_change_adj")
-# Which roles stand behind each metric (for n_tasks / n_prompts).
-_METRIC_ROLES = {"tom_margin_change": (TOM,), "control_margin_change": (CONTROL,),
-                 "fact_margin_change": (FACT,), "belief_gap_margin": (TOM, CONTROL),
-                 "tom_accuracy_change": (TOM,), "control_accuracy_change": (CONTROL,),
-                 "belief_gap_accuracy": (TOM, CONTROL), "bias_shift": (TOM, CONTROL, FACT),
-                 "tom_margin_change_adj": (TOM,)}
-_GAP_METRICS = ("belief_gap_margin", "belief_gap_accuracy")
-POOL_ALL, POOL_ABOVE = "all", "above chance"
-ABOVE, NOT_ABOVE, NO_TOM = "above chance", "not above chance", "no false-belief prompts"
 # The columns of the tables, so that a sweep holding only its baseline still writes them
 # with their header (a table of no rows, not an empty file).
-_INTERVAL_COLUMNS = ("value", "lo", "hi", "se", "df", "p_value", "n_clusters")
+_INTERVAL_COLUMNS = ("value", "lo", "hi", "se", "df", "p_value", "n_clusters", "method",
+                     "skewness")
 POINT_COLUMNS = ("label", "mode", "seed", "m", "n_seeds", "masked", "perplexity", "ppl_change",
                  "ppl_windows", "ppl_ratio", "ppl_ratio_lo", "ppl_ratio_hi", "ppl_log_se",
                  "ppl_log_df", "family", "metric", *_INTERVAL_COLUMNS, "n_tasks", "n_prompts",
                  "note")
 CONTRAST_COLUMNS = ("label", "mode", "m", "kind", "reference", "reference_mode",
-                    "reference_seeds", "perplexity", "reference_perplexity", "family", "metric",
+                    "reference_seeds", "perplexity", "reference_perplexity",
+                    "reference_perplexity_min", "reference_perplexity_max", "family", "metric",
                     *_INTERVAL_COLUMNS, "mask_se", "rank_p", "n_tasks", "n_prompts", "note")
-DOSE_COLUMNS = ("mode", "family", "metric", *_INTERVAL_COLUMNS, "n_m", "m_values", "note")
+DOSE_COLUMNS = ("mode", "reference", "family", "metric", *_INTERVAL_COLUMNS, "n_m", "m_values",
+                "note")
 # the metrics a dose-response is fitted on (likelihood and generation scoring)
 DOSE_METRICS = ("tom_margin_change_adj", "tom_accuracy_change")
 CONDITION_COLUMNS = ("label", "mode", "seed", "m", "n_seeds", "family", "condition", "probe",
                      "role", "metric", "baseline", "value", "lo", "hi", "n_tasks", "n_prompts")
 
 
-def _clean_prompts(frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    """One row per prompt (reps averaged), key columns as strings, numbers as floats, and the
-    prompt's cluster ("" where the table has no ``cluster`` column)."""
-    missing = [c for c in (*PROMPT_KEY, "expected", "alternative", "correct") if c not in frame]
-    if missing:
-        raise UserError(f"{where}: missing column(s) {', '.join(missing)}")
-    frame = frame.copy()
-    if "cluster" not in frame:
-        frame["cluster"] = ""
-    for col in (*PROMPT_KEY, "expected", "alternative", "cluster"):
-        frame[col] = frame[col].fillna("").astype(str)
-    for col in PROMPT_NUMBERS:
-        frame[col] = pd.to_numeric(frame[col], errors="coerce") if col in frame else np.nan
-    if "margin" in frame and frame["margin"].isna().all():
-        frame["margin"] = frame["logprob_expected"] - frame["logprob_alternative"]
-    corr = frame["correct"]
-    if corr.dtype == object or str(corr.dtype).startswith(("str", "string")):
-        corr = corr.astype(str).str.strip().str.lower().map({"true": 1.0, "false": 0.0,
-                                                             "1": 1.0, "0": 0.0})
-    frame["correct"] = pd.to_numeric(corr, errors="coerce").astype(float)
-    out = (frame.groupby(list(PROMPT_KEY) + ["expected", "alternative", "cluster"], sort=False,
-                         dropna=False)[["margin", "correct"]].mean().reset_index())
-    if out.duplicated(list(PROMPT_KEY)).any():
-        dup = out[out.duplicated(list(PROMPT_KEY), keep=False)].iloc[0]
-        raise UserError(f"{where}: prompt {dict(dup[list(PROMPT_KEY)])} appears with two different "
-                        f"expected answers")
-    return out
-
-
-def _per_cluster(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
-    """``stats.cluster_means`` laid out by cluster index (length ``n``; NaN where a cluster
-    has no finite value)."""
-    ids, means = cluster_means(values, index)
-    out = np.full(n, np.nan)
-    out[ids] = means
-    return out
-
-
-class _Family:
-    """The prompts of one family in the baseline's order, their roles and clusters."""
-
-    def __init__(self, name: str, base: pd.DataFrame):
-        self.name = name
-        self.rows = base.index[base["family"] == name].to_numpy()
-        sub = base.loc[self.rows]
-        cluster = np.array([cluster_of(t, c) for t, c in zip(sub["task_id"], sub["cluster"])])
-        self.clusters = sorted(set(cluster), key=natural_key)
-        pos = {c: i for i, c in enumerate(self.clusters)}
-        self.cluster = np.array([pos[c] for c in cluster], dtype=int)
-        self.n = len(self.clusters)
-        self.task = sub["task_id"].to_numpy()
-        self.role = sub["role"].to_numpy()
-        self.by_task = bool((sub["cluster"] == "").all()
-                            or all(c == cluster_of(t) for t, c in zip(sub["task_id"], cluster)))
-        exp = sub["expected"].map(first_word).to_numpy()
-        alt = sub["alternative"].map(first_word).to_numpy()
-        words = sorted(set(exp) | set(alt))
-        self.pair = None
-        self.sign = np.zeros(len(sub))
-        self.confounded = False
-        if len(words) == 2:
-            tom_alt = alt[self.role == TOM]
-            if len(tom_alt):
-                values, counts = np.unique(tom_alt, return_counts=True)
-                a = values[np.argmax(counts)] if counts.max() * 2 > len(tom_alt) else words[1]
-            else:
-                a = words[1]
-            b = words[0] if a == words[1] else words[1]
-            self.pair = (a, b)
-            self.sign = np.where(exp == a, 1.0, -1.0)
-            st = self.sign[self.role == TOM]
-            sc = self.sign[self.role == CONTROL]
-            self.confounded = bool(len(st) and len(sc) and abs(st.mean() - sc.mean()) > 1e-9)
-
-    @property
-    def unit(self) -> str:
-        return "task" if self.by_task else "scenario"
-
-    def count(self, roles: Sequence[str]) -> tuple[int, int]:
-        """(tasks, prompts) with the given roles."""
-        sel = np.isin(self.role, list(roles))
-        return int(len(np.unique(self.task[sel]))), int(sel.sum())
-
-    def mean(self, values: np.ndarray, sel: np.ndarray) -> np.ndarray:
-        """Per-cluster mean of ``values`` over the selected prompts of the family."""
-        return _per_cluster(np.where(sel, values, np.nan), self.cluster, self.n)
-
-    def cluster_values(self, margin: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
-        """Every metric as one value per cluster (NaN where a cluster lacks its prompts)."""
-        m, c = margin[self.rows], correct[self.rows]
-        out = {}
-        for role in (TOM, CONTROL, FACT):
-            out[f"{role}_margin_change"] = self.mean(m, self.role == role)
-            out[f"{role}_accuracy_change"] = self.mean(c, self.role == role)
-        del out["fact_accuracy_change"]
-        out["belief_gap_margin"] = out["tom_margin_change"] - out["control_margin_change"]
-        out["belief_gap_accuracy"] = out["tom_accuracy_change"] - out["control_accuracy_change"]
-        if self.pair is not None:
-            used = np.isin(self.role, [TOM, CONTROL, FACT])
-            out["bias_shift"] = self.mean(self.sign * m, used)
-            out["tom_margin_change_adj"] = (out["tom_margin_change"]
-                                            - self.mean(self.sign, self.role == TOM)
-                                            * out["bias_shift"])
-        else:
-            out["bias_shift"] = np.full(self.n, np.nan)
-            out["tom_margin_change_adj"] = out["tom_margin_change"]
-        return out
-
-
-def _family_order(names) -> list[str]:
-    names = set(names)
-    return [f for f in FAMILIES if f in names] + sorted(names - set(FAMILIES))
-
-
-class _Engine:
-    """What every statistic of one sweep shares: the families of the baseline's prompts and
-    the pools (which families' clusters a pooled row puts side by side)."""
-
-    def __init__(self, base: pd.DataFrame, level: float):
-        self.fams = {f: _Family(f, base) for f in _family_order(base["family"].unique())}
-        self.level = level
-        self.pools: dict[str, list[str]] = {POOL_ALL: list(self.fams), POOL_ABOVE: []}
-
-    @property
-    def names(self) -> list[str]:
-        """Every family, then every pool: the rows of a unit in the tables."""
-        return list(self.fams) + list(self.pools)
-
-    def members(self, name: str, metric: str) -> list[str]:
-        """The families behind ``metric`` in a family or pool row (a pool leaves out the bias
-        shift, and the belief gaps of confounded families)."""
-        if name not in self.pools:
-            return [name]
-        if metric == "bias_shift":
-            return []
-        return [f for f in self.pools[name]
-                if not (metric in _GAP_METRICS and self.fams[f].confounded)]
-
-    def values(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-        """{family or pool: {metric: (masks x clusters) array}} for the paired changes of one
-        point (one row) or of the seeds of a seed group (one row per seed)."""
-        per = [{f: fam.cluster_values(dm, dc) for f, fam in self.fams.items()} for dm, dc in rows]
-        out = {}
-        for name in self.names:
-            out[name] = {}
-            for metric in METRICS:
-                fams = self.members(name, metric)
-                out[name][metric] = np.array([np.concatenate([p[f][metric] for f in fams])
-                                              if fams else np.zeros(0) for p in per])
-        return out
-
-    def interval(self, values: np.ndarray) -> Interval:
-        """The interval of a unit's (masks x clusters) values."""
-        if values.shape[1] == 0:
-            return interval_over_units(np.zeros(0), self.level, what="clusters")
-        return mean_of_masks(values, np.arange(values.shape[1]), self.level)
-
-    def counts(self, name: str, metric: str) -> tuple[int, int]:
-        """(tasks, prompts) behind ``metric`` in a family or pool."""
-        nt = npr = 0
-        for f in self.members(name, metric):
-            if metric == "bias_shift" and self.fams[f].pair is None:
-                continue
-            t, p = self.fams[f].count(_METRIC_ROLES[metric])
-            nt, npr = nt + t, npr + p
-        return nt, npr
-
-    def note(self, name: str, metric: str) -> str:
-        """What stands behind a row: a pool's families, a family's clusters or answer pair."""
-        if name in self.pools:
-            use = self.members(name, metric)
-            return "families: " + (", ".join(use) if use else "none")
-        fam = self.fams[name]
-        if metric == "bias_shift" and fam.pair:
-            return f"log P({fam.pair[0]}) - log P({fam.pair[1]})"
-        if metric in _GAP_METRICS and fam.confounded:
-            return "confounded with the answer bias (= -2 x bias_shift in a balanced design)"
-        return f"clusters: {fam.unit}s"
-
-
 def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame], *,
                         matched: Mapping[str, Sequence[str]] | None = None,
                         random_mode: str = "random", target_mode: str = "difference",
                         level: float = 0.95, gate_alpha: float = 0.05,
+                        gate_floor: float = 0.5, method: str = "skew",
                         interpolated: Mapping[str, Sequence[dict]] | None = None
                         ) -> dict[str, pd.DataFrame]:
     """The specificity tables from point infos and per-prompt tables (see
@@ -299,28 +119,29 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
     if base_rows.empty:
         raise UserError("no baseline point (mode 'none'): the changes are measured against it")
     base_label = base_rows.sort_values("seed")["label"].iloc[0]
-    base = _clean_prompts(prompts[base_label], base_label)
+    base = clean_prompts(prompts[base_label], base_label)
     base["role"] = [prompt_role(f, c, p, s) for f, c, p, s in
                     zip(base["family"], base["condition"], base["probe"], base["scenario"])]
     base = base[base["role"] != ""].reset_index(drop=True)
     if base.empty:
         raise UserError(f"{base_label}: no prompt of a known family and condition")
-    changes = _paired_changes(points, prompts, base, base_label)
+    changes = paired_changes(points, prompts, base, base_label)
     points, matched = _interpolate(points, changes, matched, interpolated)
-    engine = _Engine(base, level)
-    baseline = _baseline_table(engine, base, gate_alpha)
+    engine = Engine(base, level, method)
+    baseline = _baseline_table(engine, base, gate_alpha, gate_floor)
     engine.pools[POOL_ABOVE] = list(baseline.loc[baseline["state"] == ABOVE, "family"])
     base_info = base_rows.sort_values("seed").iloc[0]
     units = _units(engine, points, base_label, changes)
     info = pd.DataFrame([{"label": base_label, "perplexity": float(base_info["perplexity"]),
-                          "level": level, "gate_alpha": gate_alpha,
+                          "level": level, "gate_alpha": gate_alpha, "gate_floor": gate_floor,
+                          "method": method,
                           "scoring": "generation" if base["margin"].isna().all()
                           else "likelihood"}])
     return {"points": _point_table(engine, units, base_info),
             "contrasts": _contrasts(engine, units, matched, random_mode),
             "baseline": baseline,
             "conditions": _condition_table(engine, units, base, changes),
-            "dose": _dose_table(engine, units, target_mode),
+            "dose": _dose_table(engine, units, target_mode, random_mode),
             "roles": pd.DataFrame(role_rows()), "info": info}
 
 
@@ -362,61 +183,24 @@ def _interpolate(points: pd.DataFrame, changes: dict, matched, interpolated):
     return points, matched
 
 
-def _paired_changes(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame],
-                    base: pd.DataFrame, base_label: str
-                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{label: (margin change, correct change)} of every point, prompt by prompt against the
-    baseline (in the baseline's row order); a point whose prompts differ is refused."""
-    keys = list(PROMPT_KEY)
-    margin0, correct0 = base["margin"].to_numpy(float), base["correct"].to_numpy(float)
-    changes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for label in points["label"]:
-        if label == base_label:
-            continue
-        if label not in prompts:
-            raise UserError(f"{label}: no per-prompt table")
-        cur = _clean_prompts(prompts[label], label)
-        joined = base[keys + ["expected"]].merge(
-            cur[keys + ["expected", "margin", "correct"]], on=keys, how="left",
-            suffixes=("", "_pt"), validate="one_to_one")
-        lost = joined["margin"].isna() & joined["correct"].isna()
-        if lost.any() or (joined["expected"] != joined["expected_pt"]).any():
-            bad = joined[lost | (joined["expected"] != joined["expected_pt"])].iloc[0]
-            raise UserError(f"{label}: prompt {dict(bad[keys])} is missing or has another "
-                            f"expected answer than at the baseline; the points are not paired")
-        changes[label] = (joined["margin"].to_numpy(float) - margin0,
-                          joined["correct"].to_numpy(float) - correct0)
-    return changes
-
-
-def _gate(fam: _Family, correct0: np.ndarray, alpha: float):
-    """The chance gate of one family: clusters with a false-belief prompt, each passed when
-    all its false-belief and true-belief control prompts are right; chance from the fewest
-    such prompts in a cluster (the largest chance: conservative for the others)."""
-    right = correct0[fam.rows] > 0.5
-    judged = np.isin(fam.role, [TOM, CONTROL])
-    has_tom = np.bincount(fam.cluster[fam.role == TOM], minlength=fam.n) > 0
-    probes = np.bincount(fam.cluster[judged], minlength=fam.n)
-    wrong = np.bincount(fam.cluster[judged & ~right], minlength=fam.n)
-    passed = (wrong == 0)[has_tom]
-    if not has_tom.any():
-        return None
-    chance = scenario_chance(int(probes[has_tom].min()), 2)
-    return chance_gate(passed, chance, alpha)
-
-
-def _baseline_table(engine: _Engine, base: pd.DataFrame, alpha: float) -> pd.DataFrame:
+def _baseline_table(engine: Engine, base: pd.DataFrame, alpha: float,
+                    floor: float) -> pd.DataFrame:
     """Per family: the baseline's false-belief accuracy and margin levels with their
-    intervals over clusters, the controls it does not pass, and the chance gate."""
+    intervals over clusters, the controls it does not pass, and the gate (a family that
+    passes is judged on the clusters it passes: ``Family.judge_only``)."""
     margin0, correct0 = base["margin"].to_numpy(float), base["correct"].to_numpy(float)
     rows = []
     for f, fam in engine.fams.items():
-        levels = fam.cluster_values(margin0, correct0)   # the "change" names hold levels here
+        # the "change" names hold the baseline's levels here, over every cluster
+        levels = fam.cluster_values(margin0, correct0, levels=True)
         acc = engine.interval(levels["tom_accuracy_change"][None, :])
         mar = engine.interval(levels["tom_margin_change"][None, :])
         n_tasks, n_prompts = fam.count((TOM,))
-        gate = _gate(fam, correct0, alpha)
+        gates = family_gate(fam, correct0, alpha, floor)
+        gate, chance = (gates[0], gates[1]) if gates else (None, None)
         state = NO_TOM if gate is None else (ABOVE if gate.passes else NOT_ABOVE)
+        if gate is not None and gate.passes:
+            fam.judge_only(gates[2])
         # Controls the baseline does not pass: a heuristic (e.g. "answer the label") can then
         # pass the false-belief prompts without any belief tracking.
         weak = []
@@ -438,13 +222,26 @@ def _baseline_table(engine: _Engine, base: pd.DataFrame, alpha: float) -> pd.Dat
             if np.isfinite(levels["control_margin_change"]).any() else math.nan,
             "fact_accuracy": float(fact.mean()) if len(fact) else math.nan,
             "weak_controls": "; ".join(weak),
+            "control_margin_lo": _level_bound(engine, levels, "control_margin_change", "lo"),
+            "control_margin_hi": _level_bound(engine, levels, "control_margin_change", "hi"),
             "gate_passed": gate.k if gate else 0, "gate_clusters": gate.n if gate else 0,
-            "chance": gate.chance if gate else math.nan,
-            "gate_p": gate.p_value if gate else math.nan, "gate_alpha": alpha,
+            "pass_rate": gate.rate if gate else math.nan,
+            "pass_rate_lo": gate.lo if gate else math.nan, "gate_floor": floor,
+            "judged_clusters": int(fam.judged.sum()) if gate and gate.passes else 0,
+            "chance": chance.chance if chance else math.nan,
+            "chance_p": chance.p_value if chance else math.nan,
+            "above_chance": bool(chance.passes) if chance else False, "gate_alpha": alpha,
             "gate_reason": gate.reason if gate else NO_TOM,
             "state": state, "at_chance": state != ABOVE, "gap_confounded": fam.confounded,
-            "bias_answers": f"{fam.pair[0]} over {fam.pair[1]}" if fam.pair else ""})
+            "bias_answers": (f"{fam.pair[0]} over {fam.pair[1]}" if fam.pair else
+                             "per-cluster answer pairs" if fam.paired else "")})
     return pd.DataFrame(rows)
+
+
+def _level_bound(engine: Engine, levels: dict, metric: str, side: str) -> float:
+    """A bound of the interval over clusters of a baseline level."""
+    iv = engine.interval(levels[metric][None, :])
+    return float(getattr(iv, side))
 
 
 def _losses(value) -> np.ndarray | None:
@@ -453,10 +250,10 @@ def _losses(value) -> np.ndarray | None:
     return None
 
 
-def _units(engine: _Engine, points: pd.DataFrame, base_label: str, changes: dict) -> dict:
+def _units(engine: Engine, points: pd.DataFrame, base_label: str, changes: dict) -> dict:
     """Every point, plus a seed group per (mode, m) with more than one seed: {label: its
     mode, seed, m, n_seeds, masked, perplexity, ppl_windows, losses (per window, the mean
-    over seeds), values (``_Engine.values``) and members}."""
+    over seeds), values (``Engine.values``) and members}."""
     units: dict[str, dict] = {}
     for row in points[points["label"] != base_label].itertuples():
         units[row.label] = dict(mode=row.mode, seed=row.seed, m=row.m, n_seeds=1,
@@ -482,7 +279,8 @@ def _units(engine: _Engine, points: pd.DataFrame, base_label: str, changes: dict
 
 def _interval_fields(iv: Interval) -> dict:
     return {"value": iv.estimate, "lo": iv.lo, "hi": iv.hi, "se": iv.se, "df": iv.df,
-            "p_value": iv.p_value, "n_clusters": iv.n_clusters}
+            "p_value": iv.p_value, "n_clusters": iv.n_clusters, "method": iv.method,
+            "skewness": iv.skewness}
 
 
 def _perplexity_fields(u: dict, base_info, level: float) -> dict:
@@ -498,7 +296,7 @@ def _perplexity_fields(u: dict, base_info, level: float) -> dict:
                 ppl_log_se=ratio.log_interval.se, ppl_log_df=ratio.log_interval.df)
 
 
-def _point_table(engine: _Engine, units: dict, base_info) -> pd.DataFrame:
+def _point_table(engine: Engine, units: dict, base_info) -> pd.DataFrame:
     """One row per unit, family or pool and metric: estimate, interval, counts."""
     ppl0 = float(base_info["perplexity"])
     rows = []
@@ -559,12 +357,16 @@ def _seed_mean(values: np.ndarray) -> np.ndarray:
         return np.nanmean(values, axis=0)
 
 
-def _contrasts(engine: _Engine, units: dict, matched, random_mode: str) -> pd.DataFrame:
+def _contrasts(engine: Engine, units: dict, matched, random_mode: str) -> pd.DataFrame:
     """Target minus the mean of its reference masks, over clusters and masks."""
     crow = []
     for target, kind, refs in _contrast_pairs(units, matched, random_mode):
         t = units[target]
-        rppl = float(np.mean([units[r]["perplexity"] for r in refs]))
+        rppls = [units[r]["perplexity"] for r in refs]
+        rppl = float(np.mean(rppls))
+        # each seed's own perplexity: a size searched on one seed and reused for the others
+        # lands each at its own damage (shown beside the claim)
+        members = [units[m]["perplexity"] for r in refs for m in units[r]["members"]]
         for name in engine.names:
             for metric in METRICS:
                 tv = _seed_mean(t["values"][name][metric])
@@ -574,7 +376,8 @@ def _contrasts(engine: _Engine, units: dict, matched, random_mode: str) -> pd.Da
                           "mask_se": math.nan, "rank_p": math.nan}
                 if tv.size:
                     with np.errstate(invalid="ignore"):
-                        cc = contrast_with_controls(tv, rv, np.arange(tv.size), engine.level)
+                        cc = contrast_with_controls(tv, rv, np.arange(tv.size), engine.level,
+                                                    method=engine.method)
                     fields = {**_interval_fields(cc.interval), "mask_se": cc.mask_se,
                               "rank_p": cc.rank_p_value(-1)}
                 nt, npr = engine.counts(name, metric)
@@ -583,13 +386,15 @@ def _contrasts(engine: _Engine, units: dict, matched, random_mode: str) -> pd.Da
                              "reference_mode": units[refs[0]]["mode"],
                              "reference_seeds": sum(units[r]["n_seeds"] for r in refs),
                              "perplexity": t["perplexity"], "reference_perplexity": rppl,
+                             "reference_perplexity_min": float(np.min(members)),
+                             "reference_perplexity_max": float(np.max(members)),
                              "family": name, "metric": metric, **fields,
                              "n_tasks": nt, "n_prompts": npr,
                              "note": engine.note(name, metric)})
     return pd.DataFrame(crow, columns=list(CONTRAST_COLUMNS))
 
 
-def _condition_table(engine: _Engine, units: dict, base: pd.DataFrame, changes: dict
+def _condition_table(engine: Engine, units: dict, base: pd.DataFrame, changes: dict
                      ) -> pd.DataFrame:
     """Per condition and probe: the change of every unit, paired, with its interval over the
     family's clusters (and over the seeds of a seed group)."""
@@ -606,7 +411,7 @@ def _condition_table(engine: _Engine, units: dict, base: pd.DataFrame, changes: 
                 per_seed = []
                 for mem in u["members"]:
                     vals = changes[mem][which][idx]
-                    per_seed.append(_per_cluster(vals, fam.cluster[local], fam.n))
+                    per_seed.append(per_cluster(vals, fam.cluster[local], fam.n))
                 mat = np.vstack(per_seed)
                 mat = mat[:, np.isfinite(mat).any(axis=0)]
                 iv = engine.interval(mat)
@@ -621,24 +426,48 @@ def _condition_table(engine: _Engine, units: dict, base: pd.DataFrame, changes: 
     return pd.DataFrame(rows, columns=list(CONDITION_COLUMNS))
 
 
-def _dose_table(engine: _Engine, units: dict, target_mode: str) -> pd.DataFrame:
+def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str
+                ) -> pd.DataFrame:
     """Per family and pool: the mean over clusters of each cluster's least-squares slope of
     the ToM change on log m (``stats.dose_response``), over the single-seed points of
-    ``target_mode`` at m > 0; one test of a sweep's trend instead of one per m."""
+    ``target_mode`` at m > 0; one test of a sweep's trend instead of one per m. Two rows
+    each: the target's own slope (``reference`` ""), and the slope of the target's change
+    beyond the mean of the random masks at each m (``reference`` = ``random_mode``): any
+    damaging mask grows its damage with m, so claim (e) is judged on the second."""
     pts = sorted((u for u in units.values() if u["mode"] == target_mode and u["n_seeds"] == 1
                   and u["m"] > 0), key=lambda u: u["m"])
+    randoms = {}
+    for u in units.values():
+        if u["mode"] == random_mode and u["m"] > 0:
+            key = float(u["m"])
+            if key not in randoms or u["n_seeds"] > randoms[key]["n_seeds"]:
+                randoms[key] = u
+    missing = [u["m"] for u in pts if not any(np.isclose(u["m"], r) for r in randoms)]
     rows = []
     for name in engine.names:
         for metric in DOSE_METRICS:
-            mats = [u["values"][name][metric][0] for u in pts]
-            if mats and mats[0].size:
-                n = mats[0].size
-                iv = dose_response(np.concatenate(mats), np.tile(np.arange(n), len(mats)),
-                                   np.repeat([u["m"] for u in pts], n), engine.level)
-            else:
-                iv = interval_over_units(np.zeros(0), engine.level, what="clusters")
-            rows.append({"mode": target_mode, "family": name, "metric": metric,
-                         **_interval_fields(iv), "n_m": len(pts),
-                         "m_values": " ".join(f"{u['m']:.4g}" for u in pts),
-                         "note": iv.reason or "slope of the change per unit of log m"})
+            for reference in ("", random_mode):
+                mats = [u["values"][name][metric][0] for u in pts]
+                note = "slope of the change per unit of log m"
+                if reference:
+                    note = "slope of the change beyond the random masks' per unit of log m"
+                    if missing:
+                        mats = []
+                        note = ("no random masks at m = "
+                                + ", ".join(f"{m:.3g}" for m in missing))
+                    else:
+                        refs = [next(r for k, r in randoms.items() if np.isclose(u["m"], k))
+                                for u in pts]
+                        mats = [t - _seed_mean(r["values"][name][metric])
+                                for t, r in zip(mats, refs)]
+                if mats and mats[0].size:
+                    n = mats[0].size
+                    iv = dose_response(np.concatenate(mats), np.tile(np.arange(n), len(mats)),
+                                       np.repeat([u["m"] for u in pts], n), engine.level)
+                else:
+                    iv = interval_over_units(np.zeros(0), engine.level, what="clusters")
+                rows.append({"mode": target_mode, "reference": reference, "family": name,
+                             "metric": metric, **_interval_fields(iv), "n_m": len(pts),
+                             "m_values": " ".join(f"{u['m']:.4g}" for u in pts),
+                             "note": note if reference and missing else (iv.reason or note)})
     return pd.DataFrame(rows, columns=list(DOSE_COLUMNS))

@@ -62,8 +62,7 @@ def verdict_rules(folder: SweepFolder, rules: VerdictRules | None) -> VerdictRul
         return rules
     kept = folder.read_verdict_rules()
     try:
-        return VerdictRules(**{k: float(v) for k, v in kept.items()
-                               if k in VerdictRules.__dataclass_fields__})
+        return VerdictRules.from_kept(kept)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{folder.verdict_rules}: not a set of verdict rules ({exc}); delete "
                         "it to judge by the defaults") from None
@@ -77,6 +76,8 @@ def write_specificity(sweep_dir: str | Path, rules: VerdictRules | None = None,
     The other options go to ``compute_specificity``."""
     folder = SweepFolder(sweep_dir)
     rules = verdict_rules(folder, rules)
+    options.setdefault("gate_floor", rules.gate_floor)
+    options.setdefault("method", rules.interval_method)
     tables = specificity_tables(sweep_dir, target_mode=target_mode, **options)
     paths = {name: write_csv(folder.specificity(name), tables[name])
              for name in ("points", "contrasts", "baseline", "conditions", "roles", "matched",

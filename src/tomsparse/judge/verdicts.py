@@ -4,7 +4,7 @@ For every point (or seed group) of the mask under test, claims (a)-(d), and one 
 claim (e) per family, each judged in every family that passes its own controls and pooled
 over them. A claim gets one of the outcomes of ``tomsparse.stats.classify``: "shown",
 "ruled out", "opposite direction", "not shown", or "cannot be measured" (with the reason: a
-family that fails the chance gate, no control of the kind the claim needs, no interval).
+family that fails its gate, no control of the kind the claim needs, no interval).
 
 Decision rules (``config.VerdictRules.describe`` says them in plain words, and the report prints
 that): every claim with a p-value is one hypothesis of one family of tests, the whole run;
@@ -24,25 +24,36 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.config import VerdictRules
-from tomsparse.stats import (CANNOT_BE_MEASURED, classify, equivalence_from_interval, holm,
-                             holm_levels, t_interval)
+from tomsparse.stats import (CANNOT_BE_MEASURED, NOT_SHOWN, classify, detectable_effect,
+                             equivalence_from_interval, holm, holm_levels, t_interval)
 from tomsparse.stats.intervals import Interval
 from tomsparse.judge.specificity import ABOVE, POOL_ABOVE
 
 CANNOT = CANNOT_BE_MEASURED
 CLAIMS = (("a", "ToM hurt more than by random masks of the same count"),
           ("b", "ToM hurt more than by damage-matched controls"),
-          ("c", "false belief hurt more than its true-belief controls, beyond what "
-                "damage-matched controls do to that gap"),
+          ("c", "false belief hurt more than its true-belief controls, each relative to its "
+                "baseline margin, beyond what damage-matched controls do to that gap"),
           ("d", "perplexity nearly unchanged"),
-          ("e", "ToM damage grows with m (dose-response)"))
+          ("e", "ToM damage beyond the random masks' grows with m (dose-response)"))
 CLAIM_TEXT = dict(CLAIMS)
 NO_PERTURBED_POINT = "no perturbed point"
+# A comparison with masks drawn at random carries their mask-to-mask variance only when there
+# are at least this many of a kind (one mask has no variance to estimate).
+MIN_MASKS = 2
+SEEDED_CONTROLS = ("random", "random-fraction")
 FAILS_GATE = "it does not pass its own controls"
 VERDICT_COLUMNS = ("claim", "label", "m", "family", "metric", "status", "value", "lo", "hi",
                    "lo_raw", "hi_raw", "p_raw", "p_holm", "tost_p", "tost_p_holm", "level",
                    "n_clusters", "n_tasks", "n_prompts", "reference", "rank_p",
-                   "tom_margin_removed", "tom_accuracy_change_pp", "reason", "sentence")
+                   "tom_margin_removed", "tom_accuracy_change_pp", "detectable", "reason",
+                   "sentence")
+
+
+def too_few_masks(n: int, what: str, option: str) -> str:
+    """Why a claim against fewer than ``MIN_MASKS`` masks of a kind is not judged."""
+    return (f"{n} of the {what}: a comparison with masks drawn at random needs at least "
+            f"{MIN_MASKS} to carry their mask-to-mask variance (raise {option})")
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -75,11 +86,22 @@ class _Candidate:
 
 
 def _as_interval(row, level: float, null: float = 0.0) -> Interval | None:
-    """The two-sided interval of a table row (value, se, df, n_clusters) around ``null``."""
+    """The two-sided interval of a table row (value, se, df, n_clusters, and its method and
+    skewness where the table has them) around ``null``."""
     if row is None or not np.isfinite(row["se"]) or not np.isfinite(row["df"]):
         return None
     return t_interval(float(row["value"]), float(row["se"]), float(row["df"]),
-                      int(row["n_clusters"]), level, null=null)
+                      int(row["n_clusters"]), level, null=null, **_shape(row))
+
+
+def _shape(row) -> dict:
+    """The interval method of a table row and its skewness (tables written before they were
+    recorded: the t-interval)."""
+    method = row.get("method") if hasattr(row, "get") else None
+    if not isinstance(method, str) or method not in ("t", "skew"):
+        return {}
+    skew = float(row.get("skewness", 0.0))
+    return {"method": method, "skewness": skew if np.isfinite(skew) else 0.0}
 
 
 def _pick(frame: pd.DataFrame, **eq) -> pd.Series | None:
@@ -94,11 +116,11 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "differen
     """Every verdict of a sweep (columns ``VERDICT_COLUMNS``), Holm-corrected together.
 
     "ToM change" is the bias-adjusted margin change of the false-belief prompts under
-    likelihood scoring, the accuracy change under generation scoring; negative is damage. A
-    sweep holding only its baseline gets every claim as "cannot be measured: no perturbed
-    point"."""
+    likelihood scoring, the bias-adjusted accuracy change under generation scoring; negative
+    is damage. A sweep holding only its baseline gets every claim as "cannot be measured: no
+    perturbed point"."""
     rules = rules or VerdictRules()
-    pts, con, base = tables["points"], tables["contrasts"], tables["baseline"]
+    pts = tables["points"]
     if pts.empty or "mode" not in pts:  # the baseline alone: nothing to judge
         return _baseline_only_verdicts(tables)
     info = tables["info"].iloc[0]
@@ -124,8 +146,11 @@ class _Context:
         self.level = float(info.get("level", 0.95))
         self.rules, self.target_mode = rules, target_mode
         generation = str(info.get("scoring", "likelihood")) == "generation"
-        self.metric = "tom_accuracy_change" if generation else "tom_margin_change_adj"
-        self.gap_metric = "belief_gap_accuracy" if generation else "belief_gap_margin"
+        self.metric = "tom_accuracy_change_adj" if generation else "tom_margin_change_adj"
+        # (c): under likelihood scoring the gap of changes relative to each role's baseline
+        # margin (a proportional shrink of every margin leaves it at 0); under generation the
+        # gap of accuracy changes (the judged clusters start at accuracy 1 in both roles)
+        self.gap_metric = "belief_gap_accuracy" if generation else "belief_gap_relative"
         self.margin = rules.margin_accuracy if generation else rules.margin_nats
         self.unit = "accuracy" if generation else "nats"
         self.passing = list(self.base.loc[self.base["state"] == ABOVE, "family"])
@@ -167,10 +192,15 @@ def _random_claim(ctx: _Context, t, scope: str) -> _Candidate:
     if row is None:
         cand.reason = cand.reason or "no random-mask points at this m"
         return cand
-    cand.interval = _as_interval(row, ctx.level)
-    cand.reference = f"random masks, same count, {int(row['reference_seeds'])} seed(s)"
-    cand.rank_p = float(row["rank_p"])
+    seeds = int(row["reference_seeds"])
+    cand.reference = f"random masks, same count, {seeds} seed(s)"
     cand.n_tasks, cand.n_prompts = int(row["n_tasks"]), int(row["n_prompts"])
+    if seeds < MIN_MASKS:
+        cand.reason = cand.reason or too_few_masks(seeds, "random masks", "--random-seeds / "
+                                                   "--secondary-seeds")
+        return cand
+    cand.interval = _as_interval(row, ctx.level)
+    cand.rank_p = float(row["rank_p"])
     if cand.interval is None and not cand.reason:
         cand.reason = f"no interval ({int(row['n_clusters'])} clusters with a value)"
     return cand
@@ -181,7 +211,8 @@ def _matched_claim(ctx: _Context, t, scope: str, claim: str) -> _Candidate:
     test: the claim is judged on the least favourable kind, the one with the largest one-sided
     p-value in the claimed direction)."""
     metric = ctx.metric if claim == "b" else ctx.gap_metric
-    cand = _Candidate(claim, t.label, t.m, scope, metric, None, margin=ctx.margin)
+    margin = (ctx.rules.margin_relative if metric == "belief_gap_relative" else ctx.margin)
+    cand = _Candidate(claim, t.label, t.m, scope, metric, None, margin=margin)
     cand.reason = ctx.unjudged(scope)
     if claim == "c" and scope != POOL_ABOVE and bool(ctx.gate[scope].gap_confounded):
         cand.reason = cand.reason or ("its belief gap is confounded with the Yes/No answer "
@@ -204,16 +235,28 @@ def _matched_claim(ctx: _Context, t, scope: str, claim: str) -> _Candidate:
         return cand
     judged = []
     for _, r in rows.iterrows():
+        seeds = int(r["reference_seeds"])
+        if r["reference_mode"] in SEEDED_CONTROLS and seeds < MIN_MASKS:
+            cand.reason = cand.reason or too_few_masks(
+                seeds, f"{r['reference_mode']} masks", "--match-seeds")
+            return cand
         iv = _as_interval(r, ctx.level)
         if iv is None:
             cand.reason = cand.reason or f"no interval against {r['reference']}"
             return cand
         judged.append((iv.one_sided_p(-1), iv, r))
     _, cand.interval, worst = max(judged, key=lambda x: (np.nan_to_num(x[0], nan=2.0)))
+    spread = ""
+    lo_p, hi_p = (worst.get("reference_perplexity_min", math.nan),
+                  worst.get("reference_perplexity_max", math.nan))
+    if int(worst["reference_seeds"]) > 1 and np.isfinite(lo_p) and np.isfinite(hi_p):
+        spread = (f", its seeds at perplexity {lo_p:.3g}-{hi_p:.3g} against the target's "
+                  f"{float(worst['perplexity']):.3g}")
     cand.reference = (f"{worst['reference_mode']}, interpolated to the target's perplexity "
                       f"between the two sizes its search bracketed"
                       if "_interp_" in str(worst["reference"]) else
-                      f"{worst['reference_mode']} ({int(worst['reference_seeds'])} seed(s))")
+                      f"{worst['reference_mode']} ({int(worst['reference_seeds'])} seed(s)"
+                      f"{spread})")
     cand.n_tasks, cand.n_prompts = int(worst["n_tasks"]), int(worst["n_prompts"])
     if len(judged) > 1:
         cand.detail = "least favourable of: " + ", ".join(
@@ -247,17 +290,23 @@ def _perplexity_claim(ctx: _Context, t, ppl0: float) -> _Candidate:
 
 
 def _dose_claim(ctx: _Context, scope: str) -> _Candidate:
-    """Claim (e): the mean per-cluster slope of the ToM change on log m is negative."""
+    """Claim (e): the mean per-cluster slope on log m of the ToM change beyond the random
+    masks' is negative (a raw slope grows for any damaging mask)."""
     cand = _Candidate("e", "", math.nan, scope, ctx.metric, None)
     cand.reason = ctx.unjudged(scope)
     row = None
     if ctx.dose is not None and not ctx.dose.empty:
-        row = _pick(ctx.dose, mode=ctx.target_mode, family=scope, metric=ctx.metric)
+        dose = ctx.dose
+        if "reference" in dose:
+            dose = dose[dose["reference"].fillna("").astype(str) != ""]
+        row = _pick(dose, mode=ctx.target_mode, family=scope, metric=ctx.metric)
     if row is None or not np.isfinite(row["se"]):
         n_m = int(row["n_m"]) if row is not None else 0
-        cand.reason = cand.reason or (f"{n_m} value(s) of m > 0 for {ctx.target_mode}: a "
-                                      f"slope needs 2 or more")
+        why = (str(row["note"]) if row is not None and str(row["note"]).startswith("no random")
+               else f"{n_m} value(s) of m > 0 for {ctx.target_mode}: a slope needs 2 or more")
+        cand.reason = cand.reason or why
         return cand
+    cand.reference = "beyond the random masks at each m"
     cand.interval = _as_interval(row, ctx.level)
     cand.detail = f"m = {row['m_values']}"
     return cand
@@ -277,25 +326,30 @@ def _decide(ctx: _Context, cands: list[_Candidate]) -> list[dict]:
         if c.reason:
             c.interval = None
     p = np.array([c.p if not c.reason else math.nan for c in cands])
-    levels = holm_levels(p, ctx.rules.alpha)
-    p_holm = holm(p)
     tost = np.array([equivalence_from_interval(c.interval, c.margin)
                      if c.interval is not None and np.isfinite(c.margin) else math.nan
                      for c in cands])
-    tost_holm = holm(tost)
+    # One Holm family over both kinds of decision, the directional tests ("shown",
+    # "opposite direction") and the equivalence tests ("ruled out"): the chance that any
+    # decision of the run is wrong is at most alpha (two families at alpha each would allow
+    # up to 2 alpha).
+    both = np.concatenate([p, tost])
+    levels = holm_levels(both, ctx.rules.alpha)[:len(cands)]
+    adjusted = holm(both)
+    p_holm, tost_holm = adjusted[:len(cands)], adjusted[len(cands):]
     out = []
     for i, c in enumerate(cands):
         adj = None
         if c.interval is not None and c.interval.measurable and np.isfinite(levels[i]):
             iv = c.interval
             adj = t_interval(iv.estimate, iv.se, iv.df, iv.n_clusters, float(levels[i]),
-                             null=c.null)
+                             null=c.null, method=iv.method, skewness=iv.skewness)
         status = (classify(adj, -1, tost_holm[i], ctx.rules.alpha, null=c.null)
                   if adj is not None else CANNOT)
         reason = c.reason or ("" if adj is not None else
                               (c.interval.reason if c.interval is not None else "no interval"))
-        out.append(_row(ctx, c, adj, status, reason, p_holm[i], tost[i], tost_holm[i],
-                        levels[i]))
+        row = _row(ctx, c, adj, status, reason, p_holm[i], tost[i], tost_holm[i], levels[i])
+        out.append(row)
     return out
 
 
@@ -328,9 +382,20 @@ def _row(ctx, c: _Candidate, adj, status, reason, p_holm, tost, tost_holm, level
            "p_holm": p_holm, "tost_p": tost, "tost_p_holm": tost_holm, "level": level,
            "n_clusters": raw.n_clusters if raw is not None else 0, "n_tasks": c.n_tasks,
            "n_prompts": c.n_prompts, "reference": c.reference, "rank_p": c.rank_p,
-           "tom_margin_removed": removed, "tom_accuracy_change_pp": acc_pp, "reason": reason}
+           "tom_margin_removed": removed, "tom_accuracy_change_pp": acc_pp,
+           "detectable": _detectable(raw, level), "reason": reason}
     row["sentence"] = _sentence(ctx, c, row)
     return row
+
+
+def _detectable(raw: Interval | None, level: float) -> float:
+    """The smallest effect (distance from the claim's null, in its units) that the claim's
+    test, at the Holm-adjusted level it was decided at, would have shown with 80% power given
+    the spread its clusters and masks showed (``stats.detectable_effect``); NaN when not
+    judged."""
+    if raw is None or not raw.measurable or not np.isfinite(level):
+        return math.nan
+    return detectable_effect(raw.se, raw.df, alpha=(1.0 - float(level)) / 2.0)
 
 
 def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
@@ -351,8 +416,12 @@ def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
                f"{row['n_prompts']} windows")
     else:
         what = {"a": "ToM change minus the random masks'", "b": "ToM change minus the "
-                "control's", "c": "belief gap minus the control's", "e": "slope per unit log m"}
-        unit = ctx.unit if c.claim != "e" else f"{ctx.unit} per log m"
+                "control's", "c": ("relative belief gap (false-belief change / its baseline margin minus the "
+                      "controls' change / theirs) minus the control's"
+                      if c.metric == "belief_gap_relative" else "belief gap minus the control's"), "e": "slope per unit log m of the ToM change beyond the random masks'"}
+        unit = (f"{ctx.unit} per log m" if c.claim == "e" else
+                "of each role's baseline margin" if c.metric == "belief_gap_relative"
+                else ctx.unit)
         num = (f"{what[c.claim]} ({c.reference or c.detail}) = {_fmt(row['value'])} {unit} "
                f"[Holm-adjusted {row['level']:.1%}: {_fmt(row['lo'])}, {_fmt(row['hi'])}; raw "
                f"95%: {_fmt(row['lo_raw'])}, {_fmt(row['hi_raw'])}], {row['n_clusters']} "
@@ -364,6 +433,10 @@ def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
         if c.claim in "ab" and np.isfinite(row["tom_margin_removed"]):
             num += (f"; the mask removed {row['tom_margin_removed']:.0%} of the baseline ToM "
                     f"margin, accuracy {row['tom_accuracy_change_pp']:+.0f} points")
+    if row["status"] == NOT_SHOWN and np.isfinite(row["detectable"]):
+        digits = 3 if c.claim == "d" else 2
+        num += (f"; the smallest effect it could have shown (80% power) is "
+                f"{row['detectable']:.{digits}f} {unit if c.claim != 'd' else 'in log ratio'}")
     return f"{head}: {num}: {row['status']}."
 
 

@@ -14,9 +14,13 @@ exactly its own sequence's earlier tokens (its segment's, and its ancestor segme
 therefore computes what it would in its sequence run alone, in one forward pass with no KV
 cache copied between levels. Whole root subtrees (a task's prompts) fill rows of at most
 ``row_limit`` tokens, so the masks stay small and no row outruns a position buffer (GPT-2's
-is n_positions long); only the last columns of shorter rows are padding. Logits are taken
-only at the columns asked for (``logits_to_keep`` as an index tensor where the model takes
-one).
+is n_positions long); a subtree larger than a row is split below its root into pieces that
+each repeat the segments above them (a long story shared by variants that part early is then
+run once per variant, not once per sequence); only the last columns of shorter rows are
+padding. A row is as wide as the longest sequence needs (up to the model's positions), and
+rows run a few at a time, so that the (row x row) masks stay within ``MASK_ELEMENTS``.
+Logits are taken only at the columns asked for (``logits_to_keep`` as an index tensor where
+the model takes one).
 
 The one mask serves every layer, so where a sliding attention window is shorter than a
 sequence, or the attention implementation takes no custom mask (flash attention), the
@@ -111,51 +115,107 @@ def sliding_window(model) -> int | None:
 MASKED_ATTENTION = ("sdpa", "eager")
 
 
-# The most tokens one packed row holds: its mask is (row x row), so the rows stay a size
-# whose mask and attention weights are small beside the model.
+# The most tokens one packed row holds (unless a sequence itself is longer): its mask is
+# (row x row), so the rows stay a size whose mask and attention weights are small beside the
+# model.
 ROW_TOKENS = 4096
+# Mask entries one forward pass holds at most (rows x width x width): rows as wide as a long
+# story run one or two at a time.
+MASK_ELEMENTS = 4 * ROW_TOKENS * ROW_TOKENS
 
 
-def row_limit(model) -> int:
-    """The longest packed row ``model`` takes: ROW_TOKENS, or its position limit where that
-    is shorter (GPT-2's causal buffer is n_positions long, so a longer row fails even with
-    every position id inside the limit)."""
+def position_limit(model) -> int | None:
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-    return min(ROW_TOKENS, int(limit)) if limit else ROW_TOKENS
+    return int(limit) if limit else None
+
+
+def row_limit(model, needed: int = 0) -> int:
+    """The longest packed row ``model`` takes: ROW_TOKENS, or ``needed`` (the largest
+    subtree of a tree, so that it stays whole in one row) where that is more, but never past
+    its position limit (GPT-2's causal buffer is n_positions long, so a longer row fails even
+    with every position id inside the limit); a subtree larger than that is split."""
+    limit = position_limit(model)
+    wanted = max(ROW_TOKENS, needed)
+    return min(wanted, limit) if limit else wanted
 
 
 def can_pack(model, seqs: list[list[int]]) -> bool:
     """Whether ``seqs`` can run as packed trees on ``model``: its attention takes a custom
     mask, no sequence is longer than a sliding window (the one mask serves every layer, so a
-    window narrower than a sequence would not be applied), and every subtree under a root
-    fits one row (``row_limit``)."""
+    window narrower than a sequence would not be applied) nor than a row (``row_limit``; a
+    subtree larger than a row is split, so only a sequence longer than the positions can
+    keep it from packing)."""
     config = model.config
     impl = getattr(config, "_attn_implementation", None) or "sdpa"
     window = sliding_window(model)
-    if impl not in MASKED_ATTENTION or (window is not None and max(map(len, seqs)) > window):
+    longest = max(map(len, seqs))
+    if impl not in MASKED_ATTENTION or (window is not None and longest > window):
         return False
-    return max(subtree_tokens(build_prefix_tree(seqs))) <= row_limit(model)
+    return longest <= row_limit(model, longest)
 
 
 def subtree_tokens(tree: PrefixTree) -> list[int]:
     """Tokens under each root segment (in the order the roots were made): a row's unit."""
+    size = _subtree_sizes(tree)
+    return [size[i] for i, seg in enumerate(tree.segments) if seg.parent is None]
+
+
+def _subtree_sizes(tree: PrefixTree) -> list[int]:
     size = [len(seg.tokens) for seg in tree.segments]
     for i in range(len(tree.segments) - 1, -1, -1):  # children come after their parents
         parent = tree.segments[i].parent
         if parent is not None:
             size[parent] += size[i]
-    return [size[i] for i, seg in enumerate(tree.segments) if seg.parent is None]
+    return size
+
+
+def _pieces(tree: PrefixTree, row_tokens: int | None) -> list[list[int]]:
+    """The tree cut into rows: lists of segment indices, each closed under ancestors (a
+    segment's ancestors come with it, before it), at most ``row_tokens`` tokens. Whole root
+    subtrees where they fit; a larger subtree is cut below its root, each piece repeating
+    the segments above it; then pieces are joined in order while their union fits."""
+    segs = tree.segments
+    size = _subtree_sizes(tree)
+    below: list[list[int]] = [[] for _ in segs]   # each segment's subtree, in index order
+    for i in range(len(segs) - 1, -1, -1):
+        below[i] = [i] + sorted(j for c in segs[i].children for j in below[c])
+    roots = [i for i, seg in enumerate(segs) if seg.parent is None]
+    if row_tokens is None:
+        return [[j for r in roots for j in below[r]]]
+    pieces: list[list[int]] = []
+    todo = [(r, (), 0) for r in reversed(roots)]
+    while todo:
+        i, above, above_tokens = todo.pop()
+        if above_tokens + size[i] <= row_tokens:
+            pieces.append(list(above) + below[i])
+            continue
+        own = above_tokens + len(segs[i].tokens)
+        if not segs[i].children or own > row_tokens:
+            raise ValueError(f"a sequence of more than {row_tokens} tokens exceeds a row of "
+                             f"{row_tokens}")
+        todo += [(c, above + (i,), own) for c in reversed(segs[i].children)]
+    rows: list[list[int]] = []
+    for piece in pieces:
+        if rows:
+            held = set(rows[-1])
+            union = rows[-1] + [j for j in piece if j not in held]
+            if sum(len(segs[j].tokens) for j in union) <= row_tokens:
+                rows[-1] = union
+                continue
+        rows.append(piece)
+    return rows
 
 
 @dataclass
 class PackedTree:
-    """A tree laid out in rows: each row holds whole root subtrees, every segment's tokens
-    once, parents before children; rows shorter than the widest end in padding that sees
-    only itself. ``allowed[r, q, k]``: in row r token q sees token k (k is q itself, earlier
-    in q's segment, or in one of its ancestor segments); ``positions`` each token's position
-    in its sequences; ``columns[s][p]`` the (row, column) of sequence s's token at p."""
+    """A tree laid out in rows: each row holds whole root subtrees or pieces of one (the
+    segments above a piece repeated in it), parents before children; rows shorter than the
+    widest end in padding that sees only itself. ``allowed[r, q, k]``: in row r token q sees
+    token k (k is q itself, earlier in q's segment, or in one of its ancestor segments);
+    ``positions`` each token's position in its sequences; ``columns[s][p]`` the (row, column)
+    of sequence s's token at p."""
 
     ids: torch.Tensor         # (rows, width) long
     positions: torch.Tensor   # (rows, width) long
@@ -164,46 +224,41 @@ class PackedTree:
 
 
 def pack_tree(tree: PrefixTree, row_tokens: int | None = None, pad_id: int = 0) -> PackedTree:
-    """The packed layout of ``tree``: root subtrees laid into rows of at most ``row_tokens``
-    tokens in the order made (one row when None); a subtree larger than a row is an error
-    (``can_pack`` says so first). Within a subtree segments keep creation order, so a parent
-    always precedes its children."""
-    sizes = subtree_tokens(tree)
-    if row_tokens is not None and max(sizes) > row_tokens:
-        raise ValueError(f"a prefix subtree of {max(sizes)} tokens exceeds a row of {row_tokens}")
-    roots = [i for i, seg in enumerate(tree.segments) if seg.parent is None]
-    root_of = list(range(len(tree.segments)))
-    for i, seg in enumerate(tree.segments):
-        if seg.parent is not None:
-            root_of[i] = root_of[seg.parent]
-    row_of_root, fill = {}, [0]
-    for r, size in zip(roots, sizes):
-        if row_tokens is not None and fill[-1] and fill[-1] + size > row_tokens:
-            fill.append(0)
-        row_of_root[r] = len(fill) - 1
-        fill[-1] += size
-    width = max(fill)
-    rows = len(fill)
+    """The packed layout of ``tree`` in rows of at most ``row_tokens`` tokens (one row when
+    None): root subtrees in the order made, a subtree larger than a row cut into pieces that
+    repeat the segments above them (``_pieces``); a single sequence longer than a row is an
+    error (``can_pack`` says so first). Within a row a parent always precedes its
+    children."""
+    segs = tree.segments
+    rows_of = _pieces(tree, row_tokens)
+    width = max(sum(len(segs[j].tokens) for j in row) for row in rows_of)
+    rows = len(rows_of)
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
     positions = torch.zeros((rows, width), dtype=torch.long)
     allowed = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)  # padding sees itself
-    used = [0] * rows
-    place: list[tuple[int, int]] = []   # (row, first column) of each segment
-    for i, seg in enumerate(tree.segments):
-        row = row_of_root[root_of[i]]
-        a, length = used[row], len(seg.tokens)
-        used[row] += length
-        place.append((row, a))
-        ids[row, a:a + length] = torch.tensor(seg.tokens, dtype=torch.long)
-        positions[row, a:a + length] = torch.arange(seg.start, seg.start + length)
-        allowed[row, a:a + length, a:a + length] = torch.ones(
-            (length, length), dtype=torch.bool).tril()
-        parent = seg.parent
-        while parent is not None:
-            _, b = place[parent]
-            allowed[row, a:a + length, b:b + len(tree.segments[parent].tokens)] = True
-            parent = tree.segments[parent].parent
-    columns = [[(place[g][0], place[g][1] + o) for g, o in path] for path in tree.paths]
+    place: dict[tuple[int, int], int] = {}    # (row, segment) -> its first column
+    owner: dict[int, int] = {}                # segment -> the first row holding it
+    for row, members in enumerate(rows_of):
+        used = 0
+        for i in members:
+            seg = segs[i]
+            a, length = used, len(seg.tokens)
+            used += length
+            place[(row, i)] = a
+            owner.setdefault(i, row)
+            ids[row, a:a + length] = torch.tensor(seg.tokens, dtype=torch.long)
+            positions[row, a:a + length] = torch.arange(seg.start, seg.start + length)
+            allowed[row, a:a + length, a:a + length] = torch.ones(
+                (length, length), dtype=torch.bool).tril()
+            parent = seg.parent
+            while parent is not None:
+                b = place[(row, parent)]
+                allowed[row, a:a + length, b:b + len(segs[parent].tokens)] = True
+                parent = segs[parent].parent
+    columns = []
+    for path in tree.paths:
+        row = owner[path[-1][0]]  # the row holding its last segment holds all of it
+        columns.append([(row, place[(row, g)] + o) for g, o in path])
     return PackedTree(ids, positions, allowed, columns)
 
 
@@ -226,13 +281,33 @@ def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, 
     if shared is None:
         shared = can_pack(model, seqs)
     if shared:
-        packed = pack_tree(build_prefix_tree(seqs), row_limit(model), pad_id)
-        dtype = model_dtype(model)
-        mask = torch.zeros(packed.allowed.shape, dtype=dtype).masked_fill(
-            ~packed.allowed, torch.finfo(dtype).min)
-        inputs = dict(input_ids=packed.ids, position_ids=packed.positions,
-                      attention_mask=mask[:, None])
+        tree = build_prefix_tree(seqs)
+        packed = pack_tree(tree, row_limit(model, max(subtree_tokens(tree))), pad_id)
         where = [[packed.columns[s][p] for p, _ in sp] for s, sp in enumerate(picks)]
+        flat = [(r, c, t) for w, sp in zip(where, picks) for (r, c), (_, t) in zip(w, sp)]
+        out = [[0.0] * len(p) for p in picks]
+        if not flat:
+            return out
+        rows, width = packed.ids.shape
+        step = max(1, MASK_ELEMENTS // (width * width))   # rows per forward pass
+        values: dict[tuple[int, int, int], float] = {}
+        for first in range(0, rows, step):
+            part = [(r, c, t) for r, c, t in flat if first <= r < first + step]
+            if not part:
+                continue
+            sl = slice(first, first + step)
+            dtype = model_dtype(model)
+            mask = torch.zeros(packed.allowed[sl].shape, dtype=dtype).masked_fill(
+                ~packed.allowed[sl], torch.finfo(dtype).min)
+            inputs = dict(input_ids=packed.ids[sl], position_ids=packed.positions[sl],
+                          attention_mask=mask[:, None])
+            got = _logprobs_at(model, inputs, [(r - first, c, t) for r, c, t in part], device)
+            values.update({key: v for key, v in zip(part, got)})
+        found = iter(values[key] for key in flat)
+        for s, sp in enumerate(picks):
+            for j in range(len(sp)):
+                out[s][j] = next(found)
+        return out
     else:
         width = max(map(len, seqs))
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -247,6 +322,16 @@ def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, 
     out = [[0.0] * len(p) for p in picks]
     if not flat:
         return out
+    values = iter(_logprobs_at(model, inputs, flat, device))
+    for s, sp in enumerate(picks):
+        for j in range(len(sp)):
+            out[s][j] = next(values)
+    return out
+
+
+def _logprobs_at(model, inputs: dict, flat: list[tuple[int, int, int]], device) -> list[float]:
+    """One forward pass of ``inputs``; for each (row, column, token) of ``flat``: log P(token)
+    after that column."""
     kwargs = {}
     columns = sorted({c for _, c, _ in flat})
     if takes_logits_to_keep(model):
@@ -260,8 +345,4 @@ def sequence_logprobs(model, seqs: list[list[int]], picks: list[list[tuple[int, 
     cols = torch.tensor([column[c] for _, c, _ in flat], device=device)
     tokens = torch.tensor([t for _, _, t in flat], device=device)
     logp = result.logits[rows, cols].float().log_softmax(-1)
-    values = iter(logp.gather(-1, tokens[:, None])[:, 0].tolist())
-    for s, sp in enumerate(picks):
-        for j in range(len(sp)):
-            out[s][j] = next(values)
-    return out
+    return logp.gather(-1, tokens[:, None])[:, 0].tolist()

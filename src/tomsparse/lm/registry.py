@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +30,7 @@ from safetensors import SafetensorError
 
 from tomsparse.errors import UserError
 from tomsparse.lm import adapter
+from tomsparse.safe_read import check_torch_archive
 from tomsparse.lm.gguf import (OFFLINE_MODELS, WEIGHT_SUFFIXES, convert_offline_model,
                                weights_digest)
 
@@ -103,9 +106,23 @@ def _from_pretrained(source: str, dtype, device_map, attn_implementation, local:
         kwargs["device_map"] = device_map
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    pickled = ([f for f in sorted(Path(source).iterdir())
+                if f.name.endswith((".bin", ".pt", ".pth", ".ckpt"))] if local else [])
+    for file in pickled:  # before torch inflates anything
+        check_torch_archive(file, what="weight file")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as exc:
+        # weights_only refused a pickle of other objects: nothing ran. Its message advises
+        # weights_only=False, which would run them: never repeated.
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        names = ", ".join(f.name for f in pickled) or "its weight file"
+        raise UserError(f"{source}: refused to load {names}: it pickles Python objects other "
+                        f"than tensors{f' ({found.group(1)})' if found else ''}, which could "
+                        "run code; tomsparse loads weights only and runs nothing from a model "
+                        "folder: use the model's safetensors weights from a source you "
+                        "trust") from None
     except OSError as exc:
         text = str(exc)
         if local:
@@ -186,6 +203,12 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype="float32",
                                     or Path(name).expanduser().exists()):
         raise UserError(f"--revision/--cache-dir apply to a hub id (owner/name); {name!r} is "
                         "a registered name or a local folder: leave them out")
+    if cache_dir and Path(cache_dir).expanduser().exists() \
+            and not Path(cache_dir).expanduser().is_dir():
+        raise UserError(f"--cache-dir {cache_dir} is a file, not a folder: the Hugging Face hub "
+                        "cache is a folder (default $HF_HUB_CACHE); give its path")
+    if not device_map:
+        resolve_device(device)  # --device cuda without CUDA: refused before anything loads
     if name in _LOADERS:
         return _LOADERS[name](device=device, dtype=dtype, device_map=device_map,
                               attn_implementation=attn_implementation)

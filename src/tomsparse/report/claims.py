@@ -1,4 +1,4 @@
-"""The top of a sweep's report: the bottom line, the chance gate and the claims table, from
+"""The top of a sweep's report: the bottom line, the gate and the claims table, from
 the sweep's ``specificity_verdicts.csv`` and ``specificity_baseline.csv`` (``judge.verdicts``
 and ``judge.specificity`` write them; ``SweepFolder`` knows their names)."""
 
@@ -18,8 +18,8 @@ from tomsparse.judge.verdicts import CANNOT, CLAIM_TEXT, ratio_text
 
 _SHORT = {"a": "ToM hurt more than by random masks of the same count",
           "b": "ToM hurt more than by damage-matched controls",
-          "c": "false-belief gap beyond damage-matched controls",
-          "d": "perplexity nearly unchanged", "e": "ToM damage grows with m"}
+          "c": "relative false-belief gap beyond damage-matched controls",
+          "d": "perplexity nearly unchanged", "e": "ToM damage beyond random grows with m"}
 
 
 def _family(name: str, passing: list[str]) -> str:
@@ -35,7 +35,7 @@ def _num(x, digits: int = 2) -> str:
 def _short_reason(reason: str) -> str:
     """A not-judged reason once per kind: the gate's counts are in the gate table."""
     if reason.startswith("it does not pass its own controls"):
-        return "its family does not pass the chance gate (the table above)"
+        return "its family does not pass its controls (the gate table above)"
     return reason
 
 
@@ -48,8 +48,9 @@ def bottom_line(verdicts: pd.DataFrame, baseline: pd.DataFrame, model: str) -> s
     passing = list(baseline.loc[baseline["state"] == ABOVE, "family"])
     if not passing:
         return (f"No ToM-specific effect can be measured on {model}: it does not pass its own "
-                f"controls in any family (see the chance gate below), so none of its "
-                f"ToM claims is judged.")
+                f"controls in any family (see the gate below: most clusters must have every "
+                f"false-belief and true-belief prompt right), so none of its ToM claims is "
+                f"judged.")
     scope = _primary_scope(passing)
     rows = verdicts[(verdicts["family"] == scope) & verdicts["claim"].isin(["a", "b", "c"])]
     where = _family(scope, passing)
@@ -65,23 +66,47 @@ def bottom_line(verdicts: pd.DataFrame, baseline: pd.DataFrame, model: str) -> s
             f"controls): {parts}. Specific means (a), (b) and (c) all shown.")
 
 
+def _rate(r) -> str:
+    """The pass rate with its one-sided 95% lower bound."""
+    rate, lo = getattr(r, "pass_rate", math.nan), getattr(r, "pass_rate_lo", math.nan)
+    if not np.isfinite(rate):
+        return ""
+    return f"{rate:.0%} (95% lower bound {lo:.0%})" if np.isfinite(lo) else f"{rate:.0%}"
+
+
+def _margins(r) -> str:
+    """The baseline's false-belief and true-belief margins (claim (c) is judged relative to
+    them)."""
+    tom, control = getattr(r, "tom_margin", math.nan), getattr(r, "control_margin", math.nan)
+    if not (np.isfinite(tom) and np.isfinite(control)):
+        return ""
+    return f"{tom:.2f} / {control:.2f}"
+
+
 def gate_table(baseline: pd.DataFrame) -> str:
-    """Per family: clusters passed / judged, chance, exact binomial p, passes or not."""
+    """Per family: clusters passed, the pass rate and its lower bound against the floor, the
+    clusters judged, beside the old chance test and the false-belief accuracy."""
     rows = []
     for r in baseline.itertuples():
         unit = getattr(r, "cluster_unit", "cluster")
         passed = getattr(r, "gate_passed", math.nan)
         total = getattr(r, "gate_clusters", math.nan)
+        floor = getattr(r, "gate_floor", math.nan)
+        chance_p = getattr(r, "chance_p", getattr(r, "gate_p", math.nan))
+        judged = getattr(r, "judged_clusters", 0)
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            FAMILY_NAMES.get(r.family, r.family), f"{passed} of {total} {unit}s",
-            f"{r.chance:.3g}" if np.isfinite(r.chance) else "",
-            f"{r.gate_p:.2g}" if np.isfinite(getattr(r, "gate_p", math.nan)) else "",
+            FAMILY_NAMES.get(r.family, r.family), f"{passed} of {total} {unit}s", _rate(r),
+            f"{floor:.0%}" if np.isfinite(floor) else "",
+            f"{int(judged)} {unit}s" if r.state == ABOVE else "none",
+            f"{chance_p:.2g}" if np.isfinite(chance_p) else "",
             f"{r.tom_accuracy:.2f} [{r.tom_accuracy_lo:.2f}, {r.tom_accuracy_hi:.2f}]"
-            if np.isfinite(r.tom_accuracy_lo) else f"{r.tom_accuracy:.2f}",
+            if np.isfinite(r.tom_accuracy_lo) else f"{r.tom_accuracy:.2f}", _margins(r),
             "passes" if r.state == ABOVE else "does not pass")) + "</tr>")
     head = ("<tr><th>family</th><th>passed (false belief and every true-belief control "
-            "right)</th><th>chance</th><th>exact binomial p</th><th>false-belief accuracy "
-            "[95%]</th><th>gate</th></tr>")
+            "right)</th><th>pass rate</th><th>floor</th><th>judged on</th><th>better than "
+            "guessing, exact binomial p</th><th>false-belief accuracy [95%]</th>"
+            "<th>baseline margin (nats): false belief / true-belief controls</th>"
+            "<th>gate</th></tr>")
     return f"<table id='gate-table'>{head}{''.join(rows)}</table>"
 
 
@@ -107,14 +132,24 @@ def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
             f"({r.claim}) {_SHORT[r.claim]}", m, _family(r.family, passing) if r.claim != "d"
             else "(perplexity text)", estimate, interval,
             f"{int(r.n_clusters)}{' windows' if r.claim == 'd' else ''}",
-            r.status, effect)) + "</tr>")
+            r.status, _detectable_text(r), effect)) + "</tr>")
     head = ("<tr><th>claim</th><th>m</th><th>family</th><th>estimate</th><th>Holm-adjusted "
-            "interval</th><th>clusters</th><th>outcome</th><th>effect size</th></tr>")
+            "interval</th><th>clusters</th><th>outcome</th><th>smallest effect it could "
+            "have shown (80% power)</th><th>effect size</th></tr>")
     return f"<table id='claims-table'>{head}{''.join(rows)}</table>"
 
 
+def _detectable_text(r) -> str:
+    """Beside every judged claim: the effect it would have shown with 80% power (a null
+    reads as informative or underpowered)."""
+    d = getattr(r, "detectable", math.nan)
+    if not np.isfinite(d):
+        return ""
+    return f"{d:.3f} in log ratio" if r.claim == "d" else f"{d:.2f}"
+
+
 def claims_section(out, model: str) -> str:
-    """Bottom line, chance gate, claims table, decision rules, and every verdict's sentence
+    """Bottom line, gate, claims table, decision rules, and every verdict's sentence
     (folded); empty when the sweep has no verdicts yet."""
     folder = SweepFolder(out)
     vpath, bpath = folder.specificity("verdicts"), folder.specificity("baseline")
@@ -124,8 +159,7 @@ def claims_section(out, model: str) -> str:
     if "state" not in baseline or baseline.empty:
         return ""
     passing = list(baseline.loc[baseline["state"] == ABOVE, "family"])
-    rules = VerdictRules(**{k: float(v) for k, v in folder.read_verdict_rules().items()
-                            if k in VerdictRules.__dataclass_fields__})
+    rules = VerdictRules.from_kept(folder.read_verdict_rules())
     n_tests = int(np.isfinite(verdicts["p_raw"]).sum()) if "p_raw" in verdicts else 0
     cannot = verdicts[verdicts["status"] == CANNOT]
     reasons = cannot["reason"].astype(str).map(_short_reason)
@@ -136,7 +170,7 @@ def claims_section(out, model: str) -> str:
     claims = "".join(f"<li>({c}) {html.escape(t)}</li>" for c, t in CLAIM_TEXT.items())
     return (f"<p class='bottom-line'><b>{html.escape(bottom_line(verdicts, baseline, model))}"
             f"</b></p>"
-            f"<h3>Chance gate: does the model pass its own controls?</h3>{gate_table(baseline)}"
+            f"<h3>Gate: does the model pass its own controls?</h3>{gate_table(baseline)}"
             f"<h3>Claims</h3><ul>{claims}</ul>{claims_table(verdicts, passing)}"
             + (f"<p>Not judged ({len(cannot)} of {len(verdicts)} claims):</p><ul>{cannot_text}</ul>" if cannot_text else "")
             + f"<p><i>How to read this.</i> {html.escape(rules.describe(n_tests))}</p>"

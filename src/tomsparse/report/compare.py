@@ -31,13 +31,13 @@ from tomsparse.report.plots import (
 )
 from tomsparse.report.style import pyplot, save_figure
 from tomsparse.sweep.folder import RunFolder, SweepFolder
-from tomsparse.judge.specificity import POOL_ABOVE
+from tomsparse.judge.specificity import ABOVE, POOL_ABOVE
 
-# The specificity tables compare reads (``SweepFolder.SPECIFICITY`` roles), what it reads of
-# each (and what the table is), checked before anything is written.
 # A compare folder's layout: this module is its one owner.
 COMPARE_FILES = {"csv": "compare.csv", "html": "compare.html",
                  "plot": "plot_compare_specificity.png"}
+# The specificity tables compare reads (``SweepFolder.SPECIFICITY`` roles), what it reads of
+# each (and what the table is), checked before anything is written.
 TABLES = ("baseline", "verdicts", "points")
 TABLE_COLUMNS = {
     "baseline": (("family",), "the sweep's baseline table"),
@@ -178,9 +178,9 @@ def pool_text(run: RunTables) -> str:
     """Which families the run's pooled numbers average: ``above chance (unexpected)``."""
     pool = specificity_pool(run.baseline)
     if pool == POOL_ABOVE:
-        fams = run.baseline.loc[run.baseline["state"] == "above chance", "family"]
+        fams = run.baseline.loc[run.baseline["state"] == ABOVE, "family"]
         return f"{pool} ({', '.join(map(str, fams))})"
-    return f"{pool} (no family above chance at baseline)"
+    return f"{pool} (no family passes its controls at baseline)"
 
 
 def _cell(r) -> str:
@@ -207,11 +207,11 @@ def side_by_side_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     runs = list(dict.fromkeys(table["run"]))
     out = {}
     specs = (("baseline", "Baseline on the false-belief prompts (95% t-interval over clusters; "
-                          "chance gate)", ["family", "quantity"]),
+                          "gate)", ["family", "quantity"]),
              ("verdict", "Verdicts per claim, m and family (value [Holm-adjusted interval], "
                          "outcome)", ["claim", "m", "family", "quantity"]),
              ("change", "ToM change and belief gap per mask and m (paired, 95% interval, pooled "
-                        "over the families above chance, else all; perplexity ratio)",
+                        "over the families that pass their controls, else all; perplexity ratio)",
               ["quantity", "mode", "m"]))
     for section, title, index in specs:
         sub = table[table["section"] == section]

@@ -34,7 +34,7 @@ from tomsparse.report.style import (
 )
 from tomsparse.report.tables import perplexity_ratio
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, group_label, point_label
-from tomsparse.judge.specificity import POOL_ABOVE, POOL_ALL
+from tomsparse.judge.specificity import ABOVE, POOL_ABOVE, POOL_ALL
 
 # The modes drawn first (and in this order); any other mode follows, sorted by name.
 PLOT_MODES = ("difference", "tom-only", "generic-only", "random")
@@ -158,9 +158,9 @@ SPEC_METRICS = (("tom_margin_change_adj", "ToM change: false-belief margin chang
 
 
 def specificity_pool(baseline: pd.DataFrame | None) -> str:
-    """``above chance`` when the baseline is above chance on some family, else ``all``."""
+    """The pool of the families that pass their controls when one does, else ``all``."""
     if baseline is not None and "state" in baseline and (baseline["state"]
-                                                         == "above chance").any():
+                                                         == ABOVE).any():
         return POOL_ABOVE
     return POOL_ALL
 

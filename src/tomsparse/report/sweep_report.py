@@ -209,7 +209,7 @@ def evidence_tables(out: Path) -> str:
                 "accuracy", "tom_accuracy_lo": "lo", "tom_accuracy_hi": "hi", "tom_margin":
                 "false-belief margin", "tom_margin_lo": "lo ", "tom_margin_hi": "hi ",
                 "control_accuracy": "true-belief control accuracy", "weak_controls":
-                "weak controls", "gate_reason": "chance gate"}
+                "weak controls", "gate_reason": "gate"}
         table = base[[c for c in cols if c in base]]
         parts.append(folded("Unperturbed model per family (95% t-intervals over clusters)",
                             readable_table(table, keys=("family",), headers=cols)
@@ -314,7 +314,7 @@ def reference_section(out: Path, summary: pd.DataFrame) -> str:
 def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
                  extra_sections: Sequence[tuple[str, str]] = ()) -> Path:
     """Render the sweep folder's report (``SweepFolder.report``): the verdict first (bottom
-    line, chance gate, claims), then the paper's Table 1, ToM change against m, the
+    line, gate, claims), then the paper's Table 1, ToM change against m, the
     damage-matched controls, the evidence tables, the reference's summary, the mask, the
     ``extra_sections`` ((title, html) pairs handed in by the caller, e.g. the mechanistic
     analyses: ``RunFolder.read_report_sections``) and the manifest."""
@@ -358,7 +358,10 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
                             "every option)", f"<pre>{opts}</pre>")))
     contents = "".join(f"<li><a href='#{a}'>{html.escape(t, quote=False)}</a></li>"
                        for a, t, _ in sections)
-    body = (f"<h1>tomsparse report: {html.escape(model)}</h1>\n{run_summary(out)}\n"
+    # edited results judged anyway, or points without an integrity record: said at the top
+    warnings = "".join(f"<p class='warning'>{html.escape(note)}</p>\n"
+                       for note in folder.integrity_notes())
+    body = (f"<h1>tomsparse report: {html.escape(model)}</h1>\n{warnings}{run_summary(out)}\n"
             + "\n".join(f"<h2 id='{a}'>{html.escape(t, quote=False)}</h2>\n{h}"
                         for a, t, h in sections[:1])
             + f"\n<nav><b>Contents</b><ol>{contents}</ol></nav>\n"

@@ -19,7 +19,7 @@ from tomsparse.judge.verdicts import ratio_text
 
 FAMILY_NAMES = {"unexpected": "unexpected contents", "transfer": "unexpected transfer",
                 "irony": "irony", "tomi": "ToMi", POOL_ALL: "all families pooled",
-                POOL_ABOVE: "families that pass the chance gate, pooled"}
+                POOL_ABOVE: "families that pass their controls, pooled"}
 
 
 def number(x, digits: int = 3) -> str:

@@ -9,8 +9,8 @@ modules``. ``import_reference_chunks`` converts one into a score store for a mod
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import pickle
 import re
 from pathlib import Path
@@ -19,6 +19,7 @@ import torch
 
 from tomsparse.errors import UserError
 from tomsparse.files import atomic_path, read_json_object, write_json
+from tomsparse.safe_read import check_torch_archive
 from tomsparse.scores.store import (
     MANIFEST,
     check_destination,
@@ -40,9 +41,11 @@ _CHUNK_FORMAT = ("a chunk must be a dict of tensors per layer keyed q_proj ... d
                  "torch.save({'q_proj': tensor, ...}, 'layer_0.pt') writes it")
 
 
-def _load_chunk(path: Path) -> dict:
+def _load_chunk(path: Path, max_bytes: int | None = None) -> dict:
     """One reference chunk, read with ``weights_only`` (a pickle of other objects could run
-    code and is refused, not loaded)."""
+    code and is refused, not loaded); its archive is checked first (``max_bytes``: what its
+    tensors may take, unpacked) so that nothing is inflated beyond that."""
+    check_torch_archive(path, max_bytes, "reference chunk")
     try:
         chunk = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -85,10 +88,7 @@ def import_reference_chunks(src, out, model, model_name: str | None = None,
         raise UserError("importing reference chunks needs the model (for its target matrices)")
     ref_manifest = {}
     if (src / MANIFEST).is_file():
-        try:
-            ref_manifest = json.loads((src / MANIFEST).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UserError(f"{src / MANIFEST}: not valid JSON ({exc})") from None
+        ref_manifest = read_json_object(src / MANIFEST)
     files = sorted(src.glob("layer_*.pt"), key=lambda p: p.stem)
     if not files:
         raise UserError(f"{src}: no layer_<i>.pt files; not a reference chunk folder")
@@ -105,7 +105,9 @@ def import_reference_chunks(src, out, model, model_name: str | None = None,
     scores = {}
     for layer in range(desc.num_layers):
         path = src / f"layer_{layer}.pt"
-        chunk = _load_chunk(path)
+        # the layer's matrices at 8 bytes an entry at most, and room for the pickle
+        budget = sum(8 * math.prod(m.shape) for m in by_layer.get(layer, [])) + (1 << 20)
+        chunk = _load_chunk(path, budget)
         for m in by_layer.get(layer, []):
             keys = [k for k in _reference_keys_for(m) if k in chunk]
             if not keys:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from tomsparse.errors import UserError
 from tomsparse.stats.intervals import (Interval, check_level, check_sign, cluster_means,
-                                       one_sided_t_p)
+                                       interval_over_units)
 
 SHOWN = "shown"
 RULED_OUT = "ruled out"
@@ -47,7 +45,8 @@ class Equivalence:
     reason: str = ""
 
 
-def equivalence_test(values, clusters, margin: float, alpha: float = 0.05) -> Equivalence:
+def equivalence_test(values, clusters, margin: float, alpha: float = 0.05,
+                     method: str = "t") -> Equivalence:
     """Two one-sided t-tests (TOST) of equivalence within +-``margin``, over cluster means.
 
     H0: |mean| >= margin against H1: |mean| < margin. ``p_lower`` tests mean <= -margin
@@ -55,7 +54,10 @@ def equivalence_test(values, clusters, margin: float, alpha: float = 0.05) -> Eq
     one-sided t-test with (clusters - 1) df; ``p_value`` is their maximum. Decision rule:
     equivalence ("ruled out") when ``p_value < alpha``, equivalently when the (1 - 2 alpha)
     two-sided t-interval lies inside (-margin, margin); the chance of declaring equivalence
-    when |mean| >= margin is at most ``alpha``.
+    when |mean| >= margin is at most ``alpha``. ``method="skew"``: each one-sided test is the
+    skewness-corrected one of ``paired_interval`` (t and Hall's test must both reject).
+    All cluster means equal: the exact sign-flip p-values (2**-n when all lie inside the
+    margin), never 0.
     """
     alpha = check_level(alpha, "alpha")
     margin = float(margin)
@@ -63,19 +65,18 @@ def equivalence_test(values, clusters, margin: float, alpha: float = 0.05) -> Eq
         raise UserError(f"the equivalence margin must be positive (got {margin!r}); "
                         f"defaults are {MARGIN_NATS} nats and {MARGIN_ACCURACY} accuracy")
     _, means = cluster_means(values, clusters)
-    means = means[np.isfinite(means)]
-    n = means.size
-    estimate = float(means.mean()) if n else math.nan
-    if n < 2:
-        return Equivalence(math.nan, math.nan, math.nan, False, margin, alpha, estimate,
-                           math.nan, math.nan, n, f"{n} clusters with a finite value; "
-                           f"an equivalence test needs at least 2")
-    se = float(means.std(ddof=1) / math.sqrt(n))
-    p_lower = one_sided_t_p(estimate, se, n - 1, +1, -margin)
-    p_upper = one_sided_t_p(estimate, se, n - 1, -1, margin)
+    interval = interval_over_units(means, method=method)
+    n = interval.n_clusters
+    if not interval.measurable:
+        return Equivalence(math.nan, math.nan, math.nan, False, margin, alpha,
+                           interval.estimate, math.nan, math.nan, n,
+                           f"{n} clusters with a finite value; an equivalence test needs at "
+                           f"least 2")
+    p_lower = interval.one_sided_p(+1, -margin)
+    p_upper = interval.one_sided_p(-1, margin)
     p_value = max(p_lower, p_upper)
-    return Equivalence(p_value, p_lower, p_upper, p_value < alpha, margin, alpha, estimate,
-                       se, float(n - 1), n)
+    return Equivalence(p_value, p_lower, p_upper, p_value < alpha, margin, alpha,
+                       interval.estimate, interval.se, interval.df, n)
 
 
 def classify(interval: Interval, claimed_sign: int, equivalence_p: float = math.nan,
@@ -111,7 +112,7 @@ def equivalence_from_interval(interval: Interval, margin: float) -> float:
     """The TOST p-value of |mean| < ``margin`` from an interval's estimate, standard error and
     degrees of freedom (so that it carries every variance component the interval carries,
     e.g. the mask-to-mask one of ``contrast_with_controls``): the larger of the one-sided
-    t-tests of mean <= -margin and mean >= margin. NaN when the interval is not measurable.
+    tests (by the interval's method) of mean <= -margin and mean >= margin. NaN when the interval is not measurable.
     Decision rule as ``equivalence_test``: equivalence when the p-value is below alpha."""
     margin = float(margin)
     if not margin > 0:
@@ -119,5 +120,4 @@ def equivalence_from_interval(interval: Interval, margin: float) -> float:
                         f"defaults are {MARGIN_NATS} nats and {MARGIN_ACCURACY} accuracy")
     if not interval.measurable or not math.isfinite(interval.se):
         return math.nan
-    return max(one_sided_t_p(interval.estimate, interval.se, interval.df, +1, -margin),
-               one_sided_t_p(interval.estimate, interval.se, interval.df, -1, margin))
+    return max(interval.one_sided_p(+1, -margin), interval.one_sided_p(-1, margin))

@@ -4,14 +4,13 @@ channels that ``-x`` masks leave out (cached in the sweep folder)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tomsparse.config import SweepConfig
 from tomsparse.evaluate.perplexity import tokenize_corpus
 from tomsparse.lm.activations import massive_channels
 from tomsparse.lm.batching import context_length, pad_token_id
-from tomsparse.files import write_json
+from tomsparse.files import read_json_object, write_json
 
 
 def perplexity_splits(lm, corpus, cfg: SweepConfig, log=print):
@@ -43,7 +42,7 @@ def cached_massive_channels(lm, ppl_ids, path: Path, n: int, log=print) -> list[
     """The ``n`` massive-activation channels, found once per sweep folder (a forward pass over
     8 windows of the perplexity tokens) and kept in ``path`` beside the points."""
     if path.exists():
-        found = json.loads(path.read_text())["channels"]
+        found = read_json_object(path)["channels"]
         if len(found) >= n:
             return [c["channel"] for c in found][:n]
     ids = ppl_ids.tolist()

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tomsparse.files import read_json_object
+
 # A holder touches its claim this often while it computes.
 HEARTBEAT_SECONDS = 30.0
 # A claim whose heartbeat is older than this is abandoned: six missed heartbeats, so a holder
@@ -77,7 +79,7 @@ class PointLocks:
             return None
         try:
             record = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             record = None
         valid = (isinstance(record, dict) and isinstance(record.get("host"), str)
                  and isinstance(record.get("pid"), int) and not isinstance(record["pid"], bool))
@@ -128,7 +130,10 @@ class PointLocks:
         """Create ``path`` holding our record; False when it exists."""
         record = json.dumps({**self.me, "started": time.time()})
         part = path.with_name(f".{path.name}.{self.me['pid']}.tmp")
-        part.write_text(record)
+        part.unlink(missing_ok=True)
+        # created, never opened through a link planted under this name
+        with os.fdopen(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as fh:
+            fh.write(record)
         try:
             os.link(part, path)
         except FileExistsError:
@@ -205,11 +210,11 @@ class PointLocks:
         None without ``wait``)."""
         while True:
             if done.exists():
-                return json.loads(done.read_text())
+                return read_json_object(done)
             if self.acquire(item):
                 try:
                     if done.exists():  # finished by its holder just before we claimed it
-                        return json.loads(done.read_text())
+                        return read_json_object(done)
                     with self.beating(item):
                         return compute()
                 finally:

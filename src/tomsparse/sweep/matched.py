@@ -18,14 +18,13 @@ digits, so a point's label (``<mode>_s0_m<m:.4e>``) names it exactly.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from tomsparse.config import MATCHABLE
-from tomsparse.files import write_json
+from tomsparse.files import read_json_object, write_json
 from tomsparse.sweep.folder import BASELINE_LABEL, point_label
 
 FLOOR = 0.005  # a perplexity change of half a percent is as close as any match needs to be
@@ -148,7 +147,7 @@ def match_controls(sweep, targets: list[dict]) -> dict:
             "controls": [_matched_control(sweep, target, mode)
                          for mode in cfg.matched_controls]}
     data = {"tolerance": cfg.match_tolerance, "floor": FLOOR, "targets": found}
-    write_json(sweep.folder.matched, data)
+    sweep.folder.write_matched(data)  # with its integrity record
     return data
 
 
@@ -227,7 +226,7 @@ def _search(sweep, target: dict, mode: str, done: Path) -> dict:
     def measure_mode(kind: str, size: float) -> float:
         path = folder.search_point(kind, size)
         if path.exists():
-            return json.loads(path.read_text())["perplexity"]
+            return read_json_object(path)["perplexity"]
         masks = sweep.masks(kind, 0, size) if size > 0 else {}
         ppl = sweep.perplexity(masks, split="search").perplexity
         write_json(path, {"mode": kind, "seed": 0, "m": size, "perplexity": ppl,
@@ -237,7 +236,7 @@ def _search(sweep, target: dict, mode: str, done: Path) -> dict:
     if held_apart:
         ppl0, ppl_target = measure_mode("none", 0.0), measure_mode(target["mode"], target["m"])
     else:   # searched on the reported tokens (--match-search-tokens 0)
-        ppl0 = json.loads(folder.point_record(BASELINE_LABEL).read_text())["perplexity"]
+        ppl0 = read_json_object(folder.point_record(BASELINE_LABEL))["perplexity"]
         ppl_target = target["perplexity"]
 
     def measure(size: float) -> float:

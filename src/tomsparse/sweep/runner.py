@@ -31,13 +31,13 @@ from tomsparse.evaluate.results import write_reference_results
 from tomsparse.evaluate.tom import evaluate
 from tomsparse.lm.batching import context_length, progress_bar
 from tomsparse.lm.registry import model_identity
-from tomsparse.files import write_csv, write_json
+from tomsparse.files import write_json
 from tomsparse.manifest import build_manifest
 from tomsparse.masks import build_rankings, mask_stats, masks_for, mode_seeds, parse_mode
 from tomsparse.perturb import perturbed
 from tomsparse.scores.store import story_hashes
 from tomsparse.sweep.export import export_perturbed_model
-from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
+from tomsparse.sweep.folder import BASELINE_MODE, INTEGRITY, SweepFolder, point_label
 from tomsparse.sweep.inputs import cached_massive_channels, perplexity_splits
 from tomsparse.sweep.locks import PointLocks
 from tomsparse.sweep.matched import match_controls
@@ -67,7 +67,7 @@ def _check_folder(out: Path, manifest: dict, locks: PointLocks, log=print) -> bo
         old = json.loads(path.read_text())
         if not isinstance(old, dict):
             raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         if _unused(out, locks):
             log(f"[tomsparse] {path} is unreadable ({exc}) and no point is finished: "
                 "re-initialising the folder")
@@ -201,10 +201,6 @@ class _Sweep:
         # The prompt text is the same at every point: only the baseline keeps it.
         table = (result.table if mode == BASELINE_MODE
                  else result.table.drop(columns=["prompt"], errors="ignore"))
-        write_csv(self.folder.point_prompts(name), table)
-        write_csv(self.folder.point_metrics(name), result.metrics)
-        if not stats.empty:
-            write_csv(self.folder.point_masks(name), stats)
         if mode in ("difference", BASELINE_MODE):
             # The reference's layout, for its summarize step: tom/<rep>/<m>/<task>/results.csv
             write_reference_results(self.folder.tom_dir, result.reference_results(), m)
@@ -215,8 +211,8 @@ class _Sweep:
                   "mask_seconds": round(t_mask - t0, 4),
                   "apply_restore_seconds": round(t_apply + t_restore, 4),
                   "worker": f"{self.locks.me['host']}:{self.locks.me['pid']}", **(extra or {})}
-        write_json(done, record)
-        return record
+        # the tables, their sha256 (points/<label>.sha256), then the record, last
+        return self.folder.write_point(name, record, table, result.metrics, stats)
 
 
 def run_points(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str | Path,
@@ -235,6 +231,7 @@ def run_points(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: st
     # Every input is read and checked (tasks, corpus, rankings) before anything is written.
     sweep = _Sweep(lm, tom_scores, gen_scores, cfg, out, log=log, take_over=take_over)
     manifest["overlap"] = sweep.overlap
+    manifest["integrity"] = INTEGRITY  # every point carries its sha256 record (SweepFolder)
     locks = sweep.locks
     fresh = _check_folder(out, manifest, locks, log)
     sweep.folder.points_dir.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ from tomsparse.data.tasks.model import (
     capitalize_sentences,
     make_task,
 )
+from tomsparse.files import atomic_write_text, check_no_overwrite
 
 SPLITS = ("eval", "train")
 # Tasks per family and split: (unexpected contents, unexpected transfer, irony).
@@ -212,31 +213,42 @@ def _py_source(data: dict, split: str) -> str:
     return "\n".join(lines)
 
 
-def export_bank(out_dir: str | Path, seed: int = 0, splits=SPLITS) -> list[Path]:
+def bank_files(out_dir: str | Path, splits=SPLITS) -> list[Path]:
+    """The files ``export_bank`` writes into ``out_dir``."""
+    out = Path(out_dir)
+    files = []
+    for split in splits:
+        files += [out / f"tom_tasks_{split}.json", out / f"tom_tasks_{split}.py"]
+        if split == "train":
+            files.append(out / "tom_gradient_prompts.json")
+    return files
+
+
+def export_bank(out_dir: str | Path, seed: int = 0, splits=SPLITS,
+                overwrite: bool = True) -> list[Path]:
     """Write the bank in the reference's formats: per split ``tom_tasks_<split>.json``
     (s1/s2/s3) and ``tom_tasks_<split>.py`` (tsks1/2/3), and the train split's rendered
     prompts as ``tom_gradient_prompts.json`` (a JSON list of {"txt", "answer"}).
 
     Both task files declare ``renderer = "tomsparse"`` (a key in .json, a top-level name in
     .py), so that ``load_task_file`` reloads them with the renderer they were made for;
-    the reference's loader reads only s1/s2/s3 (tsks1/2/3) and ignores it."""
+    the reference's loader reads only s1/s2/s3 (tsks1/2/3) and ignores it.
+
+    Every file is written atomically (``files.atomic_path``: never half-written, never
+    through a link out of the folder); an existing one is refused unless ``overwrite``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_no_overwrite(bank_files(out, splits), overwrite)
     written = []
     for split in splits:
         taskset = builtin_taskset(split, seed)
         # Declared first, so that it is the first thing a reader of the file sees.
         data = {RENDERER_KEY: taskset.renderer, **taskset.to_reference()}
-        path = out / f"tom_tasks_{split}.json"
-        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(path)
-        path = out / f"tom_tasks_{split}.py"
-        path.write_text(_py_source(data, split), encoding="utf-8")
-        written.append(path)
+        written.append(atomic_write_text(out / f"tom_tasks_{split}.json",
+                                         json.dumps(data, indent=1, ensure_ascii=False) + "\n"))
+        written.append(atomic_write_text(out / f"tom_tasks_{split}.py", _py_source(data, split)))
         if split == "train":
             prompts = [{"txt": p.text, "answer": p.expected} for p in taskset.prompts()]
-            path = out / "tom_gradient_prompts.json"
-            path.write_text(json.dumps(prompts, indent=1, ensure_ascii=False) + "\n",
-                            encoding="utf-8")
-            written.append(path)
+            written.append(atomic_write_text(out / "tom_gradient_prompts.json",
+                                             json.dumps(prompts, indent=1, ensure_ascii=False)
+                                             + "\n"))
     return written

@@ -39,7 +39,7 @@ import yaml
 
 from tomsparse.data.tasks.model import Prompt, TaskSet
 from tomsparse.errors import UserError
-from tomsparse.files import atomic_write_text
+from tomsparse.files import atomic_write_text, check_no_overwrite
 
 ANSWER_SPANS = ("word", "full")  # as evaluate.tom.ANSWER_SPANS
 TARGET_DELIMITER = " "           # our continuation is " " + answer
@@ -126,9 +126,10 @@ def _dump_yaml(config: dict) -> str:
 
 
 def export_lm_eval(taskset: TaskSet, out_dir: str | Path, answer_span: str = "word",
-                   group: str | None = None) -> list[Path]:
+                   group: str | None = None, overwrite: bool = True) -> list[Path]:
     """Write ``taskset`` as lm-eval tasks into ``out_dir``; returns the files written (the
-    group YAML last). ``group`` names the group (default ``bank_name(taskset)``)."""
+    group YAML last). ``group`` names the group (default ``bank_name(taskset)``). An
+    existing file is refused, before anything is written, unless ``overwrite``."""
     if answer_span not in ANSWER_SPANS:
         raise UserError(f"unknown answer span {answer_span!r}; choose from word, full")
     prompts = taskset.prompts()
@@ -136,6 +137,11 @@ def export_lm_eval(taskset: TaskSet, out_dir: str | Path, answer_span: str = "wo
         raise UserError(f"{taskset.name}: no prompts to export")
     group = slug(group) if group else bank_name(taskset)
     out = Path(out_dir)
+    planned = [out / f"{group}.yaml"]
+    for family, condition in by_family_and_condition(prompts):
+        task = f"{group}_{family}_{slug(condition)}"
+        planned += [out / f"{task}.jsonl", out / f"{task}.yaml"]
+    check_no_overwrite(planned, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written, names = [], []
     for (family, condition), members in by_family_and_condition(prompts).items():

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import random
 from pathlib import Path
 
@@ -33,15 +32,13 @@ from tomsparse.data.tasks.model import (
 )
 from tomsparse.data.tasks.tomi import load_tomi
 from tomsparse.errors import UserError
+from tomsparse.safe_read import literal_value, parse_json, parse_python, read_text
 
 
-def _read_text(path: Path) -> str:
-    if not path.is_file():
+def _read_text(path: Path, what: str = "task file") -> str:
+    if not path.exists():
         raise UserError(f"{path}: no such file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read as UTF-8 text ({exc})") from None
+    return read_text(path, what)
 
 
 def _non_literal(node: ast.AST, source: str, name: str) -> UserError:
@@ -50,14 +47,13 @@ def _non_literal(node: ast.AST, source: str, name: str) -> UserError:
     if isinstance(node, (ast.List, ast.Tuple)):
         for i, element in enumerate(node.elts):
             try:
-                ast.literal_eval(element)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                literal_value(element, source)
+            except ValueError:
                 if isinstance(element, ast.Dict):
                     for key, value in zip(element.keys, element.values):
                         try:
-                            ast.literal_eval(value)
-                        except (ValueError, TypeError, SyntaxError, MemoryError,
-                                RecursionError):
+                            literal_value(value, source)
+                        except ValueError:
                             label = key.value if isinstance(key, ast.Constant) else "?"
                             return UserError(
                                 f"{source}: {name} task {i}, field {label!r} (line "
@@ -76,11 +72,7 @@ def read_py_literals(path: Path) -> dict:
     Allowed top-level statements: a docstring and assignments of literals to plain names.
     Anything else (imports, calls, function definitions, comprehensions ...) is refused.
     """
-    text = _read_text(path)
-    try:
-        tree = ast.parse(text, filename=str(path))
-    except SyntaxError as exc:
-        raise UserError(f"{path}: line {exc.lineno}: not valid Python ({exc.msg})") from None
+    tree = parse_python(_read_text(path), str(path))  # checked for size and depth first
     values: dict = {}
     for i, stmt in enumerate(tree.body):
         if i == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) \
@@ -96,8 +88,8 @@ def read_py_literals(path: Path) -> dict:
                             f"values to names (found a {type(stmt).__name__} statement); it is "
                             f"read, never executed")
         try:
-            literal = ast.literal_eval(value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            literal = literal_value(value, f"{path}: {targets[0]}")
+        except ValueError:
             raise _non_literal(value, str(path), targets[0]) from None
         for target in targets:
             values[target] = literal
@@ -116,6 +108,14 @@ def _taskset_from_lists(lists: dict, labels: dict, source: str, renderer: str) -
             raise UserError(f"{source}: {labels[family]} must be a "
                             f"list of tasks, got {type(raw).__name__}")
         tasks[family] = [make_task(family, i, t, source, renderer) for i, t in enumerate(raw)]
+        seen: dict[str, int] = {}
+        for task in tasks[family]:
+            first = seen.setdefault(task.task_id, task.index)
+            if first != task.index:  # they would be resampled as one cluster, unsaid
+                raise UserError(f"{source}: {labels[family]} tasks {first} and {task.index} "
+                                f"both have NUMBER {task.task_id} (a task without NUMBER is "
+                                "numbered by its place, from 1); each task needs its own "
+                                "NUMBER, since the verdicts resample tasks by it")
     taskset = TaskSet(name=source, tasks=tasks)
     if len(taskset) == 0:
         raise UserError(f"{source}: the task file holds no tasks (expected non-empty "
@@ -152,10 +152,7 @@ def load_task_file(path: str | Path, renderer: str | None = None) -> TaskSet:
         chosen = _renderer(path, values.get(RENDERER_KEY), renderer)
         return _taskset_from_lists(lists, PY_NAMES, str(path), chosen)
     if suffix == ".json":
-        try:
-            data = json.loads(_read_text(path))
-        except ValueError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        data = parse_json(_read_text(path), str(path))
         if isinstance(data, list):
             raise UserError(f"{path}: this is a JSON list (a gradient-prompt file?); a task "
                             f"file is an object with keys s1, s2, s3")
@@ -217,14 +214,13 @@ def load_tasks(spec: str, renderer: str | None = None) -> TaskSet:
 def read_prompt_file(path: str | Path) -> list[GradientPrompt]:
     """A reference gradient-prompt file: JSON list or JSONL of {"txt", optional "answer"}."""
     path = Path(path)
-    text = _read_text(path)
+    text = _read_text(path, "score-prompt file")
     rows: list = []
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except ValueError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        rows = parse_json(text, str(path))
+        if not isinstance(rows, list):
+            raise UserError(f"{path}: expected a JSON list of prompts")
         where = [f"{path}: prompt {i}" for i in range(len(rows))]
     else:
         where = []
@@ -232,9 +228,11 @@ def read_prompt_file(path: str | Path) -> list[GradientPrompt]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise UserError(f"{path}: line {number}: not a JSON object") from None
+                rows.append(parse_json(line, f"{path}: line {number}"))
+            except UserError as exc:
+                if "not valid JSON" in str(exc):
+                    raise UserError(f"{path}: line {number}: not a JSON object") from None
+                raise
             where.append(f"{path}: line {number}")
     if not rows:
         raise UserError(f"{path}: the prompt file holds no prompts")
@@ -255,14 +253,14 @@ def read_prompt_file(path: str | Path) -> list[GradientPrompt]:
 
 def _is_prompt_file(path: Path) -> bool:
     """Whether a .json/.jsonl path holds gradient prompts (as opposed to tasks)."""
-    head = _read_text(path).lstrip()
+    head = _read_text(path, "score-prompt file").lstrip()
     if head.startswith("["):
         return True
     if path.suffix.lower() == ".jsonl":
         first = head.splitlines()[0] if head else ""
         try:
-            row = json.loads(first)
-        except ValueError:
+            row = parse_json(first, f"{path}: line 1")
+        except UserError:
             return True  # let read_prompt_file report the bad line
         return isinstance(row, dict) and "txt" in row
     return False

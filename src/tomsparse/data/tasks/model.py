@@ -265,8 +265,19 @@ def make_task(family: str, index: int, raw, source: str, renderer: str = "tomspa
             if name in raw and (not isinstance(raw[name], str) or not raw[name].strip()):
                 raise UserError(f"{task.where(name)}: must be a non-empty string, "
                                 f"got {raw[name]!r}")
-    if "NUMBER" in raw and not isinstance(raw["NUMBER"], (int, str)):
-        raise UserError(f"{task.where('NUMBER')}: must be an integer or a string")
+    if "NUMBER" in raw:
+        number = raw["NUMBER"]
+        if isinstance(number, bool) or not isinstance(number, (int, str)):
+            raise UserError(f"{source}: {FAMILY_TITLES[family]} ({key}) task {index}, field "
+                            "'NUMBER': must be an integer or a string")
+        if isinstance(number, int) and abs(number) >= 10 ** 18:
+            raise UserError(f"{source}: {FAMILY_TITLES[family]} ({key}) task {index}, field "
+                            f"'NUMBER': an integer of {number.bit_length():,} bits; a task "
+                            "NUMBER has at most 18 digits")
+        if isinstance(number, str) and len(number) > 200:
+            raise UserError(f"{source}: {FAMILY_TITLES[family]} ({key}) task {index}, field "
+                            f"'NUMBER': {len(number):,} characters; a task NUMBER has at most "
+                            "200")
     if family in ("unexpected", "transfer"):
         w1, w2 = first_word(raw["o1"]), first_word(raw["o2"])
         if not w1 or not w2:
@@ -578,6 +589,19 @@ class TaskSet:
             tomi = [item for item in self.tomi if item.story_index in keep]
         return TaskSet(name=f"{self.name}[:{n}]",
                        tasks={f: list(ts[:n]) for f, ts in self.tasks.items()}, tomi=tomi)
+
+    def sizes(self, unit: str = "tasks") -> dict[str, int]:
+        """Per family, how many ``unit``s it has: "tasks" (ToMi: stories, as ``head`` counts
+        them) or "clusters" (as ``head_clusters`` counts them)."""
+        out = {}
+        for family in self.families():
+            if family == "tomi":
+                out[family] = len({item.story_index for item in self.tomi})
+            elif unit == "clusters":
+                out[family] = len({_task_cluster(t) for t in self.tasks[family]})
+            else:
+                out[family] = len(self.tasks[family])
+        return out
 
     def head_clusters(self, n: int | None) -> "TaskSet":
         """The first tasks of each family that cover ``n`` clusters (the unit the verdicts

@@ -14,13 +14,13 @@ The wheel is located with ``importlib.util.find_spec`` and never imported (its p
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from tomsparse.data.tasks.model import READ, Prompt
 from tomsparse.errors import UserError
+from tomsparse.safe_read import parse_json, read_text
 
 TOMI_CONDITIONS = ("first-order", "second-order", "reality", "memory")
 _WHEEL_FILE = ("dataset", "_examples", "theory_of_mind.jsonl")
@@ -124,16 +124,13 @@ def load_tomi(path: str | Path | None = None) -> list[TomiItem]:
     path = Path(path) if path is not None else wheel_path()
     items: list[TomiItem] = []
     story_ids: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = read_text(path, "ToMi file", kind="JSON lines").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}: line {number}"
+        row = parse_json(line, where)  # size and nesting checked; one line naming it
         try:
-            row = json.loads(line)
             content = row["input"][0]["content"] if isinstance(row["input"], list) \
                 else row["input"]
             target = row["target"]
