@@ -331,5 +331,5 @@ def test_reference_protocol_with_a_matched_control_gives_finite_verdicts(tmp_pat
     assert not verdicts["sentence"].str.contains(r"\bnan\b").any()
     # generation scoring: the ToM claims are judged on correctness, never on NaN margins
     abc = verdicts[verdicts["claim"].isin(["a", "b", "c"]) & (verdicts["metric"] != "")]
-    assert set(abc["metric"].dropna()) <= {"tom_accuracy_change", "belief_gap_accuracy"}
+    assert set(abc["metric"].dropna()) <= {"tom_accuracy_change_adj", "belief_gap_accuracy"}
     assert "Gate: does the model pass its own controls" in (out / "sweep" / "report.html").read_text()
