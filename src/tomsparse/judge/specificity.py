@@ -442,7 +442,10 @@ def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str
             key = float(u["m"])
             if key not in randoms or u["n_seeds"] > randoms[key]["n_seeds"]:
                 randoms[key] = u
-    missing = [u["m"] for u in pts if not any(np.isclose(u["m"], r) for r in randoms)]
+    # a comparison with masks drawn at random needs at least 2 of them at every m (one mask
+    # has no mask-to-mask variance, and the slope would carry its draw as if it were signal)
+    missing = [u["m"] for u in pts
+               if not any(np.isclose(u["m"], r) and randoms[r]["n_seeds"] >= 2 for r in randoms)]
     rows = []
     for name in engine.names:
         for metric in DOSE_METRICS:
@@ -453,8 +456,9 @@ def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str
                     note = "slope of the change beyond the random masks' per unit of log m"
                     if missing:
                         mats = []
-                        note = ("no random masks at m = "
-                                + ", ".join(f"{m:.3g}" for m in missing))
+                        note = ("no random masks, or fewer than 2, at m = "
+                                + ", ".join(f"{m:.3g}" for m in missing)
+                                + " (raise --secondary-seeds)")
                     else:
                         refs = [next(r for k, r in randoms.items() if np.isclose(u["m"], k))
                                 for u in pts]
