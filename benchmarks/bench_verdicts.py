@@ -61,11 +61,17 @@ def claim_row(claim: str, target: str) -> str:
 
 
 def done_seeds(path: Path | None) -> dict[str, set[int]]:
-    """{scenario: seeds already judged} in ``--out``."""
+    """{scenario: seeds already judged} in ``--out``. The data set written last may have been
+    cut short by an interruption: it is dropped from the file and judged again."""
     if path is None or not path.is_file():
         return {}
-    frame = pd.read_csv(path, usecols=["scenario", "seed"])
-    return {s: set(g["seed"]) for s, g in frame.groupby("scenario")}
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    if not frame.empty:
+        last = frame.iloc[-1]
+        cut = (frame["scenario"] == last["scenario"]) & (frame["seed"] == last["seed"])
+        frame = frame[~cut & (frame["false_direction"].isin(("True", "False")))]
+        frame.to_csv(path, index=False)
+    return {s: set(g["seed"].astype(int)) for s, g in frame.groupby("scenario")}
 
 
 def run(scenarios: list, sims: int, workers: int, out: Path | None) -> pd.DataFrame:
@@ -97,12 +103,11 @@ def run(scenarios: list, sims: int, workers: int, out: Path | None) -> pd.DataFr
             rows += got
             if writer is not None:
                 writer.writerows({c: r[c] for c in COLUMNS} for r in got)
+                handle.flush()
             if k % 100 == 0 or k == len(jobs):
                 spent = time.perf_counter() - started
                 print(f"  {k}/{len(jobs)} judged, {spent:.0f} s ({spent / k:.2f} s a data set "
                       f"over {workers} worker(s))", flush=True)
-                if handle is not None:
-                    handle.flush()
         if pool is not None:
             pool.close()
             pool.join()

@@ -10,10 +10,12 @@ irony 45 tasks in 20 story scenarios). The design is the default run's (``config
 * the baseline (mode ``none``);
 * the difference mask at the primary m = 1e-4 and at the secondary m = 3e-5;
 * ``n_random`` random masks at the primary m and ``n_random_secondary`` at the secondary m
-  (the default run: 5 and 1);
+  (the default run: 10 and 2);
 * the damage-matched controls of the primary target: generic-only (deterministic: one mask)
   and random-fraction (3 seeds), listed in ``matched.json``;
-* per-window perplexity losses (32 windows) whose exp-mean is the recorded perplexity.
+* per-window perplexity losses (32 windows; a random mask's on the first 4, as the default
+  run's ``--random-ppl-tokens 4096`` of 32 windows of 1024) whose exp-mean is the recorded
+  perplexity.
 
 The model, per point p and prompt i of family f, role r and cluster c (nats; likelihood
 scoring writes margin = logprob_expected - logprob_alternative, correct = margin > 0)::
@@ -42,7 +44,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ import pandas as pd
 from tomsparse.config import VerdictRules
 from tomsparse.data.tasks import load_tasks
 from tomsparse.data.tasks.roles import CONTROL, FACT, TOM, prompt_role
-from tomsparse.judge.specificity import POOL_ABOVE, compute_specificity
+from tomsparse.judge.specificity import POOL_ABOVE, VERDICT_METRICS, compute_specificity
 from tomsparse.judge.verdicts import verdicts
 from tomsparse.stats import OPPOSITE, PERPLEXITY_THRESHOLD, SHOWN
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
@@ -60,6 +62,7 @@ M_PRIMARY, M_SECONDARY = 1e-4, 3e-5
 M_GENERIC, M_FRACTION = 6e-5, 4e-4          # the matched controls' searched sizes
 N_CLUSTERS = 20
 PPL_WINDOWS = 32
+RANDOM_PPL_WINDOWS = 4                      # --random-ppl-tokens 4096 at 1024 a window
 CLAIM_NAMES = ("a", "b", "c", "d", "e")
 FAMILY_NAMES = ("unexpected", "transfer", "irony")
 SCOPES = (*FAMILY_NAMES, POOL_ABOVE)
@@ -77,8 +80,8 @@ class Scenario:
     # (claim, scope) or (claim, "secondary") -> sign, where it differs from ``truth``
     truth_overrides: dict = field(default_factory=dict)
     reps: int = 1                               # > 1: generation scoring
-    n_random: int = 5
-    n_random_secondary: int = 1
+    n_random: int = 10
+    n_random_secondary: int = 2
     n_fraction: int = 3
     clusters: int = N_CLUSTERS
     # baseline margin means per role (ToM, control, fact), cluster and prompt sd
@@ -159,14 +162,15 @@ def scenarios(skewed_masks=(5, 10, 20)) -> list[Scenario]:
         no_effect("no_effect_exchangeable", "no effect, the target one more random mask "
                   "(its own mask effect drawn)", target_draws=True),
         no_effect("no_effect_5_each_m", "no effect, 5 random masks at each m",
-                  n_random_secondary=5),
+                  n_random=5, n_random_secondary=5),
         no_effect("weak_model", "no effect, weak model (15-16 of 20 clusters pass: the gate "
                   "passes a family 70-85% of the time)", base_tom=1.0, base_control=1.4,
                   base_fact=2.0, base_cluster_sd=0.4, base_prompt_sd=0.6),
         no_effect("skewed_clusters", "no effect, exponential mask x cluster effects (sd 0.5, "
                   "long tail on the damage side)", cluster_model="exponential",
                   cluster_sd=0.5, prompt_sd=0.2),
-        no_effect("one_random_mask", "no effect, 1 random mask at each m", n_random=1),
+        no_effect("one_random_mask", "no effect, 1 random mask at each m", n_random=1,
+                  n_random_secondary=1),
         no_effect("irony_bias_generation", "no ToM effect; the target shifts irony's Yes/No "
                   "bias by 2 logits (1 at m = 3e-5); generation scoring, 5 reps", reps=5,
                   target_bias=2.0),
@@ -367,11 +371,13 @@ def simulate(sc: Scenario, seed: int) -> DataSet:
                 ratio = ratio ** spec.scale
             losses = (windows0 + math.log(ratio)
                       + sc.window_sd * rng.standard_normal(PPL_WINDOWS))
+            if spec.kind == "random":
+                losses = losses[:RANDOM_PPL_WINDOWS]
         losses = [float(x) for x in losses]
         infos.append(dict(label=spec.label, mode=spec.mode, seed=spec.seed, m=spec.m,
                           perplexity=float(math.exp(sum(losses) / len(losses))),
                           masked=0 if spec.kind == "baseline" else 1000,
-                          ppl_windows=PPL_WINDOWS, ppl_unit_losses=losses))
+                          ppl_windows=len(losses), ppl_unit_losses=losses))
         prompts[spec.label] = _table(lay, margin, sc, rng)
     target = point_label("difference", 0, M_PRIMARY)
     generic = [s.label for s in specs if s.mode == "generic-only"]
@@ -412,10 +418,13 @@ def write_sweep_folder(ds: DataSet, root: str | Path) -> SweepFolder:
 def judge(ds: DataSet, rules: VerdictRules | None = None) -> list[dict]:
     """The verdicts of a data set in memory: ``compute_specificity`` + ``verdicts``, with the
     rules' gate floor and interval method (as ``judge.tables.write_specificity`` passes
-    them)."""
+    them), on the metrics the verdicts read (``VERDICT_METRICS``: the same verdicts as every
+    metric's tables, bit for bit, which tests/unit/test_calibration.py checks against the
+    folder path)."""
     rules = rules or VerdictRules()
     tables = compute_specificity(ds.infos, ds.prompts, matched=ds.matched,
-                                 gate_floor=rules.gate_floor, method=rules.interval_method)
+                                 gate_floor=rules.gate_floor, method=rules.interval_method,
+                                 metrics=VERDICT_METRICS)
     return verdicts(tables, rules=rules)
 
 

@@ -124,6 +124,11 @@ class SweepConfig:
     # searches (so a control is not matched on the numbers it is then judged by); 0 = search
     # on the reported tokens themselves (folders written before the split)
     match_search_tokens: int = 4096
+    # perplexity tokens of a random-mask point (the first whole windows of the reported ones,
+    # paired window by window with the baseline's): a random mask of the difference mask's
+    # count moves perplexity by about 0.1%, so its perplexity is a check, and the tokens it
+    # saves pay for more masks; None: the reported tokens, like every other point
+    random_ppl_tokens: int | None = None
     # evaluate on tasks that share stories with the ToM score prompts (data.overlap)
     allow_overlap: bool = False
 
@@ -159,7 +164,8 @@ class SweepConfig:
         if self.task_limit is not None and self.cluster_limit is not None:
             raise UserError("give --task-limit or --clusters, not both (--clusters counts "
                             "irony's story scenarios, --task-limit its tasks)")
-        for name in ("task_limit", "ppl_max_tokens", "cluster_limit", "secondary_seeds"):
+        for name in ("task_limit", "ppl_max_tokens", "cluster_limit", "secondary_seeds",
+                     "random_ppl_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (or left out for "
@@ -190,7 +196,8 @@ class SweepConfig:
                    "eval_batch_size": "batch_size"}
         values = {renamed.get(k, k): v for k, v in options.items()
                   if renamed.get(k, k) in names and v is not None}
-        for name in ("ppl_max_tokens", "match_m"):  # None means "all" here, not "unset"
+        # None means "all" here, not "unset"
+        for name in ("ppl_max_tokens", "match_m", "random_ppl_tokens"):
             if name in options:
                 values[name] = options[name]
         values["m_values"] = m_values_from(*(options.get(k) for k in M_OPTIONS))
@@ -219,7 +226,8 @@ class SweepConfig:
 # a folder whose recorded config lacks one of them resumes as if it had recorded it.
 ADDED_SWEEP_OPTIONS = {"ppl_protocol": "tomsparse", "answer_rule": "tomsparse",
                        "allow_overlap": False, "match_seeds": 1, "match_search_tokens": 0,
-                       "cluster_limit": None, "secondary_seeds": None}
+                       "cluster_limit": None, "secondary_seeds": None,
+                       "random_ppl_tokens": None}
 
 
 @dataclass(frozen=True)
@@ -305,10 +313,18 @@ class VerdictRules:
                 f"could have shown with 80% power. Intervals are {shape} over clusters (tasks; "
                 f"story scenarios for irony), with the mask-to-mask variance added where several "
                 f"masks stand behind a control; a comparison with masks drawn at random needs at "
-                f"least 2 of a kind. Claim (c) compares changes relative to each role's baseline "
+                f"least 2 of a kind. The comparison with random masks assumes their effects are "
+                f"not heavy-tailed: it estimates the masks' mean from the masks drawn, so a rare "
+                f"catastrophic mask that none of them happens to be is not in it (measured: with "
+                f"10 masks, each catastrophic with probability 0.1, claim (a) comes out falsely "
+                f"more often than the stated rate; docs/statistics.md), and the rank p-value "
+                f"printed beside it makes no such assumption but needs 39 masks to reach 5%. "
+                f"Claim (c) compares changes relative to each role's baseline "
                 f"margin, so the same proportional damage to every prompt cannot fake or "
                 f"reverse it; ToM changes are adjusted for a shift between the two answers "
-                f"where a cluster's prompts share one answer pair. Claim (d) holds when the "
+                f"where a cluster's prompts share one answer pair (under generation scoring, "
+                f"where accuracy cannot be adjusted exactly, a claim whose mask moved that "
+                f"answer bias is \u201ccannot be measured\u201d). Claim (d) holds when the "
                 f"upper bound of the perplexity ratio is below {self.ppl_threshold:g}; claim (e) "
                 f"is the mean per-cluster slope on log m of the ToM change beyond the random "
                 f"masks'. The measured error rates and power of these rules are in "
@@ -422,16 +438,23 @@ FRONTIER_DEFAULTS = dict(clusters=20, ppl_max_tokens=32768, ppl_seqlen=1024)
 # The options of `tomsparse run` that every preset sets (the score samples, the analyses)
 _RUN_BASE = dict(seqlen=128, score_replicates=1, analysis_prompts=16)
 
+# The random masks of the default run and of paper-7b: 10 at the primary m, where claim (a)
+# is decided, and the first 2 at the smaller m (the fewest that carry a mask-to-mask variance,
+# for claims a and e there); their perplexity on the first 4 windows only (a check: random
+# masks of the difference mask's count move it by about 0.1%), which pays for the extra masks.
+RUN_RANDOM_SEEDS = tuple(range(10))
+
 # Defaults sized so `make run` finishes in about 20 minutes on 2 CPU cores, with the points the
-# verdicts use: at the primary m (the largest, 1e-4) the difference mask, 5 random masks and
+# verdicts use: at the primary m (the largest, 1e-4) the difference mask, 10 random masks and
 # the damage-matched controls (generic-only; random-fraction with 3 seeds), at 3e-5 the
-# difference mask and one random mask (for the dose-response claim). The mask family members
+# difference mask and 2 random masks (for the dose-response claim). The mask family members
 # are `tomsparse frontier`'s. 20 clusters per family (irony: 20 story scenarios); the
 # perplexity over 32 windows of 1024 tokens (32,768: an interval for claim d and for every
-# control's damage), the size searches on the next 4096 tokens, held apart.
+# control's damage; random masks on the first 4,096), the size searches on the next 4096
+# tokens, held apart.
 DEFAULTS = dict(_RUN_BASE, nsamples_tom=24, nsamples_generic=24,
-               m_list=[0.0, 3e-5, 1e-4], random_seeds=list(DEFAULT_RANDOM_SEEDS),
-               secondary_seeds=1, **FRONTIER_DEFAULTS,
+               m_list=[0.0, 3e-5, 1e-4], random_seeds=list(RUN_RANDOM_SEEDS),
+               secondary_seeds=2, random_ppl_tokens=4096, **FRONTIER_DEFAULTS,
                controls=["difference", "random"],
                matched_controls=["generic-only", "random-fraction"], match_m=[1e-4],
                match_seeds=3, match_search_tokens=4096, score_replicates=2)
@@ -457,13 +480,13 @@ REFERENCE = dict(_RUN_BASE, **FAITHFUL, nsamples_tom=100, nsamples_generic=100, 
 
 # The default run's design sized for a 7B model on one GPU (`tomsparse run --preset paper-7b`):
 # the paper's m range with the primary m at its 5e-5, 100 + 100 score samples in 2 replicates,
-# every task of the bank (200 contents and transfer tasks, irony's 26 scenarios), 5 random
-# masks and the damage-matched controls (random-fraction with 3 seeds) at the primary m, the
+# every task of the bank (200 contents and transfer tasks, irony's 26 scenarios), 10 random
+# masks (2 at the smaller m, their perplexity on 4 windows) and the damage-matched controls (random-fraction with 3 seeds) at the primary m, the
 # perplexity over 32k tokens with 8k held apart for the searches. `benchmarks/bench_sweep.py`
 # projects its cost.
 PAPER_7B = dict(_RUN_BASE, nsamples_tom=100, nsamples_generic=100,
-                m_list=[0.0, 1e-5, 3e-5, 5e-5], random_seeds=list(DEFAULT_RANDOM_SEEDS),
-                secondary_seeds=1, analysis_prompts=64, controls=["difference", "random"],
+                m_list=[0.0, 1e-5, 3e-5, 5e-5], random_seeds=list(RUN_RANDOM_SEEDS),
+                secondary_seeds=2, random_ppl_tokens=8192, analysis_prompts=64, controls=["difference", "random"],
                 matched_controls=["generic-only", "random-fraction"], match_m=[5e-5],
                 match_seeds=3, ppl_max_tokens=32768, ppl_seqlen=2048,
                 match_search_tokens=8192, score_replicates=2)

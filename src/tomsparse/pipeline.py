@@ -32,10 +32,12 @@ from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.compute import compute_score_set
 from tomsparse.scores.store import (StoredScores, existing_store, load_scores, open_scores,
                                     read_manifest)
-from tomsparse.sweep.folder import RunFolder
-from tomsparse.sweep.runner import run_points, sweep_points
+from tomsparse.sweep.folder import RunFolder, SweepFolder
+from tomsparse.sweep.runner import is_random_point, run_points, sweep_points
 from tomsparse.judge.replicates import mask_overlap, replicate_section, replicate_verdicts
 from tomsparse.judge.summary import collect, print_summary
+from tomsparse.judge.recovery import planted_recovery, recovery_lines
+from tomsparse.plant.folder import read_planted
 
 
 # The default run's stage times on 2 CPU cores with the default model (README: scores 22 s
@@ -61,6 +63,9 @@ class RunWork:
     prompts: int
     ppl_tokens: int
     seconds: float
+    # random-mask points on fewer perplexity tokens (--random-ppl-tokens): count, tokens
+    random_points: int = 0
+    random_ppl_tokens: int = 0
 
     def describe(self) -> str:
         hours = self.seconds / 3600
@@ -68,8 +73,10 @@ class RunWork:
                 else f"about {max(self.seconds / 60, 1):.0f} minutes")
         return (f"{self.score_samples:,} score samples, {self.points:,} sweep points and "
                 f"{self.matched_evaluations:,} matched-control evaluations, each over "
-                f"{self.prompts:,} prompts and {self.ppl_tokens:,} perplexity tokens: {span} "
-                "on 2 CPU cores with the default model (longer with a larger one)")
+                f"{self.prompts:,} prompts and {self.ppl_tokens:,} perplexity tokens"
+                + (f" ({self.random_points:,} random-mask points on {self.random_ppl_tokens:,})"
+                   if self.random_points and self.random_ppl_tokens < self.ppl_tokens else "")
+                + f": {span} on 2 CPU cores with the default model (longer with a larger one)")
 
 
 def _prompt_count(sweep: SweepConfig) -> int:
@@ -93,11 +100,16 @@ def run_work(cfg: RunConfig) -> RunWork:
     evaluated = len(targets) * sum(sweep.match_seeds if c == "random-fraction" else 1
                                    for c in sweep.matched_controls)
     searched = len(targets) * len(sweep.matched_controls) * sweep.match_steps
+    # random-mask points pay for their --random-ppl-tokens only
+    random_points = sum(1 for mode, _, _ in sweep_points(sweep) if is_random_point(mode))
+    random_ppl = min(ppl, sweep.random_ppl_tokens or ppl)
     units = ((points + evaluated) * (prompts * 60 + ppl)
+             - random_points * (ppl - random_ppl)
              + searched * (sweep.match_search_tokens or ppl))
     seconds = samples * SCORE_SAMPLE_SECONDS + units * SECONDS_PER_UNIT
     return RunWork(score_samples=samples, points=points, matched_evaluations=evaluated,
-                   prompts=prompts, ppl_tokens=ppl, seconds=seconds)
+                   prompts=prompts, ppl_tokens=ppl, seconds=seconds,
+                   random_points=random_points, random_ppl_tokens=random_ppl)
 
 
 def stream_scores(lm, store: str | Path) -> StoredScores:
@@ -131,8 +143,25 @@ def sweep_and_report(lm, tom, gen, cfg: SweepConfig, out: str | Path, *,
     summary = run_sweep(lm, tom, gen, cfg, out, log=log, **sweep_options)
     if summary is None:
         return None
+    record_recovery(lm, tom, gen, cfg, out, log=log)
     manifest, sections = finish(summary)
     return summary, write_report(out, summary, manifest, sections)
+
+
+def record_recovery(lm, tom, gen, cfg: SweepConfig, out: str | Path, log=print) -> None:
+    """On a planted model (its folder carries planted.json: ``tomsparse plant``), how the
+    sweep's masks recover the planted set (``judge.recovery``), written into the sweep folder
+    for its report; nothing for any other model."""
+    planted = read_planted(lm.source, lm.description.matrices)
+    if planted is None:
+        return
+    table = planted_recovery(planted, tom, gen, lm.description.matrices, cfg.m_values,
+                             cfg.random_seeds, cfg.reference_ties)
+    path = SweepFolder(out).write_planted_recovery(table)
+    log(f"[tomsparse] planted ground truth ({planted.total:,} weights, density "
+        f"{planted.density:g}): {path}")
+    for line in recovery_lines(table):
+        log(f"  {line}")
 
 
 def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log, replicate: int = 1

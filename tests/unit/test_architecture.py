@@ -22,7 +22,7 @@ LAYERS = [
     {"errors", "safe_read", "files", "manifest", "stats"},
     {"lm", "masks", "perturb"},
     {"data"},
-    {"scores", "evaluate"},
+    {"scores", "evaluate", "plant"},
     {"config"},
     {"sweep"},
     {"judge"},
@@ -360,6 +360,7 @@ OWNERS = {
     SRC / PACKAGE / "scores" / "store.py": "score stores (scores.store)",
     SRC / PACKAGE / "evaluate" / "results.py": "evaluation results and the reference's tom/ "
                                                "layout (evaluate.results)",
+    SRC / PACKAGE / "plant" / "folder.py": "planted model folders (plant.folder.PlantedFolder)",
 }
 FOLDER_OWNER = SRC / PACKAGE / "sweep" / "folder.py"
 OUTPUT_SUFFIXES = (".csv", ".json", ".jsonl", ".html", ".png", ".safetensors")

@@ -40,12 +40,9 @@ ISSUE_SCENARIOS = ("no_effect", "tom_effect", "shrink_tom_above", "shrink_tom_be
 # no-effect scenarios whose family-wise rate the benchmark measured above 5% (see
 # docs/statistics.md): not asserted at 5% here
 KNOWN_MISSES = {
-    "irony_bias_generation": "under generation scoring the bias adjustment of accuracies is "
-                             "not exact (a Yes/No shift moves the near-ceiling controls less "
-                             "than the false-belief prompts), so a pure bias reads as ToM loss",
-    "skewed_masks_5": "claim (e) compares the target with one random mask at the secondary m "
-                      "and carries no mask-to-mask variance; claim (a)'s Welch contrast "
-                      "with 5 masks under catastrophic masks",
+    "skewed_masks_5": "claim (a)'s contrast with 5 random masks estimates their mean from the "
+                      "masks drawn: when none of them is one of the rare catastrophic masks, "
+                      "the target (at the population mean) reads as worse than random",
 }
 NUMBERS = ("value", "lo", "hi", "lo_raw", "hi_raw", "p_raw", "p_holm", "tost_p_holm")
 KEYS = ("claim", "label", "family", "metric", "status")
@@ -91,14 +88,16 @@ def test_a_simulated_sweep_folder_is_judged_as_in_memory(name, judged, tmp_path)
 def test_the_simulated_tables_are_what_a_sweep_writes():
     """Likelihood tables: margins are their log-probabilities' difference and correct says
     whether it is positive; generation tables: 5 reps a prompt, no margins; every point's
-    perplexity is exp of the mean of its 32 window losses; 20 clusters a family."""
+    perplexity is exp of the mean of its window losses (32; a random mask's 4, as under
+    --random-ppl-tokens); 20 clusters a family."""
     ds = vsim.simulate(vsim.scenario("no_effect"), 3)
     for label, table in ds.prompts.items():
         assert np.allclose(table["margin"], table["logprob_expected"]
                            - table["logprob_alternative"])
         assert (table["correct"] == (table["margin"] > 0)).all()
     for info in ds.infos.to_dict("records"):
-        assert len(info["ppl_unit_losses"]) == vsim.PPL_WINDOWS
+        windows = vsim.RANDOM_PPL_WINDOWS if info["mode"] == "random" else vsim.PPL_WINDOWS
+        assert len(info["ppl_unit_losses"]) == info["ppl_windows"] == windows
         assert info["perplexity"] == pytest.approx(math.exp(np.mean(info["ppl_unit_losses"])))
     frame = vsim.prompt_frame()
     assert frame.groupby("family")["unit"].nunique().to_dict() == {
@@ -192,3 +191,21 @@ def test_the_weak_model_is_judged_on_the_clusters_it_passes(judged):
                 else:
                     counts.append(int(v["n_clusters"]))
     assert counts and max(counts) <= vsim.N_CLUSTERS
+
+
+def test_a_moved_answer_bias_is_refused_under_generation(judged):
+    """Under generation scoring accuracy cannot be adjusted for a Yes/No shift exactly: where
+    the target moved irony's answer bias (2 logits at the primary m) claims (a) and (b) on
+    irony and on the pool holding it are "cannot be measured", with the reason; the
+    counterbalanced families with no shift are judged."""
+    refused = judged_families = 0
+    for vs in judged["irony_bias_generation"]:
+        for v in vs:
+            if v["claim"] not in "ab" or v["m"] != vsim.M_PRIMARY:
+                continue
+            if v["family"] == "irony" and v["status"] == CANNOT_BE_MEASURED:
+                refused += "answer bias" in str(v["reason"])
+            if v["family"] in ("unexpected", "transfer"):
+                judged_families += v["status"] != CANNOT_BE_MEASURED
+    assert refused >= SIMS                  # (a) and (b) on irony, in most runs
+    assert judged_families >= 2 * SIMS

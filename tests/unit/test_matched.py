@@ -207,3 +207,33 @@ def test_search_bracket_gives_the_interpolation_weight():
                                           (math.log(55) - math.log(18)))
     assert search_bracket({"search_target_perplexity": 30.0, "search": [[1e-4, 18.0]]}) is None
     assert search_bracket({"search": [[1e-4, 18.0], [4e-4, 55.0]]}) is None  # older folders
+
+
+def test_an_unmatched_seeded_control_evaluates_both_ends_with_every_seed(tmp_path):
+    """Issue 33.3: when no searched size lands within the tolerance, a seeded control's two
+    bracketing sizes are evaluated with each of --match-seeds seeds, and matched.json lists
+    the pairs seed by seed (the judge interpolates each)."""
+    from types import SimpleNamespace
+
+    from tomsparse.sweep import matched as mt
+
+    evaluated = []
+    entry = {"matched": False, "m": 4e-3, "search_target_perplexity": 15.0,
+             "search": [[2e-3, 11.0], [8e-3, 20.0]]}
+    sweep = SimpleNamespace(
+        cfg=SimpleNamespace(match_seeds=3),
+        folder=SimpleNamespace(search_result=lambda t, mode: tmp_path / f"{t}_{mode}.json"),
+        locks=SimpleNamespace(compute_once=lambda name, done, fn: entry),
+        point=lambda mode, seed, m, extra=None: evaluated.append((mode, seed, m, extra["bracket"])),
+        log=lambda *a: None)
+    target = {"mode": "difference", "seed": 0, "m": 1e-4, "perplexity": 15.0}
+    got = mt.matched_control(sweep, target, "random-fraction")
+    assert sorted(evaluated) == sorted((("random-fraction", s, m, end) for s in range(3)
+                                        for m, end in ((2e-3, "low"), (8e-3, "high"))))
+    inter = got["interpolation"]
+    assert inter["seeds"] == [0, 1, 2] and len(inter["seed_labels"]) == 3
+    assert inter["seed_labels"][1] == ["random-fraction_s1_m2.0000e-03",
+                                       "random-fraction_s1_m8.0000e-03"]
+    evaluated.clear()
+    got = mt.matched_control(sweep, target, "generic-only")   # deterministic: one seed
+    assert [e[1] for e in evaluated] == [0, 0] and got["interpolation"]["seeds"] == [0]

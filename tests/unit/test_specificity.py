@@ -626,3 +626,41 @@ def test_an_unmatched_control_is_interpolated_between_its_bracketing_sizes():
     assert c["reference"] == label and c["value"] == pytest.approx(-0.9 - got["value"])
     b = [v for v in vd.verdicts(tables) if v["claim"] == "b" and v["family"] == "unexpected"][0]
     assert "interpolated" in b["sentence"]
+
+
+def test_a_seeded_control_is_interpolated_seed_by_seed():
+    """Issue 33.3: an unmatched random-fraction control evaluated at both bracket ends with
+    each seed becomes one interpolated control per seed, judged as a set of masks (its
+    mask-to-mask variance kept); with 2 or more seeds claim (b) is judged, not refused."""
+    frame = synthetic_prompts(n_tasks=8, families=("unexpected",))
+    tom = is_tom(frame)
+    rng = np.random.default_rng(4)
+    spec = {"difference_s0_m1": ("difference", 0, 1e-4, 12.0, np.where(tom, -0.9, 0.0))}
+    pairs = []
+    for seed in range(3):
+        lo, hi = (f"random-fraction_s{seed}_m2", f"random-fraction_s{seed}_m8")
+        spec[lo] = ("random-fraction", seed, 2e-3, 11.0, rng.normal(-0.1, 0.05, len(frame)))
+        spec[hi] = ("random-fraction", seed, 8e-3, 20.0, rng.normal(-0.6, 0.05, len(frame)))
+        pairs.append([lo, hi])
+    infos, prompts, _ = build(spec, n_tasks=8, families=("unexpected",))
+    w = 0.4
+    tables = sp.compute_specificity(infos, prompts, interpolated={"difference_s0_m1": [
+        {"mode": "random-fraction", "labels": pairs[0], "weight": w, "seeds": [0, 1, 2],
+         "seed_labels": pairs}]})
+    labels = [sp.interpolated_label("random-fraction", "difference_s0_m1", s) for s in range(3)]
+    assert len(set(labels)) == 3
+    expect = []
+    for label, (lo, hi) in zip(labels, pairs):
+        got = row(tables, label, "unexpected", "tom_margin_change")
+        lo_v = row(tables, lo, "unexpected", "tom_margin_change")["value"]
+        hi_v = row(tables, hi, "unexpected", "tom_margin_change")["value"]
+        assert got["value"] == pytest.approx((1 - w) * lo_v + w * hi_v)
+        expect.append(got["value"])
+    c = tables["contrasts"]
+    c = c[(c["kind"] == "matched") & (c["family"] == "unexpected")
+          & (c["metric"] == "tom_margin_change")].iloc[0]
+    assert c["reference_seeds"] == 3 and c["reference"] == "+".join(labels)
+    assert c["value"] == pytest.approx(-0.9 - np.mean(expect))
+    assert np.isfinite(c["mask_se"]) and c["mask_se"] > 0
+    b = [v for v in vd.verdicts(tables) if v["claim"] == "b" and v["family"] == "unexpected"][0]
+    assert "at least 2" not in str(b["reason"]) and "interpolated" in b["sentence"]

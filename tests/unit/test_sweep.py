@@ -159,3 +159,45 @@ def test_reference_layout_reads_back_as_the_reference_does(tmp_path):
             assert summary.loc[m, f"{family}_percent_mean"] == pytest.approx(
                 sum(percents) / len(percents))
     assert not list((tmp_path / "tom").rglob("*.tmp"))
+
+
+def test_random_points_pay_for_fewer_perplexity_windows(setup, tmp_path):
+    """--random-ppl-tokens: a random mask's perplexity on the first whole windows only, paired
+    with the baseline's same windows in the tables (issue 33: cheaper random masks)."""
+    import json
+    import math
+
+    import numpy as np
+
+    lm, tom, generic, cfg = setup
+    cfg = replace(cfg, random_ppl_tokens=100)             # 3 windows of 32 tokens
+    out = tmp_path / "sweep"
+    run_sweep(lm, tom, generic, cfg, out, progress=False)
+    records = {p.stem: json.loads(p.read_text()) for p in (out / "points").glob("*.json")}
+    base = next(r for r in records.values() if r["mode"] == "none")
+    rnd = [r for r in records.values() if r["mode"] == "random"]
+    other = [r for r in records.values() if r["mode"] in ("difference", "tom-only")]
+    assert base["ppl_windows"] == 8 and all(r["ppl_windows"] == 8 for r in other)
+    assert len(rnd) == 2 and all(r["ppl_windows"] == 3 for r in rnd)
+    points = pd.read_csv(out / "specificity.csv")
+    for r in rnd:
+        row = points[(points["mode"] == "random") & (points["seed"] == r["seed"])].iloc[0]
+        diff = np.asarray(r["ppl_unit_losses"]) - np.asarray(base["ppl_unit_losses"][:3])
+        assert row["ppl_windows"] == 3
+        assert row["ppl_ratio"] == pytest.approx(math.exp(diff.mean()))
+        assert row["ppl_change"] == pytest.approx(math.exp(diff.mean()) - 1)
+    # the difference point is compared on every window, as before
+    # summary.csv: a random mask's perplexity on the baseline's tokens (the paired estimate)
+    summary = pd.read_csv(out / "summary.csv")
+    for r in rnd:
+        got = summary[(summary["mode"] == "random") & (summary["seed"] == r["seed"])].iloc[0]
+        diff = np.asarray(r["ppl_unit_losses"]) - np.asarray(base["ppl_unit_losses"][:3])
+        assert got["perplexity"] == pytest.approx(base["perplexity"] * math.exp(diff.mean()))
+        assert got["ppl_windows"] == 3
+    d = next(r for r in other if r["mode"] == "difference")
+    got = summary[summary["mode"] == "difference"].iloc[0]
+    assert got["perplexity"] == pytest.approx(d["perplexity"]) and got["ppl_windows"] == 8
+    row = points[points["mode"] == "difference"].iloc[0]
+    assert row["ppl_change"] == pytest.approx(d["perplexity"] / base["perplexity"] - 1)
+    with pytest.raises(UserError, match="random-ppl-tokens"):
+        replace(cfg, random_ppl_tokens=0)

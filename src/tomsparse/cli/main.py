@@ -28,6 +28,7 @@ from tomsparse.cli import (
     frontier,
     info,
     perplexity,
+    plant,
     run,
     scores,
     sweep,
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (info.add_parser, tasks.add_parser, eval_cmd.add_parser, perplexity.add_parser,
                 scores.add_parser, sweep.add_sweep_parser, sweep.add_summarize_parser,
                 run.add_parser, analyze.add_parser, compare.add_parser, frontier.add_parser,
-                cache.add_parser):
+                cache.add_parser, plant.add_parser):
         add(sub)
     return parser
 

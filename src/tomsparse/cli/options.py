@@ -237,6 +237,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "for the matched searches so that a control is not matched on the "
                         "numbers it is judged by (0: search on the reported tokens; default "
                         "4096)")
+    p.add_argument("--random-ppl-tokens", dest="random_ppl_tokens", type=positive_int,
+                   default=None,
+                   help="perplexity tokens of each random-mask point: the first whole windows "
+                        "of the reported ones (at least 2), paired with the baseline's; a "
+                        "random mask of the difference mask's count barely moves perplexity, "
+                        "so this is a check, and the time saved pays for more masks (default: "
+                        "all reported tokens; tomsparse run: 4096)")
     p.add_argument("--ppl-seqlen", dest="ppl_seqlen", type=positive_int, default=None,
                    help="tokens per perplexity window (>= 1; default 2048, or the model's "
                         "context when shorter); the perplexity interval is over windows")

@@ -20,14 +20,16 @@ from tomsparse.sweep.folder import PROMPT_KEY, PROMPT_NUMBERS
 METRICS = ("tom_margin_change", "control_margin_change", "fact_margin_change",
            "belief_gap_margin", "tom_accuracy_change", "control_accuracy_change",
            "belief_gap_accuracy", "bias_shift", "tom_margin_change_adj",
-           "tom_accuracy_change_adj", "belief_gap_relative")
+           "tom_accuracy_change_adj", "belief_gap_relative", "bias_shift_accuracy")
 # Which roles stand behind each metric (for n_tasks / n_prompts).
 METRIC_ROLES = {"tom_margin_change": (TOM,), "control_margin_change": (CONTROL,),
                  "fact_margin_change": (FACT,), "belief_gap_margin": (TOM, CONTROL),
                  "tom_accuracy_change": (TOM,), "control_accuracy_change": (CONTROL,),
                  "belief_gap_accuracy": (TOM, CONTROL), "bias_shift": (TOM, CONTROL, FACT),
                  "tom_margin_change_adj": (TOM,), "tom_accuracy_change_adj": (TOM,),
-                 "belief_gap_relative": (TOM, CONTROL)}
+                 "belief_gap_relative": (TOM, CONTROL),
+                 "bias_shift_accuracy": (TOM, CONTROL, FACT)}
+BIAS_METRICS = ("bias_shift", "bias_shift_accuracy")
 GAP_METRICS = ("belief_gap_margin", "belief_gap_accuracy", "belief_gap_relative")
 # A family is judged when it passes its controls (the pass-rate gate); the pool of the
 # families that do is "passing families". (The names ABOVE / POOL_ABOVE are kept from the
@@ -56,8 +58,13 @@ def clean_prompts(frame: pd.DataFrame, where: str) -> pd.DataFrame:
         corr = corr.astype(str).str.strip().str.lower().map({"true": 1.0, "false": 0.0,
                                                              "1": 1.0, "0": 0.0})
     frame["correct"] = pd.to_numeric(corr, errors="coerce").astype(float)
-    out = (frame.groupby(list(PROMPT_KEY) + ["expected", "alternative", "cluster"], sort=False,
-                         dropna=False)[["margin", "correct"]].mean().reset_index())
+    keys = list(PROMPT_KEY) + ["expected", "alternative", "cluster"]
+    one_rep = "rep" not in frame or frame["rep"].nunique(dropna=False) <= 1
+    if one_rep and not frame.duplicated(list(PROMPT_KEY)).any():
+        out = frame[keys + ["margin", "correct"]].reset_index(drop=True)  # one row a prompt
+    else:                                   # reps (generation scoring): their mean
+        out = (frame.groupby(keys, sort=False, dropna=False)[["margin", "correct"]].mean()
+               .reset_index())
     if out.duplicated(list(PROMPT_KEY)).any():
         dup = out[out.duplicated(list(PROMPT_KEY), keep=False)].iloc[0]
         raise UserError(f"{where}: prompt {dict(dup[list(PROMPT_KEY)])} appears with two different "
@@ -183,8 +190,13 @@ class Family:
                            - np.nan_to_num(lean_control) * out["bias_shift"])
             out["tom_accuracy_change_adj"] = (out["tom_accuracy_change"]
                                               - np.nan_to_num(lean_tom) * accuracy_shift)
+            # the same shift in accuracy: under generation scoring no margin is recorded, and
+            # accuracy is not additive (a prompt at ceiling cannot gain what another loses),
+            # so a moved bias is refused there (judge.verdicts), not subtracted
+            out["bias_shift_accuracy"] = accuracy_shift
         else:
             out["bias_shift"] = np.full(self.n, np.nan)
+            out["bias_shift_accuracy"] = np.full(self.n, np.nan)
             tom_adj, control_adj = out["tom_margin_change"], out["control_margin_change"]
             out["tom_accuracy_change_adj"] = out["tom_accuracy_change"]
         out["tom_margin_change_adj"] = tom_adj
@@ -229,7 +241,7 @@ class Engine:
         shift, and the belief gaps of confounded families)."""
         if name not in self.pools:
             return [name]
-        if metric == "bias_shift":
+        if metric in BIAS_METRICS:
             return []
         return [f for f in self.pools[name]
                 if not (metric in GAP_METRICS and self.fams[f].confounded)]
@@ -255,10 +267,18 @@ class Engine:
                              method=self.method)
 
     def counts(self, name: str, metric: str) -> tuple[int, int]:
-        """(tasks, prompts) behind ``metric`` in a family or pool."""
+        """(tasks, prompts) behind ``metric`` in a family or pool (the same for every point;
+        kept once computed, until the pools change)."""
+        key = (name, metric, tuple(self.pools.get(name, ())))
+        cache = self.__dict__.setdefault("_counts", {})
+        if key not in cache:
+            cache[key] = self._counts_of(name, metric)
+        return cache[key]
+
+    def _counts_of(self, name: str, metric: str) -> tuple[int, int]:
         nt = npr = 0
         for f in self.members(name, metric):
-            if metric == "bias_shift" and not self.fams[f].paired:
+            if metric in BIAS_METRICS and not self.fams[f].paired:
                 continue
             t, p = self.fams[f].count(METRIC_ROLES[metric])
             nt, npr = nt + t, npr + p
@@ -270,7 +290,10 @@ class Engine:
             use = self.members(name, metric)
             return "families: " + (", ".join(use) if use else "none")
         fam = self.fams[name]
-        if metric == "bias_shift" and fam.paired:
+        if metric == "bias_shift_accuracy" and fam.paired:
+            return (f"accuracy toward {fam.pair[0]} over {fam.pair[1]}" if fam.pair else
+                    "accuracy toward A over B, A and B each cluster's answer pair")
+        if metric in BIAS_METRICS and fam.paired:
             return (f"log P({fam.pair[0]}) - log P({fam.pair[1]})" if fam.pair else
                     "log P(A) - log P(B), A and B each cluster's answer pair")
         if metric in GAP_METRICS and fam.confounded:
@@ -292,6 +315,13 @@ def paired_changes(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame],
         if label not in prompts:
             raise UserError(f"{label}: no per-prompt table")
         cur = clean_prompts(prompts[label], label)
+        if len(cur) == len(base) and all(
+                np.array_equal(cur[k].to_numpy(), base[k].to_numpy())
+                for k in (*keys, "expected")):
+            # the same prompts in the same order (every point a sweep writes): no join needed
+            changes[label] = (cur["margin"].to_numpy(float) - margin0,
+                              cur["correct"].to_numpy(float) - correct0)
+            continue
         joined = base[keys + ["expected"]].merge(
             cur[keys + ["expected", "margin", "correct"]], on=keys, how="left",
             suffixes=("", "_pt"), validate="one_to_one")

@@ -80,7 +80,14 @@ CONTRAST_COLUMNS = ("label", "mode", "m", "kind", "reference", "reference_mode",
 DOSE_COLUMNS = ("mode", "reference", "family", "metric", *_INTERVAL_COLUMNS, "n_m", "m_values",
                 "note")
 # the metrics a dose-response is fitted on (likelihood and generation scoring)
-DOSE_METRICS = ("tom_margin_change_adj", "tom_accuracy_change")
+# the dose-response slopes: claim (e) reads the ToM change of its scoring (the bias-adjusted
+# margin under likelihood, the bias-adjusted accuracy under generation)
+DOSE_METRICS = ("tom_margin_change_adj", "tom_accuracy_change", "tom_accuracy_change_adj")
+# What ``judge.verdicts`` reads (its claims, the bias check, the effect sizes): the tables
+# restricted to these (``compute_specificity(metrics=VERDICT_METRICS)``) give the same
+# verdicts, bit for bit, at a fraction of the cost (the calibration suite judges thousands)
+VERDICT_METRICS = ("tom_margin_change_adj", "tom_accuracy_change", "tom_accuracy_change_adj",
+                   "belief_gap_relative", "belief_gap_accuracy", "bias_shift_accuracy")
 CONDITION_COLUMNS = ("label", "mode", "seed", "m", "n_seeds", "family", "condition", "probe",
                      "role", "metric", "baseline", "value", "lo", "hi", "n_tasks", "n_prompts")
 
@@ -90,8 +97,8 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
                         random_mode: str = "random", target_mode: str = "difference",
                         level: float = 0.95, gate_alpha: float = 0.05,
                         gate_floor: float = 0.5, method: str = "skew",
-                        interpolated: Mapping[str, Sequence[dict]] | None = None
-                        ) -> dict[str, pd.DataFrame]:
+                        interpolated: Mapping[str, Sequence[dict]] | None = None,
+                        metrics: Sequence[str] = METRICS) -> dict[str, pd.DataFrame]:
     """The specificity tables from point infos and per-prompt tables (see
     ``SweepFolder.read_sweep``).
 
@@ -102,7 +109,9 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
     ({"mode", "labels": [low, high], "weight" w}): each becomes a control point
     ``<mode>_interp_<target>`` whose every per-prompt change, per-window loss and perplexity is
     (1 - w) x the low end's + w x the high end's (w puts it at the target's perplexity in log
-    perplexity), and is compared like a matched control.
+    perplexity), and is compared like a matched control. ``metrics``: the metrics of the
+    points and contrasts tables (every one by default; ``VERDICT_METRICS`` is what the
+    verdicts read, and then the conditions table, which they do not read, is left empty).
 
     Returns ``points`` (long: label, mode, seed, m, n_seeds, masked, perplexity and its ratio
     interval, family, metric, value, lo, hi, se, df, p_value, n_clusters, n_tasks, n_prompts,
@@ -137,47 +146,55 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
                           "method": method,
                           "scoring": "generation" if base["margin"].isna().all()
                           else "likelihood"}])
-    return {"points": _point_table(engine, units, base_info),
-            "contrasts": _contrasts(engine, units, matched, random_mode),
+    metrics = [m for m in METRICS if m in set(metrics)]
+    return {"points": _point_table(engine, units, base_info, metrics),
+            "contrasts": _contrasts(engine, units, matched, random_mode, metrics),
             "baseline": baseline,
-            "conditions": _condition_table(engine, units, base, changes),
+            "conditions": (_condition_table(engine, units, base, changes)
+                           if len(metrics) == len(METRICS) else pd.DataFrame()),
             "dose": _dose_table(engine, units, target_mode, random_mode),
             "roles": pd.DataFrame(role_rows()), "info": info}
 
 
-def interpolated_label(mode: str, target: str) -> str:
-    """The label of a control interpolated for ``target`` (not a point on disk)."""
-    return f"{mode}_interp_{target}"
+def interpolated_label(mode: str, target: str, seed: int = 0) -> str:
+    """The label of a control interpolated for ``target`` (not a point on disk); seeds past
+    the first carry their seed."""
+    return f"{mode}_interp_{target}" if seed == 0 else f"{mode}_interp_s{seed}_{target}"
 
 
 def _interpolate(points: pd.DataFrame, changes: dict, matched, interpolated):
     """Add the interpolated controls (see ``compute_specificity``) as points and as matched
-    controls of their targets; (points, matched) updated, ``changes`` filled in place."""
+    controls of their targets, one per seed the bracket's ends were evaluated with (a
+    seeded control keeps its mask-to-mask variance); (points, matched) updated, ``changes``
+    filled in place."""
     matched = {k: list(v) for k, v in (matched or {}).items()}
     rows = []
     for target, specs in (interpolated or {}).items():
         for spec in specs:
-            low, high = spec["labels"]
-            if low not in changes or high not in changes:
-                raise UserError(f"interpolated control for {target}: point {low} or {high} "
-                                f"is missing; rerun the sweep to evaluate it")
             w = float(spec["weight"])
-            label = interpolated_label(spec["mode"], target)
-            changes[label] = tuple((1 - w) * a + w * b
-                                   for a, b in zip(changes[low], changes[high]))
-            lo_row = points[points["label"] == low].iloc[0]
-            hi_row = points[points["label"] == high].iloc[0]
-            la, lb = (_losses(r["ppl_unit_losses"]) for r in (lo_row, hi_row))
-            rows.append({"label": label, "mode": spec["mode"], "seed": 0,
-                         "m": math.exp((1 - w) * math.log(lo_row["m"]) + w * math.log(hi_row["m"])),
-                         "perplexity": math.exp((1 - w) * math.log(lo_row["perplexity"])
-                                                + w * math.log(hi_row["perplexity"])),
-                         "masked": (1 - w) * lo_row["masked"] + w * hi_row["masked"],
-                         "ppl_windows": lo_row["ppl_windows"],
-                         "ppl_unit_losses": list((1 - w) * la + w * lb)
-                         if la is not None and lb is not None and la.shape == lb.shape
-                         else None})
-            matched.setdefault(target, []).append(label)
+            pairs = spec.get("seed_labels") or [spec["labels"]]
+            seeds = spec.get("seeds") or [0]
+            for seed, (low, high) in zip(seeds, pairs):
+                if low not in changes or high not in changes:
+                    raise UserError(f"interpolated control for {target}: point {low} or "
+                                    f"{high} is missing; rerun the sweep to evaluate it")
+                label = interpolated_label(spec["mode"], target, int(seed))
+                changes[label] = tuple((1 - w) * a + w * b
+                                       for a, b in zip(changes[low], changes[high]))
+                lo_row = points[points["label"] == low].iloc[0]
+                hi_row = points[points["label"] == high].iloc[0]
+                la, lb = (_losses(r["ppl_unit_losses"]) for r in (lo_row, hi_row))
+                rows.append({"label": label, "mode": spec["mode"], "seed": int(seed),
+                             "m": math.exp((1 - w) * math.log(lo_row["m"])
+                                           + w * math.log(hi_row["m"])),
+                             "perplexity": math.exp((1 - w) * math.log(lo_row["perplexity"])
+                                                    + w * math.log(hi_row["perplexity"])),
+                             "masked": (1 - w) * lo_row["masked"] + w * hi_row["masked"],
+                             "ppl_windows": lo_row["ppl_windows"],
+                             "ppl_unit_losses": list((1 - w) * la + w * lb)
+                             if la is not None and lb is not None and la.shape == lb.shape
+                             else None})
+                matched.setdefault(target, []).append(label)
     if rows:
         points = pd.concat([points, pd.DataFrame(rows)], ignore_index=True)
     return points, matched
@@ -283,31 +300,57 @@ def _interval_fields(iv: Interval) -> dict:
             "skewness": iv.skewness}
 
 
-def _perplexity_fields(u: dict, base_info, level: float) -> dict:
-    """The perplexity ratio to the baseline with its interval over windows (NaN when the
-    records hold no per-window losses, or hold them for other windows)."""
+def _paired_base_losses(u: dict, base_info) -> np.ndarray | None:
+    """The baseline's per-window losses paired with a unit's: all of them, or the first k
+    when the unit was evaluated on the first k windows only (random-mask points under
+    ``--random-ppl-tokens``); None when the records hold no per-window losses or hold them
+    for other windows."""
     base_losses = _losses(base_info.get("ppl_unit_losses"))
+    if u["losses"] is None or base_losses is None or u["losses"].ndim != 1:
+        return None
+    k = u["losses"].size
+    return base_losses[:k] if 0 < k <= base_losses.size else None
+
+
+def _perplexity_fields(u: dict, base_info, level: float) -> dict:
+    """The perplexity ratio to the baseline with its interval over windows, paired window by
+    window (NaN when the records hold no per-window losses, or hold them for other
+    windows)."""
+    base_losses = _paired_base_losses(u, base_info)
     nan = dict(ppl_ratio=math.nan, ppl_ratio_lo=math.nan, ppl_ratio_hi=math.nan,
                ppl_log_se=math.nan, ppl_log_df=math.nan)
-    if u["losses"] is None or base_losses is None or u["losses"].shape != base_losses.shape:
+    if base_losses is None:
         return nan
     ratio = perplexity_ratio_interval(u["losses"], base_losses, level)
     return dict(ppl_ratio=ratio.ratio, ppl_ratio_lo=ratio.lo, ppl_ratio_hi=ratio.hi,
                 ppl_log_se=ratio.log_interval.se, ppl_log_df=ratio.log_interval.df)
 
 
-def _point_table(engine: Engine, units: dict, base_info) -> pd.DataFrame:
-    """One row per unit, family or pool and metric: estimate, interval, counts."""
+def _perplexity_change(u: dict, base_info, fields: dict) -> float:
+    """The unit's perplexity change against the baseline's on the same tokens: its perplexity
+    over the baseline's when both cover every window, else the paired ratio - 1 (a point on
+    the first windows only is compared with the baseline on those windows)."""
     ppl0 = float(base_info["perplexity"])
+    base_losses = _losses(base_info.get("ppl_unit_losses"))
+    fewer = (u["losses"] is not None and base_losses is not None
+             and u["losses"].size < base_losses.size)
+    if fewer:
+        return fields["ppl_ratio"] - 1
+    return u["perplexity"] / ppl0 - 1 if ppl0 else math.nan
+
+
+def _point_table(engine: Engine, units: dict, base_info,
+                 metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """One row per unit, family or pool and metric: estimate, interval, counts."""
     rows = []
     for label, u in units.items():
-        ppl_change = u["perplexity"] / ppl0 - 1 if ppl0 else math.nan
+        ppl = _perplexity_fields(u, base_info, engine.level)
         head = {"label": label, "mode": u["mode"], "seed": u["seed"], "m": u["m"],
                 "n_seeds": u["n_seeds"], "masked": u["masked"], "perplexity": u["perplexity"],
-                "ppl_change": ppl_change, "ppl_windows": u["ppl_windows"],
-                **_perplexity_fields(u, base_info, engine.level)}
+                "ppl_change": _perplexity_change(u, base_info, ppl),
+                "ppl_windows": u["ppl_windows"], **ppl}
         for name in engine.names:
-            for metric in METRICS:
+            for metric in metrics:
                 nt, npr = engine.counts(name, metric)
                 rows.append({**head, "family": name, "metric": metric,
                              **_interval_fields(engine.interval(u["values"][name][metric])),
@@ -357,7 +400,8 @@ def _seed_mean(values: np.ndarray) -> np.ndarray:
         return np.nanmean(values, axis=0)
 
 
-def _contrasts(engine: Engine, units: dict, matched, random_mode: str) -> pd.DataFrame:
+def _contrasts(engine: Engine, units: dict, matched, random_mode: str,
+               metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Target minus the mean of its reference masks, over clusters and masks."""
     crow = []
     for target, kind, refs in _contrast_pairs(units, matched, random_mode):
@@ -368,7 +412,7 @@ def _contrasts(engine: Engine, units: dict, matched, random_mode: str) -> pd.Dat
         # lands each at its own damage (shown beside the claim)
         members = [units[m]["perplexity"] for r in refs for m in units[r]["members"]]
         for name in engine.names:
-            for metric in METRICS:
+            for metric in metrics:
                 tv = _seed_mean(t["values"][name][metric])
                 rv = np.vstack([units[r]["values"][name][metric] for r in refs])
                 fields = {**_interval_fields(interval_over_units(np.zeros(0), engine.level,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tomsparse.errors import UserError
@@ -25,6 +26,10 @@ def collect(out: str | Path, rules=None) -> pd.DataFrame:
     folder = SweepFolder(out)
     points, tidy = [], []
     read = [folder.read_point(path) for path in folder.record_paths()]
+    base_losses = next((info.get("ppl_unit_losses") for info, _ in read
+                        if info["mode"] == BASELINE_MODE), None)
+    base_ppl = next((info["perplexity"] for info, _ in read if info["mode"] == BASELINE_MODE),
+                    None)
     for info, metrics in read:
         points.append(info)
         fam = metrics[metrics["level"] == "family"]
@@ -38,7 +43,12 @@ def collect(out: str | Path, rules=None) -> pd.DataFrame:
                                  "family": row["family"], "metric": metric,
                                  "value": float(row[metric])})
         tidy.append({"m": info["m"], "mode": info["mode"], "seed": info["seed"],
-                     "family": "", "metric": "perplexity", "value": info["perplexity"]})
+                     "family": "", "metric": "perplexity",
+                     "value": comparable_perplexity(info, base_losses, base_ppl)})
+        if info.get("ppl_windows") is not None:
+            tidy.append({"m": info["m"], "mode": info["mode"], "seed": info["seed"],
+                         "family": "", "metric": "ppl_windows",
+                         "value": float(info["ppl_windows"])})
         tidy.append({"m": info["m"], "mode": info["mode"], "seed": info["seed"],
                      "family": "", "metric": "masked", "value": info["masked"]})
     if not points:
@@ -64,13 +74,27 @@ def collect(out: str | Path, rules=None) -> pd.DataFrame:
     return summary
 
 
+def comparable_perplexity(info: dict, base_losses, base_ppl) -> float:
+    """A point's perplexity on the baseline's tokens: its own when it was evaluated on all of
+    them; for a point on the first k windows only (random masks under --random-ppl-tokens),
+    the baseline's perplexity times the ratio of the two on those k windows (the paired
+    estimate; its own perplexity on k windows is not comparable with the baseline's on all)."""
+    losses = info.get("ppl_unit_losses")
+    if (base_losses is None or base_ppl is None or not losses
+            or len(losses) >= len(base_losses) or info["mode"] == BASELINE_MODE):
+        return info["perplexity"]
+    diff = np.asarray(losses, dtype=float) - np.asarray(base_losses[:len(losses)], dtype=float)
+    return float(base_ppl * np.exp(diff.mean()))
+
+
 def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
     """One row per (mode, seed, m): the reference's summary columns plus ours."""
     rows = []
     for (mode, seed, m), g in tidy.groupby(["mode", "seed", "m"], sort=True):
         get = {(r.family, r.metric): r.value for r in g.itertuples()}
         row = {"mode": mode, "seed": seed, "m": m, "masked": get.get(("", "masked")),
-               "perplexity": get.get(("", "perplexity"))}
+               "perplexity": get.get(("", "perplexity")),
+               "ppl_windows": get.get(("", "ppl_windows"))}
         for fam in ("unexpected", "transfer", "irony", "tomi"):
             pct = get.get((fam, "reference_percent"))
             if pct is None:

@@ -105,10 +105,12 @@ def _shape(row) -> dict:
 
 
 def _pick(frame: pd.DataFrame, **eq) -> pd.Series | None:
-    sel = frame
+    """The first row whose columns equal ``eq`` (None when none does)."""
+    keep = np.ones(len(frame), dtype=bool)
     for k, v in eq.items():
-        sel = sel[sel[k] == v]
-    return None if sel.empty else sel.iloc[0]
+        keep &= frame[k].to_numpy() == v
+    hits = np.flatnonzero(keep)
+    return frame.iloc[hits[0]] if hits.size else None
 
 
 def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "difference",
@@ -146,6 +148,7 @@ class _Context:
         self.level = float(info.get("level", 0.95))
         self.rules, self.target_mode = rules, target_mode
         generation = str(info.get("scoring", "likelihood")) == "generation"
+        self.generation = generation
         self.metric = "tom_accuracy_change_adj" if generation else "tom_margin_change_adj"
         # (c): under likelihood scoring the gap of changes relative to each role's baseline
         # margin (a proportional shrink of every margin leaves it at 0); under generation the
@@ -184,10 +187,35 @@ class _Context:
         return f"{self.target_mode} m={t.m:.3g}, {self.scope_text(scope)}"
 
 
+def _bias_moved(ctx: _Context, label: str, scope: str) -> str:
+    """Under generation scoring, why a target's ToM accuracy change in ``scope`` cannot be
+    judged ("" when it can): the target moved the family's answer bias (the interval of its
+    accuracy shift toward one word of the answer pair excludes 0). Accuracy is not additive,
+    so such a shift cannot be subtracted the way a margin's is (a counterbalanced family
+    loses accuracy under it too: prompts at ceiling cannot gain what the others lose); under
+    likelihood scoring the margin adjustment is exact and nothing is refused."""
+    if not ctx.generation:
+        return ""
+    families = ctx.passing if scope == POOL_ABOVE else [scope]
+    moved = []
+    for family in families:
+        row = _pick(ctx.pts, label=label, family=family, metric="bias_shift_accuracy")
+        if row is None or not (np.isfinite(row["lo"]) and np.isfinite(row["hi"])):
+            continue
+        if row["lo"] > 0 or row["hi"] < 0:
+            moved.append(f"{family} {_fmt(row['value'])} [{_fmt(row['lo'])}, "
+                         f"{_fmt(row['hi'])}]")
+    if not moved:
+        return ""
+    return ("the mask moved the Yes/No answer bias (accuracy shift toward one answer: "
+            + "; ".join(moved) + "), which accuracy under generation scoring cannot be "
+            "corrected for; --scoring likelihood can (its margins are adjusted exactly)")
+
+
 def _random_claim(ctx: _Context, t, scope: str) -> _Candidate:
     """Claim (a): the target's ToM change minus the mean of the random masks of its count."""
     cand = _Candidate("a", t.label, t.m, scope, ctx.metric, None, margin=ctx.margin)
-    cand.reason = ctx.unjudged(scope)
+    cand.reason = ctx.unjudged(scope) or _bias_moved(ctx, t.label, scope)
     row = _pick(ctx.con, label=t.label, kind="random", family=scope, metric=ctx.metric)
     if row is None:
         cand.reason = cand.reason or "no random-mask points at this m"
@@ -213,7 +241,8 @@ def _matched_claim(ctx: _Context, t, scope: str, claim: str) -> _Candidate:
     metric = ctx.metric if claim == "b" else ctx.gap_metric
     margin = (ctx.rules.margin_relative if metric == "belief_gap_relative" else ctx.margin)
     cand = _Candidate(claim, t.label, t.m, scope, metric, None, margin=margin)
-    cand.reason = ctx.unjudged(scope)
+    cand.reason = ctx.unjudged(scope) or (_bias_moved(ctx, t.label, scope) if claim == "b"
+                                          else "")
     if claim == "c" and scope != POOL_ABOVE and bool(ctx.gate[scope].gap_confounded):
         cand.reason = cand.reason or ("its belief gap is confounded with the Yes/No answer "
                                       "bias (ToM and control prompts expect opposite answers)")
@@ -293,7 +322,9 @@ def _dose_claim(ctx: _Context, scope: str) -> _Candidate:
     """Claim (e): the mean per-cluster slope on log m of the ToM change beyond the random
     masks' is negative (a raw slope grows for any damaging mask)."""
     cand = _Candidate("e", "", math.nan, scope, ctx.metric, None)
-    cand.reason = ctx.unjudged(scope)
+    cand.reason = ctx.unjudged(scope) or next(
+        (why for why in (_bias_moved(ctx, t.label, scope) for t in ctx.targets.itertuples())
+         if why), "")
     row = None
     if ctx.dose is not None and not ctx.dose.empty:
         dose = ctx.dose

@@ -46,6 +46,12 @@ TABLE_COLUMNS = {
                 "perplexity"), "the sweep's specificity table"),
 }
 CHANGE_METRICS = ("tom_margin_change_adj", "belief_gap_margin")
+# what compare reads of a planted model's recovery table, and the quantities it shows
+PLANTED_COLUMNS = ("mode", "m", "role", "mask_in_planted", "planted_in_mask",
+                   "random_mask_in_planted", "random_planted_in_mask", "enrichment")
+PLANTED_QUANTITIES = {"planted_in_mask": "share of P in the mask",
+                      "mask_in_planted": "share of the mask in P",
+                      "enrichment": "enrichment over a random mask"}
 COLUMNS = ("run", "model", "fingerprint", "section", "family", "quantity", "claim", "mode", "m",
            "value", "lo", "hi", "state", "n_tasks", "n_prompts", "pool")
 
@@ -62,6 +68,15 @@ class RunTables:
     baseline: pd.DataFrame
     verdicts: pd.DataFrame
     points: pd.DataFrame
+    planted: pd.DataFrame | None = None  # a planted model's recovery table (judge.recovery)
+
+    @property
+    def base_fingerprint(self) -> str:
+        """The fingerprint of the model this one was planted into ("" if not planted)."""
+        if self.planted is None or "base_fingerprint" not in self.planted:
+            return ""
+        values = self.planted["base_fingerprint"].dropna().astype(str)
+        return values.iloc[0] if len(values) else ""
 
 
 def _fix(sweep_dir: Path) -> str:
@@ -94,9 +109,10 @@ def read_run(run_dir: str | Path) -> RunTables:
         columns, what = TABLE_COLUMNS[name]
         frames.append(read_csv_checked(sweep.specificity(name), columns, what, _fix(sweep_dir)))
     model = str(manifest.get("model") or run_dir.name)
+    planted = sweep.read_planted_recovery(PLANTED_COLUMNS)
     return RunTables(path=run_dir, sweep_dir=sweep_dir, name=model, model=model,
                      fingerprint=str(manifest.get("model_fingerprint") or ""),
-                     baseline=frames[0], verdicts=frames[1], points=frames[2])
+                     baseline=frames[0], verdicts=frames[1], points=frames[2], planted=planted)
 
 
 def read_runs(run_dirs: Sequence[str | Path]) -> list[RunTables]:
@@ -157,8 +173,38 @@ def compare_table(runs: Sequence[RunTables]) -> pd.DataFrame:
                                  hi=_num(p.hi), n_tasks=_num(p.n_tasks),
                                  n_prompts=_num(p.n_prompts), pool=pool,
                                  state=_change_note(p)))
+        rows += planted_rows(run, ident)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return table
+
+
+def planted_rows(run: RunTables, ident: dict) -> list[dict]:
+    """Section ``planted`` of a run on a planted model: per m and mask, over all matrices,
+    the recovery of the planted set (random masks: mean over seeds), the random mask's
+    expectation in ``state``."""
+    if run.planted is None or run.planted.empty:
+        return []
+    overall = run.planted[run.planted["role"].astype(str) == "all"]
+    rows = []
+    for (m, mode), sub in overall.groupby(["m", "mode"], sort=False):
+        for col, quantity in PLANTED_QUANTITIES.items():
+            expected = {"planted_in_mask": "random_planted_in_mask",
+                        "mask_in_planted": "random_mask_in_planted"}.get(col)
+            note = (f"random {_num(sub[expected].mean()):.3g}" if expected else "")
+            rows.append(dict(ident, section="planted", quantity=quantity, mode=str(mode),
+                             m=_num(m), value=_num(sub[col].mean()), lo=math.nan, hi=math.nan,
+                             state=note))
+    return rows
+
+
+def planted_text(run: RunTables, runs: Sequence[RunTables]) -> str:
+    """"planted into <fingerprint> (base: <run>)" for a planted model, "" otherwise."""
+    base = run.base_fingerprint
+    if not base:
+        return ""
+    found = [r.name for r in runs if r is not run and r.fingerprint == base]
+    return (f"planted into model {base}"
+            + (f" (its base: {', '.join(found)})" if found else " (its base is not compared)"))
 
 
 # what each claim's number is (judge.verdicts)
@@ -187,6 +233,9 @@ def _cell(r) -> str:
     """One number with its interval and state, as text."""
     if r["section"] == "verdict" and r["claim"] == "d":
         num = "" if not np.isfinite(r["value"]) else f"{100 * r['value']:+.0f}% perplexity"
+    elif r["section"] == "planted":
+        num = (f"x{r['value']:.3g}" if r["quantity"].startswith("enrichment")
+               else f"{r['value']:.4g}") if np.isfinite(r["value"]) else "n/a"
     elif not np.isfinite(r["value"]):
         num = "n/a"
     else:
@@ -212,6 +261,9 @@ def side_by_side_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
                          "outcome)", ["claim", "m", "family", "quantity"]),
              ("change", "ToM change and belief gap per mask and m (paired, 95% interval, pooled "
                         "over the families that pass their controls, else all; perplexity ratio)",
+              ["quantity", "mode", "m"]),
+             ("planted", "Planted ground truth: recovery of the planted set P per mask and m "
+                         "(over all matrices; beside it, a random mask of the same size)",
               ["quantity", "mode", "m"]))
     for section, title, index in specs:
         sub = table[table["section"] == section]
@@ -229,8 +281,10 @@ def compare_text(table: pd.DataFrame, runs: Sequence[RunTables] = ()) -> str:
     """The plain-text rendering printed by ``tomsparse compare``."""
     lines = []
     for run in runs:
+        planted = planted_text(run, runs)
         lines.append(f"{run.name}: model {run.model}, fingerprint {run.fingerprint or '?'}, "
-                     f"pooled families {pool_text(run)}, {run.path}")
+                     f"pooled families {pool_text(run)}, {run.path}"
+                     + (f"; {planted}" if planted else ""))
     for title, wide in side_by_side_tables(table).items():
         lines += ["", title, wide.to_string(index=False)]
     return "\n".join(lines)
@@ -260,10 +314,11 @@ def write_compare(run_dirs: Sequence[str | Path], out: str | Path = "compare"
     paths["plot"] = plot_compare(runs, out / COMPARE_FILES["plot"])
     head = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.model)}</td>"
                    f"<td>{html.escape(r.fingerprint)}</td><td>{html.escape(pool_text(r))}</td>"
+                   f"<td>{html.escape(planted_text(r, runs))}</td>"
                    f"<td>{html.escape(str(r.path))}</td></tr>" for r in runs)
     parts = [f"<h1>tomsparse compare: {len(runs)} run(s)</h1>",
              "<table><tr><th>run</th><th>model</th><th>fingerprint</th><th>pooled families</th>"
-             "<th>folder</th></tr>"
+             "<th>planted</th><th>folder</th></tr>"
              f"{head}</table>"]
     for title, wide in side_by_side_tables(table).items():
         parts.append(f"<h2>{html.escape(title)}</h2>" + wide.to_html(index=False))

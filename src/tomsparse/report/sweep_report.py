@@ -132,7 +132,11 @@ def run_summary(out: Path) -> str:
         items.append(f"perplexity on {number(cfg['ppl_max_tokens'])} tokens of "
                      f"{html.escape(str(cfg.get('corpus', '')))}"
                      + (f" ({number(windows)} windows of {number(cfg.get('ppl_seqlen'))})"
-                        if np.isfinite(windows) else ""))
+                        if np.isfinite(windows) else "")
+                     + (f"; random masks on the first {number(cfg['random_ppl_tokens'])} "
+                        "of them, paired with the baseline's (a check)"
+                        if cfg.get("random_ppl_tokens")
+                        and cfg["random_ppl_tokens"] < cfg["ppl_max_tokens"] else ""))
     samples = _score_samples(manifest)
     if samples:
         items.append("scores from " + samples)
@@ -311,6 +315,58 @@ def reference_section(out: Path, summary: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+PLANTED_CAPTION = (
+    "The model was planted (tomsparse plant): its ToM skill was trained into a known random "
+    "set P of its weights (density d of every target matrix), so the masks can be scored "
+    "against the weights the skill lives in. Per m and mask: the share of the mask inside P "
+    "(precision) and the share of P inside the mask (recall), beside what a uniformly random "
+    "mask of the same size per matrix gives (d, and the mask's own fraction of the matrices: "
+    "density x m expected in both), and their ratio (enrichment; 1 = chance). Random masks: "
+    "mean over the sweep's seeds. The claims above are judged as for any model.")
+
+
+def planted_section(out: Path) -> str:
+    """The "planted ground truth" section of a sweep on a planted model (the sweep folder's
+    planted-recovery table, ``judge.recovery``); "" for any other sweep."""
+    folder = SweepFolder(out)
+    table = folder.read_planted_recovery(("mode", "seed", "m", "role", "masked", "planted",
+                                          "overlap", "mask_in_planted", "planted_in_mask",
+                                          "random_mask_in_planted", "random_planted_in_mask",
+                                          "enrichment"))
+    if table is None or table.empty:
+        return ""
+    keys = ["m", "mode", "role"]
+    values = ["masked", "planted", "overlap", "mask_in_planted", "random_mask_in_planted",
+              "planted_in_mask", "random_planted_in_mask", "enrichment"]
+    mean = table.groupby(keys, sort=False)[values].mean().reset_index()
+    headers = {"masked": "mask size", "planted": "|P|", "overlap": "in both",
+               "mask_in_planted": "mask in P", "random_mask_in_planted": "random: mask in P",
+               "planted_in_mask": "P in mask", "random_planted_in_mask": "random: P in mask",
+               "enrichment": "enrichment"}
+
+    def shown(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame["m"] = frame["m"].map(lambda x: f"{x:g}")
+        for col in ("mask_in_planted", "random_mask_in_planted", "planted_in_mask",
+                    "random_planted_in_mask"):
+            frame[col] = frame[col].map(lambda x: f"{x:.4g}" if np.isfinite(x) else "")
+        frame["enrichment"] = frame["enrichment"].map(
+            lambda x: f"x{x:.3g}" if np.isfinite(x) else "")
+        return frame
+
+    overall = shown(mean[mean["role"] == "all"].drop(columns="role"))
+    by_role = shown(mean[mean["role"] != "all"])
+    density = table["density"].dropna().iloc[0] if "density" in table and \
+        table["density"].notna().any() else math.nan
+    head = (f"<p>Planted set P: {number(int(mean[(mean['role'] == 'all')]['planted'].iloc[0]))} "
+            f"weights, density {density:g}.</p>" if np.isfinite(density) else "")
+    return (head + readable_table(overall, keys=("m", "mode"), headers=headers)
+            + folded("Per matrix role", readable_table(by_role, keys=("m", "mode", "role"),
+                                                        headers=headers))
+            + f"<p class='caption'>{html.escape(PLANTED_CAPTION)} Source: "
+            + csv_link(folder.planted_recovery, out) + "</p>")
+
+
 def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
                  extra_sections: Sequence[tuple[str, str]] = ()) -> Path:
     """Render the sweep folder's report (``SweepFolder.report``): the verdict first (bottom
@@ -350,6 +406,10 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
         if mfile.exists():
             sections.append(("masks", "Where the difference mask lands", embed_png(
                 _plot_masks(pd.read_csv(mfile), top, folder.plot("masks")))))
+    planted = planted_section(out)
+    if planted:
+        sections.append(("planted", "Planted ground truth: how much of the planted set each "
+                         "mask finds", planted))
     for i, (title, body) in enumerate(extra_sections):
         sections.append((f"extra-{i + 1}", title, body))
     opts = html.escape(json.dumps(manifest, indent=2, sort_keys=True, default=str))

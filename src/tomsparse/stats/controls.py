@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tomsparse.errors import UserError
-from tomsparse.stats.intervals import (Interval, check_level, check_sign, cluster_means,
-                                       interval_over_units, t_interval, unmeasurable)
+from tomsparse.stats.intervals import (Interval, one_per_cluster, check_level, check_sign,
+                                       cluster_means, interval_over_units, t_interval,
+                                       unmeasurable)
 from tomsparse.stats.outcomes import (CANNOT_BE_MEASURED, NOT_SHOWN, OPPOSITE, RULED_OUT,
                                       SHOWN)
 
@@ -88,7 +89,10 @@ def _row_cluster_means(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
     n_rows = rows.shape[0]
     if not rows.size:
         return np.full(n_rows, math.nan)
-    _, inverse = np.unique(ids, return_inverse=True)
+    if one_per_cluster(ids):
+        inverse = np.arange(ids.size)
+    else:
+        _, inverse = np.unique(ids, return_inverse=True)
     n_ids = int(inverse.max()) + 1
     cells = (np.arange(n_rows)[:, None] * n_ids + inverse[None, :]).ravel()
     finite = np.isfinite(rows).ravel()

@@ -278,6 +278,12 @@ def interval_over_units(units: np.ndarray, level: float = 0.95, alternative: str
                       skewness=skewness)
 
 
+def one_per_cluster(ids: np.ndarray) -> bool:
+    """Integer ids in strictly increasing order (values already one per cluster, sorted: the
+    per-cluster rows the judge passes), where ``np.unique`` can be skipped."""
+    return ids.dtype.kind in "iu" and (ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])))
+
+
 def cluster_means(values, clusters) -> tuple[np.ndarray, np.ndarray]:
     """(cluster ids, mean of the finite values of each cluster), sorted by id.
 
@@ -289,7 +295,10 @@ def cluster_means(values, clusters) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"values ({vals.size}) and clusters ({ids.size}) must have one entry "
                          f"per prompt each")
     keep = np.isfinite(vals)
-    uniq, inverse = np.unique(ids[keep], return_inverse=True)
+    kept = ids[keep]
+    if one_per_cluster(kept):          # one value a cluster, in order: each is its mean
+        return kept, vals[keep]
+    uniq, inverse = np.unique(kept, return_inverse=True)
     sums = np.bincount(inverse, weights=vals[keep], minlength=uniq.size)
     counts = np.bincount(inverse, minlength=uniq.size)
     return uniq, sums / np.maximum(counts, 1)

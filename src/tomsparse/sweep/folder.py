@@ -163,6 +163,8 @@ class SweepFolder:
     # record of matched.json (each point's is ``point_integrity``)
     EDITS_ACCEPTED = "edits_accepted.json"
     MATCHED_INTEGRITY = "matched.sha256"
+    # the planted ground truth's recovery (a sweep of a planted model: judge.recovery)
+    PLANTED_RECOVERY = "planted_recovery.csv"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -225,6 +227,28 @@ class SweepFolder:
     @property
     def verdict_rules(self) -> Path:
         return self.root / self.VERDICT_RULES
+
+    @property
+    def planted_recovery(self) -> Path:
+        """How the masks of a sweep on a planted model recover the planted set
+        (``judge.recovery``); absent for any other model."""
+        return self.root / self.PLANTED_RECOVERY
+
+    def write_planted_recovery(self, table: pd.DataFrame) -> Path:
+        return write_csv(self.planted_recovery, table)
+
+    def read_planted_recovery(self, columns=()) -> pd.DataFrame | None:
+        """The planted-recovery table, checked for ``columns``; None when the sweep has none."""
+        path = self.planted_recovery
+        if not path.is_file():
+            return None
+        fix = "delete it and run `tomsparse summarize` or the sweep again to rewrite it"
+        frame = read_csv(path, "the planted-recovery table", fix=fix)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise UserError(f"{path}: lacks the column(s) {', '.join(missing)} of the planted-"
+                            f"recovery table; {fix}")
+        return frame
 
     def read_verdict_rules(self) -> dict:
         """The decision rules the last verdicts used ({} when none were kept)."""

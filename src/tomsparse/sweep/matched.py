@@ -144,14 +144,14 @@ def match_controls(sweep, targets: list[dict]) -> dict:
         found[point_label("difference", 0, target["m"])] = {
             "mode": "difference", "m": target["m"], "seed": 0,
             "perplexity": target["perplexity"],
-            "controls": [_matched_control(sweep, target, mode)
+            "controls": [matched_control(sweep, target, mode)
                          for mode in cfg.matched_controls]}
     data = {"tolerance": cfg.match_tolerance, "floor": FLOOR, "targets": found}
     sweep.folder.write_matched(data)  # with its integrity record
     return data
 
 
-def _matched_control(sweep, target: dict, mode: str) -> dict:
+def matched_control(sweep, target: dict, mode: str) -> dict:
     """Search the size of ``mode`` whose perplexity change matches ``target``'s, evaluate it
     in full when matched; the control's entry (kept in ``search/``, so a resumed or shared
     sweep searches once)."""
@@ -175,16 +175,23 @@ def _matched_control(sweep, target: dict, mode: str) -> dict:
                       "bracket the target's perplexity; not evaluated")
         else:
             # no size lands within the tolerance (the perplexity jumps between two sizes):
-            # both ends are evaluated in full and the control is their interpolation at the
-            # target's perplexity (judge.specificity does it prompt by prompt)
+            # both ends are evaluated in full, with every seed of a seeded control, and the
+            # control is their interpolation at the target's perplexity, seed by seed
+            # (judge.specificity does it prompt by prompt), so its mask-to-mask variance
+            # stays in the claims
+            seeds = match_seeds(mode, sweep.cfg.match_seeds)
             sweep.log(f"[tomsparse] damage-matched {mode} for {tlabel}: interpolated between "
                       f"m = {bracket['low']:.3g} and {bracket['high']:.3g} (weight "
-                      f"{bracket['weight']:.2f} on the larger), both evaluated in full")
-            for end in ("low", "high"):
-                sweep.point(mode, 0, bracket[end], extra={"matched_to": tlabel,
-                                                         "bracket": end})
-            entry["interpolation"] = dict(bracket, labels=[
-                point_label(mode, 0, bracket["low"]), point_label(mode, 0, bracket["high"])])
+                      f"{bracket['weight']:.2f} on the larger), both evaluated in full"
+                      + (f" with {len(seeds)} seeds" if len(seeds) > 1 else ""))
+            for seed in seeds:
+                for end in ("low", "high"):
+                    sweep.point(mode, seed, bracket[end], extra={"matched_to": tlabel,
+                                                                "bracket": end})
+            pairs = [[point_label(mode, seed, bracket["low"]),
+                      point_label(mode, seed, bracket["high"])] for seed in seeds]
+            entry["interpolation"] = dict(bracket, labels=pairs[0], seeds=seeds,
+                                          seed_labels=pairs)
     return entry
 
 

@@ -133,6 +133,8 @@ class _Sweep:
                             f"{' with --ppl-max-tokens' if cfg.ppl_max_tokens else ''}, fewer "
                             f"than one window of {window}; raise --ppl-max-tokens (or leave it "
                             "out for the whole corpus) or use a longer --corpus")
+        self.random_ids = self.ppl_ids[:random_point_tokens(cfg, window,
+                                                            self.ppl_ids.numel())]
         self.sums: dict = {}  # reused by every point: weights are restored after each
         self.channels = None
 
@@ -164,9 +166,12 @@ class _Sweep:
             return self._perplexity_as_is(split)
 
     def _perplexity_as_is(self, split: str = "report") -> PerplexityResult:
-        """The one perplexity call of a sweep: the model as it is now."""
+        """The one perplexity call of a sweep: the model as it is now, on the reported tokens,
+        the held-apart ``"search"`` ones, or the ``"random"`` points' first windows of the
+        reported ones."""
         lm, cfg = self.lm, self.cfg
-        ids = self.search_ids if split == "search" else self.ppl_ids
+        ids = (self.search_ids if split == "search" else
+               self.random_ids if split == "random" else self.ppl_ids)
         return perplexity(lm.model, lm.tokenizer, self.corpus, seqlen=cfg.ppl_seqlen,
                           token_ids=ids, batch_size=2, protocol=cfg.ppl_protocol)
 
@@ -192,7 +197,7 @@ class _Sweep:
             result = evaluate(lm.model, lm.tokenizer, self.taskset, scoring=cfg.scoring,
                               reps=cfg.reps, seed=cfg.seed, batch_size=cfg.batch_size, m=m,
                               model_name=lm.name, answer_rule=cfg.answer_rule)
-            ppl = self._perplexity_as_is()
+            ppl = self._perplexity_as_is("random" if is_random_point(mode) else "report")
             t_r = time.time()
         t_restore = time.time() - t_r
         stats = (pd.DataFrame(mask_stats(masks, self.rankings, m,
@@ -213,6 +218,23 @@ class _Sweep:
                   "worker": f"{self.locks.me['host']}:{self.locks.me['pid']}", **(extra or {})}
         # the tables, their sha256 (points/<label>.sha256), then the record, last
         return self.folder.write_point(name, record, table, result.metrics, stats)
+
+
+def is_random_point(mode: str) -> bool:
+    """A random-mask point (its perplexity on ``--random-ppl-tokens``), not the baseline."""
+    return mode != BASELINE_MODE and parse_mode(mode).base == "random"
+
+
+def random_point_tokens(cfg: SweepConfig, window: int, reported: int) -> int:
+    """How many of the reported perplexity tokens a random-mask point is evaluated on: the
+    whole windows within ``--random-ppl-tokens`` (at least 2, for an interval; an even number
+    under the reference protocol, whose unit is a batch of 2 windows), all when unset."""
+    if cfg.random_ppl_tokens is None:
+        return reported
+    windows = max(2, cfg.random_ppl_tokens // window)
+    if cfg.ppl_protocol == "reference":
+        windows += windows % 2
+    return min(reported, windows * window)
 
 
 def run_points(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str | Path,
