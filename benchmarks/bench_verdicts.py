@@ -243,7 +243,7 @@ def main(argv=None) -> None:
     print("\n1. Outcomes per scenario and claim (% of the claim's instances: its scopes, the "
           "three families and the pool; false/run: % of runs with a false direction in the "
           "claim). Left out: claims at m=3e-05 that are 'cannot be measured' in every run by "
-          "design (b and c: no matched controls there; a: one random mask there)\n")
+          "design (b and c: the damage-matched controls are at the primary m only)\n")
     print(markdown(outcome_table(frame, order)))
     print("\n2. Family-wise: % of runs with any false 'shown' or 'opposite direction' "
           "(exact binomial 95% interval)\n")
