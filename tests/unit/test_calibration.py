@@ -209,3 +209,30 @@ def test_a_moved_answer_bias_is_refused_under_generation(judged):
                 judged_families += v["status"] != CANNOT_BE_MEASURED
     assert refused >= SIMS                  # (a) and (b) on irony, in most runs
     assert judged_families >= 2 * SIMS
+
+
+def test_the_plant_gate_counts_the_clusters_the_judge_counts():
+    """`tomsparse plant` gates its eval split with its own cluster-pass count over Prompt
+    objects (plant.train.family_gates); it must count the same passed clusters, per family, as
+    the judge's gate (judge.clusters.family_gate) on the same answers."""
+    from tomsparse.data.tasks import load_tasks
+    from tomsparse.data.tasks.roles import prompt_role
+    from tomsparse.judge.specificity import compute_specificity
+    from tomsparse.plant.train import family_gates
+
+    for seed in range(3):
+        ds = vsim.simulate(vsim.scenario("weak_model"), seed)
+        base_label = ds.infos["label"].iloc[0]
+        table = ds.prompts[base_label]
+        tables = compute_specificity(ds.infos, ds.prompts, matched=ds.matched)
+        judge = tables["baseline"].set_index("family")
+        prompts = [p for p in load_tasks("builtin").head_clusters(vsim.N_CLUSTERS).prompts()
+                   if prompt_role(p.family, p.condition, p.probe, p.scenario) != ""]
+        assert len(prompts) == len(table)
+        assert [p.task_id for p in prompts] == list(table["task_id"].astype(str))
+        gates = family_gates(prompts, table["correct"].to_numpy(float) > 0.5)
+        assert set(gates) == set(judge.index)
+        for family, gate in gates.items():
+            assert (gate.k, gate.n) == (judge.loc[family, "gate_passed"],
+                                        judge.loc[family, "gate_clusters"]), family
+        assert any(0 < g.k < g.n for g in gates.values())   # a mix of passed and failed
