@@ -61,10 +61,10 @@ def clean_prompts(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     keys = list(PROMPT_KEY) + ["expected", "alternative", "cluster"]
     one_rep = "rep" not in frame or frame["rep"].nunique(dropna=False) <= 1
     if one_rep and not frame.duplicated(list(PROMPT_KEY)).any():
-        out = frame[keys + ["margin", "correct"]].reset_index(drop=True)  # one row a prompt
-    else:                                   # reps (generation scoring): their mean
-        out = (frame.groupby(keys, sort=False, dropna=False)[["margin", "correct"]].mean()
-               .reset_index())
+        return frame[keys + ["margin", "correct"]].reset_index(drop=True)  # one row a prompt
+    # reps (generation scoring), or a prompt listed twice: their mean
+    out = (frame.groupby(keys, sort=False, dropna=False)[["margin", "correct"]].mean()
+           .reset_index())
     if out.duplicated(list(PROMPT_KEY)).any():
         dup = out[out.duplicated(list(PROMPT_KEY), keep=False)].iloc[0]
         raise UserError(f"{where}: prompt {dict(dup[list(PROMPT_KEY)])} appears with two different "

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tomsparse.errors import UserError
 from tomsparse.files import write_csv
 from tomsparse.masks import MODES
+from tomsparse.stats import perplexity_ratio_interval
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder
 from tomsparse.judge.reference import reference_summary
 from tomsparse.judge.tables import write_specificity
@@ -83,8 +83,8 @@ def comparable_perplexity(info: dict, base_losses, base_ppl) -> float:
     if (base_losses is None or base_ppl is None or not losses
             or len(losses) >= len(base_losses) or info["mode"] == BASELINE_MODE):
         return info["perplexity"]
-    diff = np.asarray(losses, dtype=float) - np.asarray(base_losses[:len(losses)], dtype=float)
-    return float(base_ppl * np.exp(diff.mean()))
+    paired = perplexity_ratio_interval(losses, base_losses[:len(losses)])
+    return float(base_ppl * paired.ratio)
 
 
 def summarize(tidy: pd.DataFrame) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from tomsparse.errors import UserError
 from tomsparse.files import check_link, read_json_object, write_json
 from tomsparse.lm.registry import model_identity
 from tomsparse.manifest import build_manifest, sha256_file
-from tomsparse.plant.planted_set import check_against, role_of
+from tomsparse.plant.planted_set import check_against
 from tomsparse.plant.train import PlantResult, gate_record
 
 PLANTED_JSON = "planted.json"
@@ -193,6 +193,3 @@ def read_planted(folder: str | Path | None, matrices=None) -> PlantedModel | Non
     return PlantedModel(folder=Path(str(folder)), record=record, indices=indices,
                         base_values=base)
 
-
-def roles_of(planted: PlantedModel) -> list[str]:
-    return sorted({role_of(name) for name in planted.indices})
