@@ -120,3 +120,34 @@ def test_missing_tables_are_one_line_errors_with_exit_code_2(tmp_path, capsys):
 
     assert main(["compare", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_compare_puts_a_planted_model_beside_its_base(two_runs, tmp_path, capsys):
+    """A run on a planted model (its sweep holds planted_recovery.csv) gets a "planted"
+    section: per m and mask the shares over all matrices (random masks: the mean over their
+    seeds), the random mask's expectation beside them, and the line naming its base run."""
+    from tomsparse.sweep.folder import SweepFolder
+    a, b = two_runs
+    rows = []
+    for mode, seed, in_p, p_in in (("difference", 0, 0.02, 0.30), ("random", 0, 1e-4, 0.1),
+                                   ("random", 1, 3e-4, 0.2)):
+        for role, scale in (("all", 1.0), ("q", 2.0)):
+            rows.append({"mode": mode, "seed": seed, "m": 1e-4, "role": role,
+                         "mask_in_planted": in_p * scale, "planted_in_mask": p_in * scale,
+                         "random_mask_in_planted": 1e-4, "random_planted_in_mask": 1e-4,
+                         "enrichment": in_p / 1e-4, "base_fingerprint": "fp-a"})
+    SweepFolder(b / "sweep").write_planted_recovery(pd.DataFrame(rows))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    table = pd.read_csv(out / "compare.csv")
+    planted = table[table["section"] == "planted"]
+    assert set(planted["model"]) == {"tiny-b"}          # the base run has no planted section
+    got = planted.set_index(["mode", "quantity"])["value"]
+    assert got[("difference", "share of P in the mask")] == pytest.approx(0.30)
+    assert got[("difference", "share of the mask in P")] == pytest.approx(0.02)
+    assert got[("random", "share of P in the mask")] == pytest.approx(0.15)     # seeds' mean
+    assert got[("random", "share of the mask in P")] == pytest.approx(2e-4)
+    state = planted.set_index(["mode", "quantity"])["state"]
+    assert state[("difference", "share of P in the mask")] == "random 0.0001"
+    assert "planted into model fp-a (its base: tiny-a)" in text
