@@ -80,8 +80,8 @@ class Scenario:
     # (claim, scope) or (claim, "secondary") -> sign, where it differs from ``truth``
     truth_overrides: dict = field(default_factory=dict)
     reps: int = 1                               # > 1: generation scoring
-    n_random: int = 10
-    n_random_secondary: int = 2
+    n_random: int = 9
+    n_random_secondary: int = 3
     n_fraction: int = 3
     clusters: int = N_CLUSTERS
     # baseline margin means per role (ToM, control, fact), cluster and prompt sd
@@ -116,6 +116,13 @@ class Scenario:
     cluster_sd: float = 0.3
     prompt_sd: float = 0.3
     window_sd: float = 0.03                     # per-window noise of the loss change
+    # verdict rules other than the defaults (VerdictRules fields), e.g. target_null
+    rules: dict = field(default_factory=dict)
+
+    def verdict_rules(self, rules: VerdictRules | None = None) -> VerdictRules:
+        """``rules`` (default: the defaults) with this scenario's own overrides."""
+        rules = rules or VerdictRules()
+        return VerdictRules(**{**rules.as_dict(), **self.rules}) if self.rules else rules
 
     @property
     def generation(self) -> bool:
@@ -161,6 +168,9 @@ def scenarios(skewed_masks=(5, 10, 20)) -> list[Scenario]:
         no_effect("no_effect", "no effect (target at the masks' mean; ppl ratio 1.10)"),
         no_effect("no_effect_exchangeable", "no effect, the target one more random mask "
                   "(its own mask effect drawn)", target_draws=True),
+        no_effect("no_effect_exchangeable_judged", "no effect, the target one more random "
+                  "mask, judged with --target-null exchangeable", target_draws=True,
+                  rules={"target_null": "exchangeable"}),
         no_effect("no_effect_5_each_m", "no effect, 5 random masks at each m",
                   n_random=5, n_random_secondary=5),
         no_effect("weak_model", "no effect, weak model (15-16 of 20 clusters pass: the gate "
@@ -190,6 +200,10 @@ def scenarios(skewed_masks=(5, 10, 20)) -> list[Scenario]:
         Scenario("tom_effect", "ToM-specific effect: -1 nat on false-belief margins "
                  "(-0.5 at m = 3e-5); ppl ratio 1.03",
                  truth={c: -1 for c in CLAIM_NAMES}, target_tom=-1.0, ppl_target=1.03),
+        Scenario("tom_effect_exchangeable", "the ToM-specific effect judged with "
+                 "--target-null exchangeable (the target one more mask plus the effect)",
+                 truth={c: -1 for c in CLAIM_NAMES}, target_tom=-1.0, ppl_target=1.03,
+                 target_draws=True, rules={"target_null": "exchangeable"}),
     ]
     return out
 
@@ -417,14 +431,14 @@ def write_sweep_folder(ds: DataSet, root: str | Path) -> SweepFolder:
 # ----------------------------------------------------------------------------- judging
 def judge(ds: DataSet, rules: VerdictRules | None = None) -> list[dict]:
     """The verdicts of a data set in memory: ``compute_specificity`` + ``verdicts``, with the
-    rules' gate floor and interval method (as ``judge.tables.write_specificity`` passes
-    them), on the metrics the verdicts read (``VERDICT_METRICS``: the same verdicts as every
+    rules' gate floor, interval method and target null (as ``judge.tables.write_specificity``
+    passes them; ``rules`` default to the defaults with the scenario's own ``rules``), on the metrics the verdicts read (``VERDICT_METRICS``: the same verdicts as every
     metric's tables, bit for bit, which tests/unit/test_calibration.py checks against the
     folder path)."""
-    rules = rules or VerdictRules()
+    rules = ds.scenario.verdict_rules(rules)
     tables = compute_specificity(ds.infos, ds.prompts, matched=ds.matched,
                                  gate_floor=rules.gate_floor, method=rules.interval_method,
-                                 metrics=VERDICT_METRICS)
+                                 target_null=rules.target_null, metrics=VERDICT_METRICS)
     return verdicts(tables, rules=rules)
 
 

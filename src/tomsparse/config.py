@@ -32,10 +32,12 @@ from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.tom import ANSWER_RULES, SCORINGS
 from tomsparse.lm.registry import DEFAULT_MODEL
-from tomsparse.masks import DEFAULT_RANDOM_SEEDS, SEEDED_MODES, check_m_values, parse_mode
+from tomsparse.masks import (DEFAULT_RANDOM_SEEDS, SEEDED_MODES, check_m_values, parse_mode,
+                             swapped_name)
 from tomsparse.perturb import PERTURBATIONS
-from tomsparse.scores.compute import METHODS
+from tomsparse.scores.compute import METHODS, SCORES, check_score
 from tomsparse.stats import MARGIN_ACCURACY, MARGIN_NATS, PERPLEXITY_THRESHOLD
+from tomsparse.stats.controls import TARGET_NULLS
 from tomsparse.stats.intervals import METHODS as INTERVAL_METHODS
 from tomsparse.stats.intervals import check_level
 
@@ -139,6 +141,10 @@ class SweepConfig:
             _set(self, "match_m", list(self.match_m))
         for mode in self.modes:
             parse_mode(mode)  # a clear error for an unknown mode or variant
+            if swapped_name(mode) is not None:
+                raise UserError(f"--controls {mode}: a task-swapped mask comes with its store, "
+                                "--scores-swapped NAME=DIR (tomsparse sweep), not from "
+                                "--controls")
         for mode in self.matched_controls:
             if mode not in MATCHABLE:
                 raise UserError(f"--matched-controls: {mode!r} cannot be size-matched; choose "
@@ -230,6 +236,15 @@ ADDED_SWEEP_OPTIONS = {"ppl_protocol": "tomsparse", "answer_rule": "tomsparse",
                        "random_ppl_tokens": None}
 
 
+# measured by the calibration suite (benchmarks/bench_verdicts.py, scenario
+# no_effect_exchangeable, 1,000 runs; docs/statistics.md): the share of runs with a false
+# outcome when the difference mask is one more random mask and judged as a fixed one
+EXCHANGEABLE_UNDER_FIXED = "14.2%"
+# the same for skewed mask effects (scenario skewed_masks_10: each random mask catastrophic
+# with probability 0.1, the default design's 9 + 3 random masks)
+SKEWED_MASKS_RATE = "38.4%"
+
+
 @dataclass(frozen=True)
 class VerdictRules:
     """The numbers the verdicts are decided by: ``alpha`` the family-wise error rate (Holm);
@@ -251,6 +266,11 @@ class VerdictRules:
     # points to, out to Hall's skewness-corrected bound: it holds its one-tailed rate under
     # skewed cluster effects) or "t" (the plain t-interval)
     interval_method: str = "skew"
+    # what a single target mask is compared as against masks of a kind (random masks, seeded
+    # matched controls) and in the dose slope: "fixed" (does this mask's effect differ from
+    # their mean?) or "exchangeable" (is it unlike one more mask of that kind? its own draw's
+    # variance added: a prediction interval, far less power with few masks)
+    target_null: str = "fixed"
 
     def __post_init__(self):
         check_level(self.alpha, "alpha")
@@ -263,6 +283,9 @@ class VerdictRules:
         if self.interval_method not in INTERVAL_METHODS:
             raise UserError(f"--interval-method must be one of {', '.join(INTERVAL_METHODS)} "
                             f"(got {self.interval_method!r})")
+        if self.target_null not in TARGET_NULLS:
+            raise UserError(f"--target-null must be one of {', '.join(TARGET_NULLS)} "
+                            f"(got {self.target_null!r})")
         if not 0 <= self.gate_floor < 1:
             raise UserError(f"--gate-floor is a pass rate and must lie in [0, 1) (got "
                             f"{self.gate_floor}); e.g. 0.5")
@@ -287,6 +310,19 @@ class VerdictRules:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def _target_null_text(self) -> str:
+        if self.target_null == "exchangeable":
+            return ("The difference mask is compared as one more draw of the masks it stands "
+                    "against (--target-null exchangeable): its own draw's variance is added, "
+                    "estimated by their spread (a prediction interval), so a target that is "
+                    "just another random mask is not \u201cshown\u201d; with few masks this "
+                    "costs much power (docs/statistics.md).")
+        return ("The difference mask is compared as a fixed mask (--target-null fixed): does "
+                "its effect differ from the random masks' mean? If it were just one more "
+                "random mask, its own draw would count as a difference (measured: "
+                f"{EXCHANGEABLE_UNDER_FIXED} of runs with a false outcome; --target-null "
+                "exchangeable asks the other question; docs/statistics.md).")
 
     def describe(self, n_tests: int | None = None) -> str:
         """The decision rules and their error rates, in plain words."""
@@ -316,13 +352,11 @@ class VerdictRules:
                 f"least 2 of a kind. The comparison with random masks assumes their effects are "
                 f"not heavy-tailed: it estimates the masks' mean from the masks drawn, so a rare "
                 f"catastrophic mask that none of them happens to be is not in it (measured: with "
-                f"10 masks, each catastrophic with probability 0.1, claim (a) comes out falsely "
-                f"more often than the stated rate; docs/statistics.md), and the rank p-value "
+                f"9 masks (3 at the smaller m), each catastrophic with probability 0.1, "
+                f"{SKEWED_MASKS_RATE} of runs have a false outcome; docs/statistics.md), and the "
+                f"rank p-value "
                 f"printed beside it makes no such assumption but needs 39 masks to reach 5%. "
-                f"It also treats the difference mask as fixed (does its effect differ from the "
-                f"random masks' mean?), not as one more random draw: if it were just another "
-                f"random mask, its own draw would count as a difference (measured: 18.9% of "
-                f"runs with a false outcome; docs/statistics.md). "
+                f"{self._target_null_text()} "
                 f"Claim (c) compares changes relative to each role's baseline "
                 f"margin, so the same proportional damage to every prompt cannot fake or "
                 f"reverse it; ToM changes are adjusted for a shift between the two answers "
@@ -356,6 +390,7 @@ class RunConfig:
     score_batch_size: int = 8
     score_method: str = "batched"
     score_reference_fp16: bool = False  # the reference's fp16 squares and sums (scores.compute)
+    score: str = SCORES[0]  # the attribution score of both score sets: fisher, snip or wanda
     export_m: float | None = None
     analysis_prompts: int = 16  # 0: no analyses
     take_over: bool = False  # the sweep folder's locks held by other processes (sweep.locks)
@@ -370,6 +405,7 @@ class RunConfig:
         if self.score_method not in METHODS:
             raise UserError(f"unknown score method {self.score_method!r}; use one of "
                             f"{', '.join(METHODS)}")
+        check_score(self.score, self.score_reference_fp16)
         if self.score_batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.score_batch_size} "
                             "(--score-batch-size)")
@@ -399,7 +435,8 @@ class RunConfig:
                                          windows=windows, **common),
             sweep=SweepConfig.from_options(o),
             score_batch_size=o.get("batch_size", 8), score_method=o.get("method", "batched"),
-            score_reference_fp16=o["reference_fp16"], export_m=o.get("export_model"),
+            score_reference_fp16=o["reference_fp16"], score=o.get("score") or SCORES[0],
+            export_m=o.get("export_model"),
             take_over=bool(o.get("take_over", False)), rules=VerdictRules.from_options(o),
             score_replicates=o["score_replicates"],
             analysis_prompts=o["analysis_prompts"] if o.get("analysis", True) else 0,
@@ -442,23 +479,26 @@ FRONTIER_DEFAULTS = dict(clusters=20, ppl_max_tokens=32768, ppl_seqlen=1024)
 # The options of `tomsparse run` that every preset sets (the score samples, the analyses)
 _RUN_BASE = dict(seqlen=128, score_replicates=1, analysis_prompts=16)
 
-# The random masks of the default run and of paper-7b: 10 at the primary m, where claim (a)
-# is decided, and the first 2 at the smaller m (the fewest that carry a mask-to-mask variance,
-# for claims a and e there); their perplexity on the first 4 windows only (a check: random
-# masks of the difference mask's count move it by about 0.1%), which pays for the extra masks.
-RUN_RANDOM_SEEDS = tuple(range(10))
+# The random masks of the default run and of paper-7b: 9 at the primary m, where claim (a)
+# is decided, and the first 3 at the smaller m (claims a and e there carry the masks' draw
+# with N - 1 df: 3 masks instead of 2 took the pooled power of (e) from 73% to 94% at the
+# same 12 points; docs/statistics.md); their perplexity on the first 4 windows only (a
+# check: random masks of the difference mask's count move it by about 0.1%), which pays for
+# the extra masks.
+RUN_RANDOM_SEEDS = tuple(range(9))
+RUN_SECONDARY_SEEDS = 3
 
 # Defaults sized so `make run` finishes in about 20 minutes on 2 CPU cores, with the points the
-# verdicts use: at the primary m (the largest, 1e-4) the difference mask, 10 random masks and
+# verdicts use: at the primary m (the largest, 1e-4) the difference mask, 9 random masks and
 # the damage-matched controls (generic-only; random-fraction with 3 seeds), at 3e-5 the
-# difference mask and 2 random masks (for the dose-response claim). The mask family members
+# difference mask and 3 random masks (for the dose-response claim). The mask family members
 # are `tomsparse frontier`'s. 20 clusters per family (irony: 20 story scenarios); the
 # perplexity over 32 windows of 1024 tokens (32,768: an interval for claim d and for every
 # control's damage; random masks on the first 4,096), the size searches on the next 4096
 # tokens, held apart.
 DEFAULTS = dict(_RUN_BASE, nsamples_tom=24, nsamples_generic=24,
                m_list=[0.0, 3e-5, 1e-4], random_seeds=list(RUN_RANDOM_SEEDS),
-               secondary_seeds=2, random_ppl_tokens=4096, **FRONTIER_DEFAULTS,
+               secondary_seeds=RUN_SECONDARY_SEEDS, random_ppl_tokens=4096, **FRONTIER_DEFAULTS,
                controls=["difference", "random"],
                matched_controls=["generic-only", "random-fraction"], match_m=[1e-4],
                match_seeds=3, match_search_tokens=4096, score_replicates=2)
@@ -484,13 +524,13 @@ REFERENCE = dict(_RUN_BASE, **FAITHFUL, nsamples_tom=100, nsamples_generic=100, 
 
 # The default run's design sized for a 7B model on one GPU (`tomsparse run --preset paper-7b`):
 # the paper's m range with the primary m at its 5e-5, 100 + 100 score samples in 2 replicates,
-# every task of the bank (200 contents and transfer tasks, irony's 26 scenarios), 10 random
-# masks (2 at the smaller m, their perplexity on 4 windows) and the damage-matched controls (random-fraction with 3 seeds) at the primary m, the
+# every task of the bank (200 contents and transfer tasks, irony's 26 scenarios), 9 random
+# masks (3 at each smaller m, their perplexity on 4 windows) and the damage-matched controls (random-fraction with 3 seeds) at the primary m, the
 # perplexity over 32k tokens with 8k held apart for the searches. `benchmarks/bench_sweep.py`
 # projects its cost.
 PAPER_7B = dict(_RUN_BASE, nsamples_tom=100, nsamples_generic=100,
                 m_list=[0.0, 1e-5, 3e-5, 5e-5], random_seeds=list(RUN_RANDOM_SEEDS),
-                secondary_seeds=2, random_ppl_tokens=8192, analysis_prompts=64, controls=["difference", "random"],
+                secondary_seeds=RUN_SECONDARY_SEEDS, random_ppl_tokens=8192, analysis_prompts=64, controls=["difference", "random"],
                 matched_controls=["generic-only", "random-fraction"], match_m=[5e-5],
                 match_seeds=3, ppl_max_tokens=32768, ppl_seqlen=2048,
                 match_search_tokens=8192, score_replicates=2)

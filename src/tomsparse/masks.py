@@ -8,7 +8,11 @@ G = the k with the largest generic score. Modes:
 * ``generic-only``: G and not T;
 * ``random``: as many entries as ``difference`` selects, uniformly at random (seeded);
 * ``random-fraction``: k entries (as many as ``tom-only``) uniformly at random (seeded): the
-  control whose count can grow until its damage matches another mask's.
+  control whose count can grow until its damage matches another mask's;
+* ``swapped-<name>`` (issue 37): built exactly as ``difference``, from the rankings of a
+  task-swapped score store named ``<name>`` (``tomsparse sweep --scores-swapped``: top m by
+  that store's score and not top m by the generic score); ``masks_for`` is handed that store's
+  rankings (``swapped_mode``, ``swapped_name``).
 
 Random masks (``random_indices``) are the first ``count`` entries of one fixed, uniformly random
 ordering of the matrix per (seed, matrix name), so a smaller count's mask is a prefix of a larger
@@ -47,6 +51,11 @@ import torch
 from tomsparse.errors import UserError
 
 MODES = ("difference", "tom-only", "generic-only", "random", "random-fraction")
+# The task-swapped difference masks (issue 37): ``swapped-<name>``, <name> lowercase words
+# joined by hyphens (a store's dataset name such as format-control), so that point labels and
+# ``parse_mode`` read them like any other mode.
+SWAPPED_PREFIX = "swapped-"
+_SWAPPED_NAME_RE = re.compile(r"^[a-z]+(?:-[a-z]+)*$")
 # Roles whose input features are the residual stream (columns = channels), and roles whose
 # output features are (rows = channels).
 READS_RESIDUAL = ("q", "k", "v", "gate", "up")
@@ -87,11 +96,39 @@ _VARIANT_RE = re.compile(r"^(?P<base>[a-z]+(?:-[a-z]+)*?)(?:-p(?P<p>[0-9.]+(?:e[
                          r"(?:-x(?P<x>[0-9]+))?$")
 
 
+def check_swapped_name(name: str) -> str:
+    """A task-swapped set's name as a mask mode can carry it: lowercase words joined by single
+    hyphens (format-control, tom-nobelief); a one-line UserError otherwise."""
+    if not isinstance(name, str) or not _SWAPPED_NAME_RE.match(name):
+        raise UserError(f"task-swapped set name {name!r}: use lowercase letters in words "
+                        "joined by single hyphens, e.g. format-control (it names the mask "
+                        "mode swapped-<name> and its points)")
+    return name
+
+
+def swapped_mode(name: str) -> str:
+    """The mask mode of the task-swapped set ``name``: ``swapped-<name>``."""
+    return SWAPPED_PREFIX + check_swapped_name(name)
+
+
+def swapped_name(mode: str) -> str | None:
+    """The task-swapped set a mode's masks come from (``swapped-format-control`` ->
+    ``format-control``), None for every other mode (and for the baseline, "none")."""
+    base = str(mode).strip()
+    match = _VARIANT_RE.match(base)
+    if match:
+        base = match["base"]
+    if base.startswith(SWAPPED_PREFIX) and _SWAPPED_NAME_RE.match(base[len(SWAPPED_PREFIX):]):
+        return base[len(SWAPPED_PREFIX):]
+    return None
+
+
 def parse_mode(text: str) -> MaskSpec:
-    """``difference-p4-x3`` -> MaskSpec("difference", 4.0, 3); a clear error otherwise."""
+    """``difference-p4-x3`` -> MaskSpec("difference", 4.0, 3); a clear error otherwise.
+    ``swapped-<name>`` (a task-swapped difference mask) is a base mode of its own."""
     match = _VARIANT_RE.match(str(text).strip())
     base = match["base"] if match else ""
-    if not match or base not in MODES:
+    if not match or (base not in MODES and swapped_name(base) is None):
         raise UserError(f"unknown mask mode {text!r}; choose from {', '.join(MODES)}, "
                         "optionally with -p<factor> (generic set = top factor*m, factor >= 1) "
                         "and -x<n> (leave out n massive-activation channels), e.g. "
@@ -99,8 +136,9 @@ def parse_mode(text: str) -> MaskSpec:
     factor = float(match["p"]) if match["p"] else 1.0
     if not factor >= 1.0 or factor != factor:
         raise UserError(f"mask mode {text!r}: the generic factor p/q must be >= 1")
-    if match["p"] and base not in ("difference", "generic-only"):
-        raise UserError(f"mask mode {text!r}: -p applies to difference and generic-only only")
+    if match["p"] and base not in ("difference", "generic-only") and swapped_name(base) is None:
+        raise UserError(f"mask mode {text!r}: -p applies to difference, swapped-<name> and "
+                        "generic-only only")
     return MaskSpec(base, factor, int(match["x"] or 0))
 
 
@@ -335,10 +373,13 @@ def masks_for(rankings: dict[str, MatrixRanking], m: float, mode: str, seed: int
     """One condition's masks: {matrix name: flat indices} for every ranked matrix, in the
     rankings' order. ``mode`` "none" (the unperturbed model) gives no masks; a variant
     (``difference-p4-x3``, see ``parse_mode``) needs ``channels`` (the massive-activation
-    channels, most massive first) when it leaves some out."""
+    channels, most massive first) when it leaves some out. A task-swapped mode
+    (``swapped-<name>``) is the difference mask of ``rankings``: hand it the rankings of that
+    set's store against the generic one."""
     if mode == "none":
         return {}
     spec = parse_mode(mode)
+    base = "difference" if swapped_name(spec.base) is not None else spec.base
     if spec.exclude_channels and (channels is None
                                   or len(channels) < spec.exclude_channels):
         raise UserError(f"mask mode {mode!r} leaves out {spec.exclude_channels} massive-"
@@ -346,7 +387,7 @@ def masks_for(rankings: dict[str, MatrixRanking], m: float, mode: str, seed: int
     left_out = list(channels or [])[:spec.exclude_channels]
     out = {}
     for name, r in rankings.items():
-        idx = r.mask(m, spec.base, seed=seed, reference_ties=reference_ties,
+        idx = r.mask(m, base, seed=seed, reference_ties=reference_ties,
                      generic_factor=spec.generic_factor)
         if left_out:
             idx = idx[~on_channels(idx, name, r.shape, left_out)]

@@ -28,12 +28,14 @@ from tomsparse.data.score_samples import ScoreDataConfig, build_dataset
 from tomsparse.lm.registry import load_model, model_identity, print_model_facts
 from tomsparse.files import write_csv, write_json
 from tomsparse.manifest import build_manifest
+from tomsparse.masks import swapped_mode
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.compute import compute_score_set
 from tomsparse.scores.store import (StoredScores, existing_store, load_scores, open_scores,
-                                    read_manifest)
+                                    read_manifest, score_method, with_score_method)
 from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.sweep.runner import is_random_point, run_points, sweep_points
+from tomsparse.judge.agreement import agreement_lines, difference_agreement
 from tomsparse.judge.replicates import mask_overlap, replicate_section, replicate_verdicts
 from tomsparse.judge.summary import collect, print_summary
 from tomsparse.judge.recovery import planted_recovery, recovery_lines
@@ -144,6 +146,7 @@ def sweep_and_report(lm, tom, gen, cfg: SweepConfig, out: str | Path, *,
     if summary is None:
         return None
     record_recovery(lm, tom, gen, cfg, out, log=log)
+    record_agreement(lm, tom, gen, sweep_options.get("swapped"), cfg, out, log=log)
     manifest, sections = finish(summary)
     return summary, write_report(out, summary, manifest, sections)
 
@@ -164,24 +167,47 @@ def record_recovery(lm, tom, gen, cfg: SweepConfig, out: str | Path, log=print) 
         log(f"  {line}")
 
 
+def record_agreement(lm, tom, gen, swapped, cfg: SweepConfig, out: str | Path,
+                     log=print) -> None:
+    """With task-swapped stores (``swapped``: {name: scores}), the Jaccard agreement of the
+    difference mask and each task-swapped mask (and of the swapped masks with each other), per
+    m > 0 and role, beside two random masks of the same counts (``judge.agreement``), written
+    into the sweep folder for its report; nothing without them."""
+    if not swapped:
+        return
+    sets = {"difference": (tom, gen)}
+    sets.update({swapped_mode(name): (store, gen) for name, store in sorted(swapped.items())})
+    table = difference_agreement(lm.description.matrices, sets, cfg.m_values,
+                                 reference_ties=cfg.reference_ties)
+    path = SweepFolder(out).write_mask_agreement(table)
+    log(f"[tomsparse] mask agreement: {path}")
+    for line in agreement_lines(table):
+        log(f"  {line}")
+
+
 def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log, replicate: int = 1
             ) -> tuple[Path, str]:
-    """Compute (or reuse, when an earlier run used the same samples) one score set: its
-    store and the samples' hash. Score replicate r draws its samples with seed + r - 1."""
+    """Compute (or reuse, when an earlier run used the same samples and score) one score set:
+    its store and its identity (the samples' hash, with the score unless Fisher). Score
+    replicate r draws its samples with seed + r - 1."""
     folder = RunFolder(cfg.out).scores(data.dataset, replicate)
     data = replace(data, seed=data.seed + replicate - 1)
     samples = build_dataset(data, lm.tokenizer, lm.model)
     wanted = samples.info["samples_sha256"]
+    identity = with_score_method(wanted, cfg.score)
     old = existing_store(folder)
     if old is not None:
         if (old.get("samples_sha256") == wanted and old.get("fingerprint") == lm.fingerprint
-                and bool(old.get("reference_fp16")) == cfg.score_reference_fp16):
+                and bool(old.get("reference_fp16")) == cfg.score_reference_fp16
+                and score_method(old) == cfg.score):
             log(f"[tomsparse] reusing {data.dataset} scores in {folder}")
-            return folder, wanted
-    log(f"[tomsparse] {data.dataset} scores: {len(samples)} samples")
+            return folder, identity
+    log(f"[tomsparse] {data.dataset} scores: {len(samples)} samples"
+        + (f" ({cfg.score})" if cfg.score != "fisher" else ""))
     compute_score_set(lm, samples, out=folder, batch_size=cfg.score_batch_size,
-                      method=cfg.score_method, reference_fp16=cfg.score_reference_fp16)
-    return folder, wanted  # the store's identity (scores.store.scores_identity)
+                      method=cfg.score_method, reference_fp16=cfg.score_reference_fp16,
+                      score=cfg.score)
+    return folder, identity  # the store's identity (scores.store.scores_identity)
 
 
 def _replicates(lm, cfg: RunConfig, first: tuple[Path, Path], replicas: dict[int, tuple],
@@ -316,7 +342,8 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
             with stages("analyses"):
                 _analysis(lm, cfg)
         manifest = build_manifest("run", **model_identity(lm),
-                                  options=cfg.options, scores_tom_sha=tom_sha,
+                                  options=cfg.options, score_method=cfg.score,
+                                  scores_tom_sha=tom_sha,
                                   scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1),
                                   stage_seconds=stages.seconds)
         write_json(run.manifest, manifest)

@@ -36,7 +36,7 @@ SIMS = int(os.environ.get("TOMSPARSE_CALIBRATION_SIMS", "3"))
 # 10 and 20, the exchangeable target and 5 random masks at each m)
 ISSUE_SCENARIOS = ("no_effect", "tom_effect", "shrink_tom_above", "shrink_tom_below",
                    "weak_model", "skewed_masks_5", "skewed_clusters", "one_random_mask",
-                   "irony_bias_generation")
+                   "irony_bias_generation", "no_effect_exchangeable_judged")
 # no-effect scenarios whose family-wise rate the benchmark measured above 5% (see
 # docs/statistics.md): not asserted at 5% here
 KNOWN_MISSES = {
@@ -74,7 +74,7 @@ def test_a_simulated_sweep_folder_is_judged_as_in_memory(name, judged, tmp_path)
     assert not folder.check_integrity().problems
     points, prompts = folder.read_sweep()          # the folder's own checks pass
     assert len(points) == len(vsim.design(sc))
-    write_specificity(folder.root)
+    write_specificity(folder.root, rules=sc.verdict_rules())
     disk = as_frame(pd.read_csv(SweepFolder(folder.root).specificity("verdicts"),
                                 keep_default_na=False, na_values={c: [""] for c in NUMBERS}))
     memory = as_frame(judged[name][0])

@@ -46,17 +46,18 @@ def test_presets():
     # issue 23: the points the verdicts use; the mask family is `tomsparse frontier`'s
     assert args.controls == ["difference", "random"]
     # issue 33: at least 2 random masks at every m (a mask-to-mask variance for claims a
-    # and e), 10 at the primary m, their perplexity on the first 4 windows
+    # and e): 9 at the primary m and 3 at the smaller one (the same 12 points as 10 + 2, and
+    # more power for claims a and e at the smaller m), their perplexity on the first 4 windows
     assert (args.clusters, args.task_limit, args.secondary_seeds, args.match_seeds,
-            args.match_m, args.random_ppl_tokens) == (20, None, 2, 3, [1e-4], 4096)
+            args.match_m, args.random_ppl_tokens) == (20, None, 3, 3, [1e-4], 4096)
     # issue 23: 20 clusters per family (a built-in family has them) and 32k reported
     # perplexity tokens, the searches on 4096 more held apart
     assert (args.ppl_max_tokens, args.ppl_seqlen, args.match_search_tokens) == (32768, 1024, 4096)
     assert all(n >= 20 for n in builtin_clusters(20).values())
     cfg = sweep_config(args, DEFAULTS["m_list"])
     points = sweep_points(cfg)
-    assert sum(1 for mode, _s, m in points if mode == "random" and m == 1e-4) == 10
-    assert sum(1 for mode, _s, m in points if mode == "random" and m == 3e-5) == 2
+    assert sum(1 for mode, _s, m in points if mode == "random" and m == 1e-4) == 9
+    assert sum(1 for mode, _s, m in points if mode == "random" and m == 3e-5) == 3
     assert cfg.random_ppl_tokens == 4096
     args = _args("--controls", "random,tom-only")  # the user's controls replace the preset's
     apply_presets(args)

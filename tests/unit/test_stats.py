@@ -13,8 +13,9 @@ from scipy import stats as sps
 from tomsparse.errors import UserError
 from tomsparse.stats import (CANNOT_BE_MEASURED, NOT_SHOWN, Interval, OPPOSITE, RULED_OUT, SHOWN,
                              chance_gate, classify, cluster_slopes, contrast_with_controls,
-                             dose_response, equivalence_test, holm, holm_levels,
-                             paired_interval, perplexity_ratio_interval, scenario_chance)
+                             dose_response, equivalence_test, holm, holm_levels, mask_spread,
+                             paired_interval, perplexity_ratio_interval, scenario_chance,
+                             slope_weights)
 
 
 def by_cluster(values, clusters) -> list[float]:
@@ -161,6 +162,58 @@ def test_contrast_with_controls_matches_a_direct_computation():
     assert result.rank_p_value(-1) == pytest.approx(1 / 6)   # target lowest of all
 
 
+def test_exchangeable_contrast_is_the_prediction_interval_for_one_more_mask():
+    """The target as one more mask: the masks' spread counted (1 + 1 / N) times, N - 1 df,
+    against a direct computation; a borrowed spread stands in for one deterministic mask."""
+    rng = np.random.default_rng(13)
+    clusters = np.repeat(np.arange(8), 2)
+    target = -0.5 + rng.standard_normal(16)
+    controls = 0.4 * rng.standard_normal((4, 1)) + rng.standard_normal((4, 16))
+    result = contrast_with_controls(target, controls, clusters, exchangeable=True)
+    d_units = by_cluster(target - controls.mean(axis=0), clusters)
+    mask_means = [np.mean(by_cluster(row, clusters)) for row in controls]
+    v_c = np.var(d_units, ddof=1) / 8
+    v_m = np.var(mask_means, ddof=1) * (1 + 1 / 4)
+    df = (v_c + v_m) ** 2 / (v_c ** 2 / 7 + v_m ** 2 / 3)
+    half = sps.t.ppf(0.975, df) * math.sqrt(v_c + v_m)
+    est = np.mean(d_units)
+    assert (result.interval.lo, result.interval.hi) == pytest.approx((est - half, est + half))
+    assert result.interval.df == pytest.approx(df)
+    assert mask_spread(controls, clusters) == pytest.approx((np.var(mask_means, ddof=1), 3))
+    # one deterministic control with a borrowed spread (s^2 = 0.2 with 9 df): both the
+    # control (1 / 1) and, exchangeable, the target (1) carry one draw's variance
+    one = contrast_with_controls(target, controls[:1], clusters, exchangeable=True,
+                                 borrowed=(0.2, 9.0))
+    d1 = by_cluster(target - controls[0], clusters)
+    v1 = np.var(d1, ddof=1) / 8
+    df1 = (v1 + 0.4) ** 2 / (v1 ** 2 / 7 + 0.4 ** 2 / 9)
+    half1 = sps.t.ppf(0.975, df1) * math.sqrt(v1 + 0.4)
+    assert (one.interval.lo, one.interval.hi) == pytest.approx((np.mean(d1) - half1,
+                                                                np.mean(d1) + half1))
+    fixed_one = contrast_with_controls(target, controls[:1], clusters, borrowed=(0.2, 9.0))
+    assert fixed_one.mask_se == pytest.approx(math.sqrt(0.2))
+
+
+def test_exchangeable_contrast_holds_its_rate_where_the_fixed_one_does_not():
+    """Simulation with a known truth: the target is one more random mask (normal mask
+    effects, sd 0.3; cluster noise sd 0.5, 20 clusters, 10 masks). The fixed contrast's
+    interval excludes 0 far more than 5% of the time; the exchangeable one about 5%."""
+    rng = np.random.default_rng(21)
+    clusters = np.arange(20)
+    runs, fixed_miss, exch_miss = 600, 0, 0
+    for _ in range(runs):
+        effects = 0.3 * rng.standard_normal(11)
+        values = effects[:, None] + 0.5 * rng.standard_normal((11, 20))
+        fixed = contrast_with_controls(values[0], values[1:], clusters, method="t").interval
+        exch = contrast_with_controls(values[0], values[1:], clusters, method="t",
+                                      exchangeable=True).interval
+        fixed_miss += not (fixed.lo <= 0 <= fixed.hi)
+        exch_miss += not (exch.lo <= 0 <= exch.hi)
+    assert fixed_miss / runs > 0.15
+    # Binomial(600, 0.05): 99.9% of runs below 0.08
+    assert 0.02 < exch_miss / runs < 0.08
+
+
 def test_contrast_with_one_mask_says_mask_variance_is_not_estimable():
     rng = np.random.default_rng(4)
     clusters = np.repeat(np.arange(6), 2)
@@ -304,6 +357,53 @@ def test_dose_response_is_the_t_interval_over_per_cluster_polyfit_slopes():
     ci = sps.ttest_1samp(slopes, 0.0).confidence_interval(0.95)
     assert result.n_clusters == 6
     assert (result.lo, result.hi) == pytest.approx((ci.low, ci.high))
+
+
+def test_dose_response_beyond_masks_adds_the_masks_draws():
+    """With mask spreads, the slope's variance gains sum_m w_m^2 s_m^2 (1 / N_m [+ 1]) with
+    Welch-Satterthwaite df (a direct computation), and the simulated slope of a target at the
+    masks' mean beyond 2 random masks at one m and 10 at another keeps its rate."""
+    rng = np.random.default_rng(17)
+    ms = np.array([3e-5, 1e-4])
+    n_cl = 12
+    changes = rng.standard_normal((2, n_cl))
+    ids = np.tile(np.arange(n_cl), 2)
+    mvals = np.repeat(ms, n_cl)
+    plain = dose_response(changes.ravel(), ids, mvals)
+    spreads = {3e-5: (0.3, 2, 1.0), 1e-4: (0.1, 10, 9.0)}
+    w = slope_weights(ms)
+    assert w == pytest.approx(np.array([-1, 1]) / math.log(1e-4 / 3e-5))
+    for exch, own in ((False, 0.0), (True, 1.0)):
+        got = dose_response(changes.ravel(), ids, mvals, mask_spreads=spreads,
+                            exchangeable=exch)
+        parts = [plain.se ** 2, w[0] ** 2 * 0.3 * (1 / 2 + own),
+                 w[1] ** 2 * 0.1 * (1 / 10 + own)]
+        df = sum(parts) ** 2 / (parts[0] ** 2 / (n_cl - 1) + parts[1] ** 2 / 1
+                                + parts[2] ** 2 / 9)
+        half = sps.t.ppf(0.975, df) * math.sqrt(sum(parts))
+        assert got.estimate == pytest.approx(plain.estimate)
+        assert (got.lo, got.hi) == pytest.approx((plain.estimate - half, plain.estimate + half))
+    missing = dose_response(changes.ravel(), ids, mvals,
+                            mask_spreads={3e-5: (math.nan, 1, 0.0), 1e-4: (0.1, 10, 9.0)})
+    assert not missing.measurable and "fewer than 2 random masks" in missing.reason
+    # known truth: masks' effects normal (sd 0.4 per mask), the target at their mean
+    runs, plain_miss, miss = 500, 0, 0
+    for _ in range(runs):
+        diffs = []
+        var = {}
+        for m, n in ((3e-5, 2), (1e-4, 10)):
+            masks = 0.4 * rng.standard_normal((n, 1)) + 0.3 * rng.standard_normal((n, n_cl))
+            target = 0.3 * rng.standard_normal(n_cl)
+            diffs.append(target - masks.mean(axis=0))
+            s2, df = mask_spread(masks, np.arange(n_cl))
+            var[m] = (s2, n, df)
+        y = np.concatenate(diffs)
+        iv0 = dose_response(y, ids, mvals)
+        iv = dose_response(y, ids, mvals, mask_spreads=var)
+        plain_miss += not (iv0.lo <= 0 <= iv0.hi)
+        miss += not (iv.lo <= 0 <= iv.hi)
+    assert plain_miss / runs > 0.15           # the masks' draws read as a slope
+    assert miss / runs < 0.08
 
 
 def test_perplexity_ratio_interval_and_outcomes():

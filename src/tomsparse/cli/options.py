@@ -26,6 +26,7 @@ from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.tom import ANSWER_RULES
 from tomsparse.lm.registry import DEFAULT_MODEL, LoadedModel, load_model
 from tomsparse.masks import DEFAULT_RANDOM_SEEDS, parse_mode
+from tomsparse.scores.compute import SCORES
 
 def int_at_least(low: int, meaning: str = "") -> Callable[[str], int]:
     """An argparse ``type=``: a whole number ``>= low`` (``meaning`` says what the number is,
@@ -293,6 +294,16 @@ def add_score_prompts_arg(p: argparse.ArgumentParser) -> None:
                         "false belief, the ironic remarks, ToMi's false-belief questions)")
 
 
+def add_score_arg(p: argparse.ArgumentParser) -> None:
+    """``--score``: which attribution score the score sets are (``run`` and ``scores``)."""
+    p.add_argument("--score", dest="score", choices=list(SCORES), default="fisher",
+                   help="fisher (default, the reference's): per weight the sum over samples "
+                        "of the squared per-sample gradient; snip: the sum over samples of "
+                        "|w * per-sample gradient|; wanda: |w| times the L2 norm of the "
+                        "weight's input feature over the samples' tokens (forward passes "
+                        "only); recorded in the store's manifest (score_method)")
+
+
 def add_verdict_args(p: argparse.ArgumentParser) -> None:
     """The decision rules of the verdicts (``config.VerdictRules``); left unset, a
     sweep folder keeps the ones its last verdicts used (else the defaults)."""
@@ -314,6 +325,12 @@ def add_verdict_args(p: argparse.ArgumentParser) -> None:
                    default=None,
                    help="intervals over clusters: skew (default; holds its one-tailed error "
                         "rate under skewed cluster effects, docs/statistics.md) or t")
+    p.add_argument("--target-null", dest="target_null", choices=["fixed", "exchangeable"],
+                   default=None,
+                   help="compare the difference mask with masks of a kind as a fixed mask "
+                        "(default: does it differ from their mean?) or as one more draw of "
+                        "that kind (exchangeable: a prediction interval; far less power with "
+                        "few masks; docs/statistics.md)")
     p.add_argument("--gate-floor", dest="gate_floor", type=finite_float, default=None,
                    help="a family is judged when the one-sided 95%% lower bound of its cluster "
                         "pass rate (every false-belief and true-belief prompt of a cluster "

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from tomsparse.cli.options import (
+    add_score_arg,
     add_score_prompts_arg,
     add_batch_size,
     add_model_args,
@@ -108,6 +109,7 @@ def add_parser(sub) -> None:
                         "what it would compute and cost")
     p.add_argument("--seed", type=seed_int, default=0)
     add_score_prompts_arg(p)
+    add_score_arg(p)
     p.add_argument("--score-replicates", dest="score_replicates", type=positive_int,
                    default=None,
                    help="independent score sets (replicate r draws its samples with seed + r - "

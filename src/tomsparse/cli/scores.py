@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tomsparse.cli.options import (
+    add_score_arg,
     add_score_prompts_arg,
     add_batch_size,
     add_model_args,
@@ -18,11 +19,11 @@ from tomsparse.cli.options import (
     seed_int,
 )
 from tomsparse.data.corpora import DEFAULT_GENERIC
-from tomsparse.data.score_samples import (ScoreDataConfig, ScoreDataset, build_dataset,
-                                          check_prompt_pool)
+from tomsparse.data.score_samples import (DATASETS, ScoreDataConfig, ScoreDataset,
+                                          build_dataset, check_prompt_pool)
 from tomsparse.errors import UserError
 from tomsparse.lm.registry import load_model
-from tomsparse.scores.compute import METHODS, ScoreResult, compute_score_set
+from tomsparse.scores.compute import METHODS, ScoreResult, check_score, compute_score_set
 from tomsparse.scores.distributed import dist_world, process_group, rank_device
 from tomsparse.scores.reference_chunks import export_reference_chunks, import_reference_chunks
 from tomsparse.scores.store import (
@@ -39,7 +40,7 @@ def _summary(result: ScoreResult, dataset: ScoreDataset, out) -> str:
     return (f"scores: {len(result.scores)} matrices, {result.nsamples} samples "
             f"({dataset.info.get('dataset')}, supervision {dataset.info.get('supervision')}), "
             f"{result.supervised_tokens} supervised tokens, mean loss {result.mean_loss:.4f}, "
-            f"{result.method} method, {result.accumulation_dtype} sums, "
+            f"{result.score} scores, {result.method} method, {result.accumulation_dtype} sums, "
             f"{zeros:,} of {total:,} entries exactly zero ({100 * zeros / max(total, 1):.3f}%), "
             f"{result.wall_time_s:.1f} s on {result.world_size} process(es)"
             + (f"; wrote {out}" if out else ""))
@@ -72,9 +73,12 @@ def _compute(args: argparse.Namespace) -> int:
     if not args.out:
         raise UserError("scores needs --out DIR (the score store to write)")
     data = data_config(args)
+    check_score(args.score, args.reference_fp16)
     # Refuse a destination that cannot take this store before anything is loaded or computed:
-    # a file, an unwritable folder, another kind of output, a store of the other dataset...
-    check_store_destination(args.out, overwrite=args.overwrite, dataset=data.dataset)
+    # a file, an unwritable folder, another kind of output, a store of the other dataset or
+    # of another score...
+    check_store_destination(args.out, overwrite=args.overwrite, dataset=data.dataset,
+                            score=args.score)
     check_prompt_pool(data)
     method = args.method
     if args.reference_fp16 and method != "loop":
@@ -92,12 +96,12 @@ def _compute(args: argparse.Namespace) -> int:
         # ... and a store of another model or other samples, now that both are known.
         check_store_destination(args.out, overwrite=args.overwrite, fingerprint=lm.fingerprint,
                                 identity=dataset.info.get("samples_sha256"), model=lm.name,
-                                dataset=data.dataset)
+                                dataset=data.dataset, score=args.score)
         result = compute_score_set(
             lm, dataset, out=args.out, method=method, batch_size=args.batch_size,
             reference_fp16=args.reference_fp16, store_dtype=args.store_dtype,
             layout=args.store_layout, shard_size_mb=args.shard_size_mb, progress=rank == 0,
-            device=str(lm.device), device_map=args.device_map)
+            score=args.score, device=str(lm.device), device_map=args.device_map)
         if rank == 0:
             print(_summary(result, dataset, args.out))
     return 0
@@ -139,10 +143,17 @@ def cmd_scores(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("scores", help="sensitivity scores (per-sample squared gradients)")
+    p = sub.add_parser("scores", help="sensitivity scores (per-sample squared gradients, or "
+                                      "--score snip|wanda)")
     p.add_argument("action", nargs="?", default="compute", choices=["compute", "import", "export"])
     add_model_args(p)
-    p.add_argument("--dataset", choices=["tom", "generic"], default="tom")
+    p.add_argument("--dataset", choices=list(DATASETS), default="tom",
+                   help="tom (ToM prompts with answers, default), generic (corpus windows), "
+                        "or a task-swapped set for the ToM side of a mask (issue 37): "
+                        "tom-nobelief (the same split's prompts that need no belief: reality "
+                        "probes and true-belief controls) or format-control (generated object "
+                        "tracking and counting in the same prompt format)")
+    add_score_arg(p)
     add_score_prompts_arg(p)
     p.add_argument("--data_path", "--data-path", dest="data_path", default=None,
                    help="ToM prompt file (JSON list / JSONL of {txt, answer}); default: built-in train split")
@@ -173,8 +184,8 @@ def add_parser(sub) -> None:
     add_batch_size(p, "score", "batch_size", 8,
                    "samples per backward pass of the batched method, >= 1 (default 8)")
     p.add_argument("--method", choices=list(METHODS), default="batched",
-                   help="batched (default): B samples per backward pass, holding B samples' "
-                        "activations; loop: one sample per pass, holding one sample's "
+                   help="batched (default): B samples per backward pass (--score wanda: "
+                        "per forward pass), holding B samples' activations; loop: one sample per pass, holding one sample's "
                         "activations and the weight gradients (on the default model the least "
                         "memory, 10-20%% slower on CPU)")
     p.add_argument("--store-dtype", dest="store_dtype", choices=list(STORE_DTYPES),

@@ -31,7 +31,9 @@ from tomsparse.manifest import build_manifest
 from tomsparse.pipeline import stream_scores, sweep_and_report
 from tomsparse.report.sweep_report import write_report
 from tomsparse.scores.distributed import dist_world, process_group, rank_device
-from tomsparse.scores.store import scores_identity
+from tomsparse.masks import check_swapped_name, swapped_mode
+from tomsparse.scores.store import (check_score_methods, check_swapped_store, read_manifest,
+                                    scores_identity)
 from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.judge.reference import reference_summary
 from tomsparse.judge.summary import collect, print_summary
@@ -52,6 +54,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     fill_unset(args, {**SWEEP_DEFAULTS, **OURS, **(REFERENCE if args.reference_protocol else {})})
     cfg = sweep_config(args)  # every sweep option checked, before the model is loaded
     check_inputs(corpora=[args.corpus], tasks=[args.tasks])  # before the model is loaded
+    # both stores of one attribution score (fisher, snip, wanda), unless mixing is asked for
+    check_score_methods(read_manifest(args.scores_tom), read_manifest(args.scores_generic),
+                        allow=args.allow_mixed_scores, tom_where=f"in {args.scores_tom}",
+                        generic_where=f"in {args.scores_generic}")
+    # task-swapped stores (issue 37): named, of the ToM store's model and score
+    swapped_dirs = swapped_stores(args.scores_swapped or [], args.scores_tom)
     note_limits(cfg.tasks, clusters=cfg.cluster_limit, task_limit=cfg.task_limit)
     t0 = time.time()
     # Under torchrun each rank loads the model on its own device and the ranks split the
@@ -62,6 +70,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         tom = stream_scores(lm, args.scores_tom)
         gen = stream_scores(lm, args.scores_generic)
         ids = (scores_identity(tom.manifest), scores_identity(gen.manifest))
+        swapped = {name: stream_scores(lm, path) for name, path in swapped_dirs.items()}
+        swapped_ids = {name: scores_identity(store.manifest) for name, store in swapped.items()}
 
         def finish(_summary):
             manifest = build_manifest("sweep", **model_identity(lm),
@@ -74,9 +84,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         done = sweep_and_report(lm, tom, gen, cfg, args.out, finish=finish, scores_ids=ids,
                                 export_m=args.export_model, progress=rank == 0,
                                 scores_info={"tom": str(args.scores_tom),
-                                             "generic": str(args.scores_generic)},
+                                             "generic": str(args.scores_generic),
+                                             **({"swapped": {k: str(v) for k, v in
+                                                             swapped_dirs.items()}}
+                                                if swapped_dirs else {})},
+                                swapped=swapped or None, swapped_ids=swapped_ids or None,
                                 tables=rank == 0, take_over=args.take_over,
-                                rules=verdict_rules(args))
+                                rules=verdict_rules(args),
+                                allow_mixed_scores=args.allow_mixed_scores)
         if done is None:
             print(f"rank {rank} of {world}: done; rank 0 writes the tables and report")
             return 0
@@ -85,6 +100,50 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print_summary(summary)
     print(f"\nreport: {Path(report).resolve()}  ({time.time() - t0:.0f} s)")
     return 0
+
+
+def parse_swapped(text: str) -> tuple[str | None, str]:
+    """``--scores-swapped [NAME=]DIR`` -> (NAME or None, DIR); the name, when given, as a mask
+    mode carries it (``masks.check_swapped_name``)."""
+    text = str(text).strip()
+    head, sep, tail = text.partition("=")
+    if sep and head and "/" not in head and "\\" not in head:
+        try:
+            return check_swapped_name(head), tail
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not text:
+        raise argparse.ArgumentTypeError("give a score store folder, or NAME=DIR")
+    return None, text
+
+
+def swapped_stores(given: list[tuple[str | None, str]], tom_dir) -> dict[str, Path]:
+    """{name: store folder} of the ``--scores-swapped`` options, checked before the model is
+    loaded: a store without a NAME= is named by its manifest's dataset (tom-nobelief,
+    format-control); each must hold the ToM store's model and attribution score
+    (``check_swapped_store``); two stores of one name are refused."""
+    out: dict[str, Path] = {}
+    tom_manifest = read_manifest(tom_dir) if given else {}
+    for name, path in given:
+        manifest = read_manifest(path)
+        if name is None:
+            dataset = manifest.get("dataset")
+            if not isinstance(dataset, str) or not dataset:
+                raise UserError(f"--scores-swapped {path}: its manifest names no dataset; "
+                                "give a name, --scores-swapped NAME=DIR")
+            try:
+                name = check_swapped_name(dataset)
+            except UserError:
+                raise UserError(f"--scores-swapped {path}: its dataset {dataset!r} cannot name "
+                                "a mask mode; give a name, --scores-swapped NAME=DIR (e.g. "
+                                "format-control=DIR)") from None
+        if name in out:
+            raise UserError(f"--scores-swapped: two stores named {name!r} ({out[name]} and "
+                            f"{path}); name them apart, --scores-swapped NAME=DIR")
+        check_swapped_store(tom_manifest, manifest, tom_dir, path)
+        out[name] = Path(path)
+        swapped_mode(name)
+    return out
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -149,6 +208,18 @@ def add_sweep_parser(sub) -> None:
                         "m grid (27 values), strict ties, reference-mean perturbation, sampled "
                         "generation with 5 reps and its first-word rule, its perplexity "
                         "protocol on wikitext2 (README: tomsparse and the reference)")
+    p.add_argument("--allow-mixed-scores", dest="allow_mixed_scores", action="store_true",
+                   help="build the masks from a ToM and a generic store of different "
+                        "attribution scores (--score of `tomsparse scores`: fisher, snip, "
+                        "wanda); refused by default: the difference mask would then tell the "
+                        "scores apart as much as the texts")
+    p.add_argument("--scores-swapped", "--scores_swapped", dest="scores_swapped",
+                   action="append", type=parse_swapped, default=None, metavar="[NAME=]DIR",
+                   help="a task-swapped score store (`tomsparse scores --dataset tom-nobelief` "
+                        "or `format-control`), repeatable: its difference mask (top m by its "
+                        "scores, not top m by the generic scores) is evaluated at every m > 0 "
+                        "as mode swapped-NAME and judged by claim (f) (NAME: the store's "
+                        "dataset unless given; docs/swapped.md)")
     p.add_argument("--out", required=True, help="sweep folder (an existing one is resumed)")
     p.set_defaults(handler=cmd_sweep)
 

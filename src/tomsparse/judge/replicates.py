@@ -43,6 +43,20 @@ def _jaccard(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int]:
     return int(a.numel()), int(b.numel()), shared
 
 
+def overlap_counts(first: dict, other: dict, roles: dict[str, str]
+                   ) -> dict[str, list[int]]:
+    """{"all" and each role: [|A|, |B|, |A & B|]} of two masks ({matrix name: flat indices},
+    the same matrices), summed over the matrices of each role (``roles``: matrix -> role)."""
+    totals: dict[str, list[int]] = {}
+    for name in first:
+        counts = _jaccard(first[name].cpu(), other[name].cpu())
+        for key in ("all", roles[name]):
+            acc = totals.setdefault(key, [0, 0, 0])
+            for i, c in enumerate(counts):
+                acc[i] += c
+    return totals
+
+
 def mask_overlap(lm, scores: list[tuple], m_values: list[float]) -> pd.DataFrame:
     """The Jaccard overlap of the difference masks of replicate 1 and each other replicate,
     per m > 0, overall and per role. ``scores``: [(ToM scores, generic scores)] per replicate
@@ -58,13 +72,7 @@ def mask_overlap(lm, scores: list[tuple], m_values: list[float]) -> pd.DataFrame
         for m in positive:
             first, other = masks_for(rankings[0], m, "difference"), masks_for(ranking, m,
                                                                                "difference")
-            totals: dict[str, list[int]] = {}
-            for name in names:
-                counts = _jaccard(first[name].cpu(), other[name].cpu())
-                for key in ("all", role[name]):
-                    acc = totals.setdefault(key, [0, 0, 0])
-                    for i, c in enumerate(counts):
-                        acc[i] += c
+            totals = overlap_counts(first, other, role)
             for key, (n1, nr, both) in totals.items():
                 union = n1 + nr - both
                 rows.append({"replicate": r, "m": m, "role": key,

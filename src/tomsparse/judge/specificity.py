@@ -42,6 +42,11 @@ the same way fails its controls. The family passes when the one-sided lower conf
 the clusters it passed only (``Family.judge_only``: the others' values are NaN). Whether the
 passed clusters beat guessing (``stats.chance_gate``) is kept beside it, for the report.
 
+Task-swapped masks (issue 37): each point of the mask under test is also contrasted with the
+task-swapped mask of each set at its m (mode ``swapped-<name>``, one deterministic point;
+contrast kind "swapped", ``swapped_pairs``), as with a single matched control; claim (f) reads
+it.
+
 Claim (c)'s ``belief_gap_relative``: per cluster, the false-belief change over its baseline
 margin minus the true-belief controls' change over theirs (bias-adjusted): a mask that shrinks
 every margin by the same fraction leaves it at 0, whatever the baselines.
@@ -58,10 +63,12 @@ import pandas as pd
 
 from tomsparse.data.tasks.roles import CONTROL, FACT, TOM, prompt_role, role_rows
 from tomsparse.errors import UserError
+from tomsparse.masks import swapped_name
 from tomsparse.judge.clusters import (ABOVE, METRICS, NO_TOM, NOT_ABOVE, POOL_ABOVE, POOL_ALL,
                                       Engine, clean_prompts, family_gate, paired_changes,
                                       per_cluster)
-from tomsparse.stats import contrast_with_controls, dose_response, perplexity_ratio_interval
+from tomsparse.stats import (contrast_with_controls, dose_response, mask_spread,
+                             perplexity_ratio_interval)
 from tomsparse.stats.intervals import Interval, interval_over_units
 from tomsparse.sweep.folder import BASELINE_MODE, group_label
 
@@ -97,6 +104,7 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
                         random_mode: str = "random", target_mode: str = "difference",
                         level: float = 0.95, gate_alpha: float = 0.05,
                         gate_floor: float = 0.5, method: str = "skew",
+                        target_null: str = "fixed",
                         interpolated: Mapping[str, Sequence[dict]] | None = None,
                         metrics: Sequence[str] = METRICS) -> dict[str, pd.DataFrame]:
     """The specificity tables from point infos and per-prompt tables (see
@@ -112,6 +120,10 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
     perplexity), and is compared like a matched control. ``metrics``: the metrics of the
     points and contrasts tables (every one by default; ``VERDICT_METRICS`` is what the
     verdicts read, and then the conditions table, which they do not read, is left empty).
+    ``target_null`` (``VerdictRules.target_null``): "fixed" compares a single target mask with
+    the mean of the masks of a kind; "exchangeable" as one more draw of that kind (its own
+    draw's variance added, estimated by their spread: ``contrast_with_controls``,
+    ``dose_response``).
 
     Returns ``points`` (long: label, mode, seed, m, n_seeds, masked, perplexity and its ratio
     interval, family, metric, value, lo, hi, se, df, p_value, n_clusters, n_tasks, n_prompts,
@@ -148,11 +160,14 @@ def compute_specificity(points: pd.DataFrame, prompts: Mapping[str, pd.DataFrame
                           else "likelihood"}])
     metrics = [m for m in METRICS if m in set(metrics)]
     return {"points": _point_table(engine, units, base_info, metrics),
-            "contrasts": _contrasts(engine, units, matched, random_mode, metrics),
+            "contrasts": _contrasts(engine, units, matched, random_mode, metrics,
+                                    exchangeable=target_null == "exchangeable",
+                                    target_mode=target_mode),
             "baseline": baseline,
             "conditions": (_condition_table(engine, units, base, changes)
                            if len(metrics) == len(METRICS) else pd.DataFrame()),
-            "dose": _dose_table(engine, units, target_mode, random_mode),
+            "dose": _dose_table(engine, units, target_mode, random_mode,
+                                exchangeable=target_null == "exchangeable"),
             "roles": pd.DataFrame(role_rows()), "info": info}
 
 
@@ -391,6 +406,24 @@ def _contrast_pairs(units: dict, matched, random_mode: str) -> list[tuple[str, s
     return pairs
 
 
+def swapped_pairs(units: Mapping[str, dict], target_mode: str = "difference"
+                  ) -> list[tuple[str, str, list]]:
+    """(target, "swapped", [reference]) for claim (f) (issue 37): each point of
+    ``target_mode`` (or its seed group) against each task-swapped mask (mode
+    ``swapped-<name>``, one deterministic point) at the same m, one contrast per swapped set;
+    [] when the sweep has no task-swapped point."""
+    refs = [(label, u) for label, u in units.items()
+            if swapped_name(u["mode"]) is not None and u["n_seeds"] == 1]
+    if not refs:
+        return []
+    pairs = []
+    for label, u in units.items():
+        if u["mode"] != target_mode or (u["n_seeds"] == 1 and _in_group(label, units)):
+            continue
+        pairs += [(label, "swapped", [ref]) for ref, r in refs if np.isclose(r["m"], u["m"])]
+    return pairs
+
+
 def _seed_mean(values: np.ndarray) -> np.ndarray:
     """The mean over a unit's seeds per cluster (NaN where no seed has a value)."""
     if not values.size:
@@ -401,11 +434,21 @@ def _seed_mean(values: np.ndarray) -> np.ndarray:
 
 
 def _contrasts(engine: Engine, units: dict, matched, random_mode: str,
-               metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """Target minus the mean of its reference masks, over clusters and masks."""
+               metrics: Sequence[str] = METRICS, exchangeable: bool = False,
+               target_mode: str = "difference") -> pd.DataFrame:
+    """Target minus the mean of its reference masks, over clusters and masks (a single
+    target as one more mask of the reference's kind when ``exchangeable``); the task-swapped
+    contrasts of claim (f) (``swapped_pairs``, kind "swapped") last."""
     crow = []
-    for target, kind, refs in _contrast_pairs(units, matched, random_mode):
+    randoms = _random_units(units, random_mode)
+    for target, kind, refs in (_contrast_pairs(units, matched, random_mode)
+                               + swapped_pairs(units, target_mode)):
         t = units[target]
+        # exchangeable: a single target mask is one draw too, the null "one more mask of the
+        # reference's kind" (its own draw's variance estimated by the reference's spread, or,
+        # against one deterministic control, by the random masks' at the target's m)
+        single = exchangeable and t["n_seeds"] == 1
+        spare = next((r for k, r in randoms.items() if np.isclose(k, t["m"])), None)
         rppls = [units[r]["perplexity"] for r in refs]
         rppl = float(np.mean(rppls))
         # each seed's own perplexity: a size searched on one seed and reused for the others
@@ -419,9 +462,16 @@ def _contrasts(engine: Engine, units: dict, matched, random_mode: str,
                                                                  what="clusters")),
                           "mask_se": math.nan, "rank_p": math.nan}
                 if tv.size:
+                    borrowed = None
+                    if (single and rv.shape[0] < 2 and spare is not None
+                            and spare["n_seeds"] >= 2):
+                        sv = spare["values"][name][metric]
+                        borrowed = mask_spread(np.where(np.isfinite(tv), sv, np.nan),
+                                               np.arange(tv.size))
                     with np.errstate(invalid="ignore"):
                         cc = contrast_with_controls(tv, rv, np.arange(tv.size), engine.level,
-                                                    method=engine.method)
+                                                    method=engine.method,
+                                                    exchangeable=single, borrowed=borrowed)
                     fields = {**_interval_fields(cc.interval), "mask_se": cc.mask_se,
                               "rank_p": cc.rank_p_value(-1)}
                 nt, npr = engine.counts(name, metric)
@@ -470,22 +520,30 @@ def _condition_table(engine: Engine, units: dict, base: pd.DataFrame, changes: d
     return pd.DataFrame(rows, columns=list(CONDITION_COLUMNS))
 
 
-def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str
-                ) -> pd.DataFrame:
-    """Per family and pool: the mean over clusters of each cluster's least-squares slope of
-    the ToM change on log m (``stats.dose_response``), over the single-seed points of
-    ``target_mode`` at m > 0; one test of a sweep's trend instead of one per m. Two rows
-    each: the target's own slope (``reference`` ""), and the slope of the target's change
-    beyond the mean of the random masks at each m (``reference`` = ``random_mode``): any
-    damaging mask grows its damage with m, so claim (e) is judged on the second."""
-    pts = sorted((u for u in units.values() if u["mode"] == target_mode and u["n_seeds"] == 1
-                  and u["m"] > 0), key=lambda u: u["m"])
-    randoms = {}
+def _random_units(units: dict, random_mode: str) -> dict:
+    """{m: the unit of ``random_mode`` masks at m with the most seeds}, m > 0."""
+    randoms: dict = {}
     for u in units.values():
         if u["mode"] == random_mode and u["m"] > 0:
             key = float(u["m"])
             if key not in randoms or u["n_seeds"] > randoms[key]["n_seeds"]:
                 randoms[key] = u
+    return randoms
+
+
+def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str,
+                exchangeable: bool = False) -> pd.DataFrame:
+    """Per family and pool: the mean over clusters of each cluster's least-squares slope of
+    the ToM change on log m (``stats.dose_response``), over the single-seed points of
+    ``target_mode`` at m > 0; one test of a sweep's trend instead of one per m. Two rows
+    each: the target's own slope (``reference`` ""), and the slope of the target's change
+    beyond the mean of the random masks at each m (``reference`` = ``random_mode``): any
+    damaging mask grows its damage with m, so claim (e) is judged on the second, whose
+    interval also carries the random masks' draws at each m (and, when ``exchangeable``, the
+    target's own draw: ``dose_response``'s ``mask_spreads``)."""
+    pts = sorted((u for u in units.values() if u["mode"] == target_mode and u["n_seeds"] == 1
+                  and u["m"] > 0), key=lambda u: u["m"])
+    randoms = _random_units(units, random_mode)
     # a comparison with masks drawn at random needs at least 2 of them at every m (one mask
     # has no mask-to-mask variance, and the slope would carry its draw as if it were signal)
     missing = [u["m"] for u in pts
@@ -495,6 +553,7 @@ def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str
         for metric in DOSE_METRICS:
             for reference in ("", random_mode):
                 mats = [u["values"][name][metric][0] for u in pts]
+                spreads = None
                 note = "slope of the change per unit of log m"
                 if reference:
                     note = "slope of the change beyond the random masks' per unit of log m"
@@ -506,12 +565,21 @@ def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str
                     else:
                         refs = [next(r for k, r in randoms.items() if np.isclose(u["m"], k))
                                 for u in pts]
+                        spreads = {}
+                        for t, r, u in zip(mats, refs, pts):
+                            rv = r["values"][name][metric]
+                            var, df = mask_spread(np.where(np.isfinite(t), rv, np.nan),
+                                                  np.arange(t.size))
+                            spreads[float(u["m"])] = (var, r["n_seeds"], df)
+                        spreads = {"spreads": spreads, "exchangeable": exchangeable}
                         mats = [t - _seed_mean(r["values"][name][metric])
                                 for t, r in zip(mats, refs)]
                 if mats and mats[0].size:
                     n = mats[0].size
                     iv = dose_response(np.concatenate(mats), np.tile(np.arange(n), len(mats)),
-                                       np.repeat([u["m"] for u in pts], n), engine.level)
+                                       np.repeat([u["m"] for u in pts], n), engine.level,
+                                       mask_spreads=spreads["spreads"] if spreads else None,
+                                       exchangeable=bool(spreads and spreads["exchangeable"]))
                 else:
                     iv = interval_over_units(np.zeros(0), engine.level, what="clusters")
                 rows.append({"mode": target_mode, "reference": reference, "family": name,

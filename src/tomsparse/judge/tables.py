@@ -78,13 +78,15 @@ def write_specificity(sweep_dir: str | Path, rules: VerdictRules | None = None,
     rules = verdict_rules(folder, rules)
     options.setdefault("gate_floor", rules.gate_floor)
     options.setdefault("method", rules.interval_method)
+    options.setdefault("target_null", rules.target_null)
     tables = specificity_tables(sweep_dir, target_mode=target_mode, **options)
     paths = {name: write_csv(folder.specificity(name), tables[name])
              for name in ("points", "contrasts", "baseline", "conditions", "roles", "matched",
                           "dose")}
     paths["verdicts"] = write_csv(folder.specificity("verdicts"),
                                   pd.DataFrame(verdicts(tables, target_mode=target_mode,
-                                                        rules=rules),
+                                                        rules=rules,
+                                                        swapped=folder.swapped_sets()),
                                                columns=list(VERDICT_COLUMNS)))
     paths["rules"] = write_json(folder.verdict_rules, rules.as_dict())
     return paths

@@ -1,7 +1,8 @@
 """The verdicts on a sweep's specificity tables (``judge.specificity``) and their wording.
 
-For every point (or seed group) of the mask under test, claims (a)-(d), and one dose-response
-claim (e) per family, each judged in every family that passes its own controls and pooled
+For every point (or seed group) of the mask under test, claims (a)-(d) (and (f) per
+task-swapped set, when the sweep has one: ``--scores-swapped``), and one dose-response claim
+(e) per family, each judged in every family that passes its own controls and pooled
 over them. A claim gets one of the outcomes of ``tomsparse.stats.classify``: "shown",
 "ruled out", "opposite direction", "not shown", or "cannot be measured" (with the reason: a
 family that fails its gate, no control of the kind the claim needs, no interval).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from tomsparse.stats import (CANNOT_BE_MEASURED, NOT_SHOWN, classify, detectable
                              equivalence_from_interval, holm, holm_levels, t_interval)
 from tomsparse.stats.intervals import Interval
 from tomsparse.judge.specificity import ABOVE, POOL_ABOVE
+from tomsparse.masks import swapped_mode, swapped_name
 
 CANNOT = CANNOT_BE_MEASURED
 CLAIMS = (("a", "ToM hurt more than by random masks of the same count"),
@@ -35,7 +37,9 @@ CLAIMS = (("a", "ToM hurt more than by random masks of the same count"),
           ("c", "false belief hurt more than its true-belief controls, each relative to its "
                 "baseline margin, beyond what damage-matched controls do to that gap"),
           ("d", "perplexity nearly unchanged"),
-          ("e", "ToM damage beyond the random masks' grows with m (dose-response)"))
+          ("e", "ToM damage beyond the random masks' grows with m (dose-response)"),
+          ("f", "ToM hurt more than by the task-swapped mask of the same m (top m by a "
+                "no-belief or non-ToM task's scores and not top m by generic)"))
 CLAIM_TEXT = dict(CLAIMS)
 NO_PERTURBED_POINT = "no perturbed point"
 # A comparison with masks drawn at random carries their mask-to-mask variance only when there
@@ -114,17 +118,21 @@ def _pick(frame: pd.DataFrame, **eq) -> pd.Series | None:
 
 
 def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "difference",
-             rules: VerdictRules | None = None) -> list[dict]:
+             rules: VerdictRules | None = None, swapped: Sequence[str] = ()) -> list[dict]:
     """Every verdict of a sweep (columns ``VERDICT_COLUMNS``), Holm-corrected together.
 
     "ToM change" is the bias-adjusted margin change of the false-belief prompts under
     likelihood scoring, the bias-adjusted accuracy change under generation scoring; negative
     is damage. A sweep holding only its baseline gets every claim as "cannot be measured: no
-    perturbed point"."""
+    perturbed point". Claim (f) is judged per task-swapped set: those named in ``swapped``
+    (the sweep's ``--scores-swapped`` stores, ``SweepFolder.swapped_sets``) and those with a
+    point in the tables; a sweep with neither has no claim (f), and its verdicts are those
+    it had before claim (f) existed."""
     rules = rules or VerdictRules()
     pts = tables["points"]
+    sets = _swapped_sets(pts, swapped)
     if pts.empty or "mode" not in pts:  # the baseline alone: nothing to judge
-        return _baseline_only_verdicts(tables)
+        return _baseline_only_verdicts(tables, sets)
     info = tables["info"].iloc[0]
     ctx = _Context(tables, rules, target_mode)
     cands: list[_Candidate] = []
@@ -132,9 +140,17 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "differen
         for scope in ctx.scopes:
             cands += [_random_claim(ctx, t, scope), _matched_claim(ctx, t, scope, "b"),
                       _matched_claim(ctx, t, scope, "c")]
+            cands += [_swapped_claim(ctx, t, scope, name) for name in sets]
         cands.append(_perplexity_claim(ctx, t, float(info["perplexity"])))
     cands += [_dose_claim(ctx, scope) for scope in ctx.scopes]
     return _decide(ctx, cands)
+
+
+def _swapped_sets(pts: pd.DataFrame, given: Sequence[str]) -> list[str]:
+    """The task-swapped sets to judge claim (f) for: ``given`` and every one with a point."""
+    found = ([swapped_name(m) for m in pd.unique(pts["mode"])]
+             if not pts.empty and "mode" in pts else [])
+    return sorted(set(given) | {x for x in found if x is not None})
 
 
 class _Context:
@@ -229,6 +245,37 @@ def _random_claim(ctx: _Context, t, scope: str) -> _Candidate:
         return cand
     cand.interval = _as_interval(row, ctx.level)
     cand.rank_p = float(row["rank_p"])
+    if cand.interval is None and not cand.reason:
+        cand.reason = f"no interval ({int(row['n_clusters'])} clusters with a value)"
+    return cand
+
+
+def _swapped_claim(ctx: _Context, t, scope: str, name: str) -> _Candidate:
+    """Claim (f): the target's ToM change minus that of the task-swapped mask ``name`` at the
+    same m (contrast kind "swapped": ``contrast_with_controls`` with that one deterministic
+    mask as the reference, the interval over clusters), judged as claim (a) is (one-sided
+    toward damage, Holm over the run, the same equivalence margin)."""
+    mode = swapped_mode(name)
+    cand = _Candidate("f", t.label, t.m, scope, ctx.metric, None, margin=ctx.margin,
+                      reference=f"{mode}, same m")
+    cand.reason = ctx.unjudged(scope) or _bias_moved(ctx, t.label, scope)
+    row = None
+    if not ctx.con.empty and "kind" in ctx.con:
+        row = _pick(ctx.con, label=t.label, kind="swapped", reference_mode=mode, family=scope,
+                    metric=ctx.metric)
+    if row is None:
+        cand.reason = cand.reason or (f"no {mode} point at m={t.m:.3g} (the task-swapped mask "
+                                      f"was not evaluated there: run the sweep with "
+                                      f"--scores-swapped {name}=DIR)")
+        return cand
+    cand.n_tasks, cand.n_prompts = int(row["n_tasks"]), int(row["n_prompts"])
+    target = _pick(ctx.pts, label=t.label)
+    ref = _pick(ctx.pts, label=str(row["reference"]))
+    if target is not None and ref is not None and np.isfinite(float(target["masked"])) \
+            and np.isfinite(float(ref["masked"])):
+        cand.detail = (f"{int(target['masked']):,} weights against the swapped mask's "
+                       f"{int(ref['masked']):,}")
+    cand.interval = _as_interval(row, ctx.level)
     if cand.interval is None and not cand.reason:
         cand.reason = f"no interval ({int(row['n_clusters'])} clusters with a value)"
     return cand
@@ -437,6 +484,8 @@ def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
         where = f"{ctx.target_mode} m={c.m:.3g}"
     else:
         where = ctx.where(c, c.family)
+    if c.claim == "f":
+        where += f", against {c.reference.split(',')[0]}"
     head = f"({c.claim}) {CLAIM_TEXT[c.claim]} ({where})"
     if row["status"] == CANNOT:
         return f"{head}: {CANNOT}: {row['reason']}."
@@ -446,7 +495,8 @@ def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
                f"{row['level']:.1%}: {_fmt(row['lo'], 3)}, {_fmt(row['hi'], 3)}], "
                f"{row['n_prompts']} windows")
     else:
-        what = {"a": "ToM change minus the random masks'", "b": "ToM change minus the "
+        what = {"a": "ToM change minus the random masks'", "f": "ToM change minus the "
+                "task-swapped mask's", "b": "ToM change minus the "
                 "control's", "c": ("relative belief gap (false-belief change / its baseline margin minus the "
                       "controls' change / theirs) minus the control's"
                       if c.metric == "belief_gap_relative" else "belief gap minus the control's"), "e": "slope per unit log m of the ToM change beyond the random masks'"}
@@ -459,9 +509,9 @@ def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
                f"clusters")
         if c.claim == "a" and np.isfinite(c.rank_p):
             num += f", rank p among the random masks {c.rank_p:.2g}"
-        if c.detail and c.claim in "bc":
+        if c.detail and c.claim in "bcf":
             num += f" ({c.detail})"
-        if c.claim in "ab" and np.isfinite(row["tom_margin_removed"]):
+        if c.claim in "abf" and np.isfinite(row["tom_margin_removed"]):
             num += (f"; the mask removed {row['tom_margin_removed']:.0%} of the baseline ToM "
                     f"margin, accuracy {row['tom_accuracy_change_pp']:+.0f} points")
     if row["status"] == NOT_SHOWN and np.isfinite(row["detectable"]):
@@ -471,14 +521,20 @@ def _sentence(ctx: _Context, c: _Candidate, row: dict) -> str:
     return f"{head}: {num}: {row['status']}."
 
 
-def _baseline_only_verdicts(tables: Mapping[str, pd.DataFrame]) -> list[dict]:
-    """A sweep holding only its m = 0 point: every claim, said to be unmeasurable."""
+def _baseline_only_verdicts(tables: Mapping[str, pd.DataFrame], swapped: Sequence[str] = ()
+                            ) -> list[dict]:
+    """A sweep holding only its m = 0 point: every claim, said to be unmeasurable (claim (f)
+    only with task-swapped sets, once per set)."""
     info = tables["info"]
     label = str(info["label"].iloc[0]) if not info.empty else ""
     reason = (f"{NO_PERTURBED_POINT} (the sweep holds only its m = 0 baseline {label}; add "
               f"values m > 0 to --m_list)")
     return [{**{k: math.nan for k in VERDICT_COLUMNS}, "claim": claim, "label": label,
              "m": 0.0, "family": "", "metric": "", "status": CANNOT, "n_clusters": 0,
-             "n_tasks": 0, "n_prompts": 0, "reference": "", "reason": reason,
-             "sentence": f"({claim}) {what}: {CANNOT}: {reason}."}
-            for claim, what in CLAIMS]
+             "n_tasks": 0, "n_prompts": 0,
+             "reference": swapped_mode(name) if name else "", "reason": reason,
+             "sentence": f"({claim}) {what}"
+                         + (f" ({swapped_mode(name)})" if name else "")
+                         + f": {CANNOT}: {reason}."}
+            for claim, what in CLAIMS
+            for name in ([""] if claim != "f" else swapped)]

@@ -19,7 +19,8 @@ from tomsparse.judge.verdicts import CANNOT, CLAIM_TEXT, ratio_text
 _SHORT = {"a": "ToM hurt more than by random masks of the same count",
           "b": "ToM hurt more than by damage-matched controls",
           "c": "relative false-belief gap beyond damage-matched controls",
-          "d": "perplexity nearly unchanged", "e": "ToM damage beyond random grows with m"}
+          "d": "perplexity nearly unchanged", "e": "ToM damage beyond random grows with m",
+          "f": "ToM hurt more than by the task-swapped mask"}
 
 
 def _family(name: str, passing: list[str]) -> str:
@@ -117,7 +118,7 @@ def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
     rows = []
     for r in judged.itertuples():
         effect = ""
-        if r.claim in ("a", "b") and np.isfinite(r.tom_margin_removed):
+        if r.claim in ("a", "b", "f") and np.isfinite(r.tom_margin_removed):
             effect = (f"{r.tom_margin_removed:.0%} of the ToM margin removed, accuracy "
                       f"{r.tom_accuracy_change_pp:+.0f} points")
         m = "all" if r.claim == "e" else f"{r.m:.3g}"
@@ -129,7 +130,8 @@ def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
             interval = (f"[{ratio_text(math.exp(r.lo), 1)}, {ratio_text(math.exp(r.hi), 1)}] at {r.level:.1%}"
                         if np.isfinite(r.lo) else "")
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            f"({r.claim}) {_SHORT[r.claim]}", m, _family(r.family, passing) if r.claim != "d"
+            f"({r.claim}) {_SHORT[r.claim]}" + (f" ({str(r.reference).split(',')[0]})"
+                                                if r.claim == "f" else ""), m, _family(r.family, passing) if r.claim != "d"
             else "(perplexity text)", estimate, interval,
             f"{int(r.n_clusters)}{' windows' if r.claim == 'd' else ''}",
             r.status, _detectable_text(r), effect)) + "</tr>")
@@ -167,7 +169,9 @@ def claims_section(out, model: str) -> str:
     cannot_text = "".join(f"<li>{n} claim(s): {html.escape(str(reason))}</li>"
                           for reason, n in why.items())
     sentences = "".join(f"<li>{html.escape(str(s))}</li>" for s in verdicts["sentence"])
-    claims = "".join(f"<li>({c}) {html.escape(t)}</li>" for c, t in CLAIM_TEXT.items())
+    # (f) only in a sweep with task-swapped stores (docs/swapped.md)
+    claims = "".join(f"<li>({c}) {html.escape(t)}</li>" for c, t in CLAIM_TEXT.items()
+                     if c != "f" or (verdicts["claim"] == "f").any())
     return (f"<p class='bottom-line'><b>{html.escape(bottom_line(verdicts, baseline, model))}"
             f"</b></p>"
             f"<h3>Gate: does the model pass its own controls?</h3>{gate_table(baseline)}"

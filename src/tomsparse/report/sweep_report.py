@@ -367,6 +367,50 @@ def planted_section(out: Path) -> str:
             + csv_link(folder.planted_recovery, out) + "</p>")
 
 
+AGREEMENT_CAPTION = (
+    "Jaccard index |A & B| / |A | B| of two masks at the same m (the difference mask, top m "
+    "by ToM score and not top m by generic score, and each task-swapped mask, built the same "
+    "way from a non-ToM or no-belief task's scores), over every weight and per role; 1 = the "
+    "same weights. Random: what two masks of the same counts per matrix drawn independently "
+    "and uniformly would share: the expected intersection sum k1 k2 / n over the matrices "
+    "(exact, the hypergeometric mean) and the Jaccard index at it (a ratio of expectations); "
+    "x random: the Jaccard index over that. Claim (f) above asks whether the difference mask "
+    "hurts ToM more than the swapped mask does.")
+
+
+def agreement_section(out: Path) -> str:
+    """The masks' agreement (the sweep folder's mask-agreement table, ``judge.agreement``):
+    every weight per pair and m, per role folded; "" for a sweep without task-swapped
+    stores."""
+    folder = SweepFolder(out)
+    table = folder.read_mask_agreement(("first", "second", "m", "role", "masked_first",
+                                        "masked_second", "shared", "jaccard", "random_shared",
+                                        "random_jaccard", "ratio"))
+    if table is None or table.empty:
+        return ""
+    headers = {"first": "mask A", "second": "mask B", "masked_first": "|A|",
+               "masked_second": "|B|", "shared": "shared", "jaccard": "Jaccard",
+               "random_shared": "random: shared", "random_jaccard": "random: Jaccard",
+               "ratio": "x random"}
+    cols = ["first", "second", "m", "masked_first", "masked_second", "shared", "jaccard",
+            "random_shared", "random_jaccard", "ratio"]
+    frame = table.copy()
+    frame["m"] = frame["m"].map(lambda x: f"{x:g}")
+    for col in ("jaccard", "random_jaccard"):
+        frame[col] = frame[col].map(lambda x: f"{x:.4g}" if np.isfinite(x) else "")
+    frame["random_shared"] = frame["random_shared"].map(
+        lambda x: f"{x:.4g}" if np.isfinite(x) else "")
+    frame["ratio"] = frame["ratio"].map(lambda x: f"x{x:.3g}" if np.isfinite(x) else "")
+    overall = frame[frame["role"] == "all"][cols]
+    by_role = frame[frame["role"] != "all"][cols[:3] + ["role"] + cols[3:]]
+    return (readable_table(overall, keys=("first", "second", "m"), headers=headers)
+            + folded("Per matrix role", readable_table(by_role, keys=("first", "second", "m",
+                                                                      "role"),
+                                                        headers=headers))
+            + f"<p class='caption'>{html.escape(AGREEMENT_CAPTION)} Source: "
+            + csv_link(folder.mask_agreement, out) + "</p>")
+
+
 def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
                  extra_sections: Sequence[tuple[str, str]] = ()) -> Path:
     """Render the sweep folder's report (``SweepFolder.report``): the verdict first (bottom
@@ -406,6 +450,10 @@ def write_report(out: str | Path, summary: pd.DataFrame, manifest: dict,
         if mfile.exists():
             sections.append(("masks", "Where the difference mask lands", embed_png(
                 _plot_masks(pd.read_csv(mfile), top, folder.plot("masks")))))
+    agreement = agreement_section(out)
+    if agreement:
+        sections.append(("agreement", "Mask agreement: the difference mask and the "
+                         "task-swapped masks", agreement))
     planted = planted_section(out)
     if planted:
         sections.append(("planted", "Planted ground truth: how much of the planted set each "

@@ -23,6 +23,13 @@ only and its gradient is formed chunk by chunk in the forward pass, so neither m
 ``reference_fp16=True`` reproduces the reference code: per-sample gradients rounded to fp16,
 squared and summed in fp16 (|g| below ~2.4e-4 squares to 0), in the samples' given order.
 
+Other attribution scores (``score``, ``SCORES``): "fisher" is the above (the default, and the
+reference's); "snip" is S = sum_i |W * g_i|, the same per-sample gradients, each multiplied by
+the weight and its absolute value taken before the sum (not |W * sum_i g_i|); "wanda" is
+|W| * sqrt(sum over the samples' real tokens of x_j**2), x the matrix's input, from forward
+passes only (``scores.wanda``). All three give one fp32 tensor per matrix in the same store
+format, whose manifest names the score in ``score_method``.
+
 Data-parallel: when ``torch.distributed`` is initialised (e.g. under ``torchrun``) each rank
 takes a contiguous, disjoint shard of the samples and the sums are all-reduced once at the end.
 Models spread with ``device_map="auto"`` need nothing special: hooks run, and accumulators live,
@@ -49,11 +56,25 @@ from tomsparse.scores.distributed import (
     shard_of,
 )
 from tomsparse.scores.methods import Accumulators, run_batched, run_loop
-from tomsparse.scores.store import save_scores
+from tomsparse.scores.store import DEFAULT_SCORE, save_scores
+from tomsparse.scores.wanda import InputNorms, run_wanda
 
 log = logging.getLogger(__name__)
 
 METHODS = ("batched", "loop")
+# the attribution scores (``--score``): fisher (the default, the reference's), snip, wanda
+SCORES = (DEFAULT_SCORE, "snip", "wanda")
+
+
+def check_score(score: str, reference_fp16: bool = False) -> None:
+    """A UserError for an unknown score, or a score other than fisher with the reference's
+    fp16 sums (which are Fisher sums)."""
+    if score not in SCORES:
+        raise UserError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
+    if reference_fp16 and score != DEFAULT_SCORE:
+        raise UserError(f"--score {score} cannot be combined with --reference-fp16 (the "
+                        "reference's fp16 sums are Fisher scores; --reference-protocol sets "
+                        "it): add --no-reference-fp16, or use --score fisher")
 
 
 @dataclass
@@ -73,6 +94,7 @@ class ScoreResult:
     accumulation_dtype: str
     world_size: int = 1
     zero_counts: dict[str, int] = field(default_factory=dict)
+    score: str = DEFAULT_SCORE  # SCORES: fisher, snip or wanda
 
     def manifest_fields(self) -> dict:
         return {
@@ -83,6 +105,7 @@ class ScoreResult:
             "mean_loss": self.mean_loss,
             "wall_time_s": round(self.wall_time_s, 3),
             "method": self.method,
+            "score_method": self.score,
             "batch_size": self.batch_size,
             "accumulation_dtype": self.accumulation_dtype,
             "world_size": self.world_size,
@@ -139,15 +162,17 @@ def _sample_list(samples) -> list[ScoreSample]:
 
 def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8,
                    method: str = "batched", reference_fp16: bool = False,
-                   progress: bool = True) -> ScoreResult:
+                   progress: bool = True, score: str = DEFAULT_SCORE) -> ScoreResult:
     """Sensitivity scores of ``matrices`` (default: every target matrix of the model) over
     ``samples`` (a ScoreDataset or a list of ScoreSample).
 
     ``reference_fp16`` reproduces the reference's fp16 squaring and summation; it always uses
     the plain loop in the samples' order, as the reference does. Returns a ``ScoreResult``
     with fp32 tensors keyed by ``Matrix.name`` in canonical (out, in) shape, each on its
-    matrix's device.
+    matrix's device. ``score``: fisher (the default), snip or wanda (module docstring); wanda
+    runs forward passes only, ``batch_size`` samples per pass (one with ``method="loop"``).
     """
+    check_score(score, reference_fp16)
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if batch_size is None or batch_size < 1:
@@ -166,15 +191,20 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
     shard = shard_of(len(items), rank, world)
     local = items[shard]
     pad_id = pad_token_id(tokenizer)
-    acc = Accumulators(matrices, reference_fp16)
+    acc = (InputNorms(matrices) if score == "wanda"
+           else Accumulators(matrices, reference_fp16, score))
     # The reference's numbers come from the model's own logits and autograd's rounding.
-    head = None if reference_fp16 else output_head(model)
-    bar = progress_bar(len(local), f"scores ({method})", "sample", progress and rank == 0)
+    head = None if reference_fp16 or score == "wanda" else output_head(model)
+    label = method if score == DEFAULT_SCORE else f"{score}, {method}"
+    bar = progress_bar(len(local), f"scores ({label})", "sample", progress and rank == 0)
     start = time.perf_counter()
     error = None
     loss_sum, padded = 0.0, 0
     try:
-        if method == "loop":
+        if score == "wanda":
+            loss_sum, padded = run_wanda(model, local, acc, pad_id, bar,
+                                         1 if method == "loop" else batch_size, shard.start)
+        elif method == "loop":
             loss_sum = run_loop(model, local, matrices, acc, pad_id, bar, head, shard.start)
         else:
             loss_sum, padded = run_batched(model, local, matrices, acc, pad_id, bar, head,
@@ -197,7 +227,8 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
     wall = time.perf_counter() - start
     # The sums stay where they were accumulated (each matrix's device): a 7B model's 26 GB
     # of fp32 scores are not copied to the host here; the store is written matrix by matrix.
-    scores = {name: t.float() for name, t in acc.sums.items()}
+    # (wanda: |W| * the square root of the all-reduced sums of squares)
+    scores = acc.result()
     # Finiteness and zero counts on the device, one synchronisation for all matrices.
     checks = [torch.stack([torch.isfinite(t).all().float(), (t == 0).sum().float()]).cpu()
               for t in scores.values()] if scores else []
@@ -216,7 +247,7 @@ def compute_scores(model, tokenizer, samples, matrices=None, batch_size: int = 8
         mean_loss=loss_total / max(n, 1), wall_time_s=wall, method=method,
         batch_size=1 if method == "loop" else batch_size,
         accumulation_dtype="float16 (reference)" if reference_fp16 else "float32",
-        world_size=world, zero_counts=zero_counts)
+        world_size=world, zero_counts=zero_counts, score=score)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,13 +287,14 @@ def compute_score_set(lm, dataset: ScoreDataset, out=None, method: str = "batche
                       batch_size: int = 8, reference_fp16: bool = False,
                       store_dtype: str = "float32", layout: str = "per-layer",
                       shard_size_mb: int = 2048, progress: bool = True,
-                      **manifest_extra) -> ScoreResult:
+                      score: str = DEFAULT_SCORE, **manifest_extra) -> ScoreResult:
     """Scores of a loaded model (``tomsparse.models.LoadedModel``) on a dataset, written to
-    ``out`` as a score store when given (by rank 0 only under torch.distributed)."""
+    ``out`` as a score store when given (by rank 0 only under torch.distributed); ``score``:
+    fisher (default), snip or wanda, recorded in the manifest's ``score_method``."""
 
     result = compute_scores(lm.model, lm.tokenizer, dataset, matrices=lm.description.matrices,
                             batch_size=batch_size, method=method,
-                            reference_fp16=reference_fp16, progress=progress)
+                            reference_fp16=reference_fp16, progress=progress, score=score)
     _, rank, _ = dist_world()
     if out is not None and rank == 0:
         fields = manifest_fields(lm.name, lm.fingerprint, lm.model, dataset, result,
@@ -272,10 +304,12 @@ def compute_score_set(lm, dataset: ScoreDataset, out=None, method: str = "batche
     return result
 
 
-def score_set(lm, dataset: str = "tom", out=None, **options) -> ScoreResult:
-    """Scores of ``lm`` (a ``LoadedModel``) on ``dataset`` ("tom" or "generic"): the samples
-    ``ScoreDataConfig(dataset, **options)`` describes (e.g. ``nsamples=100, seqlen=128,
-    seed=0``), computed by ``compute_score_set`` and written to ``out`` as a score store when
-    given. ``.scores`` of the result: {matrix name: tensor}."""
+def score_set(lm, dataset: str = "tom", out=None, score: str = DEFAULT_SCORE,
+              **options) -> ScoreResult:
+    """Scores of ``lm`` (a ``LoadedModel``) on ``dataset`` ("tom" or "generic", or a
+    task-swapped set for the ToM side of a mask: "tom-nobelief" or "format-control",
+    ``data.score_samples``): the samples ``ScoreDataConfig(dataset, **options)`` describes (e.g. ``nsamples=100, seqlen=128,
+    seed=0``), computed by ``compute_score_set`` (``score``: fisher, snip or wanda) and written
+    to ``out`` as a score store when given. ``.scores`` of the result: {matrix name: tensor}."""
     samples = build_dataset(ScoreDataConfig(dataset=dataset, **options), lm.tokenizer, lm.model)
-    return compute_score_set(lm, samples, out=out, progress=False)
+    return compute_score_set(lm, samples, out=out, progress=False, score=score)

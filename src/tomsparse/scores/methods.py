@@ -2,7 +2,8 @@
 weight gradient from autograd; the definition) and ``run_batched`` (several samples per pass,
 each sample's weight gradient rebuilt by ``GradientCapture`` hooks from the module's input and
 output gradient over its real tokens only), with the padding (``collate``), the scoring state
-of the model and the per-matrix ``Accumulators`` (fp32, or the reference's fp16)."""
+of the model and the per-matrix ``Accumulators`` (fp32, or the reference's fp16). What is
+accumulated per sample is the Fisher's square g**2 (the default) or SNIP's |w * g|."""
 
 from __future__ import annotations
 
@@ -53,10 +54,18 @@ def scoring_state(model, grad_params: set):
 
 class Accumulators:
     """One accumulator per matrix, on that matrix's device: fp32 sums, or the reference's fp16
-    running sum."""
+    running sum. Each sample's canonical weight gradient g is added as g**2 (``score``
+    "fisher", the default) or as |w * g| ("snip"; w the matrix's current weight)."""
 
-    def __init__(self, matrices, reference_fp16: bool):
+    def __init__(self, matrices, reference_fp16: bool, score: str = "fisher"):
+        if score not in ("fisher", "snip"):
+            raise ValueError(f"gradient scores are fisher or snip, not {score!r}")
+        if reference_fp16 and score != "fisher":
+            raise UserError("the reference's fp16 sums are Fisher scores; --reference-fp16 "
+                            f"cannot be combined with --score {score}")
         self.reference_fp16 = reference_fp16
+        self.score = score
+        self.matrices = {m.name: m for m in matrices}
         dtype = torch.float16 if reference_fp16 else torch.float32
         self.sums = {m.name: torch.zeros(m.shape, dtype=dtype, device=m.module.weight.device)
                      for m in matrices}
@@ -67,9 +76,17 @@ class Accumulators:
             # The reference's update: fp16 gradient, squared in fp16, added in fp16.
             g = grad.to(torch.float16)
             self.sums[name] = acc + torch.pow(g, 2)
+        elif self.score == "snip":
+            # |w * g| of this sample, in fp32 (w: the canonical (out, in) view of this role)
+            w = self.matrices[name].weight().detach()
+            acc.add_(torch.mul(w.float(), grad.float()).abs_())
         else:
             g = grad.float()
             acc.addcmul_(g, g)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The scores: the sums in fp32, keyed by matrix name."""
+        return {name: t.float() for name, t in self.sums.items()}
 
 
 def run_loop(model, samples, matrices, acc: Accumulators, pad_id, bar, head, first: int = 0):

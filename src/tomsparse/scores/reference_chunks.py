@@ -21,6 +21,7 @@ from tomsparse.errors import UserError
 from tomsparse.files import atomic_path, read_json_object, write_json
 from tomsparse.safe_read import check_torch_archive
 from tomsparse.scores.store import (
+    DEFAULT_SCORE,
     MANIFEST,
     check_destination,
     describe_target,
@@ -141,6 +142,7 @@ def import_reference_chunks(src, out, model, model_name: str | None = None,
         "imported_from": str(src.resolve()),
         "reference_manifest": ref_manifest,
         "accumulation_dtype": "float16 (reference)",
+        "score_method": DEFAULT_SCORE,  # the reference's scores are Fisher scores
     }
     bad = [n for n, t in scores.items() if not torch.isfinite(t).all()]
     if bad:

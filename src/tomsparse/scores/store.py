@@ -5,7 +5,9 @@ A store is a folder of safetensors files (fp32 by default, bf16 on request to ha
 holding one tensor per target matrix, keyed by ``Matrix.name`` ("layers.{i}.{role}") in the
 canonical (out, in) orientation, plus ``manifest.json`` (model name and fingerprint, target
 shapes, dataset and its hashes, nsamples, seqlen, seed, supervision, supervised tokens,
-accumulation dtype, zero counts, library versions, wall time, the file of every tensor).
+accumulation dtype, zero counts, library versions, wall time, the file of every tensor, and
+``score_method``: the attribution score, fisher, snip or wanda; a store written before the
+field existed holds Fisher scores and reads as "fisher": ``score_method``).
 Files are either one per layer (``layer_{i:03d}.safetensors``) or size-limited shards
 (``scores-{k:05d}-of-{n:05d}.safetensors``).
 
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 KIND = "scores"
+# the score a store holds when its manifest does not say (stores written before --score)
+DEFAULT_SCORE = "fisher"
 STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 LAYOUTS = ("per-layer", "sharded")
 _NAME = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
@@ -196,12 +200,14 @@ def check_destination(directory, option: str = "--out") -> Path:
 
 def check_store_destination(directory, overwrite: bool = False, fingerprint: str | None = None,
                             identity: str | None = None, model: str | None = None,
-                            dataset: str | None = None) -> dict | None:
+                            dataset: str | None = None, score: str | None = None
+                            ) -> dict | None:
     """Check, before any scores are computed, that a store may be written to ``directory``:
     the folder can be written (``check_destination``), holds no other kind of output, and
     holds no score store of another model (``fingerprint``) or other data (``identity``, the
     ``samples_sha256`` that ``scores_identity`` returns; ``dataset``, "tom" or "generic",
-    already tells them apart before any sample is built) unless ``overwrite``. What is
+    already tells them apart before any sample is built) or of another attribution score
+    (``score``: fisher, snip or wanda) unless ``overwrite``. What is
     unknown yet (None) is not compared, so this can run once before the model is loaded and
     again before computing. Returns the existing store's manifest (or None)."""
     check_destination(directory)
@@ -212,9 +218,11 @@ def check_store_destination(directory, overwrite: bool = False, fingerprint: str
     if fingerprint and old.get("fingerprint") and old["fingerprint"] != fingerprint:
         differs.append(f"model {old.get('model', '?')} (fingerprint {old['fingerprint']}), "
                        f"not {model or '?'} ({fingerprint})")
+    if score and score_method(old) != score:
+        differs.append(f"{score_method(old)} scores, not {score}")
     if dataset and old.get("dataset") and old["dataset"] != dataset:
         differs.append(f"{old['dataset']} data, not {dataset}")
-    elif identity and scores_identity(old) != identity:
+    elif identity and scores_identity(old) != with_score_method(identity, score_method(old)):
         differs.append(f"other {old.get('dataset') or 'imported'} samples (identity "
                        f"{scores_identity(old)[:12]}, not {identity[:12]})")
     if differs:
@@ -264,14 +272,81 @@ def _check_finite(where: str, name: str, tensor: torch.Tensor, allow_inf: bool =
     return int(posinf.sum())
 
 
+def score_method(manifest: dict) -> str:
+    """The attribution score a store holds (its manifest's ``score_method``: fisher, snip or
+    wanda); "fisher" for a store written before the field existed."""
+    value = manifest.get("score_method")
+    if value is None:
+        return DEFAULT_SCORE
+    if not isinstance(value, str) or not value:
+        raise UserError(f"score store of {manifest.get('model', '?')}: field score_method of "
+                        f"its {MANIFEST} is {value!r}, not a score's name; the manifest is "
+                        "damaged: recompute the store")
+    return value
+
+
+def with_score_method(samples_sha256: str, score: str) -> str:
+    """The identity of the scores ``score`` computed on the samples ``samples_sha256``: the
+    samples' hash itself for Fisher scores (as before there were other scores), else a hash
+    of both, so a store of another score never passes for the Fisher store of the same
+    samples."""
+    if score == DEFAULT_SCORE:
+        return samples_sha256
+    return hashlib.sha256(f"{score}:{samples_sha256}".encode()).hexdigest()
+
+
 def scores_identity(manifest: dict) -> str:
-    """What identifies a score set's data, for a sweep folder to remember: the hash of the
-    samples it was computed on, else (imported reference chunks) a hash of the whole manifest."""
+    """What identifies a score set, for a sweep folder to remember: the hash of the samples it
+    was computed on (with its score unless Fisher: ``with_score_method``), else (imported
+    reference chunks) a hash of the whole manifest."""
     value = manifest.get("samples_sha256")
     if value:
-        return str(value)
-    body = {k: v for k, v in manifest.items() if k not in ("created", "wall_time_s", "written_at")}
+        return with_score_method(str(value), score_method(manifest))
+    body = {k: v for k, v in manifest.items() if k not in ("created", "wall_time_s", "written_at")
+            and not (k == "score_method" and v == DEFAULT_SCORE)}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_score_methods(tom_manifest: dict, generic_manifest: dict, allow: bool = False,
+                        tom_where: str = "the ToM score store",
+                        generic_where: str = "the generic score store") -> dict[str, str]:
+    """The scores of a ToM and a generic store, {"tom": ..., "generic": ...}; a one-line
+    UserError when they differ (the difference mask, top-m by the one and not top-m by the
+    other, would then tell the scores apart as much as the texts) unless ``allow``
+    (``--allow-mixed-scores``)."""
+    methods = {"tom": score_method(tom_manifest), "generic": score_method(generic_manifest)}
+    if methods["tom"] != methods["generic"] and not allow:
+        raise UserError(f"the ToM scores {tom_where} are {methods['tom']} scores but the "
+                        f"generic scores {generic_where} are {methods['generic']} scores: "
+                        "the difference mask would tell the scores apart as much as the "
+                        "texts; compute both with the same --score, or pass "
+                        "--allow-mixed-scores to mix them anyway")
+    return methods
+
+
+def check_swapped_store(tom_manifest: dict, swapped_manifest: dict, tom_dir, swapped_dir
+                        ) -> str:
+    """A task-swapped store (``tomsparse sweep --scores-swapped``) against the ToM store its
+    mask is compared with: the same model (fingerprint, where both record one) and the same
+    attribution score (``score_method``), else one line naming both manifests and the fix.
+    Returns the swapped store's score."""
+    tom_path, swapped_path = store_manifest(tom_dir), store_manifest(swapped_dir)
+    tom_fp, swapped_fp = tom_manifest.get("fingerprint"), swapped_manifest.get("fingerprint")
+    if tom_fp and swapped_fp and tom_fp != swapped_fp:
+        raise UserError(f"the task-swapped store {swapped_path} was computed for model "
+                        f"fingerprint {swapped_fp} ({swapped_manifest.get('model', '?')}) but "
+                        f"the ToM store {tom_path} for {tom_fp} "
+                        f"({tom_manifest.get('model', '?')}): recompute the swapped store with "
+                        f"`tomsparse scores --model {tom_manifest.get('model', 'M')} --dataset "
+                        f"{swapped_manifest.get('dataset', 'format-control')}`")
+    tom_score, swapped_score = score_method(tom_manifest), score_method(swapped_manifest)
+    if tom_score != swapped_score:
+        raise UserError(f"the task-swapped store {swapped_path} holds {swapped_score} scores "
+                        f"but the ToM store {tom_path} {tom_score} scores: the two masks "
+                        f"would differ by the score as much as by the task; recompute the "
+                        f"swapped store with `tomsparse scores --score {tom_score} --dataset "
+                        f"{swapped_manifest.get('dataset', 'format-control')}`")
+    return swapped_score
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

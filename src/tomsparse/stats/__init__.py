@@ -6,8 +6,9 @@ reads a folder or knows a sweep. Built on scipy.stats where it has the method.""
 # perplexity, detectable effects); each function's docstring states its decision rule and
 # error rate.
 from tomsparse.stats.controls import (ControlContrast, MaskComparison, compare_with_masks,
-                                      contrast_with_controls, masks_needed, mean_of_masks)
-from tomsparse.stats.dose import cluster_slopes, dose_response
+                                      contrast_with_controls, mask_spread, masks_needed,
+                                      mean_of_masks)
+from tomsparse.stats.dose import cluster_slopes, dose_response, slope_weights
 from tomsparse.stats.gates import (GateResult, PassRateGate, chance_gate, pass_rate_gate,
                                    scenario_chance)
 from tomsparse.stats.intervals import (METHODS, Interval, cluster_means, paired_interval,

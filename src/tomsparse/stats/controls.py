@@ -20,6 +20,11 @@ from tomsparse.stats.outcomes import (CANNOT_BE_MEASURED, NOT_SHOWN, OPPOSITE, R
                                       SHOWN)
 
 
+# how a single target mask is compared with masks of a kind: as a fixed mask (its effect
+# against their mean) or as one more draw of that kind (``exchangeable`` below)
+TARGET_NULLS = ("fixed", "exchangeable")
+
+
 @dataclass(frozen=True)
 class ControlContrast:
     """The target minus the mean of N random masks.
@@ -105,6 +110,21 @@ def _row_cluster_means(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return np.where(present.any(axis=1), means.sum(axis=1) / present.sum(axis=1), math.nan)
 
 
+def mask_spread(controls, clusters) -> tuple[float, float]:
+    """(s^2, df): the variance (ddof 1) of N masks' cluster-weighted means over the clusters
+    and its N - 1 df; ``controls`` (N masks x prompts), ``clusters`` (prompts,). (NaN, 0)
+    with fewer than 2 masks with a finite mean. The per-mask variance that
+    ``contrast_with_controls`` takes as ``borrowed`` and ``dose_response`` as a mask spread."""
+    rows = np.asarray(controls, dtype=float)
+    rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
+    ids = np.asarray(clusters).ravel()
+    means = _row_cluster_means(rows, ids)
+    means = means[np.isfinite(means)]
+    if means.size < 2:
+        return math.nan, 0.0
+    return float(np.var(means, ddof=1)), float(means.size - 1)
+
+
 def _moment(values: np.ndarray, power: int) -> float:
     """The central moment of order ``power`` with divisor n (0 for no values)."""
     if not values.size:
@@ -114,7 +134,8 @@ def _moment(values: np.ndarray, power: int) -> float:
 
 def contrast_with_controls(target, controls, clusters, level: float = 0.95,
                            alternative: str = "two-sided", *, method: str = "t",
-                           min_masks: int = 1) -> ControlContrast:
+                           min_masks: int = 1, exchangeable: bool = False,
+                           borrowed: tuple[float, float] | None = None) -> ControlContrast:
     """Interval for (target effect) - (mean effect of N random masks), over clusters.
 
     ``target``: per-prompt values of the target mask (e.g. ToM change under the difference
@@ -132,9 +153,18 @@ def contrast_with_controls(target, controls, clusters, level: float = 0.95,
     estimable; the interval uses v_c alone (G - 1 df), ``mask_variance_estimable`` is False
     and ``note`` says so: that interval ignores which mask was drawn.
 
-    This interval treats the target as fixed: it answers "does this target differ from the
-    random masks' mean effect", not "is the target unlike a random mask" (for that, and for
-    skewed mask effects, see ``compare_with_masks``). ``method="skew"``: the bounds widened to
+    ``exchangeable`` False treats the target as fixed: the interval answers "does this target
+    differ from the random masks' mean effect". ``exchangeable`` True answers "is the target
+    unlike one more mask of the reference's kind": the target is one draw of a mask too, so
+    its own mask effect is a second variance component, estimated (under that null) by the
+    reference masks' spread: v_m = s^2 x (1 + 1 / N), the prediction interval for one more
+    mask (N - 1 df). Under the null "the target is one more random mask" with normal mask
+    effects its error rate is 1 - level up to the Welch-Satterthwaite approximation; the fixed
+    interval's is not (a target whose own draw lies far from the masks' mean is "shown").
+    ``borrowed`` (s^2, df): the per-mask variance to use when the reference has fewer than 2
+    masks (one deterministic control): v_m = s^2 x (1 / N + [exchangeable]) with ``df`` df,
+    for instance the random masks' spread at the target's count (the only estimate of
+    mask-to-mask spread a sweep has). Skewed mask effects: see ``compare_with_masks``. ``method="skew"``: the bounds widened to
     Hall's skewness-corrected ones as in ``paired_interval``, the estimate's skewness being
     (m3(d) / G^2 - m3(mask means) / N^2) / (m2(d) / G + m2(mask means) / N)^1.5 (central
     moments with divisor n; the masks' mean enters the estimate with a minus sign); with
@@ -162,22 +192,32 @@ def contrast_with_controls(target, controls, clusters, level: float = 0.95,
                              method=method)
         return ControlContrast(empty, mask_se=math.nan, mask_variance_estimable=False,
                                note=reason, **common)
-    if finite_masks.size < 2 or not base.measurable:
+    n_clusters = base.n_clusters
+    own = 1.0 if exchangeable else 0.0
+    if finite_masks.size >= 2:
+        per_mask, mask_df = float(np.var(finite_masks, ddof=1)), float(finite_masks.size - 1)
+    elif borrowed is not None and math.isfinite(borrowed[0]) and borrowed[1] >= 1:
+        per_mask, mask_df = float(borrowed[0]), float(borrowed[1])
+    else:
+        per_mask, mask_df = math.nan, math.nan
+    if not math.isfinite(per_mask) or not base.measurable:
         note = (f"{finite_masks.size} random mask(s) with a finite value: mask-to-mask variance "
                 f"is not estimable; the interval covers cluster-to-cluster variation only"
                 if finite_masks.size < 2 and base.measurable else base.reason)
         return ControlContrast(base, mask_se=math.nan, mask_variance_estimable=False,
                                note=note, **common)
-    n_clusters, n_finite = base.n_clusters, finite_masks.size
-    mask_var = float(np.var(finite_masks, ddof=1) / n_finite)
+    n_finite = finite_masks.size
+    mask_var = per_mask * (1.0 / n_finite + own)
     cluster_var = base.se ** 2
-    df = welch_satterthwaite_df([cluster_var, mask_var], [n_clusters - 1, n_finite - 1])
+    df = welch_satterthwaite_df([cluster_var, mask_var], [n_clusters - 1, mask_df])
     if not math.isfinite(df):      # both components zero: a point interval
         df = float(n_clusters - 1)
     skewness = 0.0
-    if method == "skew":
-        spread = (_moment(d_means, 2) / n_clusters + _moment(finite_masks, 2) / n_finite)
-        third = (_moment(d_means, 3) / n_clusters ** 2 - _moment(finite_masks, 3) / n_finite ** 2)
+    if method == "skew" and n_finite >= 2:
+        # the masks' mean enters with a minus sign, the target's own draw with a plus sign
+        m2, m3 = _moment(finite_masks, 2), _moment(finite_masks, 3)
+        spread = _moment(d_means, 2) / n_clusters + m2 * (1.0 / n_finite + own)
+        third = _moment(d_means, 3) / n_clusters ** 2 + m3 * (own - 1.0 / n_finite ** 2)
         skewness = third / spread ** 1.5 if spread > 0 else 0.0
     combined = t_interval(base.estimate, math.sqrt(cluster_var + mask_var), df,
                           n_clusters, level, alternative, method=method, skewness=skewness)

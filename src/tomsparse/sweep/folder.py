@@ -165,6 +165,9 @@ class SweepFolder:
     MATCHED_INTEGRITY = "matched.sha256"
     # the planted ground truth's recovery (a sweep of a planted model: judge.recovery)
     PLANTED_RECOVERY = "planted_recovery.csv"
+    # the Jaccard agreement of the difference mask and the task-swapped masks, beside two
+    # random masks of the same counts (a sweep with --scores-swapped: judge.agreement)
+    MASK_AGREEMENT = "mask_agreement.csv"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -239,16 +242,31 @@ class SweepFolder:
 
     def read_planted_recovery(self, columns=()) -> pd.DataFrame | None:
         """The planted-recovery table, checked for ``columns``; None when the sweep has none."""
-        path = self.planted_recovery
-        if not path.is_file():
-            return None
-        fix = "delete it and run `tomsparse summarize` or the sweep again to rewrite it"
-        frame = read_csv(path, "the planted-recovery table", fix=fix)
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise UserError(f"{path}: lacks the column(s) {', '.join(missing)} of the planted-"
-                            f"recovery table; {fix}")
-        return frame
+        return _optional_table(self.planted_recovery, "planted-recovery", columns,
+                               "delete it and run `tomsparse summarize` or the sweep again to "
+                               "rewrite it")
+
+    @property
+    def mask_agreement(self) -> Path:
+        """The masks' agreement table (``judge.agreement``); absent without task-swapped
+        stores."""
+        return self.root / self.MASK_AGREEMENT
+
+    def write_mask_agreement(self, table: pd.DataFrame) -> Path:
+        return write_csv(self.mask_agreement, table)
+
+    def read_mask_agreement(self, columns=()) -> pd.DataFrame | None:
+        """The mask-agreement table, checked for ``columns``; None when the sweep has none."""
+        return _optional_table(self.mask_agreement, "mask-agreement", columns,
+                               "delete it and run the sweep again to rewrite it")
+
+    def swapped_sets(self) -> list[str]:
+        """The names of the task-swapped stores the sweep was run with (its manifest's
+        ``scores_swapped_sha``); [] for a sweep without them or without a manifest."""
+        if not self.manifest.is_file():
+            return []
+        value = self.read_manifest().get("scores_swapped_sha")
+        return sorted(str(k) for k in value) if isinstance(value, dict) else []
 
     def read_verdict_rules(self) -> dict:
         """The decision rules the last verdicts used ({} when none were kept)."""
@@ -843,3 +861,16 @@ class RunFolder:
             raise UserError(f"{path}: not a list of [title, body] pairs of text; the file is "
                             f"damaged: {fix}")
         return [(title, sanitize_html(body)) for title, body in data]  # titles: escaped there
+
+
+def _optional_table(path: Path, what: str, columns, fix: str) -> pd.DataFrame | None:
+    """A table a sweep may lack: None when ``path`` is absent, else read and checked for
+    ``columns`` (a one-line error naming the file, the missing columns and ``fix``)."""
+    if not path.is_file():
+        return None
+    frame = read_csv(path, f"the {what} table", fix=fix)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: lacks the column(s) {', '.join(missing)} of the {what} "
+                        f"table; {fix}")
+    return frame

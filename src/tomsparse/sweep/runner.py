@@ -33,9 +33,11 @@ from tomsparse.lm.batching import context_length, progress_bar
 from tomsparse.lm.registry import model_identity
 from tomsparse.files import write_json
 from tomsparse.manifest import build_manifest
-from tomsparse.masks import build_rankings, mask_stats, masks_for, mode_seeds, parse_mode
+from tomsparse.masks import (build_rankings, mask_stats, masks_for, mode_seeds, parse_mode,
+                             swapped_mode, swapped_name)
 from tomsparse.perturb import perturbed
-from tomsparse.scores.store import story_hashes
+from tomsparse.scores.store import (check_score_methods, check_swapped_store, scores_identity,
+                                    story_hashes)
 from tomsparse.sweep.export import export_perturbed_model
 from tomsparse.sweep.folder import BASELINE_MODE, INTEGRITY, SweepFolder, point_label
 from tomsparse.sweep.inputs import cached_massive_channels, perplexity_splits
@@ -43,9 +45,11 @@ from tomsparse.sweep.locks import PointLocks
 from tomsparse.sweep.matched import match_controls
 
 
-def sweep_points(cfg: SweepConfig) -> list[tuple[str, int, float]]:
+def sweep_points(cfg: SweepConfig, swapped=()) -> list[tuple[str, int, float]]:
     """Every (mode, seed, m) of the sweep: the baseline, then per m > 0 each mode with its
-    seeds (``secondary_seeds`` of them below the largest m, the primary one)."""
+    seeds (``secondary_seeds`` of them below the largest m, the primary one), then the
+    task-swapped difference mask of each set named in ``swapped`` (``swapped-<name>``, seed 0:
+    at every m > 0, the difference mask's m values)."""
     pts = [(BASELINE_MODE, 0, 0.0)] if 0.0 in cfg.m_values else []
     positive = [m for m in cfg.m_values if m > 0]
     for m in positive:
@@ -54,6 +58,7 @@ def sweep_points(cfg: SweepConfig) -> list[tuple[str, int, float]]:
             if cfg.secondary_seeds is not None and m < max(positive):
                 seeds = seeds[:cfg.secondary_seeds]
             pts += [(mode, s, m) for s in seeds]
+        pts += [(swapped_mode(name), 0, m) for name in swapped]
     return pts
 
 
@@ -76,8 +81,17 @@ def _check_folder(out: Path, manifest: dict, locks: PointLocks, log=print) -> bo
                         "finished points, so use a new --out folder (or restore the file)") from None
     if isinstance(old.get("config"), dict):
         old["config"] = {**ADDED_SWEEP_OPTIONS, **old["config"]}
-    keys = ("config", "model_fingerprint", "scores_tom_sha", "scores_generic_sha")
+    keys = ("config", "model_fingerprint", "scores_tom_sha", "scores_generic_sha",
+            "scores_swapped_sha")  # the last absent (None) in a sweep without swapped stores
     diff = [k for k in keys if old.get(k) != manifest.get(k)]
+    old_swapped, new_swapped = old.get("scores_swapped_sha"), manifest.get("scores_swapped_sha")
+    if diff == ["scores_swapped_sha"] and _adds_swapped(old_swapped, new_swapped):
+        # task-swapped stores added to a folder (the ones it had, unchanged): their points
+        # join the finished ones, which do not depend on them
+        added = sorted(set(new_swapped) - set(old_swapped or {}))
+        log(f"[tomsparse] {out}: adding the task-swapped store(s) {', '.join(added)} to the "
+            "sweep")
+        return True
     if diff:
         detail = ""
         if "config" in diff:
@@ -94,6 +108,14 @@ def _check_folder(out: Path, manifest: dict, locks: PointLocks, log=print) -> bo
     return False
 
 
+def _adds_swapped(old, new) -> bool:
+    """Whether the swapped stores ``new`` ({name: identity}) are the folder's ``old`` ones
+    (None: none) unchanged, plus at least one more."""
+    old = old or {}
+    return (isinstance(old, dict) and isinstance(new, dict) and len(new) > len(old)
+            and all(new.get(name) == value for name, value in old.items()))
+
+
 def _unused(out: Path, locks: PointLocks) -> bool:
     """No finished point and no other live process: the folder may start afresh."""
     return not SweepFolder(out).has_points() and not locks.any_live_other()
@@ -104,8 +126,16 @@ class _Sweep:
     rankings (deepened on demand), the massive-activation channels and the matrices' sums."""
 
     def __init__(self, lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: Path,
-                 log=print, take_over: bool = False):
+                 log=print, take_over: bool = False, allow_mixed_scores: bool = False,
+                 swapped: dict | None = None):
         self.lm, self.cfg, self.out, self.log = lm, cfg, out, log
+        # both stores must hold the same attribution score (refused unless allowed)
+        self.score_methods = score_methods(tom_scores, gen_scores, allow_mixed_scores, log)
+        # task-swapped stores ({name: scores}): the ToM store's model and score, each
+        self.swapped = dict(swapped or {})
+        for name, store in self.swapped.items():
+            swapped_mode(name)  # a name a mask mode can carry
+            check_swapped(tom_scores, store)
         self.folder = SweepFolder(out)
         self.locks = PointLocks(self.folder.claims_dir, take_over=take_over, log=log)
         self.tom_scores, self.gen_scores = tom_scores, gen_scores
@@ -115,6 +145,7 @@ class _Sweep:
         self.rankings = build_rankings(tom_scores, gen_scores, self.names, m_max=self.depth,
                                        reference_ties=cfg.reference_ties,
                                        generic_factor=self.factor)
+        self.swapped_rankings = {name: self._swapped_ranking(name) for name in self.swapped}
         taskset = load_tasks(cfg.tasks)
         self.taskset = (taskset.head_clusters(cfg.cluster_limit) if cfg.cluster_limit
                         else taskset.head(cfg.task_limit) if cfg.task_limit else taskset)
@@ -124,6 +155,14 @@ class _Sweep:
                                      else None, self.taskset.prompts(),
                                      allow=cfg.allow_overlap,
                                      where=f"--tasks {cfg.tasks} vs the ToM score store")
+        # the task-swapped prompts must not share a story with the evaluation either
+        self.swapped_overlap = {}
+        for name, store in self.swapped.items():
+            smanifest = getattr(store, "manifest", None)
+            self.swapped_overlap[name] = check_overlap(
+                story_hashes(smanifest) if isinstance(smanifest, dict) else None,
+                self.taskset.prompts(), allow=cfg.allow_overlap,
+                where=f"--tasks {cfg.tasks} vs the task-swapped store {name}")
         self.corpus = load_corpus(cfg.corpus)
         self.ppl_ids, self.search_ids = perplexity_splits(lm, self.corpus, cfg, log)
         window = min(cfg.ppl_seqlen, context_length(lm.model) or cfg.ppl_seqlen)
@@ -145,16 +184,33 @@ class _Sweep:
                                                  self.folder.massive_channels, n, self.log)
                          if n else None)
 
-    def rankings_for(self, m: float) -> dict:
+    def rankings_for(self, m: float, mode: str = "difference") -> dict:
+        """The rankings ``mode``'s masks at ``m`` are cut from: the ToM store's against the
+        generic one, or a task-swapped store's (``swapped-<name>``)."""
         if m > self.depth:  # a damage-matched search went past the sweep's m values
             self.depth = m * 2
             self.rankings = build_rankings(self.tom_scores, self.gen_scores, self.names,
                                            m_max=self.depth, reference_ties=self.cfg.reference_ties,
                                            generic_factor=self.factor)
-        return self.rankings
+            self.swapped_rankings = {}
+        name = swapped_name(mode) if mode != BASELINE_MODE else None
+        if name is None:
+            return self.rankings
+        if name not in self.swapped:
+            raise UserError(f"mask mode {mode}: no task-swapped store named {name!r}; give it "
+                            f"with --scores-swapped {name}=DIR")
+        if name not in self.swapped_rankings:
+            self.swapped_rankings[name] = self._swapped_ranking(name)
+        return self.swapped_rankings[name]
+
+    def _swapped_ranking(self, name: str) -> dict:
+        """The rankings of task-swapped store ``name`` against the generic store, as deep as
+        the ToM store's."""
+        return build_rankings(self.swapped[name], self.gen_scores, self.names, m_max=self.depth,
+                              reference_ties=self.cfg.reference_ties, generic_factor=self.factor)
 
     def masks(self, mode: str, seed: int, m: float) -> dict:
-        return masks_for(self.rankings_for(m), m, mode, seed=seed,
+        return masks_for(self.rankings_for(m, mode), m, mode, seed=seed,
                          reference_ties=self.cfg.reference_ties, channels=self.channels)
 
     def perplexity(self, masks: dict, split: str = "report") -> PerplexityResult:
@@ -200,7 +256,7 @@ class _Sweep:
             ppl = self._perplexity_as_is("random" if is_random_point(mode) else "report")
             t_r = time.time()
         t_restore = time.time() - t_r
-        stats = (pd.DataFrame(mask_stats(masks, self.rankings, m,
+        stats = (pd.DataFrame(mask_stats(masks, self.rankings_for(m, mode), m,
                                          parse_mode(mode).generic_factor))
                  if masks else pd.DataFrame())
         # The prompt text is the same at every point: only the baseline keeps it.
@@ -218,6 +274,41 @@ class _Sweep:
                   "worker": f"{self.locks.me['host']}:{self.locks.me['pid']}", **(extra or {})}
         # the tables, their sha256 (points/<label>.sha256), then the record, last
         return self.folder.write_point(name, record, table, result.metrics, stats)
+
+
+def score_methods(tom_scores, gen_scores, allow: bool = False, log=print) -> dict | None:
+    """The attribution scores of the two stores ({"tom": ..., "generic": ...}; None for scores
+    given without their manifests): refused when they differ (``scores.store.
+    check_score_methods``) unless ``allow``, then said in the log."""
+    manifests = [getattr(s, "manifest", None) for s in (tom_scores, gen_scores)]
+    if not all(isinstance(m, dict) for m in manifests):
+        return None
+    where = [f"in {s.directory}" if getattr(s, "directory", None) is not None else "given"
+             for s in (tom_scores, gen_scores)]
+    methods = check_score_methods(*manifests, allow=allow, tom_where=where[0],
+                                  generic_where=where[1])
+    if methods["tom"] != methods["generic"]:
+        log(f"[tomsparse] mixing {methods['tom']} ToM scores with {methods['generic']} generic "
+            "scores (--allow-mixed-scores)")
+    return methods
+
+
+def check_swapped(tom_scores, swapped_scores) -> None:
+    """A task-swapped store against the ToM store (``scores.store.check_swapped_store``: the
+    same model and attribution score), where both carry their manifests."""
+    manifests = [getattr(s, "manifest", None) for s in (tom_scores, swapped_scores)]
+    if all(isinstance(m, dict) for m in manifests):
+        dirs = [getattr(s, "directory", None) or "(given)" for s in (tom_scores, swapped_scores)]
+        check_swapped_store(manifests[0], manifests[1], dirs[0], dirs[1])
+
+
+def swapped_identity(store, given: str | None = None) -> str:
+    """What identifies a task-swapped store in the folder's manifest: ``given``, else its
+    manifest's identity (``scores.store.scores_identity``), else "" (scores given in memory)."""
+    if given:
+        return str(given)
+    manifest = getattr(store, "manifest", None)
+    return scores_identity(manifest) if isinstance(manifest, dict) else ""
 
 
 def is_random_point(mode: str) -> bool:
@@ -240,9 +331,14 @@ def random_point_tokens(cfg: SweepConfig, window: int, reported: int) -> int:
 def run_points(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: str | Path,
                scores_ids: tuple[str, str] = ("", ""), export_m: float | None = None,
                progress: bool = True, log=print, scores_info: dict | None = None,
-               take_over: bool = False) -> None:
+               take_over: bool = False, allow_mixed_scores: bool = False,
+               swapped: dict | None = None, swapped_ids: dict | None = None) -> None:
     """Compute (or resume) every point of a sweep, its damage-matched controls and its
-    export into ``out``; the tables are the judge's (``pipeline.run_sweep`` does both)."""
+    export into ``out``; the tables are the judge's (``pipeline.run_sweep`` does both).
+    Score stores of different attribution scores (fisher, snip, wanda) are refused unless
+    ``allow_mixed_scores``. ``swapped``: {name: task-swapped score store} (issue 37), each
+    evaluated as the mode ``swapped-<name>`` at every m > 0 (``swapped_ids``: their
+    identities, kept in the folder's manifest so a resumed folder uses the same stores)."""
 
     out = Path(out)
     ms = cfg.m_values
@@ -251,8 +347,16 @@ def run_points(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: st
                               config=cfg.as_dict(), scores_tom_sha=scores_ids[0],
                               scores_generic_sha=scores_ids[1], scores=scores_info or {})
     # Every input is read and checked (tasks, corpus, rankings) before anything is written.
-    sweep = _Sweep(lm, tom_scores, gen_scores, cfg, out, log=log, take_over=take_over)
+    sweep = _Sweep(lm, tom_scores, gen_scores, cfg, out, log=log, take_over=take_over,
+                   allow_mixed_scores=allow_mixed_scores, swapped=swapped)
     manifest["overlap"] = sweep.overlap
+    if sweep.swapped:   # absent without swapped stores: such a folder's manifest is unchanged
+        manifest["scores_swapped_sha"] = {name: swapped_identity(sweep.swapped[name],
+                                                                 (swapped_ids or {}).get(name))
+                                          for name in sorted(sweep.swapped)}
+        manifest["swapped_overlap"] = sweep.swapped_overlap
+    if sweep.score_methods is not None:
+        manifest["score_methods"] = sweep.score_methods
     manifest["integrity"] = INTEGRITY  # every point carries its sha256 record (SweepFolder)
     locks = sweep.locks
     fresh = _check_folder(out, manifest, locks, log)
@@ -266,7 +370,7 @@ def run_points(lm, tom_scores: dict, gen_scores: dict, cfg: SweepConfig, out: st
     if fresh:
         write_json(sweep.folder.manifest, manifest)
     sweep.prepare()
-    points = sweep_points(cfg)
+    points = sweep_points(cfg, sorted(sweep.swapped))
     bar = progress_bar(len(points), "sweep", "point", enabled=progress)
     records, held = {}, []
     try:

@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 
 from tomsparse.data.tasks.bank import builtin_taskset
-from tomsparse.data.tasks.roles import TOM, prompt_role
+from tomsparse.data.tasks.roles import CONTROL, FACT, TOM, prompt_role
 from tomsparse.data.tasks.model import (
     JSON_KEYS,
     PY_NAMES,
@@ -267,6 +267,11 @@ def _is_prompt_file(path: Path) -> bool:
 
 
 SCORE_PROMPTS = ("all", "false-belief")   # which rendered prompts the ToM scores draw from
+# The prompts that need no belief (issue 37: the ``tom-nobelief`` score set): the reality
+# probes (``roles.FACT``) and the true-belief controls (``roles.CONTROL``); not a
+# --score-prompts choice, the dataset's own selection.
+NO_BELIEF = "no-belief"
+NO_BELIEF_ROLES = (FACT, CONTROL)
 
 
 def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int = 0,
@@ -280,9 +285,11 @@ def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int
     replacement with ``random.Random(seed)`` (the reference samples 100 with seed 0).
     ``select`` "false-belief" keeps only the ToM prompts of rendered tasks (``roles.TOM``: the
     false-belief belief probes, the ironic remarks, ToMi's false-belief questions); the
-    reference draws from "all".
+    reference draws from "all". ``NO_BELIEF`` ("no-belief") keeps only the prompts that need
+    no belief (``NO_BELIEF_ROLES``: the reality probes, role ``fact``, and the true-belief
+    controls, role ``control``, irony's literal twins included), in the same order.
     """
-    if select not in SCORE_PROMPTS:
+    if select not in SCORE_PROMPTS + (NO_BELIEF,):
         raise UserError(f"--score-prompts {select!r}: choose from {', '.join(SCORE_PROMPTS)}")
     spec = (spec or "builtin").strip()
     path = Path(spec)
@@ -290,6 +297,10 @@ def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int
             and path.suffix.lower() in (".json", ".jsonl") and _is_prompt_file(path):
         if families:
             raise UserError(f"{path}: a gradient-prompt file has no families to select")
+        if select == NO_BELIEF:
+            raise UserError(f"{path}: a gradient-prompt file has no conditions or probes, so "
+                            "the prompts that need no belief (--dataset tom-nobelief) cannot "
+                            "be told apart in it; give a task file or builtin")
         if select != "all":
             raise UserError(f"{path}: a gradient-prompt file has no conditions, so "
                             f"--score-prompts {select} cannot select from it; give a task file "
@@ -309,6 +320,9 @@ def gradient_prompts(spec: str = "builtin", sample: int | None = None, seed: int
         if select == "false-belief":
             rendered = [p for p in rendered
                         if prompt_role(p.family, p.condition, p.probe, p.scenario) == TOM]
+        elif select == NO_BELIEF:
+            rendered = [p for p in rendered if prompt_role(p.family, p.condition, p.probe,
+                                                           p.scenario) in NO_BELIEF_ROLES]
         prompts = [GradientPrompt(txt=p.text, answer=p.expected) for p in rendered]
     if sample is not None:
         if sample <= 0:
