@@ -48,3 +48,11 @@ def write_run_folder(run: Path, model, m_list, random_seeds) -> Path:
         "model": "tiny", "options": {"m_list": list(m_list), "random_seeds": list(random_seeds),
                                      "perturbation": "zero", "scale": 0.0}}))
     return run
+
+
+def one_line_error(capsys, code, *needles):
+    """The command exited with 2 and wrote a one-line error holding every needle."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err

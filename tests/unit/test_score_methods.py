@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from test_scores import assert_scores_close, make_samples, one_thread  # noqa: F401
+from helpers import one_line_error
 
 from tomsparse.cli.main import main
 from tomsparse.data.score_samples import IGNORE, ScoreSample
@@ -227,13 +228,6 @@ def stand_in():
         yield
 
 
-def _one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_scores_command(stand_in, tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([
@@ -248,7 +242,7 @@ def test_scores_command(stand_in, tmp_path, capsys):
     assert manifest["score_method"] == "wanda" and manifest["nsamples"] == 4
     # a store of another score is not overwritten unasked
     code = main([*base, "--score", "snip", "--out", str(out)])
-    _one_line_error(capsys, code, "wanda scores, not snip", "--overwrite")
+    one_line_error(capsys, code, "wanda scores, not snip", "--overwrite")
     assert read_manifest(out)["score_method"] == "wanda"
     assert main([*base, "--score", "snip", "--overwrite", "--out", str(out)]) == 0
     capsys.readouterr()
@@ -258,7 +252,7 @@ def test_scores_command(stand_in, tmp_path, capsys):
     capsys.readouterr()
     assert read_manifest(tmp_path / "fisher")["score_method"] == "fisher"
     code = main([*base, "--score", "snip", "--reference-fp16", "--out", str(tmp_path / "x")])
-    _one_line_error(capsys, code, "--score snip cannot be combined with --reference-fp16")
+    one_line_error(capsys, code, "--score snip cannot be combined with --reference-fp16")
     assert not (tmp_path / "x").exists()
 
 
@@ -290,7 +284,7 @@ def test_sweep_refuses_mixed_scores_unless_asked(stand_in, tmp_path, capsys):
     paths, corpus = _stores(tmp_path, None, "wanda")  # an old (Fisher) store and a Wanda one
     out = tmp_path / "sweep"
     code = main(_sweep_args(paths, corpus, out))
-    _one_line_error(capsys, code, str(paths["tom"]), str(paths["generic"]), "fisher", "wanda",
+    one_line_error(capsys, code, str(paths["tom"]), str(paths["generic"]), "fisher", "wanda",
                     "--allow-mixed-scores")
     assert not out.exists()  # refused before anything was written
     # the library's sweep refuses it too (frontier and run go through it)

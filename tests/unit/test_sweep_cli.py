@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from helpers import one_line_error
 
 from tomsparse.cli.main import main
 from tomsparse.lm.adapter import describe, fingerprint
@@ -141,13 +142,6 @@ def test_reference_summary_by_hand(tmp_path):
     assert row["avg_percent_unexpected_transfer"] == (62.5 + 75.0) / 2
 
 
-def _one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-
-
 def _usage_error(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -160,12 +154,12 @@ def _usage_error(capsys, argv, message):
 def test_bad_input(stores, tmp_path, capsys):
     paths, corpus = stores
     out = tmp_path / "bad"
-    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0,1e-3",
+    one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0,1e-3",
                                              "--m_start", "0")), "not both")
-    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_start", "0",
+    one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_start", "0",
                                              "--m_end", "1e-3")), "go together")
-    _one_line_error(capsys, main(_sweep_args(paths, corpus, out)), "no m values")
-    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0,1.5")), "[0, 1]")
+    one_line_error(capsys, main(_sweep_args(paths, corpus, out)), "no m values")
+    one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0,1.5")), "[0, 1]")
     # list values are checked by argparse: its usage error, exit code 2, no traceback
     _usage_error(capsys, _sweep_args(paths, corpus, out, "--m_list", "0.01",
                                      "--controls", "random,banana"), "banana")
@@ -182,11 +176,11 @@ def test_bad_input(stores, tmp_path, capsys):
                 {"model": "other", "fingerprint": fingerprint(other)})
     args = _sweep_args(paths, corpus, out, "--m_list", "0.01")
     args[args.index(str(paths["tom"]))] = str(wrong)
-    _one_line_error(capsys, main(args), "fingerprint")
-    _one_line_error(capsys, main(["summarize", str(tmp_path / "nowhere")]), "no such folder")
+    one_line_error(capsys, main(args), "fingerprint")
+    one_line_error(capsys, main(["summarize", str(tmp_path / "nowhere")]), "no such folder")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(capsys, main(["summarize", str(empty)]), "results.csv")
+    one_line_error(capsys, main(["summarize", str(empty)]), "results.csv")
     assert not out.exists() or not list((out / "points").glob("*.json"))
 
 
@@ -196,7 +190,7 @@ def test_changed_options_refused_via_cli(stores, tmp_path, capsys):
     assert main(_sweep_args(paths, corpus, out, "--m_list", "0.01", "--controls", "none")) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
-    _one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0.01",
+    one_line_error(capsys, main(_sweep_args(paths, corpus, out, "--m_list", "0.01",
                                              "--controls", "none", "--perturbation", "zero")),
                     "perturbation", "new --out")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -448,7 +448,8 @@ def _contrasts(engine: Engine, units: dict, matched, random_mode: str,
         # reference's kind" (its own draw's variance estimated by the reference's spread, or,
         # against one deterministic control, by the random masks' at the target's m)
         single = exchangeable and t["n_seeds"] == 1
-        spare = next((r for k, r in randoms.items() if np.isclose(k, t["m"])), None)
+        spare = (next((r for k, r in randoms.items() if np.isclose(k, t["m"])), None)
+                 if single else None)
         rppls = [units[r]["perplexity"] for r in refs]
         rppl = float(np.mean(rppls))
         # each seed's own perplexity: a size searched on one seed and reused for the others
@@ -463,8 +464,7 @@ def _contrasts(engine: Engine, units: dict, matched, random_mode: str,
                           "mask_se": math.nan, "rank_p": math.nan}
                 if tv.size:
                     borrowed = None
-                    if (single and rv.shape[0] < 2 and spare is not None
-                            and spare["n_seeds"] >= 2):
+                    if rv.shape[0] < 2 and spare is not None and spare["n_seeds"] >= 2:
                         sv = spare["values"][name][metric]
                         borrowed = mask_spread(np.where(np.isfinite(tv), sv, np.nan),
                                                np.arange(tv.size))
@@ -571,15 +571,13 @@ def _dose_table(engine: Engine, units: dict, target_mode: str, random_mode: str,
                             var, df = mask_spread(np.where(np.isfinite(t), rv, np.nan),
                                                   np.arange(t.size))
                             spreads[float(u["m"])] = (var, r["n_seeds"], df)
-                        spreads = {"spreads": spreads, "exchangeable": exchangeable}
                         mats = [t - _seed_mean(r["values"][name][metric])
                                 for t, r in zip(mats, refs)]
                 if mats and mats[0].size:
                     n = mats[0].size
                     iv = dose_response(np.concatenate(mats), np.tile(np.arange(n), len(mats)),
                                        np.repeat([u["m"] for u in pts], n), engine.level,
-                                       mask_spreads=spreads["spreads"] if spreads else None,
-                                       exchangeable=bool(spreads and spreads["exchangeable"]))
+                                       mask_spreads=spreads, exchangeable=exchangeable)
                 else:
                     iv = interval_over_units(np.zeros(0), engine.level, what="clusters")
                 rows.append({"mode": target_mode, "reference": reference, "family": name,
