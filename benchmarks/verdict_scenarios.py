@@ -189,6 +189,25 @@ def scenarios(skewed_masks=(5, 10, 20)) -> list[Scenario]:
                       "masks (each catastrophic, -2 nats, with p = 0.1; the target at their "
                       "mean, -0.2)", mask_model="catastrophic", n_random=n)
             for n in skewed_masks]
+    # the same skewed masks under the other question, "is the target unlike one more random
+    # mask?": the target at their mean (a fixed mask), and the target one more draw (so now
+    # and then catastrophic itself); docs/statistics.md explains why no rule holds the fixed
+    # question's rate with 10 masks
+    out += [
+        no_effect("skewed_masks_10_exchangeable_judged", "no effect, skewed mask effects, "
+                  "10 random masks, the target at their mean, judged with --target-null "
+                  "exchangeable", mask_model="catastrophic", n_random=10,
+                  rules={"target_null": "exchangeable"}),
+        no_effect("skewed_masks_10_drawn_exchangeable_judged", "no effect, skewed mask "
+                  "effects, 10 random masks, the target one more draw (catastrophic with "
+                  "p = 0.1), judged with --target-null exchangeable",
+                  mask_model="catastrophic", n_random=10, target_draws=True,
+                  rules={"target_null": "exchangeable"}),
+        # the design that can afford it (a GPU's): 39 random masks at each m
+        no_effect("skewed_masks_39_each_m", "no effect, skewed mask effects, 39 random masks "
+                  "at each m (the target at their mean)", mask_model="catastrophic",
+                  n_random=39, n_random_secondary=39),
+    ]
     out += [
         Scenario("shrink_tom_above", "proportional shrink 30% (target and matched controls), "
                  "false-belief baselines 4 above the controls' 2; ppl ratio 1.3",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tomsparse.data.corpora import DEFAULT_EVAL, DEFAULT_GENERIC
-from tomsparse.data.score_samples import ScoreDataConfig
+from tomsparse.data.score_samples import SWAPPED_SETS, ScoreDataConfig
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
 from tomsparse.evaluate.tom import ANSWER_RULES, SCORINGS
@@ -241,8 +241,10 @@ ADDED_SWEEP_OPTIONS = {"ppl_protocol": "tomsparse", "answer_rule": "tomsparse",
 # outcome when the difference mask is one more random mask and judged as a fixed one
 EXCHANGEABLE_UNDER_FIXED = "12.5%"
 # the same for skewed mask effects (scenario skewed_masks_10: each random mask catastrophic
-# with probability 0.1, the default design's 9 + 3 random masks)
+# with probability 0.1; 10 random masks at the primary m and 3 at the smaller, the default's
+# size), and with 39 random masks at each m (skewed_masks_39_each_m)
 SKEWED_MASKS_RATE = "40.0%"
+SKEWED_MASKS_39_RATE = "3.3%"
 
 
 @dataclass(frozen=True)
@@ -352,10 +354,10 @@ class VerdictRules:
                 f"least 2 of a kind. The comparison with random masks assumes their effects are "
                 f"not heavy-tailed: it estimates the masks' mean from the masks drawn, so a rare "
                 f"catastrophic mask that none of them happens to be is not in it (measured: with "
-                f"9 masks (3 at the smaller m), each catastrophic with probability 0.1, "
-                f"{SKEWED_MASKS_RATE} of runs have a false outcome; docs/statistics.md), and the "
-                f"rank p-value "
-                f"printed beside it makes no such assumption but needs 39 masks to reach 5%. "
+                f"10 masks (3 at the smaller m), each catastrophic with probability 0.1, "
+                f"{SKEWED_MASKS_RATE} of runs have a false outcome; with 39 masks at each m, "
+                f"--random-seeds 0-38 --secondary-seeds 39, {SKEWED_MASKS_39_RATE}; "
+                f"docs/statistics.md). "
                 f"{self._target_null_text()} "
                 f"Claim (c) compares changes relative to each role's baseline "
                 f"margin, so the same proportional damage to every prompt cannot fake or "
@@ -396,6 +398,11 @@ class RunConfig:
     take_over: bool = False  # the sweep folder's locks held by other processes (sweep.locks)
     rules: VerdictRules | None = None  # the verdicts' decision rules (None: defaults)
     score_replicates: int = 1  # independent score sets (judge.replicates); 1 = none
+    # task-swapped score sets swept as controls (tom-nobelief, format-control; claim f)
+    swapped: tuple = ()
+    # attribution scores compared with the run's own (judge.methods); the run's own among
+    # them is skipped
+    methods: tuple = ()
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -414,6 +421,23 @@ class RunConfig:
         if self.score_replicates < 1:
             raise UserError(f"--score-replicates must be at least 1, got "
                             f"{self.score_replicates}")
+        _set(self, "swapped", tuple(dict.fromkeys(self.swapped)))
+        for name in self.swapped:
+            if name not in SWAPPED_SETS:
+                raise UserError(f"--swapped-controls {name}: unknown task-swapped set; use "
+                                f"{' or '.join(SWAPPED_SETS)} (or none)")
+        _set(self, "methods", tuple(dict.fromkeys(self.methods)))
+        for method in self.methods:
+            check_score(method, False)
+        if self.methods and self.score_reference_fp16:
+            raise UserError("--methods compares attribution scores computed as tomsparse "
+                            "computes them; --reference-fp16 applies to Fisher only: leave "
+                            "one of them out")
+
+    @property
+    def other_methods(self) -> tuple:
+        """The attribution scores compared with the run's own (``--methods`` less ``score``)."""
+        return tuple(m for m in self.methods if m != self.score)
 
     @classmethod
     def from_options(cls, options: dict) -> "RunConfig":
@@ -439,6 +463,8 @@ class RunConfig:
             export_m=o.get("export_model"),
             take_over=bool(o.get("take_over", False)), rules=VerdictRules.from_options(o),
             score_replicates=o["score_replicates"],
+            swapped=tuple(o.get("swapped_controls") or ()),
+            methods=tuple(o.get("methods") or ()),
             analysis_prompts=o["analysis_prompts"] if o.get("analysis", True) else 0,
             options=dict(o.get("recorded", {})))
 
@@ -477,7 +503,8 @@ SWEEP_DEFAULTS = dict(scoring="likelihood", reps=1, random_seeds=list(DEFAULT_RA
 FRONTIER_DEFAULTS = dict(clusters=20, ppl_max_tokens=32768, ppl_seqlen=1024)
 
 # The options of `tomsparse run` that every preset sets (the score samples, the analyses)
-_RUN_BASE = dict(seqlen=128, score_replicates=1, analysis_prompts=16)
+_RUN_BASE = dict(seqlen=128, score_replicates=1, analysis_prompts=16, score_prompts="all",
+                 swapped_controls=[], methods=[])
 
 # The random masks of the default run and of paper-7b: 9 at the primary m, where claim (a)
 # is decided, and the first 3 at the smaller m (claims a and e there carry the masks' draw
@@ -535,8 +562,18 @@ PAPER_7B = dict(_RUN_BASE, nsamples_tom=100, nsamples_generic=100,
                 match_seeds=3, ppl_max_tokens=32768, ppl_seqlen=2048,
                 match_search_tokens=8192, score_replicates=2)
 
+# The default design with every check of issue 37 (`tomsparse run --preset methods`): the ToM
+# scores on the false-belief prompts only (so that the task-swapped set, the same stories'
+# prompts that need no belief, is their contrast; the default's all-prompt set is mostly
+# no-belief prompts), both task-swapped controls swept at every m (claim f), and the SNIP
+# and Wanda difference masks beside Fisher's, evaluated at the primary m and compared (mask
+# agreement). One score draw: the methods are the check on the mask here.
+METHODS_PRESET = dict(DEFAULTS, score_prompts="false-belief",
+                      swapped_controls=list(SWAPPED_SETS), methods=list(SCORES),
+                      score_replicates=1)
+
 PRESETS = {"default": DEFAULTS, "quick": QUICK, "reference-protocol": REFERENCE,
-           "paper-7b": PAPER_7B}
+           "paper-7b": PAPER_7B, "methods": METHODS_PRESET}
 
 
 def preset_options(preset: str) -> dict:

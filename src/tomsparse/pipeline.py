@@ -36,6 +36,7 @@ from tomsparse.scores.store import (StoredScores, existing_store, load_scores, o
 from tomsparse.sweep.folder import RunFolder, SweepFolder
 from tomsparse.sweep.runner import is_random_point, run_points, sweep_points
 from tomsparse.judge.agreement import agreement_lines, difference_agreement
+from tomsparse.judge.methods import method_agreement, method_section, method_verdicts
 from tomsparse.judge.replicates import mask_overlap, replicate_section, replicate_verdicts
 from tomsparse.judge.summary import collect, print_summary
 from tomsparse.judge.recovery import planted_recovery, recovery_lines
@@ -92,10 +93,13 @@ def run_work(cfg: RunConfig) -> RunWork:
     """What ``run_main_job(cfg)`` will compute and about how long the default model takes
     for it on 2 CPU cores; reads only the task bank."""
     sweep = cfg.sweep
-    samples = (cfg.tom_data.nsamples + cfg.generic_data.nsamples) * cfg.score_replicates
+    samples = ((cfg.tom_data.nsamples + cfg.generic_data.nsamples)
+               * (cfg.score_replicates + len(cfg.other_methods))
+               + cfg.tom_data.nsamples * len(cfg.swapped))
     prompts = _prompt_count(sweep)
     ppl = sweep.ppl_max_tokens or _WHOLE_CORPUS_TOKENS
-    points = len(sweep_points(sweep)) + (cfg.score_replicates - 1) * 2
+    points = (len(sweep_points(sweep, cfg.swapped)) + (cfg.score_replicates - 1) * 2
+              + len(cfg.other_methods))
     targets = [m for m in sweep.m_values if m > 0 and "difference" in sweep.modes
                and (sweep.match_m is None or any(abs(m - x) <= 1e-12 * max(x, 1e-30)
                                                  for x in sweep.match_m))]
@@ -103,7 +107,8 @@ def run_work(cfg: RunConfig) -> RunWork:
                                    for c in sweep.matched_controls)
     searched = len(targets) * len(sweep.matched_controls) * sweep.match_steps
     # random-mask points pay for their --random-ppl-tokens only
-    random_points = sum(1 for mode, _, _ in sweep_points(sweep) if is_random_point(mode))
+    random_points = sum(1 for mode, _, _ in sweep_points(sweep, cfg.swapped)
+                        if is_random_point(mode))
     random_ppl = min(ppl, sweep.random_ppl_tokens or ppl)
     units = ((points + evaluated) * (prompts * 60 + ppl)
              - random_points * (ppl - random_ppl)
@@ -185,29 +190,76 @@ def record_agreement(lm, tom, gen, swapped, cfg: SweepConfig, out: str | Path,
         log(f"  {line}")
 
 
-def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log, replicate: int = 1
-            ) -> tuple[Path, str]:
+def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log, replicate: int = 1,
+            score: str | None = None) -> tuple[Path, str]:
     """Compute (or reuse, when an earlier run used the same samples and score) one score set:
     its store and its identity (the samples' hash, with the score unless Fisher). Score
-    replicate r draws its samples with seed + r - 1."""
-    folder = RunFolder(cfg.out).scores(data.dataset, replicate)
+    replicate r draws its samples with seed + r - 1; ``score`` another attribution score than
+    the run's (``--methods``: its own store, ``RunFolder.method_scores``)."""
+    score = score or cfg.score
+    run = RunFolder(cfg.out)
+    folder = (run.scores(data.dataset, replicate) if score == cfg.score
+              else run.method_scores(data.dataset, score))
     data = replace(data, seed=data.seed + replicate - 1)
     samples = build_dataset(data, lm.tokenizer, lm.model)
     wanted = samples.info["samples_sha256"]
-    identity = with_score_method(wanted, cfg.score)
+    identity = with_score_method(wanted, score)
     old = existing_store(folder)
     if old is not None:
         if (old.get("samples_sha256") == wanted and old.get("fingerprint") == lm.fingerprint
                 and bool(old.get("reference_fp16")) == cfg.score_reference_fp16
-                and score_method(old) == cfg.score):
+                and score_method(old) == score):
             log(f"[tomsparse] reusing {data.dataset} scores in {folder}")
             return folder, identity
     log(f"[tomsparse] {data.dataset} scores: {len(samples)} samples"
-        + (f" ({cfg.score})" if cfg.score != "fisher" else ""))
+        + (f" ({score})" if score != "fisher" else ""))
     compute_score_set(lm, samples, out=folder, batch_size=cfg.score_batch_size,
                       method=cfg.score_method, reference_fp16=cfg.score_reference_fp16,
-                      score=cfg.score)
+                      score=score)
     return folder, identity  # the store's identity (scores.store.scores_identity)
+
+
+def _methods(lm, cfg: RunConfig, first: tuple[Path, Path], stores: dict[str, tuple],
+             log) -> list[tuple[str, str]]:
+    """The other attribution scores (``--methods``): the agreement of every method's
+    difference mask (``method_agreement.csv``), each other method's difference mask evaluated
+    at the primary m (its own small sweep folder) and claims (a)-(c) judged again with it
+    (``method_verdicts.csv``); the report section of both (``judge.methods``)."""
+    run, sweep = RunFolder(cfg.out), cfg.sweep
+    positive = [m for m in sweep.m_values if m > 0]
+    if not positive or not stores:
+        return []
+    sets = {cfg.score: tuple(stream_scores(lm, s) for s in first)}
+    sets.update({x: tuple(stream_scores(lm, s) for s in pair) for x, pair in stores.items()})
+    agreement = method_agreement(lm.description.matrices, sets, positive)
+    write_csv(run.method_agreement, agreement)
+    for line in agreement_lines(agreement):
+        log(f"[tomsparse] {line}")
+    primary = max(positive)
+    folders = _difference_points(lm, cfg, primary, {
+        method: (pair, run.method_sweep(method).root, method) for method, pair in stores.items()},
+        log)
+    table = method_verdicts(run.sweep.root, folders, primary, cfg.score)
+    write_csv(run.method_verdicts, table)
+    body = method_section(agreement, table)
+    return [("Attribution methods: do Fisher, SNIP and Wanda find the same weights, and the "
+             "same verdict?", body)] if body else []
+
+
+def _difference_points(lm, cfg: RunConfig, primary: float, sets: dict, log) -> dict:
+    """Another score set's difference mask evaluated at the primary m, each into its own
+    small sweep folder (``sets``: {key: ((ToM store, generic store), folder, name)}): the
+    points score replicates and other attribution scores are judged by. Returns {key:
+    folder}."""
+    rcfg = replace(cfg.sweep, m_values=[primary], modes=["difference"], matched_controls=[],
+                   match_m=None)
+    folders = {}
+    for key, ((tom, gen), folder, name) in sets.items():
+        log(f"[tomsparse] {name}: its difference mask at m = {primary:g}")
+        run_sweep(lm, stream_scores(lm, tom), stream_scores(lm, gen), rcfg, folder,
+                  progress=False, log=log, take_over=cfg.take_over)
+        folders[key] = folder
+    return folders
 
 
 def _replicates(lm, cfg: RunConfig, first: tuple[Path, Path], replicas: dict[int, tuple],
@@ -225,14 +277,9 @@ def _replicates(lm, cfg: RunConfig, first: tuple[Path, Path], replicas: dict[int
                            positive)
     write_csv(run.mask_overlap, overlap)
     primary = max(positive)
-    folders = {}
-    for r, (tom, gen) in replicas.items():
-        rcfg = replace(sweep, m_values=[primary], modes=["difference"], matched_controls=[],
-                       match_m=None)
-        folders[r] = run.replicate_sweep(r).root
-        log(f"[tomsparse] score replicate {r}: its difference mask at m = {primary:g}")
-        run_sweep(lm, stream_scores(lm, tom), stream_scores(lm, gen), rcfg, folders[r],
-                  progress=False, log=log, take_over=cfg.take_over)
+    folders = _difference_points(lm, cfg, primary, {
+        r: (pair, run.replicate_sweep(r).root, f"score replicate {r}")
+        for r, pair in replicas.items()}, log)
     table = replicate_verdicts(run.sweep.root, folders, primary)
     write_csv(run.replicate_verdicts, table)
     shown = overlap[(overlap["role"] == "all") & (overlap["m"] == primary)]
@@ -329,6 +376,18 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
             for r in range(2, cfg.score_replicates + 1):
                 replicas[r] = (_scores(lm, cfg, cfg.tom_data, log, r)[0],
                                _scores(lm, cfg, cfg.generic_data, log, r)[0])
+    swapped = {}
+    if cfg.swapped:
+        with stages("task-swapped scores"):
+            for name in cfg.swapped:
+                swapped[name] = _scores(lm, cfg, replace(cfg.tom_data, dataset=name,
+                                                         select="all"), log)
+    methods = {}
+    if cfg.other_methods:
+        with stages("other attribution scores"):
+            for method in cfg.other_methods:
+                methods[method] = tuple(_scores(lm, cfg, data, log, score=method)[0]
+                                        for data in (cfg.tom_data, cfg.generic_data))
     stages.start("sweep (points, matched searches, tables)")
 
     def finish(_summary: pd.DataFrame) -> tuple[dict, list[tuple[str, str]]]:
@@ -338,13 +397,20 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
         if replicas:
             with stages("score replicates: overlap and verdicts"):
                 extra = _replicates(lm, cfg, (tom_store, gen_store), replicas, log)
+        if methods:
+            with stages("other attribution scores: agreement and verdicts"):
+                extra += _methods(lm, cfg, (tom_store, gen_store), methods, log)
         if cfg.analysis_prompts and any(m > 0 for m in cfg.sweep.m_values):
             with stages("analyses"):
                 _analysis(lm, cfg)
         manifest = build_manifest("run", **model_identity(lm),
                                   options=cfg.options, score_method=cfg.score,
                                   scores_tom_sha=tom_sha,
-                                  scores_generic_sha=gen_sha, seconds=round(time.time() - t0, 1),
+                                  scores_generic_sha=gen_sha,
+                                  **({"scores_swapped_sha": {k: v[1] for k, v in
+                                                             swapped.items()}}
+                                     if swapped else {}),
+                                  seconds=round(time.time() - t0, 1),
                                   stage_seconds=stages.seconds)
         write_json(run.manifest, manifest)
         return manifest, extra + run.read_report_sections()  # with the analyses, if run
@@ -353,7 +419,11 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
         lm, stream_scores(lm, tom_store), stream_scores(lm, gen_store), cfg.sweep,
         run.sweep.root, finish=finish, scores_ids=(tom_sha, gen_sha), export_m=cfg.export_m,
         take_over=cfg.take_over, rules=cfg.rules,
-        scores_info={"tom": str(tom_store), "generic": str(gen_store)})
+        scores_info={"tom": str(tom_store), "generic": str(gen_store),
+                     **({"swapped": {k: str(v[0]) for k, v in swapped.items()}}
+                        if swapped else {})},
+        swapped={k: stream_scores(lm, v[0]) for k, v in swapped.items()} or None,
+        swapped_ids={k: v[1] for k, v in swapped.items()} or None)
     log("")
     print_summary(summary, log=log)
     log("\ntime per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.seconds.items()))

@@ -56,3 +56,23 @@ def one_line_error(capsys, code, *needles):
     assert code == 2 and len(err.splitlines()) == 1, err
     for needle in needles:
         assert needle in err, err
+
+
+def tiny_run(tmp_path, *extra):
+    """``tomsparse run`` on the registered tiny model at the smallest size a run has (3 + 3
+    score samples, 2 tasks a family, m = 0, 0.02, 0.05, 2 random masks, no matched controls,
+    no analyses) into ``tmp_path / "run"``, with ``extra`` options; returns the folder."""
+    from tomsparse.cli.main import main
+    from tomsparse.testing import registered_model
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"plain generic text, paragraph number {i}." for i in range(60)))
+    out = tmp_path / "run"
+    argv = ["run", "--model", "tiny", "--device", "cpu", "--out", str(out), "--nsamples-tom", "3",
+            "--nsamples-generic", "3", "--seqlen", "32", "--generic-corpus", str(corpus),
+            "--corpus", str(corpus), "--m_list", "0,0.02,0.05", "--random-seeds", "0,1",
+            "--task-limit", "2", "--ppl-max-tokens", "256", "--no-analysis",
+            "--matched-controls", "none", *extra]
+    with registered_model("tiny"):
+        assert main(argv) == 0
+    return out

@@ -236,3 +236,22 @@ def test_the_plant_gate_counts_the_clusters_the_judge_counts():
             assert (gate.k, gate.n) == (judge.loc[family, "gate_passed"],
                                         judge.loc[family, "gate_clusters"]), family
         assert any(0 < g.k < g.n for g in gates.values())   # a mix of passed and failed
+
+
+def test_the_rates_the_report_quotes_are_the_measured_ones():
+    """The error rates ``VerdictRules.describe`` prints (config constants) are those the
+    calibration measured, as docs/statistics.md gives them, and the report's rule text says
+    each of them."""
+    from tomsparse import config
+    from tomsparse.config import VerdictRules
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "statistics.md").read_text()
+    text = VerdictRules().describe()
+    rates = {"no_effect_exchangeable": config.EXCHANGEABLE_UNDER_FIXED,
+             "skewed_masks_10": config.SKEWED_MASKS_RATE,
+             "skewed_masks_39_each_m": config.SKEWED_MASKS_39_RATE}
+    for scenario, rate in rates.items():
+        value = rate.rstrip("%")
+        rows = [line for line in docs.splitlines() if line.startswith(f"| {scenario} |")]
+        prose = f"{value}% of runs false" in docs or f"{rate} of runs" in docs
+        assert any(f"| {value} |" in row for row in rows) or prose, (scenario, rate)
+        assert rate in text

@@ -12,10 +12,12 @@ from tomsparse.cli.main import main
 from tomsparse.report.compare import compare_table, read_runs, side_by_side_tables
 
 
-def make_run(folder, model, fingerprint, **sweep_options):
+def make_run(folder, model, fingerprint, score_method=None, **sweep_options):
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps(
-        {"kind": "run", "model": model, "model_fingerprint": fingerprint}))
+    manifest = {"kind": "run", "model": model, "model_fingerprint": fingerprint}
+    if score_method is not None:
+        manifest["score_method"] = score_method
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     make_sweep(folder / "sweep", **sweep_options)
     return folder
 
@@ -94,6 +96,19 @@ def test_same_model_twice_gets_two_columns(tmp_path):
     b = make_run(tmp_path / "y" / "run2", "tiny", "fp")
     names = [r.name for r in read_runs([a, b])]
     assert names == ["tiny (run1)", "tiny (run2)"]
+
+
+def test_runs_of_one_model_with_other_scores_are_named_by_the_score(tmp_path):
+    """compare across attribution methods: runs of one model with --score fisher, snip and
+    wanda get a column each, named by the score (Fisher, the default, by the model alone);
+    two runs of one score still get their folder's name."""
+    runs = [make_run(tmp_path / name, "tiny", "fp", score_method=method)
+            for name, method in (("f", "fisher"), ("s", "snip"), ("w", "wanda"),
+                                 ("w2", "wanda"))]
+    names = [r.name for r in read_runs(runs)]
+    assert names == ["tiny", "tiny [snip]", "tiny [wanda] (w)", "tiny [wanda] (w2)"]
+    assert set(compare_table(read_runs(runs[:3]))["run"]) == {"tiny", "tiny [snip]",
+                                                              "tiny [wanda]"}
 
 
 def test_missing_tables_are_one_line_errors_with_exit_code_2(tmp_path, capsys):

@@ -25,10 +25,10 @@ def test_plant_into_the_default_model(tmp_path, capsys):
     assert folder.record.is_file() and folder.indices.is_file()
     assert any(p.suffix == ".safetensors" and p != folder.indices for p in out.iterdir())
     record = json.loads(folder.record.read_text())
-    assert record["density"] == 1e-4 and record["options"]["max_steps"] == 2
+    assert record["density"] == 1e-3 and record["options"]["max_steps"] == 2
     assert record["training"]["steps"] == 2 and len(record["training"]["curve"]) == 1
     assert record["checks"]["restore"]["ok"] and record["checks"]["restore"]["eval_scores_equal"]
-    assert set(record["eval_gate_before"]) == {"unexpected", "transfer"}
+    assert set(record["eval_gate_before"]) == {"transfer"}
     assert record["planted_by_role"]["q"]["planted"] > 0 and "lm_head" not in json.dumps(
         record["planted_by_role"])
     base = load_model(DEFAULT_MODEL, device="cpu")
@@ -37,7 +37,7 @@ def test_plant_into_the_default_model(tmp_path, capsys):
     assert planted.fingerprint != base.fingerprint
     info = read_planted(planted.source, planted.description.matrices)
     assert info.total == record["planted_total"] == sum(
-        max(1, round(1e-4 * m.numel)) for m in base.description.matrices)
+        max(1, round(1e-3 * m.numel)) for m in base.description.matrices)
     base_params = dict(base.model.named_parameters())
     by_param = {m.param_name: m for m in planted.description.matrices}
     changed = 0

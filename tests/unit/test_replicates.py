@@ -7,12 +7,12 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
-from tomsparse.cli.main import main
 from tomsparse.masks import build_rankings, masks_for
 from tomsparse.judge.replicates import mask_overlap
-from tomsparse.testing import random_scores, registered_model, tiny_loaded_model
+from tomsparse.testing import random_scores, tiny_loaded_model
+
+from helpers import tiny_run
 
 
 def test_mask_overlap_is_the_jaccard_of_the_masks():
@@ -36,16 +36,7 @@ def test_mask_overlap_is_the_jaccard_of_the_masks():
 
 
 def test_a_run_with_two_score_replicates(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"plain generic text, paragraph number {i}." for i in range(60)))
-    out = tmp_path / "run"
-    argv = ["run", "--model", "tiny", "--device", "cpu", "--out", str(out), "--nsamples-tom", "3",
-            "--nsamples-generic", "3", "--seqlen", "32", "--generic-corpus", str(corpus),
-            "--corpus", str(corpus), "--m_list", "0,0.02,0.05", "--random-seeds", "0,1",
-            "--task-limit", "2", "--ppl-max-tokens", "256", "--no-analysis",
-            "--matched-controls", "none", "--score-replicates", "2"]
-    with registered_model("tiny"):
-        assert main(argv) == 0
+    out = tiny_run(tmp_path, "--score-replicates", "2")
     for kind in ("tom", "generic"):        # replicate 2 drew its samples with seed + 1
         one = json.loads((out / f"scores_{kind}" / "manifest.json").read_text())
         two = json.loads((out / f"scores_{kind}_r2" / "manifest.json").read_text())

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from tomsparse.config import (M_OPTIONS, MATCHABLE, SweepConfig, VerdictRules, m_values_from,
                               resolve)
 from tomsparse.data.corpora import DEFAULT_EVAL
+from tomsparse.data.score_samples import SWAPPED_SETS
 from tomsparse.data.tasks.loaders import SCORE_PROMPTS, load_tasks
 from tomsparse.errors import UserError
 from tomsparse.evaluate.perplexity import PROTOCOLS as PPL_PROTOCOLS
@@ -143,11 +144,24 @@ def parse_m_list(text: str) -> list[float]:
 
 
 def seed_list(text: str) -> list[int]:
-    """``--random-seeds 0,1,2`` -> [0, 1, 2]."""
+    """``--random-seeds 0,1,2`` -> [0, 1, 2]; a range ``0-38`` is every seed from 0 to 38
+    (the 39 masks a rank comparison needs: docs/statistics.md)."""
+    values = []
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        for part in (x.strip() for x in text.split(",")):
+            if not part:
+                continue
+            first, dash, last = part.partition("-")
+            if dash and first.strip() and last.strip():
+                lo, hi = int(first), int(last)
+                if hi < lo:
+                    raise ValueError
+                values += range(lo, hi + 1)
+            else:
+                values.append(int(part))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 0,1") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers or ranges "
+                                         f"low-high, e.g. 0,1 or 0-38") from None
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers >= 0, e.g. 0,1")
     repeated = sorted({v for v in values if values.count(v) > 1})
@@ -216,7 +230,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "decided, gets them all; default: all at every m)")
     p.add_argument("--random-seeds", dest="random_seeds",
                    type=seed_list, default=None,
-                   help="seeds of the random control (default: "
+                   help="seeds of the random control, comma-separated, a range such as 0-38 "
+                        "among them (default: "
                         f"{','.join(map(str, DEFAULT_RANDOM_SEEDS))})")
     p.add_argument("--matched-controls", dest="matched_controls", type=parse_matched,
                    default=None,
@@ -284,11 +299,11 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     add_verdict_args(p)
 
 
-def add_score_prompts_arg(p: argparse.ArgumentParser) -> None:
+def add_score_prompts_arg(p: argparse.ArgumentParser, default: str | None = "all") -> None:
     """``--score-prompts``: which rendered ToM prompts the ToM scores draw from (``run`` and
-    ``scores``)."""
+    ``scores``; ``run`` leaves it to its preset)."""
     p.add_argument("--score-prompts", dest="score_prompts", choices=list(SCORE_PROMPTS),
-                   default="all",
+                   default=default,
                    help="ToM scores: draw the samples from all rendered prompts (default; the "
                         "reference's) or only the false-belief ones (the belief probes under "
                         "false belief, the ironic remarks, ToMi's false-belief questions)")
@@ -302,6 +317,36 @@ def add_score_arg(p: argparse.ArgumentParser) -> None:
                         "|w * per-sample gradient|; wanda: |w| times the L2 norm of the "
                         "weight's input feature over the samples' tokens (forward passes "
                         "only); recorded in the store's manifest (score_method)")
+
+
+def name_list(choices):
+    """An argparse type: a comma-separated list of names from ``choices`` (``none``: the empty
+    list), each once, in the order given."""
+    def parse(text: str) -> list[str]:
+        names = [x.strip() for x in text.split(",") if x.strip()]
+        if names == ["none"]:
+            return []
+        unknown = [x for x in names if x not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give comma-separated names from {', '.join(choices)} (or none)")
+        return list(dict.fromkeys(names))
+    return parse
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """``--swapped-controls`` and ``--methods`` of ``run`` (issue 37; their preset: methods)."""
+    p.add_argument("--swapped-controls", dest="swapped_controls", default=None,
+                   type=name_list(SWAPPED_SETS), metavar="NAMES",
+                   help="task-swapped score sets to compute and sweep as controls at every m "
+                        f"({', '.join(SWAPPED_SETS)}; judged by claim (f); default none, "
+                        "--preset methods: both; docs/swapped.md)")
+    p.add_argument("--methods", dest="methods", default=None,
+                   type=name_list(SCORES), metavar="SCORES",
+                   help="attribution scores to compare with the run's --score: each one's "
+                        "difference mask is evaluated at the primary m and judged with the "
+                        "run's controls, and the masks' agreement tabled "
+                        f"({', '.join(SCORES)}; default none, --preset methods: all)")
 
 
 def add_verdict_args(p: argparse.ArgumentParser) -> None:

@@ -89,8 +89,9 @@ def add_parser(sub) -> None:
                    help="hinge margin in nats of the expected answer's token over the "
                         f"alternative's (default {PlantConfig.margin:g})")
     p.add_argument("--families", type=parse_families, default=DEFAULT_FAMILIES,
-                   help="task families to plant (default: unexpected,transfer, the bank's "
-                        "false-belief families)")
+                   help="task families to plant (default: transfer, the false-belief family "
+                        "the default model learns within the step cap; unexpected,transfer "
+                        "for both)")
     p.add_argument("--eval-clusters", dest="eval_clusters", type=positive_int,
                    default=PlantConfig.eval_clusters,
                    help="clusters per family of the eval split the gate is computed on "

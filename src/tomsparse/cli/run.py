@@ -9,6 +9,7 @@ import json
 from tomsparse.cli.options import (
     add_score_arg,
     add_score_prompts_arg,
+    add_method_args,
     add_batch_size,
     add_model_args,
     add_sweep_args,
@@ -88,7 +89,10 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="the options left unset come from this preset: default (make run), "
                         "quick (= --quick), reference-protocol (= --reference-protocol) or "
-                        "paper-7b (the default design sized for a 7B model on one GPU; README)")
+                        "paper-7b (the default design sized for a 7B model on one GPU; README) "
+                        "or methods (the default design with the task-swapped controls and the "
+                        "three attribution scores, ToM scores on false-belief prompts; "
+                        "docs/swapped.md)")
     p.add_argument("--no-analysis", dest="analysis", action="store_false",
                    help="skip the mechanistic analyses at the end (see `tomsparse analyze`)")
     p.add_argument("--analysis-prompts", dest="analysis_prompts", type=nonneg_int, default=None,
@@ -108,8 +112,9 @@ def add_parser(sub) -> None:
                         "(such as --preset paper-7b without CUDA): refused otherwise, with "
                         "what it would compute and cost")
     p.add_argument("--seed", type=seed_int, default=0)
-    add_score_prompts_arg(p)
+    add_score_prompts_arg(p, default=None)
     add_score_arg(p)
+    add_method_args(p)
     p.add_argument("--score-replicates", dest="score_replicates", type=positive_int,
                    default=None,
                    help="independent score sets (replicate r draws its samples with seed + r - "

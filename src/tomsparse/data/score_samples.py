@@ -360,6 +360,8 @@ def _finish(samples: list[ScoreSample], info: dict, seed: int) -> ScoreDataset:
 
 
 DATASETS = ("tom", "generic", "tom-nobelief", "format-control")
+# The task-swapped sets: prompts with answers that need no belief (issue 37; docs/swapped.md)
+SWAPPED_SETS = ("tom-nobelief", "format-control")
 # The datasets of prompts with answers, all built by ``build_tom_samples`` (``seqlen`` keeps
 # each prompt's last tokens, 0 whole prompts); the last two are the task-swapped sets.
 PROMPT_DATASETS = ("tom", "tom-nobelief", "format-control")
@@ -395,7 +397,7 @@ class ScoreDataConfig:
         if self.dataset not in DATASETS:
             raise UserError(f"unknown --dataset {self.dataset!r}; use one of "
                             f"{', '.join(DATASETS)}")
-        if self.dataset in ("tom-nobelief", "format-control") and self.select != "all":
+        if self.dataset in SWAPPED_SETS and self.select != "all":
             raise UserError(f"--score-prompts {self.select} does not apply to --dataset "
                             f"{self.dataset}, which draws its own prompts (none needs a "
                             "belief); leave it out")

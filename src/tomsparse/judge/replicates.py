@@ -87,33 +87,45 @@ def replicate_verdicts(main: str | Path, replicates: dict[int, str | Path], m: f
     under each replicate's difference point (``replicates``: {r: its sweep folder}), with
     ``stable`` True on a row when every replicate gives that claim and scope the same outcome.
     Judged by the main folder's verdict rules."""
+    return verdicts_with_other_masks(main, replicates, m, first=1, key="replicate")
+
+
+def verdicts_with_other_masks(main: str | Path, others: dict, m: float, *, first,
+                              key: str) -> pd.DataFrame:
+    """Claims (a)-(c) at ``m`` with the main sweep's difference point (labelled ``first``)
+    and with each other difference point in its place (``others``: {label: a small sweep
+    folder holding a difference point at ``m``, e.g. a score replicate's or another
+    attribution score's}); the column ``key`` holds the label; ``stable`` True on a row when
+    every label gives that claim and scope the same outcome. The baseline, the random masks
+    and the damage-matched controls are the main sweep's; judged by its verdict rules."""
     folder = SweepFolder(main)
     points, prompts = folder.read_sweep()
     mapping, searches, interpolated = matched_controls(folder.read_matched())
     rules = verdict_rules(folder, None)
     label = point_label("difference", 0, m)
-    runs = {1: (points, prompts)}
-    for r, path in replicates.items():
-        rep_points, rep_prompts = SweepFolder(path).read_sweep()
-        row = rep_points[rep_points["label"] == label]
+    runs = {first: (points, prompts)}
+    for name, path in others.items():
+        other_points, other_prompts = SweepFolder(path).read_sweep()
+        row = other_points[other_points["label"] == label]
         if row.empty:
             continue
         swapped = pd.concat([points[points["label"] != label], row], ignore_index=True)
-        runs[r] = (swapped, {**prompts, label: rep_prompts[label]})
+        runs[name] = (swapped, {**prompts, label: other_prompts[label]})
     rows = []
-    for r, (pts, prm) in runs.items():
+    for name, (pts, prm) in runs.items():
         tables = compute_specificity(pts, prm, matched=mapping, interpolated=interpolated)
         tables["matched"] = searches
         for v in verdicts(tables, rules=rules):
             if v["claim"] in ("a", "b", "c") and math.isclose(v["m"], m):
-                rows.append({"replicate": r, "m": m, "claim": v["claim"], "family": v["family"],
+                rows.append({key: name, "m": m, "claim": v["claim"], "family": v["family"],
                              "status": v["status"], "value": v["value"], "lo": v["lo"],
                              "hi": v["hi"], "n_clusters": v["n_clusters"]})
-    out = pd.DataFrame(rows, columns=[c for c in VERDICT_COLUMNS if c != "stable"])
+    columns = [key, *VERDICT_COLUMNS[1:]]
+    out = pd.DataFrame(rows, columns=[c for c in columns if c != "stable"])
     if out.empty:
-        return pd.DataFrame(columns=list(VERDICT_COLUMNS))
+        return pd.DataFrame(columns=columns)
     same = out.groupby(["claim", "family"])["status"].transform("nunique") == 1
-    full = out.groupby(["claim", "family"])["replicate"].transform("nunique") == len(runs)
+    full = out.groupby(["claim", "family"])[key].transform("nunique") == len(runs)
     return out.assign(stable=same & full & (len(runs) > 1))
 
 

@@ -59,8 +59,12 @@ from tomsparse.plant.planted_set import (
 )
 from tomsparse.stats import PassRateGate, pass_rate_gate
 
-DEFAULT_DENSITY = 1e-4
-DEFAULT_FAMILIES = ("unexpected", "transfer")  # the bank's false-belief families
+# The smallest density and the families with which the default model passes its own gate
+# within the step cap (docs/planted.md): at 1e-4 both families stayed at 0-3% of train
+# clusters after 90 steps; at 1e-3 transfer passed 20 of 20 eval clusters after 75 steps, while
+# unexpected contents stayed at 0% after 150 (it learnt to say the label's word).
+DEFAULT_DENSITY = 1e-3
+DEFAULT_FAMILIES = ("transfer",)
 PLANT_FAMILIES = ("unexpected", "transfer", "irony")
 
 

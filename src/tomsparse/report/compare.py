@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tomsparse.errors import UserError
+from tomsparse.scores.compute import SCORES
 from tomsparse.files import read_csv_checked, read_json_object, write_csv
 from tomsparse.report.html import embed_png, write_page
 from tomsparse.report.plots import (
@@ -110,7 +111,11 @@ def read_run(run_dir: str | Path) -> RunTables:
         frames.append(read_csv_checked(sweep.specificity(name), columns, what, _fix(sweep_dir)))
     model = str(manifest.get("model") or run_dir.name)
     planted = sweep.read_planted_recovery(PLANTED_COLUMNS)
-    return RunTables(path=run_dir, sweep_dir=sweep_dir, name=model, model=model,
+    # runs of one model with different attribution scores (--score) are told apart by it
+    method = manifest.get("score_method")
+    name = (f"{model} [{method}]" if isinstance(method, str) and method in SCORES
+            and method != SCORES[0] else model)
+    return RunTables(path=run_dir, sweep_dir=sweep_dir, name=name, model=model,
                      fingerprint=str(manifest.get("model_fingerprint") or ""),
                      baseline=frames[0], verdicts=frames[1], points=frames[2], planted=planted)
 
@@ -121,9 +126,10 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunTables]:
         raise UserError("compare needs at least one run folder")
     runs = [read_run(d) for d in run_dirs]
     seen: dict[str, int] = {}
+    counts = pd.Series([r.name for r in runs]).value_counts().to_dict()
     for run in runs:
-        if sum(r.model == run.model for r in runs) > 1:
-            run.name = f"{run.model} ({run.path.resolve().name})"
+        if counts[run.name] > 1:
+            run.name = f"{run.name} ({run.path.resolve().name})"
         seen[run.name] = seen.get(run.name, 0) + 1
         if seen[run.name] > 1:
             run.name = f"{run.name} #{seen[run.name]}"

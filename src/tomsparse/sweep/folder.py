@@ -802,6 +802,7 @@ class RunFolder:
     MANIFEST = "manifest.json"
     REPORT_SECTIONS = "report_sections.json"
     MASK_OVERLAP, REPLICATE_VERDICTS = "mask_overlap.csv", "replicate_verdicts.csv"
+    METHOD_AGREEMENT, METHOD_VERDICTS = "method_agreement.csv", "method_verdicts.csv"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -828,6 +829,28 @@ class RunFolder:
         independent draw of the samples) is ``scores_<dataset>_r<r>``."""
         return self.root / (f"scores_{dataset}" if replicate == 1
                             else f"scores_{dataset}_r{replicate}")
+
+    def method_scores(self, dataset: str, method: str) -> Path:
+        """The score store of ``dataset`` under another attribution score than the run's
+        (``--methods``): ``scores_<dataset>_<method>``."""
+        return self.root / f"scores_{dataset}_{method}"
+
+    def method_sweep(self, method: str) -> SweepFolder:
+        """The small sweep of another attribution score's difference mask at the primary m
+        (``--methods``)."""
+        return SweepFolder(self.root / f"sweep_{method}")
+
+    @property
+    def method_agreement(self) -> Path:
+        """The Jaccard agreement of the attribution scores' difference masks
+        (judge.methods)."""
+        return self.root / self.METHOD_AGREEMENT
+
+    @property
+    def method_verdicts(self) -> Path:
+        """The primary verdicts under each attribution score's difference mask
+        (judge.methods)."""
+        return self.root / self.METHOD_VERDICTS
 
     def replicate_sweep(self, replicate: int) -> SweepFolder:
         """The small sweep of score replicate r > 1 (its difference mask at the primary m)."""
