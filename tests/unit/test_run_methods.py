@@ -120,6 +120,10 @@ def test_method_section_names_every_method():
     html = method_section(agreement, table)
     assert "fisher vs snip" in html and "3 / 19" not in html and "10 / 12 / 3" in html
     assert "shown" in html and "not shown" in html and ">no<" in html
+    # a claim no method could measure is not called the same under every method
+    unmeasured = table.assign(status="cannot be measured", stable=True)
+    html = method_section(agreement, unmeasured)
+    assert "nothing measured" in html and ">yes<" not in html
 
 
 def test_random_seeds_take_ranges():

@@ -25,6 +25,7 @@ from tomsparse.data.tasks.model import FAMILY_TITLES
 from tomsparse.judge.agreement import difference_agreement
 from tomsparse.judge.replicates import POOLED, verdicts_with_other_masks
 from tomsparse.judge.specificity import POOL_ABOVE
+from tomsparse.stats import CANNOT_BE_MEASURED
 
 
 def method_agreement(matrices, sets: dict, m_values) -> pd.DataFrame:
@@ -71,8 +72,13 @@ def method_section(agreement: pd.DataFrame, table: pd.DataFrame) -> str:
         wide = named.pivot_table(index=["claim", "family"], columns="method",
                                  values="status", aggfunc="first", sort=False)
         wide.columns.name = None
-        stable = named.groupby(["claim", "family"], sort=False)["stable"].all()
-        wide["same under every method"] = stable.map({True: "yes", False: "no"})
+        groups = named.groupby(["claim", "family"], sort=False)
+        stable = groups["stable"].all()
+        # a claim no method could measure agrees trivially: say so rather than "yes"
+        unmeasured = groups["status"].agg(lambda s: bool((s == CANNOT_BE_MEASURED).all()))
+        wide["same under every method"] = [
+            "nothing measured" if unmeasured[key] else ("yes" if stable[key] else "no")
+            for key in wide.index]
         parts.append(f"<p>Claims (a)-(c) at m = {table['m'].iloc[0]:g} with each method's "
                      "difference mask in place of the run's (the baseline, random masks and "
                      "damage-matched controls shared), per family and pooled: the "
