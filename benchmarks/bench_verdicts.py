@@ -177,7 +177,8 @@ def familywise(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
                     "95% hi": 100 * ci.high if ci else math.nan,
                     "runs with false shown %": 100 * shown.size / n if n else math.nan,
                     "runs with false opposite %": 100 * opposite.size / n if n else math.nan,
-                    "null claims": "".join(null_claims)})
+                    "null claims": ("".join if all(len(c) == 1 for c in null_claims)
+                                    else "; ".join)(null_claims)})
     return pd.DataFrame(out)
 
 

@@ -13,6 +13,9 @@ irony 45 tasks in 20 story scenarios). The design is the default run's (``config
   (the default run: 10 and 2);
 * the damage-matched controls of the primary target: generic-only (deterministic: one mask)
   and random-fraction (3 seeds), listed in ``matched.json``;
+* with ``swapped`` > 0 (claim (f), issue 37): that many task-swapped masks
+  (``swapped-<name>``, names from ``SWAPPED_SETS``) at each target m and, searched to the primary target's damage, at
+  ``M_SWAPPED_MATCHED`` (listed in ``matched.json`` as a swapped control);
 * per-window perplexity losses (32 windows; a random mask's on the first 4, as the default
   run's ``--random-ppl-tokens 4096`` of 32 windows of 1024) whose exp-mean is the recorded
   perplexity.
@@ -54,16 +57,20 @@ from tomsparse.config import VerdictRules
 from tomsparse.data.tasks import load_tasks
 from tomsparse.data.tasks.roles import CONTROL, FACT, TOM, prompt_role
 from tomsparse.judge.specificity import POOL_ABOVE, VERDICT_METRICS, compute_specificity
+from tomsparse.judge.tables import matched_controls
 from tomsparse.judge.verdicts import verdicts
+from tomsparse.masks import swapped_mode
 from tomsparse.stats import OPPOSITE, PERPLEXITY_THRESHOLD, SHOWN
 from tomsparse.sweep.folder import BASELINE_MODE, SweepFolder, point_label
 
 M_PRIMARY, M_SECONDARY = 1e-4, 3e-5
 M_GENERIC, M_FRACTION = 6e-5, 4e-4          # the matched controls' searched sizes
+M_SWAPPED_MATCHED = 1.3e-4                  # a swapped mask's size at the target's damage
+SWAPPED_SETS = ("tom-nobelief", "format-control", "third-set")
 N_CLUSTERS = 20
 PPL_WINDOWS = 32
 RANDOM_PPL_WINDOWS = 4                      # --random-ppl-tokens 4096 at 1024 a window
-CLAIM_NAMES = ("a", "b", "c", "d", "e")
+CLAIM_NAMES = ("a", "b", "c", "d", "e")   # (f) only in scenarios with swapped masks
 FAMILY_NAMES = ("unexpected", "transfer", "irony")
 SCOPES = (*FAMILY_NAMES, POOL_ABOVE)
 KEY = ("family", "task_id", "task_index", "condition", "reversed", "scenario", "probe", "cell",
@@ -118,6 +125,11 @@ class Scenario:
     window_sd: float = 0.03                     # per-window noise of the loss change
     # verdict rules other than the defaults (VerdictRules fields), e.g. target_null
     rules: dict = field(default_factory=dict)
+    # task-swapped masks (claim f): how many sets; each is built like the target (its
+    # general damage, answer-bias shift, perplexity and fixed mask effect), with its own
+    # ToM-specific shift (None: the target's, so that (f) is at its null)
+    swapped: int = 0
+    swapped_tom: float | None = None
 
     def verdict_rules(self, rules: VerdictRules | None = None) -> VerdictRules:
         """``rules`` (default: the defaults) with this scenario's own overrides."""
@@ -208,6 +220,19 @@ def scenarios(skewed_masks=(5, 10, 20)) -> list[Scenario]:
                   "at each m (the target at their mean)", mask_model="catastrophic",
                   n_random=39, n_random_secondary=39),
     ]
+    # claim (f): the task-swapped masks (2 sets, at each m and at matched damage)
+    out += [
+        no_effect("no_effect_swapped", "no effect, 2 task-swapped masks built like the "
+                  "target (f at its null)", swapped=2),
+        Scenario("tom_effect_swapped_alike", "ToM-specific effect -1 nat shared by the "
+                 "target and 2 task-swapped masks (the format, not belief: f at its null)",
+                 truth={c: -1 for c in CLAIM_NAMES}, target_tom=-1.0, ppl_target=1.03,
+                 swapped=2),
+        Scenario("tom_effect_swapped_spared", "ToM-specific effect -1 nat of the target "
+                 "alone; 2 task-swapped masks without it (f claimed)",
+                 truth={**{c: -1 for c in CLAIM_NAMES}, "f": -1}, target_tom=-1.0,
+                 ppl_target=1.03, swapped=2, swapped_tom=0.0),
+    ]
     out += [
         Scenario("shrink_tom_above", "proportional shrink 30% (target and matched controls), "
                  "false-belief baselines 4 above the controls' 2; ppl ratio 1.3",
@@ -282,7 +307,7 @@ class PointSpec:
     mode: str
     seed: int
     m: float
-    kind: str                 # baseline, target, random, matched
+    kind: str                 # baseline, target, random, matched, swapped
     scale: float              # the scenario effects' scale (1 at the primary m)
 
 
@@ -301,6 +326,11 @@ def design(sc: Scenario) -> list[PointSpec]:
                            M_GENERIC, "matched", 1.0))
     specs += [PointSpec(point_label("random-fraction", s, M_FRACTION), "random-fraction", s,
                         M_FRACTION, "matched", 1.0) for s in range(sc.n_fraction)]
+    for i in range(sc.swapped):
+        mode = swapped_mode(SWAPPED_SETS[i])
+        specs += [PointSpec(point_label(mode, 0, m), mode, 0, m, "swapped", scale)
+                  for m, scale in ((M_PRIMARY, 1.0), (M_SECONDARY, sc.secondary_scale),
+                                   (M_SWAPPED_MATCHED, 1.0))]
     return specs
 
 
@@ -384,11 +414,13 @@ def simulate(sc: Scenario, seed: int) -> DataSet:
         if spec.kind == "baseline":
             margin, losses = margin0, windows0
         else:
+            like = "target" if spec.kind == "swapped" else spec.kind  # built like it
             shrink = {"target": sc.shrink_target, "random": sc.shrink_random,
-                      "matched": sc.shrink_matched}[spec.kind] * spec.scale
-            tom = sc.target_tom * spec.scale if spec.kind == "target" else 0.0
-            bias = sc.target_bias * spec.scale if spec.kind == "target" else 0.0
-            fixed = ((spec.kind == "target" and not sc.target_draws)
+                      "matched": sc.shrink_matched}[like] * spec.scale
+            tom = (sc.target_tom if spec.kind == "target" or sc.swapped_tom is None
+                   else sc.swapped_tom) * spec.scale if like == "target" else 0.0
+            bias = sc.target_bias * spec.scale if like == "target" else 0.0
+            fixed = ((like == "target" and not sc.target_draws)
                      or spec.mode == "generic-only")
             a = _mask_effects(sc, rng, fixed)
             b = _cluster_effects(sc, rng, lay.n_units)
@@ -397,8 +429,8 @@ def simulate(sc: Scenario, seed: int) -> DataSet:
                       + sc.prompt_sd * rng.standard_normal(n))
             margin = margin0 + change
             ratio = {"target": sc.ppl_target, "random": sc.ppl_random,
-                     "matched": ppl_matched}[spec.kind]
-            if spec.kind == "target":
+                     "matched": ppl_matched}[like]
+            if like == "target":
                 ratio = sc.target_ppl("primary" if spec.scale == 1.0 else "secondary")
             else:
                 ratio = ratio ** spec.scale
@@ -416,10 +448,13 @@ def simulate(sc: Scenario, seed: int) -> DataSet:
     generic = [s.label for s in specs if s.mode == "generic-only"]
     fraction = [s.label for s in specs if s.mode == "random-fraction"]
     info = {i["label"]: i for i in infos}
+    swapped = [s.label for s in specs if s.kind == "swapped" and s.m == M_SWAPPED_MATCHED]
     controls = []
     for mode, labels, m, seeds in (("generic-only", generic, M_GENERIC, [0]),
                                    ("random-fraction", fraction, M_FRACTION,
-                                    list(range(sc.n_fraction)))):
+                                    list(range(sc.n_fraction))),
+                                   *((swapped_mode(SWAPPED_SETS[i]), [label], M_SWAPPED_MATCHED,
+                                      [0]) for i, label in enumerate(swapped))):
         ppl = info[labels[0]]["perplexity"]
         controls.append({"mode": mode, "m": m, "seed": 0, "label": labels[0],
                          "labels": labels, "seeds": seeds, "perplexity": ppl,
@@ -428,8 +463,8 @@ def simulate(sc: Scenario, seed: int) -> DataSet:
     matched_json = {"tolerance": 0.1, "floor": 0.0, "targets": {target: {
         "mode": "difference", "m": M_PRIMARY, "seed": 0,
         "perplexity": info[target]["perplexity"], "controls": controls}}}
-    return DataSet(sc, seed, pd.DataFrame(infos), prompts, {target: generic + fraction},
-                   matched_json)
+    return DataSet(sc, seed, pd.DataFrame(infos), prompts,
+                   {target: generic + fraction + swapped}, matched_json)
 
 
 def write_sweep_folder(ds: DataSet, root: str | Path) -> SweepFolder:
@@ -458,6 +493,7 @@ def judge(ds: DataSet, rules: VerdictRules | None = None) -> list[dict]:
     tables = compute_specificity(ds.infos, ds.prompts, matched=ds.matched,
                                  gate_floor=rules.gate_floor, method=rules.interval_method,
                                  target_null=rules.target_null, metrics=VERDICT_METRICS)
+    tables["matched"] = matched_controls(ds.matched_json["targets"])[1]  # its searches
     return verdicts(tables, rules=rules)
 
 
@@ -479,6 +515,8 @@ def outcomes(sc: Scenario, vs: list[dict]) -> list[dict]:
         truth = sc.truth_of(claim, which, scope)
         status = str(v["status"])
         false = (status == SHOWN and truth != -1) or (status == OPPOSITE and truth != 1)
+        if claim == "f" and str(v["reference"]).endswith("at matched damage"):
+            claim = "f, matched damage"   # its own row: the swapped mask at the target's damage
         rows.append({"claim": claim, "target": which, "scope": scope, "status": status,
                      "truth": truth, "false_direction": bool(false)})
     return rows

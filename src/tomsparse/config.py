@@ -245,6 +245,12 @@ EXCHANGEABLE_UNDER_FIXED = "12.5%"
 # size), and with 39 random masks at each m (skewed_masks_39_each_m)
 SKEWED_MASKS_RATE = "40.0%"
 SKEWED_MASKS_39_RATE = "3.3%"
+# claim (f) (issue 37): the share of runs with a false outcome among all claims when two
+# task-swapped masks are built like the target (no_effect_swapped, 300 runs), and the share
+# of its instances at the primary m shown when the target alone removes 1 nat of ToM
+# (tom_effect_swapped_spared, 300 runs)
+SWAPPED_NULL_RATE = "3.3%"
+SWAPPED_POWER = "97.5%"
 
 
 @dataclass(frozen=True)
@@ -326,8 +332,9 @@ class VerdictRules:
                 f"{EXCHANGEABLE_UNDER_FIXED} of runs with a false outcome; --target-null "
                 "exchangeable asks the other question; docs/statistics.md).")
 
-    def describe(self, n_tests: int | None = None) -> str:
-        """The decision rules and their error rates, in plain words."""
+    def describe(self, n_tests: int | None = None, swapped: bool = False) -> str:
+        """The decision rules and their error rates, in plain words (``swapped``: with claim
+        (f)'s, for a sweep with task-swapped masks)."""
         count = f" ({n_tests} of them in this run)" if n_tests is not None else ""
         shape = ("skew-aware t-intervals (the t-interval widened on the side a skewed sample "
                  "points to, out to Hall's skewness-corrected bound)"
@@ -367,8 +374,16 @@ class VerdictRules:
                 f"answer bias is \u201ccannot be measured\u201d). Claim (d) holds when the "
                 f"upper bound of the perplexity ratio is below {self.ppl_threshold:g}; claim (e) "
                 f"is the mean per-cluster slope on log m of the ToM change beyond the random "
-                f"masks'. The measured error rates and power of these rules are in "
-                f"docs/statistics.md (the calibration suite).")
+                f"masks'. "
+                + (f"Claim (f) sets the difference mask against one task-swapped mask, a "
+                   f"fixed mask, at the same m and, where controls are damage-matched, at the "
+                   f"size whose perplexity matched the target's; it is judged as claim (a), "
+                   f"over clusters, in the same Holm family (measured with two swapped masks "
+                   f"built like the target: {SWAPPED_NULL_RATE} of runs with a false outcome "
+                   f"among all claims; (f) shown in {SWAPPED_POWER} of its instances when the "
+                   f"target alone removes 1 nat). " if swapped else "")
+                + "The measured error rates and power of these rules are in "
+                "docs/statistics.md (the calibration suite).")
 
 
 @dataclass(frozen=True)

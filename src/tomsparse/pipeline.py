@@ -95,17 +95,20 @@ def run_work(cfg: RunConfig) -> RunWork:
     sweep = cfg.sweep
     samples = ((cfg.tom_data.nsamples + cfg.generic_data.nsamples)
                * (cfg.score_replicates + len(cfg.other_methods))
-               + cfg.tom_data.nsamples * len(cfg.swapped))
+               + cfg.tom_data.nsamples * len(cfg.swapped) * (1 + len(cfg.other_methods)))
     prompts = _prompt_count(sweep)
     ppl = sweep.ppl_max_tokens or _WHOLE_CORPUS_TOKENS
     points = (len(sweep_points(sweep, cfg.swapped)) + (cfg.score_replicates - 1) * 2
-              + len(cfg.other_methods))
+              + len(cfg.other_methods) * (1 + len(cfg.swapped)))
     targets = [m for m in sweep.m_values if m > 0 and "difference" in sweep.modes
                and (sweep.match_m is None or any(abs(m - x) <= 1e-12 * max(x, 1e-30)
                                                  for x in sweep.match_m))]
-    evaluated = len(targets) * sum(sweep.match_seeds if c == "random-fraction" else 1
-                                   for c in sweep.matched_controls)
-    searched = len(targets) * len(sweep.matched_controls) * sweep.match_steps
+    # the task-swapped masks are searched to each target's damage too (claim (f))
+    matched_swapped = len(cfg.swapped) if sweep.matched_controls else 0
+    evaluated = len(targets) * (sum(sweep.match_seeds if c == "random-fraction" else 1
+                                    for c in sweep.matched_controls) + matched_swapped)
+    searched = (len(targets) * (len(sweep.matched_controls) + matched_swapped)
+                * sweep.match_steps)
     # random-mask points pay for their --random-ppl-tokens only
     random_points = sum(1 for mode, _, _ in sweep_points(sweep, cfg.swapped)
                         if is_random_point(mode))
@@ -220,11 +223,13 @@ def _scores(lm, cfg: RunConfig, data: ScoreDataConfig, log, replicate: int = 1,
 
 
 def _methods(lm, cfg: RunConfig, first: tuple[Path, Path], stores: dict[str, tuple],
-             log) -> list[tuple[str, str]]:
+             log, swapped: dict | None = None) -> list[tuple[str, str]]:
     """The other attribution scores (``--methods``): the agreement of every method's
     difference mask (``method_agreement.csv``), each other method's difference mask evaluated
-    at the primary m (its own small sweep folder) and claims (a)-(c) judged again with it
-    (``method_verdicts.csv``); the report section of both (``judge.methods``)."""
+    at the primary m (its own small sweep folder, with its own task-swapped masks when
+    ``swapped``: {method: {set: (store, identity)}}) and claims (a)-(c) and (f) judged again
+    with them (``method_verdicts.csv``); the report section of both (``judge.methods``)."""
+    swapped = swapped or {}
     run, sweep = RunFolder(cfg.out), cfg.sweep
     positive = [m for m in sweep.m_values if m > 0]
     if not positive or not stores:
@@ -237,8 +242,8 @@ def _methods(lm, cfg: RunConfig, first: tuple[Path, Path], stores: dict[str, tup
         log(f"[tomsparse] {line}")
     primary = max(positive)
     folders = _difference_points(lm, cfg, primary, {
-        method: (pair, run.method_sweep(method).root, method) for method, pair in stores.items()},
-        log)
+        method: (pair, run.method_sweep(method).root, method, swapped.get(method))
+        for method, pair in stores.items()}, log)
     table = method_verdicts(run.sweep.root, folders, primary, cfg.score)
     write_csv(run.method_verdicts, table)
     body = method_section(agreement, table)
@@ -248,16 +253,20 @@ def _methods(lm, cfg: RunConfig, first: tuple[Path, Path], stores: dict[str, tup
 
 def _difference_points(lm, cfg: RunConfig, primary: float, sets: dict, log) -> dict:
     """Another score set's difference mask evaluated at the primary m, each into its own
-    small sweep folder (``sets``: {key: ((ToM store, generic store), folder, name)}): the
-    points score replicates and other attribution scores are judged by. Returns {key:
-    folder}."""
+    small sweep folder (``sets``: {key: ((ToM store, generic store), folder, name) or, with
+    that score's task-swapped stores, (..., name, {set: (store, identity)})}): the points
+    score replicates and other attribution scores are judged by. Returns {key: folder}."""
     rcfg = replace(cfg.sweep, m_values=[primary], modes=["difference"], matched_controls=[],
                    match_m=None)
     folders = {}
-    for key, ((tom, gen), folder, name) in sets.items():
-        log(f"[tomsparse] {name}: its difference mask at m = {primary:g}")
+    for key, ((tom, gen), folder, name, *rest) in sets.items():
+        own = (rest[0] if rest else None) or {}
+        log(f"[tomsparse] {name}: its difference mask at m = {primary:g}"
+            + (f", and its task-swapped masks ({', '.join(sorted(own))})" if own else ""))
         run_sweep(lm, stream_scores(lm, tom), stream_scores(lm, gen), rcfg, folder,
-                  progress=False, log=log, take_over=cfg.take_over)
+                  progress=False, log=log, take_over=cfg.take_over,
+                  swapped={k: stream_scores(lm, v[0]) for k, v in own.items()} or None,
+                  swapped_ids={k: v[1] for k, v in own.items()} or None)
         folders[key] = folder
     return folders
 
@@ -382,12 +391,16 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
             for name in cfg.swapped:
                 swapped[name] = _scores(lm, cfg, replace(cfg.tom_data, dataset=name,
                                                          select="all"), log)
-    methods = {}
+    methods, method_swapped = {}, {}
     if cfg.other_methods:
         with stages("other attribution scores"):
             for method in cfg.other_methods:
                 methods[method] = tuple(_scores(lm, cfg, data, log, score=method)[0]
                                         for data in (cfg.tom_data, cfg.generic_data))
+                # claim (f) per method: the swapped sets scored by the same method
+                method_swapped[method] = {
+                    name: _scores(lm, cfg, replace(cfg.tom_data, dataset=name, select="all"),
+                                  log, score=method) for name in cfg.swapped}
     stages.start("sweep (points, matched searches, tables)")
 
     def finish(_summary: pd.DataFrame) -> tuple[dict, list[tuple[str, str]]]:
@@ -399,7 +412,8 @@ def run_main_job(cfg: RunConfig, log=print) -> Path:
                 extra = _replicates(lm, cfg, (tom_store, gen_store), replicas, log)
         if methods:
             with stages("other attribution scores: agreement and verdicts"):
-                extra += _methods(lm, cfg, (tom_store, gen_store), methods, log)
+                extra += _methods(lm, cfg, (tom_store, gen_store), methods, log,
+                                  swapped=method_swapped)
         if cfg.analysis_prompts and any(m > 0 for m in cfg.sweep.m_values):
             with stages("analyses"):
                 _analysis(lm, cfg)

@@ -36,7 +36,9 @@ SIMS = int(os.environ.get("TOMSPARSE_CALIBRATION_SIMS", "3"))
 # 10 and 20, the exchangeable target and 5 random masks at each m)
 ISSUE_SCENARIOS = ("no_effect", "tom_effect", "shrink_tom_above", "shrink_tom_below",
                    "weak_model", "skewed_masks_5", "skewed_clusters", "one_random_mask",
-                   "irony_bias_generation", "no_effect_exchangeable_judged")
+                   "irony_bias_generation", "no_effect_exchangeable_judged",
+                   # claim (f), issue 37: task-swapped masks at each m and at matched damage
+                   "no_effect_swapped", "tom_effect_swapped_spared")
 # no-effect scenarios whose family-wise rate the benchmark measured above 5% (see
 # docs/statistics.md): not asserted at 5% here
 KNOWN_MISSES = {
@@ -154,6 +156,19 @@ def test_the_tom_effect_is_found(judged):
         assert (sel["status"] == SHOWN).sum() >= least(SIMS), claim
 
 
+def test_claim_f_finds_an_effect_the_swapped_masks_lack(judged):
+    """The target's -1 nat, absent from both task-swapped masks: claim (f) shown in the pool
+    of passing families at the primary m, at the same m and at matched damage, against each
+    swapped set (80% power or more); nothing in a false direction."""
+    frame = outcome_frame("tom_effect_swapped_spared", judged)
+    assert not frame["false_direction"].any()
+    for claim in ("f", "f, matched damage"):
+        sel = frame[(frame["claim"] == claim) & (frame["target"] == "primary")
+                    & (frame["scope"] == POOL_ABOVE)]
+        assert len(sel) == 2 * SIMS, claim           # one per swapped set and run
+        assert (sel["status"] == SHOWN).sum() >= least(2 * SIMS), claim
+
+
 @pytest.mark.parametrize("name", ["shrink_tom_above", "shrink_tom_below"])
 def test_a_proportional_shrink_is_not_a_tom_specific_effect(name, judged):
     """The same shrink of every margin by the target and its matched controls: (b) and (c)
@@ -248,10 +263,18 @@ def test_the_rates_the_report_quotes_are_the_measured_ones():
     text = VerdictRules().describe()
     rates = {"no_effect_exchangeable": config.EXCHANGEABLE_UNDER_FIXED,
              "skewed_masks_10": config.SKEWED_MASKS_RATE,
-             "skewed_masks_39_each_m": config.SKEWED_MASKS_39_RATE}
+             "skewed_masks_39_each_m": config.SKEWED_MASKS_39_RATE,
+             "no_effect_swapped": config.SWAPPED_NULL_RATE}
     for scenario, rate in rates.items():
         value = rate.rstrip("%")
         rows = [line for line in docs.splitlines() if line.startswith(f"| {scenario} |")]
         prose = f"{value}% of runs false" in docs or f"{rate} of runs" in docs
         assert any(f"| {value} |" in row for row in rows) or prose, (scenario, rate)
-        assert rate in text
+        if scenario != "no_effect_swapped":
+            assert rate in text
+    swapped = VerdictRules().describe(swapped=True)
+    assert config.SWAPPED_NULL_RATE in swapped and config.SWAPPED_POWER in swapped
+    assert "Claim (f)" in swapped and "Claim (f)" not in text   # only where (f) is judged
+    rows = [line for line in docs.splitlines()
+            if line.startswith("| tom_effect_swapped_spared | f (m=1e-04) |")]
+    assert rows and f"| {config.SWAPPED_POWER.rstrip('%')} |" in rows[0]

@@ -41,20 +41,41 @@ def test_a_run_with_swapped_controls_and_other_methods(tmp_path):
     verdicts = pd.read_csv(out / "sweep" / "specificity_verdicts.csv")
     assert {"f"} <= set(verdicts["claim"])
     assert (out / "sweep" / "mask_agreement.csv").is_file()
-    # each other method's difference mask at the primary m in its own folder, judged
+    # each other method's difference mask and its own swapped masks at the primary m in its
+    # own folder, judged; the swapped masks are the top m by that method's swapped scores
+    # and not top m by its generic scores
+    with registered_model("tiny"):
+        lm = tiny_loaded_model("llama")
+    names = [m.name for m in lm.description.matrices]
     for method in ("snip", "wanda"):
         own = sorted(p.name for p in (out / f"sweep_{method}" / "points").glob("*.json"))
-        assert own == ["difference_s0_m5.0000e-02.json"]
-    table = pd.read_csv(out / "method_verdicts.csv")
+        assert own == ["difference_s0_m5.0000e-02.json",
+                       "swapped-format-control_s0_m5.0000e-02.json",
+                       "swapped-tom-nobelief_s0_m5.0000e-02.json"]
+        gen = load_scores(out / f"scores_generic_{method}")[0]
+        for name in ("tom-nobelief", "format-control"):
+            store = out / f"scores_{name}_{method}"
+            manifest = json.loads((store / "manifest.json").read_text())
+            assert manifest["dataset"] == name and manifest["score_method"] == method
+            want = masks_for(build_rankings(load_scores(store)[0], gen, names, m_max=0.05),
+                             0.05, "difference")
+            record = json.loads((out / f"sweep_{method}" / "points"
+                                 / f"swapped-{name}_s0_m5.0000e-02.json").read_text())
+            assert record["masked"] == sum(int(v.numel()) for v in want.values())
+    table = pd.read_csv(out / "method_verdicts.csv", keep_default_na=False)
     assert set(table["method"]) == {"fisher", "snip", "wanda"}
-    assert set(table["claim"]) == {"a", "b", "c"} and (table["m"] == 0.05).all()
+    assert set(table["claim"]) == {"a", "b", "c", "f"} and (table["m"] == 0.05).all()
+    f = table[table["claim"] == "f"]
+    assert set(f["reference"]) == {"swapped-tom-nobelief", "swapped-format-control"}
+    assert (table.loc[table["claim"] != "f", "reference"] == "").all()
+    # every method has the same rows: (f) once per swapped set and scope
+    rows = {m: sorted(zip(t["claim"], t["reference"], t["family"]))
+            for m, t in table.groupby("method")}
+    assert rows["fisher"] == rows["snip"] == rows["wanda"]
     # the agreement table against the masks themselves, counted by hand
     agreement = pd.read_csv(out / "method_agreement.csv")
     assert set(zip(agreement["first"], agreement["second"])) == {
         ("fisher", "snip"), ("fisher", "wanda"), ("snip", "wanda")}
-    with registered_model("tiny"):
-        lm = tiny_loaded_model("llama")
-    names = [m.name for m in lm.description.matrices]
     stores = {"fisher": ("scores_tom", "scores_generic"),
               "snip": ("scores_tom_snip", "scores_generic_snip")}
     masks = {}

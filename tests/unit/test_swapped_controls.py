@@ -269,6 +269,90 @@ def test_claim_f_cannot_be_measured_without_the_swapped_point():
                                             and math.isnan(old[key]) and math.isnan(new[key]))
 
 
+def matched_search_table(target, mode, m, matched=True):
+    """The searches table (``judge.tables.matched_controls``) of one swapped search."""
+    from tomsparse.judge.tables import MATCHED_COLUMNS
+    return pd.DataFrame([{"target": target, "target_m": 1e-4, "target_perplexity": 10.0,
+                          "mode": mode, "m": m, "perplexity": 10.0, "ppl_change": 0.3,
+                          "matched": matched, "evaluations": 5,
+                          "label": point_label(mode, 0, m)}], columns=list(MATCHED_COLUMNS))
+
+
+def test_claim_f_at_matched_damage_is_its_own_contrast_and_never_a_control_of_b():
+    frame, tom, target, swapped, infos, prompts = claim_f_tables()
+    # the swapped mask at the size its search matched to the target's perplexity: 3e-4
+    rng = np.random.default_rng(38)
+    bigger = np.where(tom, -0.8 + 0.3 * rng.standard_normal(len(frame)), 0.0)
+    extra, extra_prompts, _ = build({"swapped-format-control_s0_m3": (MODE, 0, 3e-4, 10.0,
+                                                                      bigger)},
+                                    n_tasks=8, families=("unexpected",))
+    infos = pd.concat([infos, extra[extra["mode"] == MODE]], ignore_index=True)
+    prompts = {**prompts, "swapped-format-control_s0_m3": extra_prompts[
+        "swapped-format-control_s0_m3"]}
+    mapping = {"difference_s0_m1": ["swapped-format-control_s0_m3"]}
+    tables = sp.compute_specificity(infos, prompts, method="t", matched=mapping)
+    tables["matched"] = matched_search_table("difference_s0_m1", MODE, 3e-4)
+    con = tables["contrasts"]
+    assert not (con["kind"] == "matched").any()      # no control of claims (b) and (c)
+    row = con[(con["kind"] == sp.SWAPPED_MATCHED) & (con["family"] == "unexpected")
+              & (con["metric"] == "tom_margin_change_adj")].iloc[0]
+    d = per_task_means(frame, target - bigger, tom)
+    lo, hi = t_bounds(d)
+    assert row["reference"] == "swapped-format-control_s0_m3"
+    assert row["value"] == pytest.approx(d.mean())
+    assert (row["lo"], row["hi"]) == pytest.approx((lo, hi))
+    vs = vd.verdicts(tables, rules=vd.VerdictRules(interval_method="t"))
+    f = [v for v in vs if v["claim"] == "f"]
+    assert [v["reference"] for v in f] == [f"{MODE}, same m", f"{MODE} at matched damage"]
+    assert f[1]["value"] == pytest.approx(d.mean())
+    assert (f[1]["lo_raw"], f[1]["hi_raw"]) == pytest.approx((lo, hi))
+    assert "matched damage" in f[1]["sentence"] and "perplexity" in f[1]["sentence"]
+    # (b) has no damage-matched control: a swapped search is not one
+    b = [v for v in vs if v["claim"] == "b"][0]
+    assert b["status"] == stats.CANNOT_BE_MEASURED and MODE not in b["reason"]
+    # a search that matched at the target's own m: one test, not two
+    same = {"difference_s0_m1": ["swapped-format-control_s0_m1"]}
+    tables = sp.compute_specificity(infos, prompts, method="t", matched=same)
+    tables["matched"] = matched_search_table("difference_s0_m1", MODE, 1e-4)
+    f = [v for v in vd.verdicts(tables) if v["claim"] == "f"]
+    assert [v["reference"] for v in f] == [f"{MODE}, same m and matched damage"]
+    assert "perplexity" in f[0]["sentence"]
+    # a search that matched nothing and bracketed nothing: (f) at matched damage says so
+    tables = sp.compute_specificity(infos, prompts, method="t")
+    tables["matched"] = matched_search_table("difference_s0_m1", MODE, 0.05, matched=False)
+    f = [v for v in vd.verdicts(tables) if v["claim"] == "f"]
+    assert f[1]["status"] == stats.CANNOT_BE_MEASURED and "not matched" in f[1]["reason"]
+    assert f[0]["status"] != stats.CANNOT_BE_MEASURED
+
+
+def test_sweep_searches_the_swapped_mask_to_the_difference_masks_damage(stores, tmp_path):
+    lm, scores, paths, corpus = stores
+    out = tmp_path / "sweep"
+    assert main(sweep_args(paths, corpus, out, "--m_list", "0,0.01", "--controls", "random",
+                           "--random-seeds", "0,1", "--matched-controls", "generic-only",
+                           "--match-search-tokens", "0",
+                           "--scores-swapped", str(paths["format-control"]))) == 0
+    folder = SweepFolder(out)
+    target = json.loads(folder.matched.read_text())["targets"][point_label("difference", 0,
+                                                                           0.01)]
+    modes = [c["mode"] for c in target["controls"]]
+    assert modes == ["generic-only", MODE]
+    entry = target["controls"][1]
+    assert entry["search"] and entry["search"][0][0] == pytest.approx(0.01)  # starts at m
+    if entry["matched"]:   # evaluated in full at the matched size, judged by (f) alone
+        record = json.loads(folder.point_record(entry["label"]).read_text())
+        want = brute_difference(scores["format-control"], scores["generic"], entry["m"])
+        assert record["masked"] == sum(map(len, want.values()))
+    contrasts = pd.read_csv(folder.specificity("contrasts"))
+    assert MODE not in set(contrasts.loc[contrasts["kind"] == "matched", "reference_mode"])
+    verdicts = pd.read_csv(folder.specificity("verdicts"))
+    f = verdicts[verdicts["claim"] == "f"]
+    if entry["matched"] and entry["m"] == pytest.approx(0.01):   # matched at m itself:
+        assert f"{MODE}, same m and matched damage" in set(f["reference"])   # one test
+    else:
+        assert f"{MODE} at matched damage" in set(f["reference"])
+
+
 def test_baseline_only_sweep_names_claim_f_per_swapped_set():
     *_, infos, prompts = claim_f_tables(include_swapped=False)
     base = infos[infos["mode"] == "none"]

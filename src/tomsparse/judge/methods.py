@@ -12,7 +12,11 @@ and measures two things, as ``judge.replicates`` does for score replicates:
   are judged again with that point in place of the run's difference point (the baseline, the
   random masks and the damage-matched controls are the main sweep's; the controls were matched
   to the run's own difference mask's perplexity, which the table's perplexity column lets a
-  reader compare).
+  reader compare);
+* with task-swapped sets, **claim (f) per method**: each task-swapped set is scored by every
+  method too (``scores_<set>_<method>``), its swapped mask built from that method's scores and
+  evaluated at the primary m beside the method's difference mask, and (f) judged with both in
+  place of the run's: the method's difference mask against the same method's swapped mask.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ def method_agreement(matrices, sets: dict, m_values) -> pd.DataFrame:
 
 def method_verdicts(main: str | Path, others: dict[str, str | Path], m: float,
                     first: str) -> pd.DataFrame:
-    """Claims (a)-(c) at ``m`` under the run's own method ``first`` (the main sweep) and under
-    each other method's difference point (``others``: {method: its sweep folder}); column
-    ``method``, ``stable`` as for score replicates."""
-    return verdicts_with_other_masks(main, others, m, first=first, key="method")
+    """Claims (a)-(c), and (f) against each task-swapped mask at the same m, at ``m`` under
+    the run's own method ``first`` (the main sweep) and under each other method's difference
+    point (``others``: {method: its sweep folder, holding that method's own swapped points
+    when the run has task-swapped sets}); column ``method``, ``stable`` as for score
+    replicates."""
+    return verdicts_with_other_masks(main, others, m, first=first, key="method",
+                                     claims=("a", "b", "c", "f"))
 
 
 def method_section(agreement: pd.DataFrame, table: pd.DataFrame) -> str:
@@ -67,8 +74,12 @@ def method_section(agreement: pd.DataFrame, table: pd.DataFrame) -> str:
                      + show.to_html(index=False, float_format=lambda x: f"{x:.3g}",
                                     na_rep=""))
     if table is not None and not table.empty:
-        named = table.assign(family=table["family"].map(
-            lambda f: POOLED if f == POOL_ABOVE else FAMILY_TITLES.get(f, f)))
+        named = table.assign(
+            family=table["family"].map(
+                lambda f: POOLED if f == POOL_ABOVE else FAMILY_TITLES.get(f, f)),
+            claim=[f"{c} vs {r}" if isinstance(r, str) and r else c
+                   for c, r in zip(table["claim"], table.get("reference",
+                                                             [""] * len(table)))])
         wide = named.pivot_table(index=["claim", "family"], columns="method",
                                  values="status", aggfunc="first", sort=False)
         wide.columns.name = None
@@ -81,8 +92,9 @@ def method_section(agreement: pd.DataFrame, table: pd.DataFrame) -> str:
             for key in wide.index]
         parts.append(f"<p>Claims (a)-(c) at m = {table['m'].iloc[0]:g} with each method's "
                      "difference mask in place of the run's (the baseline, random masks and "
-                     "damage-matched controls shared), per family and pooled: the "
-                     "localisation does not depend on the method only where every method "
-                     "gives the same verdict.</p>"
+                     "damage-matched controls shared), and claim (f) against each "
+                     "task-swapped mask built by the same method at the same m, per family "
+                     "and pooled: the localisation does not depend on the method only where "
+                     "every method gives the same verdict.</p>"
                      + wide.reset_index().to_html(index=False, na_rep="", escape=True))
     return "\n".join(parts)

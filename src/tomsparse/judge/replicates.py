@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from tomsparse.data.tasks.model import FAMILY_TITLES
-from tomsparse.masks import build_rankings, masks_for
+from tomsparse.masks import build_rankings, masks_for, swapped_name
 from tomsparse.sweep.folder import SweepFolder, point_label
 from tomsparse.judge.specificity import POOL_ABOVE, compute_specificity
 from tomsparse.judge.tables import matched_controls, verdict_rules
@@ -33,8 +34,9 @@ from tomsparse.judge.verdicts import verdicts
 POOLED = "pooled over the families that pass their controls"
 
 OVERLAP_COLUMNS = ("replicate", "m", "role", "jaccard", "masked_1", "masked_r", "shared")
-VERDICT_COLUMNS = ("replicate", "m", "claim", "family", "status", "value", "lo", "hi",
-                   "n_clusters", "stable")
+# ``reference``: the task-swapped mask of a claim (f) row (methods only), else empty
+VERDICT_COLUMNS = ("replicate", "m", "claim", "reference", "family", "status", "value", "lo",
+                   "hi", "n_clusters", "stable")
 
 
 def _jaccard(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int]:
@@ -91,13 +93,18 @@ def replicate_verdicts(main: str | Path, replicates: dict[int, str | Path], m: f
 
 
 def verdicts_with_other_masks(main: str | Path, others: dict, m: float, *, first,
-                              key: str) -> pd.DataFrame:
-    """Claims (a)-(c) at ``m`` with the main sweep's difference point (labelled ``first``)
+                              key: str, claims: tuple[str, ...] = ("a", "b", "c")
+                              ) -> pd.DataFrame:
+    """Claims ``claims`` at ``m`` with the main sweep's difference point (labelled ``first``)
     and with each other difference point in its place (``others``: {label: a small sweep
     folder holding a difference point at ``m``, e.g. a score replicate's or another
     attribution score's}); the column ``key`` holds the label; ``stable`` True on a row when
     every label gives that claim and scope the same outcome. The baseline, the random masks
-    and the damage-matched controls are the main sweep's; judged by its verdict rules."""
+    and the damage-matched controls are the main sweep's; judged by its verdict rules.
+    A task-swapped point the other folder holds at ``m`` replaces the main sweep's too (its
+    own method's swapped mask), so claim (f), when asked for, is judged at the same m against
+    the swapped mask of the same score (column ``reference``); (f) at matched damage is not
+    (its searches are the main sweep's)."""
     folder = SweepFolder(main)
     points, prompts = folder.read_sweep()
     mapping, searches, interpolated = matched_controls(folder.read_matched())
@@ -106,26 +113,45 @@ def verdicts_with_other_masks(main: str | Path, others: dict, m: float, *, first
     runs = {first: (points, prompts)}
     for name, path in others.items():
         other_points, other_prompts = SweepFolder(path).read_sweep()
-        row = other_points[other_points["label"] == label]
-        if row.empty:
+        if not (other_points["label"] == label).any():
             continue
-        swapped = pd.concat([points[points["label"] != label], row], ignore_index=True)
-        runs[name] = (swapped, {**prompts, label: other_prompts[label]})
+        at_m = other_points[[np.isclose(x, m) and (mode == "difference"
+                                                   or swapped_name(mode) is not None)
+                             for x, mode in zip(other_points["m"], other_points["mode"])]]
+        kept = points[~points["label"].isin(at_m["label"])]
+        runs[name] = (pd.concat([kept, at_m], ignore_index=True),
+                      {**prompts, **{x: other_prompts[x] for x in at_m["label"]}})
+    swapped = folder.swapped_sets() if "f" in claims else []
+    # the swapped masks searched to the main difference mask's damage are not matched to
+    # another one's: judged with the main point only
+    plain = ({t: [x for x in refs if swapped_name(x.split("_")[0]) is None]
+              for t, refs in mapping.items()},
+             {t: [x for x in specs if swapped_name(x["mode"]) is None]
+              for t, specs in interpolated.items()},
+             searches[searches["mode"].map(swapped_name).isna()] if len(searches) else searches)
     rows = []
     for name, (pts, prm) in runs.items():
-        tables = compute_specificity(pts, prm, matched=mapping, interpolated=interpolated)
-        tables["matched"] = searches
-        for v in verdicts(tables, rules=rules):
-            if v["claim"] in ("a", "b", "c") and math.isclose(v["m"], m):
-                rows.append({key: name, "m": m, "claim": v["claim"], "family": v["family"],
-                             "status": v["status"], "value": v["value"], "lo": v["lo"],
-                             "hi": v["hi"], "n_clusters": v["n_clusters"]})
+        own_mapping, own_interpolated, own_searches = ((mapping, interpolated, searches)
+                                                       if name == first else plain)
+        tables = compute_specificity(pts, prm, matched=own_mapping,
+                                     interpolated=own_interpolated)
+        tables["matched"] = own_searches
+        for v in verdicts(tables, rules=rules, swapped=swapped):
+            if (v["claim"] in claims and math.isclose(v["m"], m)
+                    and not str(v["reference"]).endswith("at matched damage")):
+                rows.append({key: name, "m": m, "claim": v["claim"],
+                             "reference": (str(v["reference"]).split(",")[0]
+                                           if v["claim"] == "f" else ""),
+                             "family": v["family"], "status": v["status"],
+                             "value": v["value"], "lo": v["lo"], "hi": v["hi"],
+                             "n_clusters": v["n_clusters"]})
     columns = [key, *VERDICT_COLUMNS[1:]]
     out = pd.DataFrame(rows, columns=[c for c in columns if c != "stable"])
     if out.empty:
         return pd.DataFrame(columns=columns)
-    same = out.groupby(["claim", "family"])["status"].transform("nunique") == 1
-    full = out.groupby(["claim", "family"])[key].transform("nunique") == len(runs)
+    groups = out.groupby(["claim", "reference", "family"])
+    same = groups["status"].transform("nunique") == 1
+    full = groups[key].transform("nunique") == len(runs)
     return out.assign(stable=same & full & (len(runs) > 1))
 
 

@@ -45,7 +45,9 @@ passed clusters beat guessing (``stats.chance_gate``) is kept beside it, for the
 Task-swapped masks (issue 37): each point of the mask under test is also contrasted with the
 task-swapped mask of each set at its m (mode ``swapped-<name>``, one deterministic point;
 contrast kind "swapped", ``swapped_pairs``), as with a single matched control; claim (f) reads
-it.
+it. A task-swapped mask whose size was searched to the target's perplexity (``matched.json``
+lists it among the target's controls) is contrasted the same way under kind
+"swapped-matched": claim (f) at matched damage, never one of the controls of (b) and (c).
 
 Claim (c)'s ``belief_gap_relative``: per cluster, the false-belief change over its baseline
 margin minus the true-belief controls' change over theirs (bias-adjusted): a mask that shrinks
@@ -373,6 +375,9 @@ def _point_table(engine: Engine, units: dict, base_info,
     return pd.DataFrame(rows, columns=list(POINT_COLUMNS))
 
 
+SWAPPED_MATCHED = "swapped-matched"  # contrast kind: a task-swapped mask at matched damage
+
+
 def _in_group(label: str, units: dict) -> bool:
     return any(label in u["members"] and u["n_seeds"] > 1 for u in units.values())
 
@@ -401,8 +406,10 @@ def _contrast_pairs(units: dict, matched, random_mode: str) -> list[tuple[str, s
         by_mode: dict[str, list[str]] = {}
         for ref in refs:
             by_mode.setdefault(units[ref]["mode"], []).append(ref)
-        # one contrast per kind of control: the claim must hold against each kind of damage
-        pairs += [(target, "matched", group) for group in by_mode.values()]
+        # one contrast per kind of control: the claim must hold against each kind of damage;
+        # a task-swapped mask searched to the target's damage is claim (f)'s, not (b)'s
+        pairs += [(target, SWAPPED_MATCHED if swapped_name(mode) is not None else "matched",
+                   group) for mode, group in by_mode.items()]
     return pairs
 
 

@@ -28,7 +28,7 @@ from tomsparse.config import VerdictRules
 from tomsparse.stats import (CANNOT_BE_MEASURED, NOT_SHOWN, classify, detectable_effect,
                              equivalence_from_interval, holm, holm_levels, t_interval)
 from tomsparse.stats.intervals import Interval
-from tomsparse.judge.specificity import ABOVE, POOL_ABOVE
+from tomsparse.judge.specificity import ABOVE, POOL_ABOVE, SWAPPED_MATCHED
 from tomsparse.masks import swapped_mode, swapped_name
 
 CANNOT = CANNOT_BE_MEASURED
@@ -38,8 +38,9 @@ CLAIMS = (("a", "ToM hurt more than by random masks of the same count"),
                 "baseline margin, beyond what damage-matched controls do to that gap"),
           ("d", "perplexity nearly unchanged"),
           ("e", "ToM damage beyond the random masks' grows with m (dose-response)"),
-          ("f", "ToM hurt more than by the task-swapped mask of the same m (top m by a "
-                "no-belief or non-ToM task's scores and not top m by generic)"))
+          ("f", "ToM hurt more than by the task-swapped mask (top m by a no-belief or "
+                "non-ToM task's scores and not top m by generic) of the same m, and of the "
+                "same damage where the sweep matches controls"))
 CLAIM_TEXT = dict(CLAIMS)
 NO_PERTURBED_POINT = "no perturbed point"
 # A comparison with masks drawn at random carries their mask-to-mask variance only when there
@@ -141,6 +142,9 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, target_mode: str = "differen
             cands += [_random_claim(ctx, t, scope), _matched_claim(ctx, t, scope, "b"),
                       _matched_claim(ctx, t, scope, "c")]
             cands += [_swapped_claim(ctx, t, scope, name) for name in sets]
+            cands += [_swapped_claim(ctx, t, scope, name, matched=True)
+                      for name in _matched_swapped_sets(ctx, t.label)
+                      if not _matched_at_same_m(ctx, t, name)]
         cands.append(_perplexity_claim(ctx, t, float(info["perplexity"])))
     cands += [_dose_claim(ctx, scope) for scope in ctx.scopes]
     return _decide(ctx, cands)
@@ -151,6 +155,27 @@ def _swapped_sets(pts: pd.DataFrame, given: Sequence[str]) -> list[str]:
     found = ([swapped_name(m) for m in pd.unique(pts["mode"])]
              if not pts.empty and "mode" in pts else [])
     return sorted(set(given) | {x for x in found if x is not None})
+
+
+def _matched_swapped_sets(ctx, label: str) -> list[str]:
+    """The task-swapped sets whose size was searched to the damage of target ``label``
+    (``matched.json``: claim (f) at matched damage is judged for them)."""
+    if ctx.searches is None or ctx.searches.empty:
+        return []
+    modes = ctx.searches.loc[ctx.searches["target"] == label, "mode"]
+    return sorted({n for n in map(swapped_name, modes) if n is not None})
+
+
+def _matched_at_same_m(ctx, t, name: str) -> bool:
+    """Whether the swapped mask ``name`` searched to target ``t``'s damage is its point at
+    t's own m (the search matched at its first size): then the same-m claim (f) is already
+    the one at matched damage, and is not tested twice."""
+    if ctx.con.empty or "kind" not in ctx.con:
+        return False
+    mine = ctx.con[(ctx.con["label"] == t.label)
+                   & (ctx.con["reference_mode"] == swapped_mode(name))]
+    matched = set(mine.loc[mine["kind"] == SWAPPED_MATCHED, "reference"])
+    return bool(matched) and matched == set(mine.loc[mine["kind"] == "swapped", "reference"])
 
 
 class _Context:
@@ -250,19 +275,30 @@ def _random_claim(ctx: _Context, t, scope: str) -> _Candidate:
     return cand
 
 
-def _swapped_claim(ctx: _Context, t, scope: str, name: str) -> _Candidate:
+def _swapped_claim(ctx: _Context, t, scope: str, name: str, matched: bool = False
+                   ) -> _Candidate:
     """Claim (f): the target's ToM change minus that of the task-swapped mask ``name`` at the
     same m (contrast kind "swapped": ``contrast_with_controls`` with that one deterministic
     mask as the reference, the interval over clusters), judged as claim (a) is (one-sided
-    toward damage, Holm over the run, the same equivalence margin)."""
+    toward damage, Holm over the run, the same equivalence margin). ``matched``: against
+    that mask at the size whose perplexity matched the target's instead (kind
+    "swapped-matched"; a reference interpolated between two sizes where none matched)."""
     mode = swapped_mode(name)
     cand = _Candidate("f", t.label, t.m, scope, ctx.metric, None, margin=ctx.margin,
-                      reference=f"{mode}, same m")
+                      reference=f"{mode} at matched damage" if matched else f"{mode}, same m")
     cand.reason = ctx.unjudged(scope) or _bias_moved(ctx, t.label, scope)
     row = None
     if not ctx.con.empty and "kind" in ctx.con:
-        row = _pick(ctx.con, label=t.label, kind="swapped", reference_mode=mode, family=scope,
-                    metric=ctx.metric)
+        row = _pick(ctx.con, label=t.label, kind=SWAPPED_MATCHED if matched else "swapped",
+                    reference_mode=mode, family=scope, metric=ctx.metric)
+    if row is None and matched:
+        found = ctx.searches[(ctx.searches["target"] == t.label)
+                             & (ctx.searches["mode"] == mode)]
+        why = (f"{mode} not matched (closest: m={s.m:.3g}, perplexity {s.ppl_change:+.0%} "
+               f"after {s.evaluations} evaluations, and no two searched sizes bracket the "
+               f"target's)" for s in found.itertuples())
+        cand.reason = cand.reason or next(why, f"no {mode} search for {t.label}")
+        return cand
     if row is None:
         cand.reason = cand.reason or (f"no {mode} point at m={t.m:.3g} (the task-swapped mask "
                                       f"was not evaluated there: run the sweep with "
@@ -275,6 +311,13 @@ def _swapped_claim(ctx: _Context, t, scope: str, name: str) -> _Candidate:
             and np.isfinite(float(ref["masked"])):
         cand.detail = (f"{int(target['masked']):,} weights against the swapped mask's "
                        f"{int(ref['masked']):,}")
+        if not matched and _matched_at_same_m(ctx, t, name):
+            cand.reference = f"{mode}, same m and matched damage"
+        if matched or _matched_at_same_m(ctx, t, name):
+            cand.detail += (f", perplexity {float(target['perplexity']):.3g} against its "
+                            f"{float(ref['perplexity']):.3g}"
+                            + (", interpolated between the two sizes its search bracketed"
+                               if "_interp_" in str(row["reference"]) else ""))
     cand.interval = _as_interval(row, ctx.level)
     if cand.interval is None and not cand.reason:
         cand.reason = f"no interval ({int(row['n_clusters'])} clusters with a value)"
@@ -300,7 +343,9 @@ def _matched_claim(ctx: _Context, t, scope: str, claim: str) -> _Candidate:
         unmatched = []
         if ctx.searches is not None and not ctx.searches.empty:
             for s in ctx.searches[(ctx.searches["target"] == t.label)
-                                  & ~ctx.searches["matched"].astype(bool)].itertuples():
+                                  & ~ctx.searches["matched"].astype(bool)
+                                  & ctx.searches["mode"].map(swapped_name).isna()
+                                  ].itertuples():
                 unmatched.append(f"{s.mode} not matched (closest: m={s.m:.3g}, perplexity "
                                  f"{s.ppl_change:+.0%} after {s.evaluations} evaluations)")
         need = ("a belief gap alone is confounded by the baseline margins, so it is judged "

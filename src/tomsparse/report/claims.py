@@ -177,6 +177,6 @@ def claims_section(out, model: str) -> str:
             f"<h3>Gate: does the model pass its own controls?</h3>{gate_table(baseline)}"
             f"<h3>Claims</h3><ul>{claims}</ul>{claims_table(verdicts, passing)}"
             + (f"<p>Not judged ({len(cannot)} of {len(verdicts)} claims):</p><ul>{cannot_text}</ul>" if cannot_text else "")
-            + f"<p><i>How to read this.</i> {html.escape(rules.describe(n_tests))}</p>"
+            + f"<p><i>How to read this.</i> {html.escape(rules.describe(n_tests, swapped=bool((verdicts['claim'] == 'f').any())))}</p>"
             f"<details><summary>Every verdict in one sentence</summary><ul>{sentences}</ul>"
             f"</details>")

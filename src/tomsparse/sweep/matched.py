@@ -14,6 +14,10 @@ interpolates between the bracket's ends (regula falsi with the Illinois halving,
 that keeps being kept does not stall it). Each step costs one perplexity evaluation, no ToM
 evaluation; only the final size is evaluated in full. Sizes are rounded to three significant
 digits, so a point's label (``<mode>_s0_m<m:.4e>``) names it exactly.
+
+A sweep with task-swapped stores (issue 37) searches each swapped mask (``swapped-<name>``)
+the same way, so that claim (f) can also be judged at matched damage; those are listed in
+``matched.json`` beside the controls but the judge never counts them as controls of (b), (c).
 """
 
 from __future__ import annotations
@@ -25,11 +29,20 @@ from typing import Callable
 
 from tomsparse.config import MATCHABLE
 from tomsparse.files import read_json_object, write_json
+from tomsparse.masks import swapped_mode, swapped_name
 from tomsparse.sweep.folder import BASELINE_LABEL, point_label
 
 FLOOR = 0.005  # a perplexity change of half a percent is as close as any match needs to be
 GROWTH = 4.0
 SEEDED_MATCHABLE = ("random-fraction",)  # drawn at random: evaluated with several seeds
+# a task-swapped mask (issue 37) is built like the difference mask, so its search starts at
+# the target's m and may grow, like generic-only's, to 5% of every matrix
+SWAPPED_SEARCH = (1.0, 0.05)
+
+
+def search_range(mode: str) -> tuple[float, float]:
+    """(start as a multiple of the target's m, the largest size) of ``mode``'s search."""
+    return SWAPPED_SEARCH if swapped_name(mode) is not None else MATCHABLE[mode]
 
 
 def round_size(x: float) -> float:
@@ -137,15 +150,17 @@ def search_size(measure: Callable[[float], float], *, baseline: float, target: f
 
 def match_controls(sweep, targets: list[dict]) -> dict:
     """For every target point (a difference point's record), each control of
-    ``cfg.matched_controls`` searched and, when matched, evaluated; written to the folder's
+    ``cfg.matched_controls`` searched and, when matched, evaluated, then each task-swapped
+    mask of the sweep (``swapped-<name>``, issue 37: claim (f) at matched damage, never a
+    control of claims (b) and (c)) the same way; written to the folder's
     ``SweepFolder.matched`` and returned."""
     cfg, found = sweep.cfg, {}
+    modes = list(cfg.matched_controls) + [swapped_mode(name) for name in sorted(sweep.swapped)]
     for target in targets:
         found[point_label("difference", 0, target["m"])] = {
             "mode": "difference", "m": target["m"], "seed": 0,
             "perplexity": target["perplexity"],
-            "controls": [matched_control(sweep, target, mode)
-                         for mode in cfg.matched_controls]}
+            "controls": [matched_control(sweep, target, mode) for mode in modes]}
     data = {"tolerance": cfg.match_tolerance, "floor": FLOOR, "targets": found}
     sweep.folder.write_matched(data)  # with its integrity record
     return data
@@ -226,7 +241,7 @@ def _search(sweep, target: dict, mode: str, done: Path) -> dict:
     each step; the points' reported perplexities never enter the search."""
     cfg, folder = sweep.cfg, sweep.folder
     held_apart = sweep.search_ids is not sweep.ppl_ids
-    start, high = MATCHABLE[mode]
+    start, high = search_range(mode)
     tlabel = point_label(target["mode"], target["seed"], target["m"])
     folder.search_dir.mkdir(exist_ok=True)
 
