@@ -130,7 +130,7 @@ def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
             interval = (f"[{ratio_text(math.exp(r.lo), 1)}, {ratio_text(math.exp(r.hi), 1)}] at {r.level:.1%}"
                         if np.isfinite(r.lo) else "")
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            f"({r.claim}) {_SHORT[r.claim]}" + (f" ({str(r.reference).split(',')[0]})"
+            f"({r.claim}) {_SHORT[r.claim]}" + (f" ({str(r.reference).replace(', ', ': ')})"
                                                 if r.claim == "f" else ""), m, _family(r.family, passing) if r.claim != "d"
             else "(perplexity text)", estimate, interval,
             f"{int(r.n_clusters)}{' windows' if r.claim == 'd' else ''}",
