@@ -431,3 +431,18 @@ def test_difference_agreement_of_two_score_pairs():
     same = difference_agreement(lm.description.matrices, {"x": pairs["fisher"],
                                                           "y": pairs["fisher"]}, [0.03])
     assert (same["jaccard"] == 1.0).all()
+
+
+def test_the_bottom_line_names_claim_f_where_the_sweep_has_it():
+    from tomsparse.judge.specificity import ABOVE
+    from tomsparse.report.claims import bottom_line
+    baseline = pd.DataFrame({"family": ["transfer"], "state": [ABOVE]})
+    rows = [("a", "", "shown"), ("b", "", "not shown"), ("c", "", "not shown"),
+            ("f", f"{MODE}, same m", "not shown"), ("f", f"{MODE} at matched damage", "shown")]
+    verdicts = pd.DataFrame([{"claim": c, "reference": r, "status": s, "family": "transfer",
+                              "m": 1e-4} for c, r, s in rows])
+    line = bottom_line(verdicts, baseline, "tiny")
+    assert line.endswith(f"(f): {MODE} (same m): not shown; {MODE} (matched damage): shown.")
+    # a sweep without task-swapped masks: the sentence of before
+    plain = bottom_line(verdicts[verdicts["claim"] != "f"], baseline, "tiny")
+    assert "(f)" not in plain and plain.endswith("Specific means (a), (b) and (c) all shown.")

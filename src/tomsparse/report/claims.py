@@ -63,8 +63,25 @@ def bottom_line(verdicts: pd.DataFrame, baseline: pd.DataFrame, model: str) -> s
     head = ("A ToM-specific effect is shown" if specific
             else "No ToM-specific effect is shown")
     parts = "; ".join(f"({c}) {at[c]}" for c in ("a", "b", "c") if c in at)
+    # claim (f), where the sweep has task-swapped masks: whether it is about belief at all
+    swapped = verdicts[(verdicts["family"] == scope) & (verdicts["claim"] == "f")
+                       & np.isclose(verdicts["m"].astype(float), m)]
+    against = "; ".join(f"{_swapped_reference(r.reference)}: {r.status}"
+                        for r in swapped.itertuples())
     return (f"{head} on {model} at m = {m:.3g} ({where}; the families that pass their own "
-            f"controls): {parts}. Specific means (a), (b) and (c) all shown.")
+            f"controls): {parts}. Specific means (a), (b) and (c) all shown."
+            + (f" More than the task-swapped masks, (f): {against}." if against else ""))
+
+
+def _swapped_reference(reference, table: bool = False) -> str:
+    """A claim (f) reference (``swapped-x, same m`` / ``swapped-x at matched damage``) as
+    ``swapped-x (same m)``, or ``swapped-x, same m`` inside the table's parentheses."""
+    text = str(reference)
+    for sep in (", ", " at "):
+        if sep in text:
+            mode, how = text.split(sep, 1)
+            return f"{mode}, {how}" if table else f"{mode} ({how})"
+    return text
 
 
 def _rate(r) -> str:
@@ -130,7 +147,7 @@ def claims_table(verdicts: pd.DataFrame, passing: list[str]) -> str:
             interval = (f"[{ratio_text(math.exp(r.lo), 1)}, {ratio_text(math.exp(r.hi), 1)}] at {r.level:.1%}"
                         if np.isfinite(r.lo) else "")
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            f"({r.claim}) {_SHORT[r.claim]}" + (f" ({str(r.reference).replace(', ', ': ')})"
+            f"({r.claim}) {_SHORT[r.claim]}" + (f" ({_swapped_reference(r.reference, table=True)})"
                                                 if r.claim == "f" else ""), m, _family(r.family, passing) if r.claim != "d"
             else "(perplexity text)", estimate, interval,
             f"{int(r.n_clusters)}{' windows' if r.claim == 'd' else ''}",
