@@ -29,7 +29,7 @@ from tomsparse.masks import build_rankings, masks_for, swapped_name
 from tomsparse.sweep.folder import SweepFolder, point_label
 from tomsparse.judge.specificity import POOL_ABOVE, compute_specificity
 from tomsparse.judge.tables import matched_controls, verdict_rules
-from tomsparse.judge.verdicts import verdicts
+from tomsparse.judge.verdicts import AT_MATCHED_DAMAGE, verdicts
 
 POOLED = "pooled over the families that pass their controls"
 
@@ -138,7 +138,7 @@ def verdicts_with_other_masks(main: str | Path, others: dict, m: float, *, first
         tables["matched"] = own_searches
         for v in verdicts(tables, rules=rules, swapped=swapped):
             if (v["claim"] in claims and math.isclose(v["m"], m)
-                    and not str(v["reference"]).endswith("at matched damage")):
+                    and not str(v["reference"]).endswith(AT_MATCHED_DAMAGE)):
                 rows.append({key: name, "m": m, "claim": v["claim"],
                              "reference": (str(v["reference"]).split(",")[0]
                                            if v["claim"] == "f" else ""),

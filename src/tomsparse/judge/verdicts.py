@@ -42,6 +42,8 @@ CLAIMS = (("a", "ToM hurt more than by random masks of the same count"),
                 "non-ToM task's scores and not top m by generic) of the same m, and of the "
                 "same damage where the sweep matches controls"))
 CLAIM_TEXT = dict(CLAIMS)
+# the tail of a claim (f) reference against the swapped mask searched to the target's damage
+AT_MATCHED_DAMAGE = " at matched damage"
 NO_PERTURBED_POINT = "no perturbed point"
 # A comparison with masks drawn at random carries their mask-to-mask variance only when there
 # are at least this many of a kind (one mask has no variance to estimate).
@@ -285,7 +287,7 @@ def _swapped_claim(ctx: _Context, t, scope: str, name: str, matched: bool = Fals
     "swapped-matched"; a reference interpolated between two sizes where none matched)."""
     mode = swapped_mode(name)
     cand = _Candidate("f", t.label, t.m, scope, ctx.metric, None, margin=ctx.margin,
-                      reference=f"{mode} at matched damage" if matched else f"{mode}, same m")
+                      reference=mode + AT_MATCHED_DAMAGE if matched else f"{mode}, same m")
     cand.reason = ctx.unjudged(scope) or _bias_moved(ctx, t.label, scope)
     row = None
     if not ctx.con.empty and "kind" in ctx.con:
